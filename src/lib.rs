@@ -1,0 +1,24 @@
+//! kvmbox: the library every applet of the one binary shares.
+//!
+//! Modules are private nouns; what applets may use is re-exported below and
+//! nothing else, so the public surface stays small enough to review.
+//! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
+
+mod pki;
+mod store;
+
+pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
+pub use store::{write_atomic, Overwrite};
+
+/// Every error and the `source()`s under it on one line, the way each applet
+/// reports a failure: `cannot read CA key: No such file or directory`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    line
+}

@@ -1,0 +1,503 @@
+//! Keys and X.509 certificates: what the daemon and client generate on first
+//! start, the small CA of PKI mode, and the checks made on peers.
+//!
+//! Only EC keys (P-256, P-384) with ECDSA/SHA-2 signatures are made or
+//! accepted (SPEC L2). Encoding is rcgen's, parsing x509-parser's, chain
+//! validation rustls-webpki's: no ASN.1 is written by hand here.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// What can go wrong; split by who is at fault, as callers report it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is not what it should be (the user can fix it).
+    #[error("{0}")]
+    Invalid(String),
+    /// The certificate fails a chain or validity check.
+    #[error("certificate rejected: {0}")]
+    Rejected(String),
+    /// Encoding or signing failed inside the crypto library.
+    #[error("cannot build certificate: {0}")]
+    Build(#[from] rcgen::Error),
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
+}
+
+/// The elliptic curve of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Curve {
+    /// NIST P-256 with ECDSA/SHA-256 (the default, as Multipass and LXD).
+    #[default]
+    P256,
+    /// NIST P-384 with ECDSA/SHA-384 (what `lxc` 5.0 generates).
+    P384,
+}
+
+impl std::str::FromStr for Curve {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "p256" | "p-256" | "prime256v1" | "secp256r1" => Ok(Curve::P256),
+            "p384" | "p-384" | "secp384r1" => Ok(Curve::P384),
+            _ => Err(format!("unknown curve {s:?}: use p256 or p384")),
+        }
+    }
+}
+
+/// A private EC key (PKCS#8 inside).
+pub struct Key(KeyPair);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material, even in debug output.
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// A fresh key from the system's random source.
+    pub fn generate(curve: Curve) -> Result<Key, Error> {
+        let alg = match curve {
+            Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        Ok(Key(KeyPair::generate_for(alg)?))
+    }
+
+    /// Reads a PEM private key, refusing anything but a PKCS#8 P-256/P-384 key.
+    pub fn from_pem(pem: &[u8]) -> Result<Key, Error> {
+        let der = PrivateKeyDer::from_pem_slice(pem)
+            .map_err(|e| invalid(format!("no private key in PEM input ({e})")))?;
+        let pkcs8 = match der {
+            PrivateKeyDer::Pkcs8(k) => k,
+            PrivateKeyDer::Pkcs1(_) => {
+                return Err(invalid(
+                    "RSA keys are not supported: use an EC key (P-256 or P-384)",
+                ))
+            }
+            PrivateKeyDer::Sec1(_) => {
+                return Err(invalid(
+                    "SEC1 EC key: convert it with `openssl pkcs8 -topk8 -nocrypt`",
+                ))
+            }
+            _ => return Err(invalid("unsupported private key format")),
+        };
+        let pair = KeyPair::try_from(pkcs8.secret_pkcs8_der())
+            .map_err(|e| invalid(format!("unreadable private key ({e})")))?;
+        let alg = pair.algorithm();
+        if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ECDSA_P384_SHA384 {
+            return Err(invalid(
+                "unsupported key type: use an EC key (P-256 or P-384)",
+            ));
+        }
+        Ok(Key(pair))
+    }
+
+    /// The key as PKCS#8 PEM; callers write it with mode 0600.
+    pub fn to_pem(&self) -> String {
+        self.0.serialize_pem()
+    }
+
+    /// The key as PKCS#8 DER, for TLS configuration.
+    pub fn to_der(&self) -> Vec<u8> {
+        self.0.serialize_der()
+    }
+}
+
+/// What a certificate is for; decides its extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// Self-signed, usable both as TLS server and client (daemon and client
+    /// identities, as LXD's and Multipass's).
+    SelfSigned,
+    /// A CA for PKI mode: may sign certificates and CRLs, nothing else.
+    Ca,
+    /// A CA-signed TLS server leaf.
+    Server,
+    /// A CA-signed TLS client leaf.
+    Client,
+}
+
+/// The subject and lifetime of a certificate to make.
+#[derive(Clone, Debug)]
+pub struct CertSpec {
+    /// Common name of the subject.
+    pub cn: String,
+    /// Subject alternative names: IP addresses where they parse as one, DNS names otherwise.
+    pub sans: Vec<String>,
+    /// Validity in days from now.
+    pub days: u32,
+    /// What the certificate is for.
+    pub profile: Profile,
+}
+
+impl CertSpec {
+    fn params(&self) -> Result<CertificateParams, Error> {
+        if self.cn.is_empty() || self.cn.chars().any(char::is_control) {
+            return Err(invalid("common name must be non-empty printable text"));
+        }
+        if self.days == 0 {
+            return Err(invalid("validity must be at least one day"));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, self.cn.as_str());
+        params.distinguished_name = dn;
+        for san in &self.sans {
+            params.subject_alt_names.push(match san.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) if !is_dns_name(san) => {
+                    return Err(invalid(format!(
+                        "invalid SAN {san:?}: not an IP address or a DNS name"
+                    )))
+                }
+                Err(_) => SanType::DnsName(
+                    san.as_str()
+                        .try_into()
+                        .map_err(|_| invalid(format!("invalid SAN {san:?}")))?,
+                ),
+            });
+        }
+        // A minute of slack so that a peer whose clock is slightly behind
+        // does not see a certificate from the future.
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(60);
+        params.not_after = now + Duration::from_secs(u64::from(self.days) * 86_400);
+        params.serial_number = Some(random_serial()?);
+        match self.profile {
+            Profile::Ca => {
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+            }
+            Profile::SelfSigned | Profile::Server | Profile::Client => {
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                params.extended_key_usages = match self.profile {
+                    Profile::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+                    Profile::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+                    _ => vec![
+                        ExtendedKeyUsagePurpose::ServerAuth,
+                        ExtendedKeyUsagePurpose::ClientAuth,
+                    ],
+                };
+            }
+        }
+        params.use_authority_key_identifier_extension = self.profile != Profile::SelfSigned;
+        Ok(params)
+    }
+
+    /// A certificate for `key` signed by `key` itself (`SelfSigned` or `Ca`).
+    pub fn self_signed(&self, key: &Key) -> Result<Cert, Error> {
+        if matches!(self.profile, Profile::Server | Profile::Client) {
+            return Err(invalid("server and client leaves are issued by a CA"));
+        }
+        let cert = self.params()?.self_signed(&key.0)?;
+        Ok(Cert {
+            der: cert.der().to_vec(),
+        })
+    }
+
+    /// A leaf for `key` signed by the CA (`ca`, `ca_key`).
+    pub fn issue(&self, key: &Key, ca: &Cert, ca_key: &Key) -> Result<Cert, Error> {
+        if !matches!(self.profile, Profile::Server | Profile::Client) {
+            return Err(invalid("a CA issues only server or client leaves"));
+        }
+        let info = ca.info()?;
+        if !info.is_ca {
+            return Err(invalid("the issuing certificate is not a CA"));
+        }
+        if ca.public_key_der()? != ca_key.0.subject_public_key_info() {
+            return Err(invalid("the CA key does not belong to the CA certificate"));
+        }
+        let der = CertificateDer::from(ca.der.as_slice());
+        let issuer = Issuer::from_ca_cert_der(&der, &ca_key.0)?;
+        let cert = self.params()?.signed_by(&key.0, &issuer)?;
+        Ok(Cert {
+            der: cert.der().to_vec(),
+        })
+    }
+}
+
+/// Letters, digits and hyphens in dot-separated labels (a leading `*.` allowed).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn random_serial() -> Result<SerialNumber, Error> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| invalid("the system random source failed"))?;
+    // A positive INTEGER whose first byte is non-zero keeps the encoding at
+    // exactly 16 bytes (RFC 5280 allows up to 20).
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// An X.509 certificate, kept as DER and known to parse.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cert {
+    der: Vec<u8>,
+}
+
+impl fmt::Debug for Cert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cert({})", self.fingerprint())
+    }
+}
+
+/// What `show` prints about a certificate.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertInfo {
+    /// Subject distinguished name (`CN=…`).
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Start of validity, RFC 3339.
+    pub not_before: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// Subject alternative names as `DNS:…` / `IP:…`.
+    pub sans: Vec<String>,
+    /// `ecdsa-p256`, `ecdsa-p384`, `rsa` or the algorithm OID.
+    pub key_type: String,
+    /// Whether basic constraints mark it as a CA.
+    pub is_ca: bool,
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint: String,
+}
+
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_P384: &str = "1.3.132.0.34";
+
+impl Cert {
+    /// Reads every certificate from PEM text; at least one must be present.
+    pub fn all_from_pem(pem: &[u8]) -> Result<Vec<Cert>, Error> {
+        let mut certs = Vec::new();
+        for item in CertificateDer::pem_slice_iter(pem) {
+            let der = item.map_err(|e| invalid(format!("malformed PEM ({e})")))?;
+            certs.push(Cert::from_der(der.as_ref())?);
+        }
+        if certs.is_empty() {
+            return Err(invalid("no certificate found in PEM input"));
+        }
+        Ok(certs)
+    }
+
+    /// Reads the first certificate from PEM text.
+    pub fn from_pem(pem: &[u8]) -> Result<Cert, Error> {
+        Cert::all_from_pem(pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| invalid("no certificate found in PEM input"))
+    }
+
+    /// Takes DER bytes, checking that they parse as exactly one certificate.
+    pub fn from_der(der: &[u8]) -> Result<Cert, Error> {
+        match X509Certificate::from_der(der) {
+            Ok(([], _)) => Ok(Cert { der: der.to_vec() }),
+            Ok(_) => Err(invalid("trailing bytes after the certificate")),
+            Err(e) => Err(invalid(format!("not a valid X.509 certificate ({e})"))),
+        }
+    }
+
+    /// The DER encoding.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The PEM encoding.
+    pub fn to_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("CERTIFICATE", self.der.clone()))
+    }
+
+    /// SHA-256 of the DER as 64 lowercase hex digits, as LXD and
+    /// `openssl x509 -fingerprint -sha256` (without colons) show it.
+    pub fn fingerprint(&self) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, &self.der).as_ref())
+    }
+
+    fn parsed(&self) -> Result<X509Certificate<'_>, Error> {
+        X509Certificate::from_der(&self.der)
+            .map(|(_, c)| c)
+            .map_err(|e| invalid(format!("not a valid X.509 certificate ({e})")))
+    }
+
+    fn public_key_der(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.parsed()?.public_key().raw.to_vec())
+    }
+
+    /// The fields `show` prints.
+    pub fn info(&self) -> Result<CertInfo, Error> {
+        let c = self.parsed()?;
+        let spki = c.public_key();
+        let alg = spki.algorithm.algorithm.to_id_string();
+        let key_type = if alg == OID_EC_PUBLIC_KEY {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            match curve.as_deref() {
+                Some(OID_P256) => "ecdsa-p256".to_string(),
+                Some(OID_P384) => "ecdsa-p384".to_string(),
+                Some(other) => format!("ecdsa-{other}"),
+                None => "ecdsa".to_string(),
+            }
+        } else if alg == OID_RSA {
+            "rsa".to_string()
+        } else {
+            alg
+        };
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = c.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                sans.push(match name {
+                    GeneralName::DNSName(d) => format!("DNS:{d}"),
+                    GeneralName::IPAddress(b) => format!("IP:{}", ip_from_bytes(b)),
+                    other => other.to_string(),
+                });
+            }
+        }
+        Ok(CertInfo {
+            subject: c.subject().to_string(),
+            issuer: c.issuer().to_string(),
+            serial: hex(c.raw_serial()),
+            not_before: rfc3339(c.validity().not_before.to_datetime()),
+            not_after: rfc3339(c.validity().not_after.to_datetime()),
+            sans,
+            key_type,
+            is_ca: c.is_ca(),
+            fingerprint: self.fingerprint(),
+        })
+    }
+
+    /// Checks that this certificate chains to one of `anchors` and is valid
+    /// now, for TLS server or client use.
+    pub fn verify(&self, anchors: &[Cert]) -> Result<(), Error> {
+        self.verify_at(anchors, SystemTime::now())
+    }
+
+    /// [`Cert::verify`] at a given time (tests use it to look past expiry).
+    pub fn verify_at(&self, anchors: &[Cert], at: SystemTime) -> Result<(), Error> {
+        let ders: Vec<CertificateDer<'_>> = anchors
+            .iter()
+            .map(|a| CertificateDer::from(a.der()))
+            .collect();
+        let mut roots = Vec::new();
+        for der in &ders {
+            roots.push(
+                webpki::anchor_from_trusted_cert(der)
+                    .map_err(|e| invalid(format!("unusable CA certificate ({e:?})")))?,
+            );
+        }
+        let leaf_der = CertificateDer::from(self.der());
+        let leaf = webpki::EndEntityCert::try_from(&leaf_der)
+            .map_err(|e| Error::Rejected(describe(&e)))?;
+        let now = UnixTime::since_unix_epoch(
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_err(|_| invalid("system clock is before 1970"))?,
+        );
+        let algs = &[
+            webpki::ring::ECDSA_P256_SHA256,
+            webpki::ring::ECDSA_P256_SHA384,
+            webpki::ring::ECDSA_P384_SHA256,
+            webpki::ring::ECDSA_P384_SHA384,
+        ];
+        let try_usage = |usage| {
+            leaf.verify_for_usage(algs, &roots, &[], now, usage, None, None)
+                .map(|_| ())
+        };
+        // A leaf made for one purpose only is still a valid chain.
+        match try_usage(webpki::KeyUsage::server_auth()) {
+            Ok(()) => Ok(()),
+            Err(webpki::Error::RequiredEkuNotFoundContext(_)) => {
+                try_usage(webpki::KeyUsage::client_auth())
+                    .map_err(|e| Error::Rejected(describe(&e)))
+            }
+            Err(e) => Err(Error::Rejected(describe(&e))),
+        }
+    }
+}
+
+impl AsRef<[u8]> for Cert {
+    fn as_ref(&self) -> &[u8] {
+        &self.der
+    }
+}
+
+fn describe(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::CertExpired { .. } => "it has expired".into(),
+        webpki::Error::CertNotValidYet { .. } => "it is not valid yet".into(),
+        webpki::Error::UnknownIssuer => "it was not issued by the given CA".into(),
+        webpki::Error::InvalidSignatureForPublicKey => "its signature does not verify".into(),
+        webpki::Error::UnsupportedSignatureAlgorithmContext(_)
+        | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "its signature algorithm is not ECDSA with SHA-2".into()
+        }
+        webpki::Error::CaUsedAsEndEntity => "it is a CA, not a leaf".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn ip_from_bytes(b: &[u8]) -> String {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).map(|a| IpAddr::from(a).to_string()),
+        16 => <[u8; 16]>::try_from(b).map(|a| IpAddr::from(a).to_string()),
+        _ => return hex(b),
+    }
+    .unwrap_or_else(|_| hex(b))
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests;

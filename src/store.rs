@@ -1,0 +1,91 @@
+//! Crash-safe files: everything kvmbox writes goes through here, so that a
+//! crash or power cut leaves either the old content or the new, never half.
+//!
+//! The recipe is the usual one: write a temporary file in the same directory,
+//! fsync it, move it into place, fsync the directory so the rename itself is
+//! durable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Whether a write may replace a file that is already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Replace atomically.
+    Replace,
+    /// Fail with `AlreadyExists`, leaving the existing file untouched.
+    Refuse,
+}
+
+/// Writes `data` to `path` with permission bits `mode`, atomically.
+///
+/// With [`Overwrite::Refuse`] the final step is a hard link, which the kernel
+/// refuses if the name exists: no window in which a check and a rename race.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32, overwrite: Overwrite) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path names no file"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = write_tmp(&tmp, data, mode).and_then(|()| match overwrite {
+        Overwrite::Replace => fs::rename(&tmp, path),
+        Overwrite::Refuse => fs::hard_link(&tmp, path),
+    });
+    // After a rename the temporary name is gone already; after a link or a
+    // failure it must not be left behind.
+    let _ = fs::remove_file(&tmp);
+    result?;
+    File::open(&dir)?.sync_all()
+}
+
+fn write_tmp(tmp: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_with_mode_and_leaves_no_temporary() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("key.pem");
+        write_atomic(&path, b"secret", 0o600, Overwrite::Refuse)?;
+        assert_eq!(fs::read(&path)?, b"secret");
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn refuse_keeps_the_existing_file() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("cert.pem");
+        fs::write(&path, b"old")?;
+        let err = write_atomic(&path, b"new", 0o644, Overwrite::Refuse)
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::AlreadyExists));
+        assert_eq!(fs::read(&path)?, b"old");
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1);
+        write_atomic(&path, b"new", 0o644, Overwrite::Replace)?;
+        assert_eq!(fs::read(&path)?, b"new");
+        Ok(())
+    }
+}
