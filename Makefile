@@ -1,0 +1,76 @@
+# kvmbox: one static executable. The README's two commands are `make run`
+# and `make test`; both install what they need first (scripts/deps.sh).
+
+ARCH      ?= x86_64
+TARGET    := $(ARCH)-unknown-linux-musl
+CARGO     ?= cargo
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+APPLETS   := kvmbox kvmbox-aa-helper kvmbox-cert kvmboxd
+
+ifeq ($(ARCH),x86_64)
+OUT := build/kvmbox
+else
+OUT := build/$(ARCH)/kvmbox
+endif
+
+# Rebuild when any source changes; cargo itself decides what is stale.
+SOURCES := Cargo.toml Cargo.lock rust-toolchain.toml $(wildcard cross/*.toml) \
+           $(shell find src applets profiles -type f 2>/dev/null)
+
+.PHONY: all cross deps run test check unit shtest qemu-test bench install clean
+
+all: $(OUT)
+
+$(OUT): $(SOURCES)
+	$(CARGO) build --release --locked --target $(TARGET) --config cross/$(ARCH).toml
+	@mkdir -p $(dir $@)
+	cp target/$(TARGET)/release/kvmbox $@
+
+# `make cross ARCH=aarch64` → build/aarch64/kvmbox
+cross:
+	$(MAKE) ARCH=$(ARCH) all
+
+deps:
+	@sh scripts/deps.sh
+
+# Builds and starts the daemon in the foreground on a scratch state dir.
+run: deps
+	@$(MAKE) --no-print-directory all
+	@sh scripts/run.sh
+
+# Everything CI runs: style, lints, unit and integration tests, the shell
+# tests against the static binaries and real peers, and the guest tests.
+test: deps
+	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all ARCH=aarch64
+	@$(MAKE) --no-print-directory unit shtest qemu-test
+
+check:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Integration tests drive the shipped static binary, not a debug build.
+unit:
+	KVMBOX_BIN=$(CURDIR)/build/kvmbox $(CARGO) test --locked
+
+shtest:
+	@KVMBOX_BIN=$(CURDIR)/build/kvmbox sh tests/sh/run.sh
+
+qemu-test:
+	@KVMBOX_BIN=$(CURDIR)/build/kvmbox sh qemu-tests/run.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all ARCH=aarch64
+	@sh bench/run.sh
+
+install: $(OUT)
+	install -D -m 0755 $(OUT) $(DESTDIR)$(PREFIX)/bin/kvmbox
+	for a in $(filter-out kvmbox,$(APPLETS)); do ln -sf kvmbox $(DESTDIR)$(PREFIX)/bin/$$a; done
+	mkdir -p $(DESTDIR)/etc/apparmor.d
+	cp -R profiles/. $(DESTDIR)/etc/apparmor.d/
+
+clean:
+	rm -rf build target

@@ -1,0 +1,41 @@
+#!/bin/sh
+# Installs what building and testing kvmbox needs on a Debian machine, as
+# root. Idempotent and quick when everything is present: it asks dpkg and
+# rustup first and only calls apt-get for what is missing.
+set -eu
+
+# Build: musl-gcc for ring's C parts; the aarch64 cross compiler and
+# qemu-user-static for the aarch64 build and its smoke test.
+# Tests and benchmarks: the real peers (QEMU, apparmor_parser, lxc, openssl,
+# libvirt), busybox-static for guest initramfs images, file and time.
+PACKAGES="musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio"
+
+missing=""
+for p in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+        "install ok installed") ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "deps: missing Debian packages:$missing (run as root to install them)" >&2
+        exit 1
+    fi
+    echo "deps: installing$missing"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+fi
+
+# The toolchain and targets are pinned in rust-toolchain.toml; rustup adds
+# what is missing.
+installed=$(rustup target list --installed 2>/dev/null || true)
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    case "$installed" in
+        *"$t"*) ;;
+        *) rustup target add "$t" ;;
+    esac
+done

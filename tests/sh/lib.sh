@@ -1,0 +1,20 @@
+# Helpers sourced by the shell tests: each check says what it expected.
+set -eu
+K=$KVMBOX_BIN
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# expect_fail CMD…: the command must exit non-zero; its stderr is kept in $ERR.
+expect_fail() {
+    if "$@" >out.txt 2>err.txt; then fail "expected failure: $*"; fi
+    ERR=$(cat err.txt)
+}
+
+# contains HAYSTACK NEEDLE
+contains() { case "$1" in *"$2"*) ;; *) fail "expected '$2' in: $1" ;; esac; }
+
+# one_line TEXT: an error message must be exactly one line.
+one_line() { [ "$(printf '%s\n' "$1" | wc -l)" -eq 1 ] || fail "not one line: $1"; }
+
+# applet NAME ARGS…: runs an applet through a symlink, as installed.
+applet() { n=$1; shift; mkdir -p bin; ln -sf "$K" "bin/$n"; "bin/$n" "$@"; }
