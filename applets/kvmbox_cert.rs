@@ -177,7 +177,7 @@ enum Error {
     Read(String, #[source] std::io::Error),
     #[error("{0}")]
     Input(String, #[source] kvmbox::PkiError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] kvmbox::PkiError),
     #[error("{0} already exists (use --force to replace it)")]
     Exists(String),
@@ -188,6 +188,7 @@ enum Error {
 }
 
 pub(crate) fn main(args: &[String]) -> ExitCode {
+    kvmbox::default_sigpipe();
     let args: Args = match cli::parse(NAME, args) {
         Ok(a) => a,
         Err(code) => return code,

@@ -6,9 +6,12 @@
 
 mod pki;
 mod store;
+#[allow(unsafe_code)] // the one module that may; see its header
+mod sys;
 
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use store::{write_atomic, Overwrite};
+pub use sys::default_sigpipe;
 
 /// Every error and the `source()`s under it on one line, the way each applet
 /// reports a failure: `cannot read CA key: No such file or directory`.

@@ -102,9 +102,15 @@ impl Key {
             .map_err(|e| invalid(format!("unreadable private key ({e})")))?;
         let alg = pair.algorithm();
         if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ECDSA_P384_SHA384 {
-            return Err(invalid(
-                "unsupported key type: use an EC key (P-256 or P-384)",
-            ));
+            // ring reads only EC, Ed25519 and RSA PKCS#8 keys.
+            let kind = if alg == &rcgen::PKCS_ED25519 {
+                "Ed25519"
+            } else {
+                "RSA"
+            };
+            return Err(invalid(format!(
+                "{kind} keys are not supported: use an EC key (P-256 or P-384)"
+            )));
         }
         Ok(Key(pair))
     }
@@ -470,6 +476,7 @@ fn describe(e: &webpki::Error) -> String {
             "its signature algorithm is not ECDSA with SHA-2".into()
         }
         webpki::Error::CaUsedAsEndEntity => "it is a CA, not a leaf".into(),
+        webpki::Error::UnsupportedCertVersion => "it is not an X.509 v3 certificate".into(),
         other => format!("{other:?}"),
     }
 }
