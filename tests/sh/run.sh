@@ -1,16 +1,17 @@
 #!/bin/sh
-# Runs every test_*.sh in a directory (default: this one), each in its own
-# scratch directory, and ends with the plain "N passed, N failed" line.
-# A test passes when it exits 0; its output is shown only when it fails.
-# Usage: run.sh [DIR] [NAME-FILTER]
+# Runs every test_*.sh in the given directories (default: this one), each in
+# its own scratch directory, and ends with the plain "N passed, N failed"
+# line. A test passes when it exits 0; its output is shown only when it
+# fails. TEST_FILTER=substring runs only the tests whose path contains it.
+# Usage: run.sh [DIR…]
 set -u
-dir=${1:-$(dirname "$0")}
-filter=${2:-}
+[ $# -gt 0 ] || set -- "$(dirname "$0")"
+filter=${TEST_FILTER:-}
 : "${KVMBOX_BIN:?KVMBOX_BIN must name the kvmbox binary under test}"
 export KVMBOX_BIN
 export TESTLIB="$(cd "$(dirname "$0")" && pwd)/lib.sh"
 pass=0; fail=0; failed=""
-for t in "$dir"/test_*.sh; do
+for t in $(for dir in "$@"; do ls "$dir"/test_*.sh 2>/dev/null; done); do
     [ -e "$t" ] || continue
     case "$t" in *"$filter"*) ;; *) continue ;; esac
     name=$(basename "$t" .sh)
