@@ -10,6 +10,7 @@ filter=${TEST_FILTER:-}
 : "${KVMBOX_BIN:?KVMBOX_BIN must name the kvmbox binary under test}"
 export KVMBOX_BIN
 export TESTLIB="$(cd "$(dirname "$0")" && pwd)/lib.sh"
+export REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 pass=0; fail=0; failed=""
 for t in $(for dir in "$@"; do ls "$dir"/test_*.sh 2>/dev/null; done); do
     [ -e "$t" ] || continue
