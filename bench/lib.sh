@@ -22,3 +22,18 @@ ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "
 
 # row WHAT OURS PEER: a table row with the ratio of the two.
 row() { echo "| $1 | $2 | $3 | $(ratio "${2%% *}" "${3%% *}") |"; }
+
+# start_libvirtd: starts libvirtd (the peer of several rows) if it is not
+# running; Debian's package expects these users and directories to exist.
+start_libvirtd() {
+    getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+    getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+    mkdir -p /var/log/libvirt /var/lib/libvirt/qemu /run/libvirt
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d
+    i=0
+    until virsh -c qemu:///system list >/dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 100 ] || { echo "libvirtd did not start" >&2; return 1; }
+        sleep 0.1
+    done
+}
