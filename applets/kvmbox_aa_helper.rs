@@ -94,7 +94,8 @@ struct Args {
     /// the daemon's state directory (default /var/lib/kvmbox)
     #[argh(option, default = "PathBuf::from(\"/var/lib/kvmbox\")")]
     state_dir: PathBuf,
-    /// profile template (default PROFILE_DIR/TEMPLATE.qemu, else the built-in one)
+    /// profile template (default PROFILE_DIR/TEMPLATE.qemu, else TEMPLATE.qemu
+    /// beside PROFILE_DIR, else the built-in one)
     #[argh(option)]
     template: Option<PathBuf>,
     /// the apparmor_parser to run (default apparmor_parser from /usr/sbin or /sbin)
@@ -341,13 +342,20 @@ fn read_instance() -> Result<AaInstance, AaError> {
         .map_err(|e| AaError::Invalid(format!("invalid VM definition on stdin: {e}")))
 }
 
-/// The template text and a name for messages.
+/// The template text and a name for messages: `--template`, else
+/// PROFILE_DIR/TEMPLATE.qemu, else the one beside PROFILE_DIR (where
+/// `make install` puts it: /etc/apparmor.d/TEMPLATE.qemu), else built-in.
 fn template(args: &Args) -> Result<(String, String), AaError> {
-    let installed = args.profile_dir.join("TEMPLATE.qemu");
+    let installed = [
+        Some(args.profile_dir.join("TEMPLATE.qemu")),
+        args.profile_dir.parent().map(|d| d.join("TEMPLATE.qemu")),
+    ];
     let path = match &args.template {
         Some(p) => p.clone(),
-        None if installed.is_file() => installed,
-        None => return Ok((AA_TEMPLATE.to_string(), "built-in TEMPLATE.qemu".into())),
+        None => match installed.into_iter().flatten().find(|p| p.is_file()) {
+            Some(p) => p,
+            None => return Ok((AA_TEMPLATE.to_string(), "built-in TEMPLATE.qemu".into())),
+        },
     };
     let text = std::fs::read_to_string(&path).map_err(|source| AaError::Io {
         action: "read",

@@ -608,6 +608,14 @@ fn an_edited_profile_is_kept_and_only_the_files_list_regenerated() {
         .unwrap()
         .contains("/srv/custom r,"));
     h.compiles(UUID);
+    // Without --template: the one beside the profile directory (where
+    // `make install` puts it) is used.
+    fs::copy(&custom, h.p("TEMPLATE.qemu")).unwrap();
+    fs::remove_file(&path).unwrap();
+    h.helper("replace").stdin(h.vm().to_string()).succeeds();
+    assert!(fs::read_to_string(&path)
+        .unwrap()
+        .contains("/srv/custom r,"));
     fs::write(&custom, "profile KVMBOX_TEMPLATE {\n}\n").unwrap();
     h.helper("replace")
         .args(["--template", &custom])
