@@ -423,6 +423,19 @@ fn uuid_on_the_command_line_must_match() {
         .fails()
         .stderr_contains("invalid UUID");
     h.untouched("uuid mismatch");
+    let quoted = h.p("pro\"files");
+    applet("kvmbox-aa-helper")
+        .args([
+            "create",
+            "--profile-dir",
+            &quoted,
+            "--state-dir",
+            &h.p("state"),
+        ])
+        .stdin(h.vm().to_string())
+        .fails()
+        .stderr_contains("special in AppArmor");
+    assert!(!Path::new(&quoted).exists());
     h.helper("remove")
         .fails()
         .code_is(2)
