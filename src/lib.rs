@@ -4,11 +4,21 @@
 //! nothing else, so the public surface stays small enough to review.
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
+mod apparmor;
 mod pki;
 mod store;
 #[allow(unsafe_code)] // the one module that may; see its header
 mod sys;
 
+pub use apparmor::{
+    check as check_instance, files_list as aa_files_list,
+    granted_by_others as aa_granted_by_others, kernel_apparmor as aa_kernel,
+    profile_from_template as aa_profile_from_template, profile_state as aa_profile_state,
+    Disk as AaDisk, Error as AaError, Host as AaHost, Instance as AaInstance, Kernel as AaKernel,
+    Parser as AaParser, ProfileState as AaProfileState, Rule as AaRule, RuleKind as AaRuleKind,
+    Uuid as AaUuid, Validated as AaValidated, ABSTRACTION as AA_ABSTRACTION,
+    TEMPLATE as AA_TEMPLATE,
+};
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use store::{write_atomic, Overwrite};
 pub use sys::default_sigpipe;
