@@ -67,11 +67,20 @@ bench: deps
 	@$(MAKE) --no-print-directory all ARCH=aarch64
 	@sh bench/run.sh
 
+# The daemon and the AppArmor helper are hard links, not symlinks: AppArmor
+# attaches a profile to the resolved path, so each needs a path of its own
+# (profiles/usr.sbin.kvmboxd, profiles/usr.libexec.kvmbox-aa-helper; they
+# name /usr, so install with PREFIX=/usr where AppArmor is enforced).
 install: $(OUT)
 	install -D -m 0755 $(OUT) $(DESTDIR)$(PREFIX)/bin/kvmbox
-	for a in $(filter-out kvmbox,$(APPLETS)); do ln -sf kvmbox $(DESTDIR)$(PREFIX)/bin/$$a; done
-	mkdir -p $(DESTDIR)/etc/apparmor.d
-	cp -R profiles/. $(DESTDIR)/etc/apparmor.d/
+	ln -sf kvmbox $(DESTDIR)$(PREFIX)/bin/kvmbox-cert
+	mkdir -p $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/libexec
+	ln -f $(DESTDIR)$(PREFIX)/bin/kvmbox $(DESTDIR)$(PREFIX)/sbin/kvmboxd
+	ln -f $(DESTDIR)$(PREFIX)/bin/kvmbox $(DESTDIR)$(PREFIX)/libexec/kvmbox-aa-helper
+	install -D -m 0644 profiles/abstractions/kvmbox-qemu $(DESTDIR)/etc/apparmor.d/abstractions/kvmbox-qemu
+	install -D -m 0644 profiles/usr.sbin.kvmboxd $(DESTDIR)/etc/apparmor.d/usr.sbin.kvmboxd
+	install -D -m 0644 profiles/usr.libexec.kvmbox-aa-helper $(DESTDIR)/etc/apparmor.d/usr.libexec.kvmbox-aa-helper
+	install -D -m 0644 profiles/TEMPLATE.qemu $(DESTDIR)/etc/apparmor.d/kvmbox/TEMPLATE.qemu
 
 clean:
 	rm -rf build target

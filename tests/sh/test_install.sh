@@ -3,8 +3,17 @@
 make -s -C "$REPO" install DESTDIR="$PWD/root" PREFIX=/usr >/dev/null
 [ -x root/usr/bin/kvmbox ] || fail "no binary"
 cmp -s root/usr/bin/kvmbox "$REPO/build/kvmbox" || fail "installed binary differs"
-for a in kvmboxd kvmbox-aa-helper kvmbox-cert; do
-    [ "$(readlink "root/usr/bin/$a")" = kvmbox ] || fail "link $a"
-done
+[ "$(readlink root/usr/bin/kvmbox-cert)" = kvmbox ] || fail "link kvmbox-cert"
 root/usr/bin/kvmbox-cert --version | grep -q "^kvmbox-cert " || fail "installed link does not run"
-[ -d root/etc/apparmor.d ] || fail "no profiles dir"
+# AppArmor attaches by resolved path: the confined applets are hard links.
+for a in sbin/kvmboxd libexec/kvmbox-aa-helper; do
+    [ ! -L "root/usr/$a" ] && [ "root/usr/$a" -ef root/usr/bin/kvmbox ] || fail "$a is not a hard link"
+done
+[ "$(root/usr/sbin/kvmboxd --version)" = "kvmboxd 0.1.0" ] || fail "kvmboxd by its installed name"
+for f in abstractions/kvmbox-qemu usr.sbin.kvmboxd usr.libexec.kvmbox-aa-helper kvmbox/TEMPLATE.qemu; do
+    [ -f "root/etc/apparmor.d/$f" ] || fail "profile $f not installed"
+done
+# The installed policy compiles with the real parser.
+for f in usr.sbin.kvmboxd usr.libexec.kvmbox-aa-helper; do
+    apparmor_parser -Q -K -T -I root/etc/apparmor.d -I /etc/apparmor.d "root/etc/apparmor.d/$f" || fail "$f does not compile"
+done
