@@ -1,0 +1,450 @@
+//! The REST API: LXD's `/1.0` layout and response envelope, a route table in
+//! which every route names the least role it needs, and the handlers.
+//!
+//! Every request carries an [`Identity`]: who the peer is (Unix socket
+//! credentials now, a TCP address with the remote listener later), the
+//! fingerprint of its TLS client certificate, and the role the trust store
+//! gives it, if any. Reference: <https://documentation.ubuntu.com/lxd/en/latest/rest-api/>.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::daemon::Shared;
+use crate::http::{Request, Response};
+use crate::log::log;
+use crate::pki::Cert;
+use crate::sys::PeerCred;
+use crate::trust::Role;
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub peer: Peer,
+    /// The TLS client certificate (always present: the handshake requires one).
+    pub cert: Option<Cert>,
+    /// `None` means untrusted.
+    pub role: Option<Role>,
+}
+
+/// Where the call comes from.
+#[derive(Clone, Debug)]
+pub enum Peer {
+    /// The Unix socket, with the kernel's view of the caller.
+    Local(PeerCred),
+}
+
+impl Identity {
+    /// The key failed passphrase attempts are counted under.
+    fn limiter_key(&self) -> String {
+        match &self.peer {
+            Peer::Local(c) => format!("uid:{}", c.uid),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.peer {
+            Peer::Local(c) => format!("uid {} (pid {})", c.uid, c.pid),
+        }
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        self.cert.as_ref().map(Cert::fingerprint)
+    }
+}
+
+/// What a route requires of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Anyone who completed the TLS handshake.
+    Anyone,
+    /// A trusted caller with at least this role.
+    Role(Role),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Root,
+    Server,
+    ServerPut,
+    ServerPatch,
+    Certificates,
+    CertificateAdd,
+    Certificate,
+    CertificateDelete,
+    Instances,
+    Operations,
+    Operation,
+    OperationWait,
+}
+
+/// Method, path pattern (`{}` is one segment), route, what it needs.
+const ROUTES: &[(&str, &str, Route, Need)] = &[
+    ("GET", "/", Route::Root, Need::Anyone),
+    ("GET", "/1.0", Route::Server, Need::Anyone),
+    ("PUT", "/1.0", Route::ServerPut, Need::Role(Role::Admin)),
+    ("PATCH", "/1.0", Route::ServerPatch, Need::Role(Role::Admin)),
+    ("GET", "/1.0/certificates", Route::Certificates, Need::Role(Role::Auditor)),
+    ("POST", "/1.0/certificates", Route::CertificateAdd, Need::Anyone),
+    ("GET", "/1.0/certificates/{}", Route::Certificate, Need::Role(Role::Auditor)),
+    ("DELETE", "/1.0/certificates/{}", Route::CertificateDelete, Need::Role(Role::Admin)),
+    ("GET", "/1.0/instances", Route::Instances, Need::Role(Role::Auditor)),
+    ("GET", "/1.0/operations", Route::Operations, Need::Role(Role::Auditor)),
+    ("GET", "/1.0/operations/{}", Route::Operation, Need::Role(Role::Auditor)),
+    ("GET", "/1.0/operations/{}/wait", Route::OperationWait, Need::Role(Role::Auditor)),
+];
+
+/// What an untrusted client is told, wherever it is refused.
+pub const UNTRUSTED_HINT: &str =
+    "not authorized: this client is not trusted; run `kvmbox authenticate` with the local passphrase";
+
+/// Matches `path` against `pattern`, collecting the `{}` segments.
+fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
+    let mut p = pattern.split('/');
+    let mut s = path.split('/');
+    loop {
+        match (p.next(), s.next()) {
+            (None, None) => return Some(params),
+            (Some("{}"), Some(seg)) if is_param(seg) => params.push(seg.to_string()),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Path parameters are names, fingerprints and uuids: nothing else gets in.
+fn is_param(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg.len() <= 128
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && seg != "."
+        && seg != ".."
+}
+
+fn find(method: &str, path: &str) -> Result<(Route, Need, Vec<String>), Response> {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let mut path_known = false;
+    for (m, pattern, route, need) in ROUTES {
+        if let Some(params) = matches(pattern, path) {
+            path_known = true;
+            if *m == method {
+                return Ok((*route, *need, params));
+            }
+        }
+    }
+    Err(if path_known {
+        error(405, "method not allowed")
+    } else {
+        error(404, "not found")
+    })
+}
+
+/// LXD's synchronous response.
+pub fn sync(metadata: Value) -> Response {
+    envelope(200, json!({
+        "type": "sync",
+        "status": "Success",
+        "status_code": 200,
+        "operation": "",
+        "error_code": 0,
+        "error": "",
+        "metadata": metadata,
+    }))
+}
+
+/// LXD's error response.
+pub fn error(code: u16, message: &str) -> Response {
+    envelope(code, json!({
+        "type": "error",
+        "status": "",
+        "status_code": 0,
+        "operation": "",
+        "error_code": code,
+        "error": message,
+        "metadata": null,
+    }))
+}
+
+/// LXD's asynchronous response: 202 and the operation.
+pub fn operation(op: &crate::operations::Operation) -> Response {
+    envelope(202, json!({
+        "type": "async",
+        "status": "Operation created",
+        "status_code": 100,
+        "operation": format!("/1.0/operations/{}", op.id),
+        "error_code": 0,
+        "error": "",
+        "metadata": op,
+    }))
+}
+
+fn envelope(status: u16, body: Value) -> Response {
+    Response {
+        status,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+/// Answers one request.
+pub async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
+    let (route, need, params) = match find(&req.method, &req.path) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Need::Role(min) = need {
+        match id.role {
+            None => return error(403, UNTRUSTED_HINT),
+            Some(role) if role < min => {
+                return error(403, &format!("not authorized: this needs the {min:?} role").to_lowercase())
+            }
+            Some(_) => {}
+        }
+    }
+    let param = params.first().map(String::as_str).unwrap_or_default();
+    let recursion = req.query_param("recursion").is_some_and(|r| r != "0");
+    match route {
+        Route::Root => sync(json!(["/1.0"])),
+        Route::Server => sync(shared.server_info(id)),
+        Route::ServerPut => put_config(shared, req, true).await,
+        Route::ServerPatch => put_config(shared, req, false).await,
+        Route::Certificates => certificates(shared, recursion),
+        Route::CertificateAdd => add_certificate(shared, id, req).await,
+        Route::Certificate => match shared.trust().get(param) {
+            Some(e) => sync(json!(e)),
+            None => error(404, "certificate not found"),
+        },
+        Route::CertificateDelete => delete_certificate(shared, id, param),
+        Route::Instances => sync(json!([])),
+        Route::Operations => {
+            let urls: Vec<String> = shared
+                .ops
+                .ids()
+                .iter()
+                .map(|i| format!("/1.0/operations/{i}"))
+                .collect();
+            sync(json!({ "running": urls }))
+        }
+        Route::Operation => match shared.ops.get(param) {
+            Some(op) => sync(json!(op)),
+            None => error(404, "operation not found"),
+        },
+        Route::OperationWait => {
+            let secs = req
+                .query_param("timeout")
+                .and_then(|t| t.parse::<i64>().ok())
+                .filter(|t| *t >= 0)
+                .map_or(3600, |t| t.min(3600));
+            let timeout = Duration::from_secs(secs.unsigned_abs());
+            match shared.ops.wait(param, timeout).await {
+                Some(op) => sync(json!(op)),
+                None => error(404, "operation not found"),
+            }
+        }
+    }
+}
+
+/// The body of `PUT/PATCH /1.0`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerPut {
+    #[serde(default)]
+    config: BTreeMap<String, Value>,
+}
+
+async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Response {
+    let body: ServerPut = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    let mut changes = BTreeMap::new();
+    for (k, v) in body.config {
+        let v = match v {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            _ => return error(400, &format!("config value of {k} must be a string")),
+        };
+        changes.insert(k, v);
+    }
+    let s = shared.clone();
+    // Hashing a passphrase is slow by design: keep it off the executor.
+    let result = smol::unblock(move || s.settings().apply(&changes, replace)).await;
+    match result {
+        Ok(()) => {
+            log!(Info, "server configuration changed");
+            sync(json!({}))
+        }
+        Err(e @ (crate::settings::Error::UnknownKey(_) | crate::settings::Error::Invalid { .. })) => {
+            error(400, &crate::error_chain(&e))
+        }
+        Err(e) => {
+            log!(Error, "{}", crate::error_chain(&e));
+            error(500, "cannot save the configuration")
+        }
+    }
+}
+
+fn certificates(shared: &Arc<Shared>, recursion: bool) -> Response {
+    let trust = shared.trust();
+    if recursion {
+        let list: Vec<Value> = trust.entries().map(|e| json!(e)).collect();
+        sync(Value::Array(list))
+    } else {
+        let urls: Vec<String> = trust
+            .entries()
+            .map(|e| format!("/1.0/certificates/{}", e.fingerprint))
+            .collect();
+        sync(json!(urls))
+    }
+}
+
+fn delete_certificate(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
+    match shared.trust().remove(fp) {
+        Ok(true) => {
+            log!(Info, "certificate {fp} removed from the trust store by {}", id.describe());
+            sync(json!({}))
+        }
+        Ok(false) => error(404, "certificate not found"),
+        Err(e) => {
+            log!(Error, "{}", crate::error_chain(&e));
+            error(500, "cannot save the trust store")
+        }
+    }
+}
+
+/// The body of `POST /1.0/certificates` (LXD's `CertificatesPost`).
+#[derive(Deserialize)]
+struct CertificatesPost {
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    certificate: String,
+    #[serde(default, alias = "trust_password")]
+    password: String,
+}
+
+/// A client adds its own TLS certificate with the local passphrase.
+async fn add_certificate(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
+    let body: CertificatesPost = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    if body.kind.as_deref().is_some_and(|k| k != "client") {
+        return error(400, "only client certificates can be added");
+    }
+    if !body.certificate.is_empty() {
+        return error(501, "adding another client's certificate is not supported yet");
+    }
+    if body.name.len() > 64 || body.name.chars().any(char::is_control) {
+        return error(400, "the name must be at most 64 printable characters");
+    }
+    let Some(cert) = id.cert.clone() else {
+        return error(400, "no client certificate in this connection");
+    };
+    if id.role.is_some() {
+        return sync(json!({}));
+    }
+    let Some(stored) = shared.settings().passphrase_hash().map(str::to_string) else {
+        return error(
+            403,
+            "not authorized: no local passphrase is set; an administrator sets one with \
+             `kvmbox config set local.passphrase`",
+        );
+    };
+    let key = id.limiter_key();
+    if let Err(wait) = shared.limiter().begin(key.clone(), Instant::now()) {
+        log!(Warn, "authentication attempt from {} refused by the rate limiter", id.describe());
+        return error(
+            429,
+            &format!("too many failed attempts: try again in {} s", wait.as_secs().max(1)),
+        );
+    }
+    let given = body.password;
+    let ok = smol::unblock(move || crate::secret::verify(&given, &stored)).await;
+    shared.limiter().finish(key, ok, Instant::now());
+    if !ok {
+        log!(Warn, "wrong passphrase from {}", id.describe());
+        return error(403, "not authorized: wrong passphrase");
+    }
+    let name = if body.name.is_empty() {
+        match &id.peer {
+            Peer::Local(c) => format!("local-uid-{}", c.uid),
+        }
+    } else {
+        body.name
+    };
+    let role = Role::Admin;
+    match shared.trust().add(&cert, &name, role) {
+        Ok(_) => {
+            log!(
+                Info,
+                "certificate {} of {} trusted by passphrase",
+                id.fingerprint().unwrap_or_default(),
+                id.describe()
+            );
+            sync(json!({}))
+        }
+        Err(e) => {
+            log!(Error, "{}", crate::error_chain(&e));
+            error(500, "cannot save the trust store")
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "a failed test should panic")]
+mod tests {
+    use super::*;
+
+    fn body(r: &Response) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn envelopes() {
+        let ok = body(&sync(json!(["/1.0"])));
+        assert_eq!(ok["type"], "sync");
+        assert_eq!(ok["status_code"], 200);
+        assert_eq!(ok["metadata"][0], "/1.0");
+        let e = error(403, "nope");
+        assert_eq!(e.status, 403);
+        let e = body(&e);
+        assert_eq!((e["type"].as_str(), e["error_code"].as_u64()), (Some("error"), Some(403)));
+        assert_eq!(e["error"], "nope");
+    }
+
+    #[test]
+    fn routing() {
+        let (r, need, p) = find("DELETE", "/1.0/certificates/abc123").unwrap();
+        assert_eq!((r, need, p), (Route::CertificateDelete, Need::Role(Role::Admin), vec!["abc123".into()]));
+        assert_eq!(find("GET", "/1.0/").unwrap().0, Route::Server);
+        assert_eq!(find("GET", "/").unwrap().0, Route::Root);
+        assert_eq!(find("DELETE", "/1.0").unwrap_err().status, 405);
+        assert_eq!(find("GET", "/2.0").unwrap_err().status, 404);
+        assert_eq!(find("GET", "/1.0/certificates/..").unwrap_err().status, 404);
+        assert_eq!(find("GET", "/1.0/certificates/a%2fb").unwrap_err().status, 404);
+        assert_eq!(find("GET", "/1.0/operations/x/wait").unwrap().0, Route::OperationWait);
+        assert_eq!(find("GET", "/1.0//certificates").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn every_route_but_discovery_and_self_add_needs_a_role() {
+        for (m, p, _, need) in ROUTES {
+            let open = matches!((*m, *p), ("GET", "/") | ("GET", "/1.0") | ("POST", "/1.0/certificates"));
+            assert_eq!(*need == Need::Anyone, open, "{m} {p}");
+        }
+    }
+}
