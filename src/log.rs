@@ -20,7 +20,9 @@ impl std::str::FromStr for LogLevel {
             "warn" => Ok(LogLevel::Warn),
             "info" => Ok(LogLevel::Info),
             "debug" => Ok(LogLevel::Debug),
-            _ => Err(format!("unknown log level {s:?}: use error, warn, info or debug")),
+            _ => Err(format!(
+                "unknown log level {s:?}: use error, warn, info or debug"
+            )),
         }
     }
 }

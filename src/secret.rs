@@ -27,7 +27,7 @@ pub enum Error {
 }
 
 /// Hashes `passphrase` with a fresh random salt.
-pub fn hash(passphrase: &str) -> Result<String, Error> {
+pub(crate) fn hash(passphrase: &str) -> Result<String, Error> {
     if passphrase.is_empty() {
         return Err(Error::Empty);
     }
@@ -54,7 +54,7 @@ fn hash_with(passphrase: &str, salt: &[u8], iterations: u32) -> String {
 /// Whether `passphrase` matches `stored`; the comparison inside ring's
 /// `pbkdf2::verify` takes the same time wherever the first difference is.
 /// A malformed stored value matches nothing.
-pub fn verify(passphrase: &str, stored: &str) -> bool {
+pub(crate) fn verify(passphrase: &str, stored: &str) -> bool {
     let mut parts = stored.split('$');
     let (Some(SCHEME), Some(iters), Some(salt), Some(hash), None) = (
         parts.next(),
@@ -83,7 +83,7 @@ pub fn verify(passphrase: &str, stored: &str) -> bool {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.is_empty() {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
         return None;
     }
     (0..s.len())
@@ -97,7 +97,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// is even looked at, up to `max_delay`. One attempt per peer is in flight
 /// at a time, so parallel connections do not multiply the guessing rate.
 #[derive(Debug)]
-pub struct RateLimiter<K> {
+pub(crate) struct RateLimiter<K> {
     free: u32,
     base: Duration,
     max_delay: Duration,
@@ -113,7 +113,7 @@ struct Peer {
 
 impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     /// `free` failures without delay, then `base`, 2×`base`, … up to `max_delay`.
-    pub fn new(free: u32, base: Duration, max_delay: Duration) -> RateLimiter<K> {
+    pub(crate) fn new(free: u32, base: Duration, max_delay: Duration) -> RateLimiter<K> {
         RateLimiter {
             free,
             base,
@@ -123,7 +123,7 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     }
 
     /// Claims an attempt for `peer` at `now`, or says how long to wait.
-    pub fn begin(&mut self, peer: K, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn begin(&mut self, peer: K, now: Instant) -> Result<(), Duration> {
         let p = self.peers.entry(peer).or_default();
         if p.in_flight {
             return Err(self.base.max(Duration::from_secs(1)));
@@ -138,7 +138,7 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     }
 
     /// Records the outcome of the attempt `begin` allowed.
-    pub fn finish(&mut self, peer: K, success: bool, now: Instant) {
+    pub(crate) fn finish(&mut self, peer: K, success: bool, now: Instant) {
         if success {
             self.peers.remove(&peer);
             return;
@@ -176,7 +176,7 @@ mod tests {
         let b = hash("pw").unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with(&format!("pbkdf2-sha256${ITERATIONS}$")));
-        assert!(ITERATIONS >= 100_000);
+        const { assert!(ITERATIONS >= 100_000) };
         assert!(verify("pw", &a));
         assert!(matches!(hash(""), Err(Error::Empty)));
     }
@@ -224,12 +224,12 @@ mod tests {
         rl.begin(1, t0).unwrap();
         assert!(rl.begin(1, t0).is_err());
         rl.finish(1, false, t0);
-        for i in 0..40 {
+        for i in 1..=40 {
             let t = t0 + Duration::from_secs(100 * i);
             rl.begin(1, t).unwrap();
             rl.finish(1, false, t);
         }
-        let t = t0 + Duration::from_secs(3900);
+        let t = t0 + Duration::from_secs(4000);
         assert_eq!(rl.begin(1, t), Err(Duration::from_secs(5)));
     }
 }

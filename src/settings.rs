@@ -11,12 +11,12 @@ use crate::secret;
 use crate::store::{write_atomic, Overwrite};
 
 /// The passphrase other local users authenticate with (seed 000).
-pub const LOCAL_PASSPHRASE: &str = "local.passphrase";
+pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
 
 /// What `GET /1.0` shows instead of a secret that is set (LXD shows
 /// `core.trust_password: true` the same way); sent back in a PUT, it keeps
 /// the secret as it is.
-pub const REDACTED: &str = "true";
+pub(crate) const REDACTED: &str = "true";
 
 /// Keys the daemon knows; anything else is refused so a typo is not silently
 /// kept.
@@ -63,13 +63,13 @@ pub enum Error {
 
 /// The settings, in memory and on disk.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     path: PathBuf,
     file: File,
 }
 
 impl Settings {
-    pub fn open(path: &Path) -> Result<Settings, Error> {
+    pub(crate) fn open(path: &Path) -> Result<Settings, Error> {
         let file = match std::fs::read(path) {
             Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::Corrupt {
                 path: path.to_path_buf(),
@@ -90,7 +90,7 @@ impl Settings {
     }
 
     /// The configuration as the API shows it, secrets redacted.
-    pub fn public(&self) -> BTreeMap<String, String> {
+    pub(crate) fn public(&self) -> BTreeMap<String, String> {
         self.file
             .config
             .iter()
@@ -102,15 +102,15 @@ impl Settings {
     }
 
     /// The stored hash of the local passphrase, if one is set.
-    pub fn passphrase_hash(&self) -> Option<&str> {
+    pub(crate) fn passphrase_hash(&self) -> Option<&str> {
         self.file.config.get(LOCAL_PASSPHRASE).map(String::as_str)
     }
 
-    pub fn local_socket_open(&self) -> bool {
+    pub(crate) fn local_socket_open(&self) -> bool {
         self.file.local_socket_open
     }
 
-    pub fn set_local_socket_open(&mut self) -> Result<(), Error> {
+    pub(crate) fn set_local_socket_open(&mut self) -> Result<(), Error> {
         let mut next = self.file.clone();
         next.local_socket_open = true;
         self.commit(next)
@@ -120,7 +120,11 @@ impl Settings {
     /// not named are unset too (PUT); otherwise they are kept (PATCH).
     /// Nothing changes unless every key is valid. Slow hashing happens here,
     /// so callers run it off the async executor.
-    pub fn apply(&mut self, changes: &BTreeMap<String, String>, replace: bool) -> Result<(), Error> {
+    pub(crate) fn apply(
+        &mut self,
+        changes: &BTreeMap<String, String>,
+        replace: bool,
+    ) -> Result<(), Error> {
         let mut next = self.file.clone();
         if replace {
             next.config.retain(|k, _| changes.contains_key(k));
@@ -167,12 +171,18 @@ impl Settings {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
 mod tests {
     use super::*;
 
     fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -180,7 +190,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("daemon.json");
         let mut s = Settings::open(&path).unwrap();
-        s.apply(&map(&[(LOCAL_PASSPHRASE, "hunter2hunter2")]), false).unwrap();
+        s.apply(&map(&[(LOCAL_PASSPHRASE, "hunter2hunter2")]), false)
+            .unwrap();
         let disk = std::fs::read_to_string(&path).unwrap();
         assert!(!disk.contains("hunter2"));
         assert!(disk.contains("pbkdf2-sha256$"));

@@ -33,7 +33,9 @@ impl std::str::FromStr for Role {
             "user" => Ok(Role::User),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {s:?}: use auditor, user, operator or admin")),
+            _ => Err(format!(
+                "unknown role {s:?}: use auditor, user, operator or admin"
+            )),
         }
     }
 }
@@ -80,7 +82,7 @@ pub enum Error {
 
 /// The trust store, in memory, mirrored to its file on every change.
 #[derive(Debug)]
-pub struct TrustStore {
+pub(crate) struct TrustStore {
     path: PathBuf,
     /// By fingerprint; the file holds the values in this order.
     entries: BTreeMap<String, Entry>,
@@ -88,7 +90,7 @@ pub struct TrustStore {
 
 impl TrustStore {
     /// Loads `path`; a missing file is an empty store.
-    pub fn open(path: &Path) -> Result<TrustStore, Error> {
+    pub(crate) fn open(path: &Path) -> Result<TrustStore, Error> {
         let entries = match std::fs::read(path) {
             Ok(data) => serde_json::from_slice::<Vec<Entry>>(&data)
                 .map_err(|source| Error::Corrupt {
@@ -112,20 +114,16 @@ impl TrustStore {
         })
     }
 
-    pub fn get(&self, fingerprint: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, fingerprint: &str) -> Option<&Entry> {
         self.entries.get(fingerprint)
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Trusts `cert` with `role`; an already trusted certificate keeps its entry.
-    pub fn add(&mut self, cert: &Cert, name: &str, role: Role) -> Result<&Entry, Error> {
+    pub(crate) fn add(&mut self, cert: &Cert, name: &str, role: Role) -> Result<&Entry, Error> {
         let fingerprint = cert.fingerprint();
         if !self.entries.contains_key(&fingerprint) {
             let entry = Entry {
@@ -142,16 +140,14 @@ impl TrustStore {
             self.save(&next)?;
             self.entries = next;
         }
-        self.entries
-            .get(&fingerprint)
-            .ok_or_else(|| Error::Write {
-                path: self.path.clone(),
-                source: std::io::Error::other("entry vanished"),
-            })
+        self.entries.get(&fingerprint).ok_or_else(|| Error::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other("entry vanished"),
+        })
     }
 
     /// Removes the entry whose fingerprint is `fingerprint`; false if none.
-    pub fn remove(&mut self, fingerprint: &str) -> Result<bool, Error> {
+    pub(crate) fn remove(&mut self, fingerprint: &str) -> Result<bool, Error> {
         if !self.entries.contains_key(fingerprint) {
             return Ok(false);
         }
@@ -169,11 +165,9 @@ impl TrustStore {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| {
-            Error::Write {
-                path: self.path.clone(),
-                source,
-            }
+        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| Error::Write {
+            path: self.path.clone(),
+            source,
         })
     }
 }
@@ -208,7 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trust.json");
         let mut store = TrustStore::open(&path).unwrap();
-        assert!(store.is_empty());
+        assert_eq!(store.entries().count(), 0);
         let (a, b) = (cert("a"), cert("b"));
         store.add(&a, "alice", Role::Admin).unwrap();
         store.add(&b, "bob", Role::Auditor).unwrap();
@@ -217,7 +211,10 @@ mod tests {
         let again = TrustStore::open(&path).unwrap();
         assert_eq!(again.entries().count(), 2);
         let e = again.get(&b.fingerprint()).unwrap();
-        assert_eq!((e.name.as_str(), e.role, e.kind.as_str()), ("bob", Role::Auditor, "client"));
+        assert_eq!(
+            (e.name.as_str(), e.role, e.kind.as_str()),
+            ("bob", Role::Auditor, "client")
+        );
         assert_eq!(Cert::from_pem(e.certificate.as_bytes()).unwrap(), b);
         assert!(store.remove(&a.fingerprint()).unwrap());
         assert!(!store.remove(&a.fingerprint()).unwrap());
@@ -229,7 +226,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trust.json");
         std::fs::write(&path, b"{not json").unwrap();
-        assert!(matches!(TrustStore::open(&path), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            TrustStore::open(&path),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]
