@@ -29,7 +29,7 @@ const MAX_HEADERS: usize = 64;
 
 /// A parsed request.
 #[derive(Debug)]
-pub struct Request {
+pub(crate) struct Request {
     pub method: String,
     /// The path without the query string.
     pub path: String,
@@ -41,7 +41,7 @@ pub struct Request {
 
 impl Request {
     /// The value of query parameter `key`, if present.
-    pub fn query_param(&self, key: &str) -> Option<&str> {
+    pub(crate) fn query_param(&self, key: &str) -> Option<&str> {
         self.query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             (k == key).then_some(v)
@@ -51,7 +51,7 @@ impl Request {
 
 /// Why no request came out of the stream.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The peer closed the connection between requests.
     #[error("connection closed")]
     Closed,
@@ -64,7 +64,7 @@ pub enum ReadError {
 
 /// Reads one request. `buf` carries bytes read past the previous request
 /// (pipelining) and keeps those past this one.
-pub async fn read_request<R: AsyncRead + Unpin>(
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut Vec<u8>,
     limits: Limits,
@@ -144,9 +144,14 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked bodies are not needed by any client of this API, and
             // refusing them removes a whole class of smuggling bugs.
-            return Err(ReadError::Refused(501, "Transfer-Encoding is not supported"));
+            return Err(ReadError::Refused(
+                501,
+                "Transfer-Encoding is not supported",
+            ));
         } else if h.name.eq_ignore_ascii_case("connection") {
-            connection = std::str::from_utf8(h.value).ok().map(str::to_ascii_lowercase);
+            connection = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::to_ascii_lowercase);
         }
     }
     let keep_alive = match (version, connection.as_deref()) {
@@ -189,14 +194,14 @@ async fn read_body<R: AsyncRead + Unpin>(
 
 /// A response: a status and a JSON body.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub body: Vec<u8>,
 }
 
 impl Response {
     /// The bytes on the wire.
-    pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
             self.status,
@@ -232,7 +237,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a request (client side).
-pub fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+pub(crate) fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
     let body = body.unwrap_or_default();
     let mut out = format!(
         "{method} {path} HTTP/1.1\r\nHost: kvmbox\r\nUser-Agent: kvmbox/{}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -245,7 +250,7 @@ pub fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// Reads one response (client side, blocking): its status and body.
-pub fn read_response<R: Read>(stream: &mut R, limits: Limits) -> io::Result<(u16, Vec<u8>)> {
+pub(crate) fn read_response<R: Read>(stream: &mut R, limits: Limits) -> io::Result<(u16, Vec<u8>)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let mut buf = Vec::new();
     loop {
@@ -292,7 +297,11 @@ pub fn read_response<R: Read>(stream: &mut R, limits: Limits) -> io::Result<(u16
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "a failed test should panic")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
 mod tests {
     use super::*;
 
@@ -328,7 +337,10 @@ mod tests {
 
     #[test]
     fn connection_close_and_http10() {
-        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", Limits::default());
+        let (r, _) = parse(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            Limits::default(),
+        );
         assert!(!r.unwrap().keep_alive);
         let (r, _) = parse(b"GET / HTTP/1.0\r\n\r\n", Limits::default());
         assert!(!r.unwrap().keep_alive);
@@ -350,8 +362,14 @@ mod tests {
         let many: String = (0..100).map(|i| format!("H{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(refused(parse(many.as_bytes(), Limits::default()).0), 431);
-        assert_eq!(refused(parse(b"\x16\x03\x01\x00\xff\x00garbage\r\n\r\n", small).0), 400);
-        assert_eq!(refused(parse(b"GET http://x/ HTTP/1.1\r\n\r\n", small).0), 400);
+        assert_eq!(
+            refused(parse(b"\x16\x03\x01\x00\xff\x00garbage\r\n\r\n", small).0),
+            400
+        );
+        assert_eq!(
+            refused(parse(b"GET http://x/ HTTP/1.1\r\n\r\n", small).0),
+            400
+        );
         let te = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(refused(parse(te, small).0), 501);
         for cl in ["-1", "1x", "", "99999999999999999999999"] {
@@ -361,7 +379,10 @@ mod tests {
         let dup = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
         assert_eq!(refused(parse(dup, small).0), 400);
         assert_eq!(refused(parse(b"GET / HTTP/1.1\r\n", small).0), 400);
-        assert_eq!(refused(parse(b"PUT / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", small).0), 400);
+        assert_eq!(
+            refused(parse(b"PUT / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", small).0),
+            400
+        );
         assert!(matches!(parse(b"", small).0, Err(ReadError::Closed)));
     }
 

@@ -40,11 +40,17 @@ static ECDSA: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     mapping: &[
         (
             SignatureScheme::ECDSA_NISTP384_SHA384,
-            &[webpki::ring::ECDSA_P384_SHA384, webpki::ring::ECDSA_P256_SHA384],
+            &[
+                webpki::ring::ECDSA_P384_SHA384,
+                webpki::ring::ECDSA_P256_SHA384,
+            ],
         ),
         (
             SignatureScheme::ECDSA_NISTP256_SHA256,
-            &[webpki::ring::ECDSA_P256_SHA256, webpki::ring::ECDSA_P384_SHA256],
+            &[
+                webpki::ring::ECDSA_P256_SHA256,
+                webpki::ring::ECDSA_P384_SHA256,
+            ],
         ),
     ],
 };
@@ -57,15 +63,15 @@ fn is_ec_cert(der: &[u8]) -> bool {
 }
 
 fn validity_ok(der: &[u8]) -> Result<(), rustls::Error> {
-    let c = Cert::from_der(der).map_err(|_| rustls::Error::InvalidCertificate(
-        rustls::CertificateError::BadEncoding,
-    ))?;
+    let c = Cert::from_der(der)
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
     // Self-signed: the certificate is its own anchor. This checks the
     // signature, the validity period and that only ECDSA/SHA-2 is used.
-    c.verify(std::slice::from_ref(&c))
-        .map_err(|e| rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-            rustls::OtherError(Arc::new(e)),
+    c.verify(std::slice::from_ref(&c)).map_err(|e| {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(e),
         )))
+    })
 }
 
 /// Accepts any valid self-signed EC client certificate; see the module doc.
@@ -121,10 +127,8 @@ impl ClientCertVerifier for AnyEcClient {
 
 /// The daemon's TLS configuration: TLS 1.3, its own key and certificate, a
 /// client certificate required.
-pub fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let verifier = Arc::new(AnyEcClient {
-        algs: &ECDSA,
-    });
+pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let verifier = Arc::new(AnyEcClient { algs: &ECDSA });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -135,12 +139,13 @@ pub fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::ServerConfig>
 
 /// How the client decides that it reached the right daemon.
 #[derive(Clone, Debug)]
-pub enum ServerTrust {
+pub(crate) enum ServerTrust {
     /// Over the Unix socket the file system already authenticates the daemon
     /// (only it can create the socket in its state directory), exactly as for
     /// LXD's plain Unix socket, so any EC server certificate is accepted.
     LocalSocket,
     /// The server certificate must have this SHA-256 fingerprint (remotes).
+    #[allow(dead_code, reason = "used by remotes over TCP")]
     Pinned(String),
 }
 
@@ -202,7 +207,7 @@ impl ServerCertVerifier for ServerVerifier {
 }
 
 /// The client's TLS configuration: its certificate, and `trust` for the server.
-pub fn client_config(
+pub(crate) fn client_config(
     cert: &Cert,
     key: &Key,
     trust: ServerTrust,
