@@ -22,7 +22,7 @@ use crate::trust::Role;
 
 /// Who is calling.
 #[derive(Clone, Debug)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub peer: Peer,
     /// The TLS client certificate (always present: the handshake requires one).
     pub cert: Option<Cert>,
@@ -32,7 +32,7 @@ pub struct Identity {
 
 /// Where the call comes from.
 #[derive(Clone, Debug)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// The Unix socket, with the kernel's view of the caller.
     Local(PeerCred),
 }
@@ -87,14 +87,54 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
     ("GET", "/1.0", Route::Server, Need::Anyone),
     ("PUT", "/1.0", Route::ServerPut, Need::Role(Role::Admin)),
     ("PATCH", "/1.0", Route::ServerPatch, Need::Role(Role::Admin)),
-    ("GET", "/1.0/certificates", Route::Certificates, Need::Role(Role::Auditor)),
-    ("POST", "/1.0/certificates", Route::CertificateAdd, Need::Anyone),
-    ("GET", "/1.0/certificates/{}", Route::Certificate, Need::Role(Role::Auditor)),
-    ("DELETE", "/1.0/certificates/{}", Route::CertificateDelete, Need::Role(Role::Admin)),
-    ("GET", "/1.0/instances", Route::Instances, Need::Role(Role::Auditor)),
-    ("GET", "/1.0/operations", Route::Operations, Need::Role(Role::Auditor)),
-    ("GET", "/1.0/operations/{}", Route::Operation, Need::Role(Role::Auditor)),
-    ("GET", "/1.0/operations/{}/wait", Route::OperationWait, Need::Role(Role::Auditor)),
+    (
+        "GET",
+        "/1.0/certificates",
+        Route::Certificates,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/certificates",
+        Route::CertificateAdd,
+        Need::Anyone,
+    ),
+    (
+        "GET",
+        "/1.0/certificates/{}",
+        Route::Certificate,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "DELETE",
+        "/1.0/certificates/{}",
+        Route::CertificateDelete,
+        Need::Role(Role::Admin),
+    ),
+    (
+        "GET",
+        "/1.0/instances",
+        Route::Instances,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/operations",
+        Route::Operations,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/operations/{}",
+        Route::Operation,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/operations/{}/wait",
+        Route::OperationWait,
+        Need::Role(Role::Auditor),
+    ),
 ];
 
 /// What an untrusted client is told, wherever it is refused.
@@ -150,42 +190,52 @@ fn find(method: &str, path: &str) -> Result<(Route, Need, Vec<String>), Response
 }
 
 /// LXD's synchronous response.
-pub fn sync(metadata: Value) -> Response {
-    envelope(200, json!({
-        "type": "sync",
-        "status": "Success",
-        "status_code": 200,
-        "operation": "",
-        "error_code": 0,
-        "error": "",
-        "metadata": metadata,
-    }))
+pub(crate) fn sync(metadata: Value) -> Response {
+    envelope(
+        200,
+        json!({
+            "type": "sync",
+            "status": "Success",
+            "status_code": 200,
+            "operation": "",
+            "error_code": 0,
+            "error": "",
+            "metadata": metadata,
+        }),
+    )
 }
 
 /// LXD's error response.
-pub fn error(code: u16, message: &str) -> Response {
-    envelope(code, json!({
-        "type": "error",
-        "status": "",
-        "status_code": 0,
-        "operation": "",
-        "error_code": code,
-        "error": message,
-        "metadata": null,
-    }))
+pub(crate) fn error(code: u16, message: &str) -> Response {
+    envelope(
+        code,
+        json!({
+            "type": "error",
+            "status": "",
+            "status_code": 0,
+            "operation": "",
+            "error_code": code,
+            "error": message,
+            "metadata": null,
+        }),
+    )
 }
 
 /// LXD's asynchronous response: 202 and the operation.
-pub fn operation(op: &crate::operations::Operation) -> Response {
-    envelope(202, json!({
-        "type": "async",
-        "status": "Operation created",
-        "status_code": 100,
-        "operation": format!("/1.0/operations/{}", op.id),
-        "error_code": 0,
-        "error": "",
-        "metadata": op,
-    }))
+#[allow(dead_code, reason = "instance lifecycle calls answer with operations")]
+pub(crate) fn operation(op: &crate::operations::Operation) -> Response {
+    envelope(
+        202,
+        json!({
+            "type": "async",
+            "status": "Operation created",
+            "status_code": 100,
+            "operation": format!("/1.0/operations/{}", op.id),
+            "error_code": 0,
+            "error": "",
+            "metadata": op,
+        }),
+    )
 }
 
 fn envelope(status: u16, body: Value) -> Response {
@@ -196,7 +246,7 @@ fn envelope(status: u16, body: Value) -> Response {
 }
 
 /// Answers one request.
-pub async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
+pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
     let (route, need, params) = match find(&req.method, &req.path) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -205,7 +255,10 @@ pub async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Respo
         match id.role {
             None => return error(403, UNTRUSTED_HINT),
             Some(role) if role < min => {
-                return error(403, &format!("not authorized: this needs the {min:?} role").to_lowercase())
+                return error(
+                    403,
+                    &format!("not authorized: this needs the {min:?} role").to_lowercase(),
+                )
             }
             Some(_) => {}
         }
@@ -285,9 +338,9 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
             log!(Info, "server configuration changed");
             sync(json!({}))
         }
-        Err(e @ (crate::settings::Error::UnknownKey(_) | crate::settings::Error::Invalid { .. })) => {
-            error(400, &crate::error_chain(&e))
-        }
+        Err(
+            e @ (crate::settings::Error::UnknownKey(_) | crate::settings::Error::Invalid { .. }),
+        ) => error(400, &crate::error_chain(&e)),
         Err(e) => {
             log!(Error, "{}", crate::error_chain(&e));
             error(500, "cannot save the configuration")
@@ -312,7 +365,11 @@ fn certificates(shared: &Arc<Shared>, recursion: bool) -> Response {
 fn delete_certificate(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
     match shared.trust().remove(fp) {
         Ok(true) => {
-            log!(Info, "certificate {fp} removed from the trust store by {}", id.describe());
+            log!(
+                Info,
+                "certificate {fp} removed from the trust store by {}",
+                id.describe()
+            );
             sync(json!({}))
         }
         Ok(false) => error(404, "certificate not found"),
@@ -346,7 +403,10 @@ async fn add_certificate(shared: &Arc<Shared>, id: &Identity, req: &Request) -> 
         return error(400, "only client certificates can be added");
     }
     if !body.certificate.is_empty() {
-        return error(501, "adding another client's certificate is not supported yet");
+        return error(
+            501,
+            "adding another client's certificate is not supported yet",
+        );
     }
     if body.name.len() > 64 || body.name.chars().any(char::is_control) {
         return error(400, "the name must be at most 64 printable characters");
@@ -366,10 +426,17 @@ async fn add_certificate(shared: &Arc<Shared>, id: &Identity, req: &Request) -> 
     };
     let key = id.limiter_key();
     if let Err(wait) = shared.limiter().begin(key.clone(), Instant::now()) {
-        log!(Warn, "authentication attempt from {} refused by the rate limiter", id.describe());
+        log!(
+            Warn,
+            "authentication attempt from {} refused by the rate limiter",
+            id.describe()
+        );
         return error(
             429,
-            &format!("too many failed attempts: try again in {} s", wait.as_secs().max(1)),
+            &format!(
+                "too many failed attempts: try again in {} s",
+                wait.as_secs().max(1)
+            ),
         );
     }
     let given = body.password;
@@ -405,7 +472,11 @@ async fn add_certificate(shared: &Arc<Shared>, id: &Identity, req: &Request) -> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "a failed test should panic")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
 mod tests {
     use super::*;
 
@@ -422,28 +493,47 @@ mod tests {
         let e = error(403, "nope");
         assert_eq!(e.status, 403);
         let e = body(&e);
-        assert_eq!((e["type"].as_str(), e["error_code"].as_u64()), (Some("error"), Some(403)));
+        assert_eq!(
+            (e["type"].as_str(), e["error_code"].as_u64()),
+            (Some("error"), Some(403))
+        );
         assert_eq!(e["error"], "nope");
     }
 
     #[test]
     fn routing() {
         let (r, need, p) = find("DELETE", "/1.0/certificates/abc123").unwrap();
-        assert_eq!((r, need, p), (Route::CertificateDelete, Need::Role(Role::Admin), vec!["abc123".into()]));
+        assert_eq!(
+            (r, need, p),
+            (
+                Route::CertificateDelete,
+                Need::Role(Role::Admin),
+                vec!["abc123".into()]
+            )
+        );
         assert_eq!(find("GET", "/1.0/").unwrap().0, Route::Server);
         assert_eq!(find("GET", "/").unwrap().0, Route::Root);
         assert_eq!(find("DELETE", "/1.0").unwrap_err().status, 405);
         assert_eq!(find("GET", "/2.0").unwrap_err().status, 404);
         assert_eq!(find("GET", "/1.0/certificates/..").unwrap_err().status, 404);
-        assert_eq!(find("GET", "/1.0/certificates/a%2fb").unwrap_err().status, 404);
-        assert_eq!(find("GET", "/1.0/operations/x/wait").unwrap().0, Route::OperationWait);
+        assert_eq!(
+            find("GET", "/1.0/certificates/a%2fb").unwrap_err().status,
+            404
+        );
+        assert_eq!(
+            find("GET", "/1.0/operations/x/wait").unwrap().0,
+            Route::OperationWait
+        );
         assert_eq!(find("GET", "/1.0//certificates").unwrap_err().status, 404);
     }
 
     #[test]
     fn every_route_but_discovery_and_self_add_needs_a_role() {
         for (m, p, _, need) in ROUTES {
-            let open = matches!((*m, *p), ("GET", "/") | ("GET", "/1.0") | ("POST", "/1.0/certificates"));
+            let open = matches!(
+                (*m, *p),
+                ("GET", "/") | ("GET", "/1.0") | ("POST", "/1.0/certificates")
+            );
             assert_eq!(*need == Need::Anyone, open, "{m} {p}");
         }
     }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use smol::io::AsyncWriteExt;
-use smol::stream::StreamExt;
 use futures_rustls::TlsAcceptor;
 use serde_json::{json, Value};
+use smol::io::AsyncWriteExt;
 use smol::net::unix::{UnixListener, UnixStream};
+use smol::stream::StreamExt;
 use smol::Executor;
 
 use crate::api::{self, Identity, Peer};
@@ -89,7 +89,7 @@ pub enum Error {
 
 /// State every connection shares.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     cert: Cert,
     socket: PathBuf,
     admin_gid: u32,
@@ -181,7 +181,11 @@ impl Shared {
         }
         let name = format!("local-uid-{}", cred.uid);
         if let Err(e) = self.trust().add(cert, &name, Role::Admin) {
-            log!(Error, "cannot trust the first client: {}", crate::error_chain(&e));
+            log!(
+                Error,
+                "cannot trust the first client: {}",
+                crate::error_chain(&e)
+            );
             return;
         }
         if let Err(e) = settings.set_local_socket_open() {
@@ -196,7 +200,11 @@ impl Shared {
                 cert.fingerprint(),
                 self.socket.display()
             ),
-            Err(e) => log!(Error, "cannot open {} to all users: {e}", self.socket.display()),
+            Err(e) => log!(
+                Error,
+                "cannot open {} to all users: {e}",
+                self.socket.display()
+            ),
         }
     }
 }
@@ -267,6 +275,7 @@ fn server_identity(dir: &Path) -> Result<(Cert, Key), Error> {
     write_atomic(&kp, key.to_pem().as_bytes(), 0o600, Overwrite::Replace)
         .map_err(|e| Error::Write(kp.clone(), e))?;
     write_atomic(&cp, cert.to_pem().as_bytes(), 0o644, Overwrite::Replace)
+        .and_then(|()| std::fs::set_permissions(&cp, std::fs::Permissions::from_mode(0o644)))
         .map_err(|e| Error::Write(cp.clone(), e))?;
     log!(Info, "generated server certificate {}", cert.fingerprint());
     Ok((cert, key))
@@ -277,7 +286,9 @@ fn admin_group(name: Option<&str>) -> Result<(u32, String), Error> {
     let etc = Path::new("/etc/group");
     let lookup = |n: &str| sys::group_gid(etc, n).ok().flatten();
     if let Some(n) = name {
-        return lookup(n).map(|g| (g, n.to_string())).ok_or_else(|| Error::NoGroup(n.into()));
+        return lookup(n)
+            .map(|g| (g, n.to_string()))
+            .ok_or_else(|| Error::NoGroup(n.into()));
     }
     if sys::euid() != 0 {
         // Unprivileged (development, tests): the socket can only carry our
@@ -325,7 +336,11 @@ fn secure_socket(path: &Path, gid: u32, group: &str, open: bool) -> Result<(), E
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
-    log!(Info, "listening on {} (group {group}, mode {mode:o})", path.display());
+    log!(
+        Info,
+        "listening on {} (group {group}, mode {mode:o})",
+        path.display()
+    );
     Ok(())
 }
 
@@ -343,7 +358,10 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     let (gid, group) = admin_group(opts.group.as_deref())?;
     let trust = TrustStore::open(&dir.join("trust.json"))?;
     let settings = Settings::open(&dir.join("daemon.json"))?;
-    let socket = opts.socket.clone().unwrap_or_else(|| dir.join("unix.socket"));
+    let socket = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| dir.join("unix.socket"));
     let open = settings.local_socket_open();
     let shared = Arc::new(Shared {
         cert,
@@ -352,11 +370,16 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         trust: Mutex::new(trust),
         settings: Mutex::new(settings),
         // Three free mistakes, then 1 s, 2 s, 4 s… up to 15 minutes.
-        limiter: Mutex::new(RateLimiter::new(3, Duration::from_secs(1), Duration::from_secs(900))),
+        limiter: Mutex::new(RateLimiter::new(
+            3,
+            Duration::from_secs(1),
+            Duration::from_secs(900),
+        )),
         ops: crate::operations::Operations::default(),
     });
-    let mut signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-        .map_err(Error::Signals)?;
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(Error::Signals)?;
     let listener = bind(&socket)?;
     if let Err(e) = secure_socket(&socket, gid, &group, open) {
         let _ = std::fs::remove_file(&socket);
@@ -378,7 +401,11 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                     }
                 };
                 let Some(slot) = slots.try_acquire_arc() else {
-                    log!(Warn, "connection refused: {} connections already open", opts.max_connections);
+                    log!(
+                        Warn,
+                        "connection refused: {} connections already open",
+                        opts.max_connections
+                    );
                     continue;
                 };
                 let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
@@ -392,7 +419,11 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     };
     let stop = async {
         let sig = signals.next().await;
-        log!(Info, "received {:?}, shutting down", sig.and_then(Result::ok));
+        log!(
+            Info,
+            "received {:?}, shutting down",
+            sig.and_then(Result::ok)
+        );
     };
     smol::block_on(ex.run(smol::future::or(serve, stop)));
     let _ = std::fs::remove_file(&socket);
@@ -408,7 +439,12 @@ async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Optio
 }
 
 /// Serves one connection until it closes, misbehaves or idles out.
-async fn connection(shared: &Arc<Shared>, stream: UnixStream, tls: TlsAcceptor, opts: &DaemonOptions) {
+async fn connection(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    tls: TlsAcceptor,
+    opts: &DaemonOptions,
+) {
     let cred = match sys::peer_cred(&stream) {
         Ok(c) => c,
         Err(e) => {
@@ -438,21 +474,32 @@ async fn connection(shared: &Arc<Shared>, stream: UnixStream, tls: TlsAcceptor, 
     }
     let mut buf = Vec::new();
     loop {
-        let (resp, keep_alive) =
-            match timed(opts.timeout, http::read_request(&mut tls_stream, &mut buf, opts.limits)).await {
-                None => (api::error(408, "request timeout"), false),
-                Some(Err(ReadError::Closed | ReadError::Io(_))) => return,
-                Some(Err(ReadError::Refused(code, msg))) => {
-                    log!(Debug, "refused a request from uid {}: {msg}", cred.uid);
-                    (api::error(code, msg), false)
-                }
-                Some(Ok(req)) => {
-                    let id = shared.identity(&cred, &cert);
-                    let resp = api::handle(shared, &id, &req).await;
-                    log!(Debug, "uid {} {} {} -> {}", cred.uid, req.method, req.path, resp.status);
-                    (resp, req.keep_alive)
-                }
-            };
+        let (resp, keep_alive) = match timed(
+            opts.timeout,
+            http::read_request(&mut tls_stream, &mut buf, opts.limits),
+        )
+        .await
+        {
+            None => (api::error(408, "request timeout"), false),
+            Some(Err(ReadError::Closed | ReadError::Io(_))) => return,
+            Some(Err(ReadError::Refused(code, msg))) => {
+                log!(Debug, "refused a request from uid {}: {msg}", cred.uid);
+                (api::error(code, msg), false)
+            }
+            Some(Ok(req)) => {
+                let id = shared.identity(&cred, &cert);
+                let resp = api::handle(shared, &id, &req).await;
+                log!(
+                    Debug,
+                    "uid {} {} {} -> {}",
+                    cred.uid,
+                    req.method,
+                    req.path,
+                    resp.status
+                );
+                (resp, req.keep_alive)
+            }
+        };
         let bytes = resp.to_bytes(keep_alive);
         let written = timed(opts.timeout, async {
             tls_stream.write_all(&bytes).await?;

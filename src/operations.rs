@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// How far an operation got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Status {
+pub(crate) enum Status {
     Running,
     Success,
     Failure,
@@ -18,7 +18,7 @@ pub enum Status {
 
 impl Status {
     /// LXD's numeric status code.
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             Status::Running => 103,
             Status::Success => 200,
@@ -29,7 +29,7 @@ impl Status {
 
 /// What `GET /1.0/operations/<id>` shows.
 #[derive(Clone, Debug, Serialize)]
-pub struct Operation {
+pub(crate) struct Operation {
     pub id: String,
     pub class: &'static str,
     pub description: String,
@@ -51,7 +51,7 @@ struct Slot {
 
 /// Every operation since the daemon started (they are not persisted).
 #[derive(Clone, Default)]
-pub struct Operations {
+pub(crate) struct Operations {
     slots: Arc<Mutex<BTreeMap<String, Slot>>>,
 }
 
@@ -68,8 +68,9 @@ impl Operations {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[allow(dead_code, reason = "instance lifecycle calls start operations")]
     /// Starts `work` on `ex` as a new operation and returns its description.
-    pub fn spawn<F>(
+    pub(crate) fn spawn<F>(
         &self,
         ex: &smol::Executor<'static>,
         description: &str,
@@ -126,16 +127,16 @@ impl Operations {
         op
     }
 
-    pub fn get(&self, id: &str) -> Option<Operation> {
+    pub(crate) fn get(&self, id: &str) -> Option<Operation> {
         self.lock().get(id).map(|s| s.op.clone())
     }
 
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
 
     /// Waits until operation `id` ends or `timeout` passes, then shows it.
-    pub async fn wait(&self, id: &str, timeout: std::time::Duration) -> Option<Operation> {
+    pub(crate) async fn wait(&self, id: &str, timeout: std::time::Duration) -> Option<Operation> {
         let done = self.lock().get(id)?.done.clone();
         let _ = smol::future::or(
             async {
@@ -169,7 +170,11 @@ fn new_id() -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
 mod tests {
     use super::*;
     use std::time::Duration;
