@@ -47,7 +47,11 @@ pub enum Error {
 /// `/run/kvmbox-client-<uid>` (for root on hosts with no HOME and no passwd
 /// entry, as in an initramfs).
 pub fn config_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = env("KVMBOX_CONF") {
         return d;
     }
@@ -58,6 +62,25 @@ pub fn config_dir() -> PathBuf {
         return r.join("kvmbox");
     }
     PathBuf::from(format!("/run/kvmbox-client-{}", crate::sys::euid()))
+}
+
+/// Prompts on the terminal for a secret, without echo.
+pub fn prompt_secret(prompt: &str) -> io::Result<String> {
+    crate::sys::read_secret(prompt)
+}
+
+/// The daemon's socket: `--socket`, else `$KVMBOX_SOCKET`, else
+/// `$KVMBOX_DIR/unix.socket`, else `/var/lib/kvmbox/unix.socket`.
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    flag.map(Path::to_path_buf)
+        .or_else(|| env("KVMBOX_SOCKET"))
+        .or_else(|| env("KVMBOX_DIR").map(|d| d.join("unix.socket")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kvmbox/unix.socket"))
 }
 
 /// The client's key pair.
@@ -151,7 +174,12 @@ impl Client {
     }
 
     /// Sends a request and returns the status and decoded JSON body.
-    pub fn request(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), Error> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), Error> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         self.stream
             .write_all(&http::request_bytes(method, path, body.as_deref()))?;
@@ -171,7 +199,10 @@ impl Client {
     pub fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
         let (status, mut v) = self.request(method, path, body)?;
         match v.get("type").and_then(Value::as_str) {
-            Some("sync") | Some("async") => Ok(v.get_mut("metadata").map(Value::take).unwrap_or(Value::Null)),
+            Some("sync") | Some("async") => Ok(v
+                .get_mut("metadata")
+                .map(Value::take)
+                .unwrap_or(Value::Null)),
             Some("error") => Err(Error::Api {
                 status,
                 message: v
@@ -180,7 +211,9 @@ impl Client {
                     .unwrap_or("unknown error")
                     .to_string(),
             }),
-            _ => Err(Error::Protocol(format!("status {status} without an envelope"))),
+            _ => Err(Error::Protocol(format!(
+                "status {status} without an envelope"
+            ))),
         }
     }
 }

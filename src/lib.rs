@@ -23,7 +23,9 @@ pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile a
 pub use store::{write_atomic, Overwrite};
 
 pub use api::UNTRUSTED_HINT;
-pub use client::{config_dir, Client, ClientIdentity, Error as ClientError};
+pub use client::{
+    config_dir, prompt_secret, socket_path, Client, ClientIdentity, Error as ClientError,
+};
 pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
