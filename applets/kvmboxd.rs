@@ -36,6 +36,9 @@ struct Args {
     /// seconds a client has to send a request, and that an idle connection stays open
     #[argh(option, default = "30", hidden_help)]
     timeout: u64,
+    /// connections served at once
+    #[argh(option, default = "128", hidden_help)]
+    max_connections: usize,
 }
 
 pub(crate) fn main(args: &[String]) -> ExitCode {
@@ -59,5 +62,6 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     opts.socket = args.socket;
     opts.group = args.group;
     opts.timeout = Duration::from_secs(args.timeout);
+    opts.max_connections = args.max_connections.max(1);
     cli::report(NAME, kvmbox::run_daemon(opts))
 }

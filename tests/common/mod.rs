@@ -27,7 +27,10 @@ pub fn applet(name: &str) -> Cmd {
 
 /// Any other program (a real peer such as `openssl`).
 pub fn program(name: &str) -> Cmd {
-    Cmd { cmd: Command::new(name), stdin: None }
+    Cmd {
+        cmd: Command::new(name),
+        stdin: None,
+    }
 }
 
 pub struct Cmd {
@@ -67,8 +70,15 @@ impl Cmd {
     /// Runs to completion and returns what it printed.
     pub fn run(mut self) -> Run {
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        self.cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
+        self.cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
         if let Some(data) = self.stdin.take() {
             let mut pipe = child.stdin.take().unwrap();
             std::thread::spawn(move || {
@@ -76,18 +86,29 @@ impl Cmd {
             });
         }
         let out = child.wait_with_output().unwrap();
-        Run { desc: format!("{:?}", self.cmd), out }
+        Run {
+            desc: format!("{:?}", self.cmd),
+            out,
+        }
     }
     /// Runs and asserts exit code 0.
     pub fn succeeds(self) -> Run {
         let run = self.run();
-        assert!(run.out.status.success(), "expected success: {}", run.describe());
+        assert!(
+            run.out.status.success(),
+            "expected success: {}",
+            run.describe()
+        );
         run
     }
     /// Runs and asserts a non-zero exit code.
     pub fn fails(self) -> Run {
         let run = self.run();
-        assert!(!run.out.status.success(), "expected failure: {}", run.describe());
+        assert!(
+            !run.out.status.success(),
+            "expected failure: {}",
+            run.describe()
+        );
         run
     }
 }
@@ -121,16 +142,29 @@ impl Run {
         self
     }
     pub fn stdout_contains(self, s: &str) -> Self {
-        assert!(self.stdout().contains(s), "stdout lacks {s:?}: {}", self.describe());
+        assert!(
+            self.stdout().contains(s),
+            "stdout lacks {s:?}: {}",
+            self.describe()
+        );
         self
     }
     pub fn stderr_contains(self, s: &str) -> Self {
-        assert!(self.stderr().contains(s), "stderr lacks {s:?}: {}", self.describe());
+        assert!(
+            self.stderr().contains(s),
+            "stderr lacks {s:?}: {}",
+            self.describe()
+        );
         self
     }
     /// Errors are reported on exactly one line.
     pub fn stderr_one_line(self) -> Self {
-        assert_eq!(self.stderr().trim_end().lines().count(), 1, "{}", self.describe());
+        assert_eq!(
+            self.stderr().trim_end().lines().count(),
+            1,
+            "{}",
+            self.describe()
+        );
         self
     }
 }
