@@ -330,16 +330,19 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
         };
         changes.insert(k, v);
     }
-    let s = shared.clone();
-    // Hashing a passphrase is slow by design: keep it off the executor.
-    let result = smol::unblock(move || s.settings().apply(&changes, replace)).await;
+    // Hashing a passphrase is slow by design: keep it off the executor and
+    // outside the settings lock.
+    let prepared = smol::unblock(move || crate::settings::prepare(&changes)).await;
+    let result = prepared.and_then(|p| shared.settings().apply(p, replace));
     match result {
         Ok(()) => {
             log!(Info, "server configuration changed");
             sync(json!({}))
         }
         Err(
-            e @ (crate::settings::Error::UnknownKey(_) | crate::settings::Error::Invalid { .. }),
+            e @ (crate::settings::Error::UnknownKey(_)
+            | crate::settings::Error::Invalid { .. }
+            | crate::settings::Error::Redacted(_)),
         ) => error(400, &crate::error_chain(&e)),
         Err(e) => {
             log!(Error, "{}", crate::error_chain(&e));

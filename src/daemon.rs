@@ -3,6 +3,7 @@
 //! loop: TLS inside the socket, then HTTP/1.1 with keep-alive, every read
 //! bounded in size and time.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -387,6 +388,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     }
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
     let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
+    let per_uid = Arc::new(Mutex::new(HashMap::new()));
     let serve = {
         let ex = ex.clone();
         async move {
@@ -400,6 +402,24 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                         continue;
                     }
                 };
+                let cred = match sys::peer_cred(&stream) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log!(Warn, "cannot identify a peer: {e}");
+                        continue;
+                    }
+                };
+                // Once the socket is 0666 any local user can connect: one
+                // uid (root aside) may hold only a quarter of the slots, so
+                // it cannot lock everyone else out.
+                let Some(per_uid) = PerUid::claim(&per_uid, cred.uid, opts.max_connections) else {
+                    log!(
+                        Warn,
+                        "connection from uid {} refused: too many open",
+                        cred.uid
+                    );
+                    continue;
+                };
                 let Some(slot) = slots.try_acquire_arc() else {
                     log!(
                         Warn,
@@ -410,24 +430,56 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                 };
                 let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
                 ex.spawn(async move {
-                    connection(&shared, stream, tls, &opts).await;
-                    drop(slot);
+                    connection(&shared, stream, cred, tls, &opts).await;
+                    drop((slot, per_uid));
                 })
                 .detach();
             }
         }
     };
     let stop = async {
-        let sig = signals.next().await;
-        log!(
-            Info,
-            "received {:?}, shutting down",
-            sig.and_then(Result::ok)
-        );
+        let name = match signals.next().await {
+            Some(Ok(async_signal::Signal::Int)) => "SIGINT",
+            _ => "SIGTERM",
+        };
+        log!(Info, "received {name}, shutting down");
     };
     smol::block_on(ex.run(smol::future::or(serve, stop)));
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// One open connection counted against its uid; uncounted when dropped.
+struct PerUid {
+    counts: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl PerUid {
+    fn claim(counts: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32, max: usize) -> Option<PerUid> {
+        let mut map = lock(counts);
+        let n = map.entry(uid).or_insert(0);
+        if uid != 0 && *n >= (max / 4).max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PerUid {
+            counts: counts.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for PerUid {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
 }
 
 async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -442,16 +494,10 @@ async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Optio
 async fn connection(
     shared: &Arc<Shared>,
     stream: UnixStream,
+    cred: PeerCred,
     tls: TlsAcceptor,
     opts: &DaemonOptions,
 ) {
-    let cred = match sys::peer_cred(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            log!(Warn, "cannot identify a peer: {e}");
-            return;
-        }
-    };
     let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
@@ -510,5 +556,49 @@ async fn connection(
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_gets_a_quarter_of_the_slots_root_is_exempt() {
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let held: Vec<PerUid> = (0..4)
+            .filter_map(|_| PerUid::claim(&counts, 1000, 16))
+            .collect();
+        assert_eq!(held.len(), 4);
+        assert!(PerUid::claim(&counts, 1000, 16).is_none());
+        assert!(PerUid::claim(&counts, 1001, 16).is_some());
+        let root: Vec<PerUid> = (0..10)
+            .filter_map(|_| PerUid::claim(&counts, 0, 16))
+            .collect();
+        assert_eq!(root.len(), 10);
+        drop(held);
+        assert!(PerUid::claim(&counts, 1000, 16).is_some());
+        assert!(PerUid::claim(&counts, 7, 1).is_some(), "at least one each");
+    }
+
+    #[test]
+    fn group_membership_from_the_kernel_or_proc() {
+        let cred = |gid, groups| PeerCred {
+            pid: std::process::id(),
+            uid: sys::euid(),
+            gid,
+            groups,
+        };
+        assert!(in_group(&cred(27, None), 27));
+        assert!(in_group(&cred(100, Some(vec![4, 27])), 27));
+        assert!(!in_group(&cred(100, Some(vec![4])), 27));
+        // No kernel list: /proc of this very process is read.
+        assert!(in_group(&cred(100, None), sys::egid()));
+        let mut stale = cred(100, None);
+        stale.uid = stale.uid.wrapping_add(1);
+        assert!(
+            !in_group(&stale, sys::egid()),
+            "a reused pid is not believed"
+        );
     }
 }

@@ -22,6 +22,44 @@ pub(crate) const REDACTED: &str = "true";
 /// kept.
 const KEYS: &[&str] = &[LOCAL_PASSPHRASE];
 
+/// Changes checked and with secrets already hashed, ready for [`Settings::apply`].
+/// Hashing is slow by design, so it happens here, outside any lock.
+#[derive(Debug)]
+pub(crate) struct Prepared(BTreeMap<String, Change>);
+
+#[derive(Debug)]
+enum Change {
+    Unset,
+    /// The redacted value sent back: keep the secret that is set.
+    KeepSecret,
+    /// The value as stored.
+    Set(String),
+}
+
+/// Checks `changes` (an empty value unsets a key) and hashes secrets.
+pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Error> {
+    let mut out = BTreeMap::new();
+    for (key, value) in changes {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(Error::UnknownKey(key.clone()));
+        }
+        let change = if value.is_empty() {
+            Change::Unset
+        } else if key == LOCAL_PASSPHRASE && value == REDACTED {
+            Change::KeepSecret
+        } else if key == LOCAL_PASSPHRASE {
+            Change::Set(secret::hash(value).map_err(|source| Error::Invalid {
+                key: key.clone(),
+                source,
+            })?)
+        } else {
+            Change::Set(value.clone())
+        };
+        out.insert(key.clone(), change);
+    }
+    Ok(Prepared(out))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -35,6 +73,8 @@ struct File {
 pub enum Error {
     #[error("unknown configuration key {0:?}")]
     UnknownKey(String),
+    #[error("{0} is shown as \"true\" when set and cannot be set to that")]
+    Redacted(String),
     #[error("invalid value for {key}")]
     Invalid {
         key: String,
@@ -116,36 +156,27 @@ impl Settings {
         self.commit(next)
     }
 
-    /// Applies `changes` (an empty value unsets a key). With `replace`, keys
-    /// not named are unset too (PUT); otherwise they are kept (PATCH).
-    /// Nothing changes unless every key is valid. Slow hashing happens here,
-    /// so callers run it off the async executor.
-    pub(crate) fn apply(
-        &mut self,
-        changes: &BTreeMap<String, String>,
-        replace: bool,
-    ) -> Result<(), Error> {
+    /// Applies `changes` made by [`prepare`]. With `replace`, keys not
+    /// named are unset too (PUT); otherwise they are kept (PATCH).
+    pub(crate) fn apply(&mut self, changes: Prepared, replace: bool) -> Result<(), Error> {
         let mut next = self.file.clone();
         if replace {
-            next.config.retain(|k, _| changes.contains_key(k));
+            next.config.retain(|k, _| changes.0.contains_key(k));
         }
-        for (key, value) in changes {
-            if !KEYS.contains(&key.as_str()) {
-                return Err(Error::UnknownKey(key.clone()));
-            }
-            if value.is_empty() {
-                next.config.remove(key);
-            } else if key == LOCAL_PASSPHRASE {
-                if value == REDACTED && self.file.config.contains_key(key) {
-                    continue;
+        for (key, change) in changes.0 {
+            match change {
+                Change::Unset => {
+                    next.config.remove(&key);
                 }
-                let hashed = secret::hash(value).map_err(|source| Error::Invalid {
-                    key: key.clone(),
-                    source,
-                })?;
-                next.config.insert(key.clone(), hashed);
-            } else {
-                next.config.insert(key.clone(), value.clone());
+                Change::KeepSecret if next.config.contains_key(&key) => {}
+                Change::KeepSecret => {
+                    // Nothing was set, so "true" was meant as the passphrase:
+                    // refuse rather than guess.
+                    return Err(Error::Redacted(key));
+                }
+                Change::Set(stored) => {
+                    next.config.insert(key, stored);
+                }
             }
         }
         self.commit(next)
@@ -190,8 +221,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("daemon.json");
         let mut s = Settings::open(&path).unwrap();
-        s.apply(&map(&[(LOCAL_PASSPHRASE, "hunter2hunter2")]), false)
-            .unwrap();
+        s.apply(
+            prepare(&map(&[(LOCAL_PASSPHRASE, "hunter2hunter2")])).unwrap(),
+            false,
+        )
+        .unwrap();
         let disk = std::fs::read_to_string(&path).unwrap();
         assert!(!disk.contains("hunter2"));
         assert!(disk.contains("pbkdf2-sha256$"));
@@ -199,12 +233,15 @@ mod tests {
         let hash = s.passphrase_hash().unwrap().to_string();
         assert!(secret::verify("hunter2hunter2", &hash));
         // A PUT of what GET showed keeps the secret.
-        s.apply(&s.public(), true).unwrap();
+        s.apply(prepare(&s.public()).unwrap(), true).unwrap();
         assert_eq!(s.passphrase_hash(), Some(hash.as_str()));
         let again = Settings::open(&path).unwrap();
         assert_eq!(again.passphrase_hash(), Some(hash.as_str()));
-        s.apply(&map(&[(LOCAL_PASSPHRASE, "")]), false).unwrap();
+        s.apply(prepare(&map(&[(LOCAL_PASSPHRASE, "")])).unwrap(), false)
+            .unwrap();
         assert_eq!(s.passphrase_hash(), None);
+        let keep = prepare(&map(&[(LOCAL_PASSPHRASE, REDACTED)])).unwrap();
+        assert!(matches!(s.apply(keep, false), Err(Error::Redacted(_))));
     }
 
     #[test]
@@ -212,7 +249,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("daemon.json");
         let mut s = Settings::open(&path).unwrap();
-        let err = s.apply(&map(&[(LOCAL_PASSPHRASE, "x"), ("core.nope", "1")]), false);
+        let err = prepare(&map(&[(LOCAL_PASSPHRASE, "x"), ("core.nope", "1")]));
         assert!(matches!(err, Err(Error::UnknownKey(k)) if k == "core.nope"));
         assert_eq!(s.passphrase_hash(), None);
         assert!(!path.exists());
