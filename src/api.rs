@@ -273,7 +273,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Certificates => certificates(shared, recursion),
         Route::CertificateAdd => add_certificate(shared, id, req).await,
         Route::Certificate => match shared.trust().get(param) {
-            Some(e) => sync(json!(e)),
+            Some(e) => sync(entry_json(e)),
             None => error(404, "certificate not found"),
         },
         Route::CertificateDelete => delete_certificate(shared, id, param),
@@ -354,7 +354,7 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
 fn certificates(shared: &Arc<Shared>, recursion: bool) -> Response {
     let trust = shared.trust();
     if recursion {
-        let list: Vec<Value> = trust.entries().map(|e| json!(e)).collect();
+        let list: Vec<Value> = trust.entries().map(entry_json).collect();
         sync(Value::Array(list))
     } else {
         let urls: Vec<String> = trust
@@ -363,6 +363,16 @@ fn certificates(shared: &Arc<Shared>, recursion: bool) -> Response {
             .collect();
         sync(json!(urls))
     }
+}
+
+/// A trust entry as LXD shows it (`restricted` is what `lxc` reads), plus
+/// our role and added time.
+fn entry_json(e: &crate::trust::Entry) -> Value {
+    let mut v = json!(e);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("restricted".into(), json!(!e.projects.is_empty()));
+    }
+    v
 }
 
 fn delete_certificate(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {

@@ -345,15 +345,49 @@ fn secure_socket(path: &Path, gid: u32, group: &str, open: bool) -> Result<(), E
     Ok(())
 }
 
+/// Creates the state directory 0711 (others reach the socket inside, but
+/// cannot list it), or checks an existing one: never chmod a directory we
+/// did not create (`--state-dir /tmp` must not change /tmp).
+fn state_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let err = |e| Error::StateDir(dir.to_path_buf(), e);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => {
+            // The umask took bits away; set exactly what was meant.
+            return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(err);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(e)),
+    }
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::other("not a directory")));
+    }
+    if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
+        return Err(err(std::io::Error::other(
+            "it must belong to this user and not be writable by others",
+        )));
+    }
+    if meta.mode() & 0o001 == 0 {
+        log!(
+            Warn,
+            "{} is not searchable by others: only its owner can reach the socket",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Nothing the daemon creates is readable by others unless it says so.
     sys::umask(0o077);
     let dir = &opts.state_dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::StateDir(dir.clone(), e))?;
-    // Others must be able to reach the socket inside, not list the directory.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| Error::StateDir(dir.clone(), e))?;
+    state_dir(dir)?;
     let (cert, key) = server_identity(dir)?;
     let tls = TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
     let (gid, group) = admin_group(opts.group.as_deref())?;
@@ -526,6 +560,9 @@ async fn connection(
         )
         .await
         {
+            // An idle keep-alive connection is closed quietly; a request
+            // that started and did not finish gets its 408.
+            None if buf.is_empty() => return,
             None => (api::error(408, "request timeout"), false),
             Some(Err(ReadError::Closed | ReadError::Io(_))) => return,
             Some(Err(ReadError::Refused(code, msg))) => {

@@ -236,3 +236,6 @@ impl std::fmt::Display for NotEc {
 }
 
 impl std::error::Error for NotEc {}
+
+#[cfg(test)]
+mod tests;

@@ -166,13 +166,12 @@ fn trust_list(ctx: &Ctx, format: Format) -> Result<(), Error> {
             } else {
                 fp
             };
-            vec![
-                field("name"),
-                field("type"),
-                field("role"),
-                fp,
-                field("added"),
-            ]
+            let added = e
+                .get("added")
+                .and_then(Value::as_i64)
+                .map(date)
+                .unwrap_or_default();
+            vec![field("name"), field("type"), field("role"), fp, added]
         })
         .collect();
     output::print(
@@ -182,6 +181,17 @@ fn trust_list(ctx: &Ctx, format: Format) -> Result<(), Error> {
         &rows,
     );
     Ok(())
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC date.
+fn date(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 fn trust_remove(ctx: &Ctx, prefix: &str) -> Result<(), Error> {
