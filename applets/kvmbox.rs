@@ -26,7 +26,8 @@ const NAME: &str = "kvmbox";
 #[derive(FromArgs)]
 #[argh(
     note = "Environment: KVMBOX_SOCKET (the socket), KVMBOX_DIR (the daemon's state directory),
-KVMBOX_CONF (this client's key and certificate).
+KVMBOX_CONF (this client's key and certificate; default $HOME/.config/kvmbox,
+else $XDG_RUNTIME_DIR/kvmbox, else /run/kvmbox-client-<uid>).
 Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version."
 )]
 struct Args {
