@@ -10,6 +10,8 @@ group_args=""
 mkdir -p bin; ln -sf "$K" bin/kvmboxd
 bin/kvmboxd $group_args 2>daemon.log &
 pid=$!
+# A failing check must not leave the daemon behind.
+trap 'kill $pid 2>/dev/null || true' EXIT
 i=0; while [ ! -S state/unix.socket ]; do i=$((i + 1)); [ $i -lt 200 ] || fail "no socket: $(cat daemon.log)"; sleep 0.05; done
 
 out=$(applet kvmbox info)
