@@ -278,15 +278,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         },
         Route::CertificateDelete => delete_certificate(shared, id, param),
         Route::Instances => sync(json!([])),
-        Route::Operations => {
-            let urls: Vec<String> = shared
-                .ops
-                .ids()
-                .iter()
-                .map(|i| format!("/1.0/operations/{i}"))
-                .collect();
-            sync(json!({ "running": urls }))
-        }
+        Route::Operations => sync(json!(shared.ops.by_status())),
         Route::Operation => match shared.ops.get(param) {
             Some(op) => sync(json!(op)),
             None => error(404, "operation not found"),

@@ -131,8 +131,16 @@ impl Operations {
         self.lock().get(id).map(|s| s.op.clone())
     }
 
-    pub(crate) fn ids(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+    /// Operation URLs grouped by status, as `GET /1.0/operations` shows them.
+    pub(crate) fn by_status(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, slot) in self.lock().iter() {
+            let status = format!("{:?}", slot.op.status).to_lowercase();
+            out.entry(status)
+                .or_default()
+                .push(format!("/1.0/operations/{id}"));
+        }
+        out
     }
 
     /// Waits until operation `id` ends or `timeout` passes, then shows it.
@@ -205,6 +213,11 @@ mod tests {
             let seen = ops.wait(&failed.id, Duration::from_secs(10)).await.unwrap();
             assert_eq!((seen.status_code, seen.err.as_str()), (400, "boom"));
         }));
-        assert_eq!(ops.ids().len(), 2);
+        let listed = ops.by_status();
+        assert_eq!(
+            listed["success"],
+            vec![format!("/1.0/operations/{}", op.id)]
+        );
+        assert_eq!(listed["failure"].len(), 1);
     }
 }

@@ -199,6 +199,16 @@ fn multipass_local_authentication_with_real_users() {
     assert!(env
         .openssl_get(&acct.other, "/1.0/instances")
         .starts_with("HTTP/1.1 403"));
+    // It may still ask who the server is, and learns nothing more.
+    let info = env.openssl_get(&acct.other, "/1.0");
+    assert!(
+        info.starts_with("HTTP/1.1 200") && info.contains(r#""auth":"untrusted""#),
+        "{info}"
+    );
+    assert!(
+        !info.contains("certificate_fingerprint") && !info.contains("config"),
+        "{info}"
+    );
     // Without a passphrase set, authenticating cannot work.
     env.kvmbox(Some(&acct.other), &["authenticate", "anything"])
         .fails()
