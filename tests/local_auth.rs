@@ -178,6 +178,15 @@ fn multipass_local_authentication_with_real_users() {
         .fails()
         .stderr_contains("permission denied")
         .stderr_one_line();
+    // Even if someone loosens the socket by hand, a non-member is not the
+    // "first client": the daemon checks the group itself (SO_PEERCRED).
+    let perms =
+        |m| std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(m)).unwrap();
+    perms(0o666);
+    env.kvmbox(Some(&acct.other), &["info"])
+        .fails()
+        .stderr_contains("kvmbox authenticate");
+    perms(0o660);
 
     // The group member's first call is trusted, and the socket opens.
     env.kvmbox(Some(&acct.member), &["info"])
