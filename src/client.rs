@@ -18,7 +18,7 @@ use crate::tls::ServerTrust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot use client configuration directory {0}")]
+    #[error("cannot use client configuration directory {0} (KVMBOX_CONF names another)")]
     ConfDir(PathBuf, #[source] io::Error),
     #[error("{0} is not usable")]
     BadIdentity(PathBuf, #[source] crate::pki::Error),

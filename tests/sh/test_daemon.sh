@@ -22,6 +22,12 @@ contains "$(applet kvmbox info --format csv)" "key,value"
 [ -s conf/client.key ] && [ -s conf/client.crt ] || fail "no client key pair"
 [ "$(stat -c %a conf/client.key)" = 600 ] || fail "client key not 0600"
 
+# No HOME and no KVMBOX_CONF: the key pair goes to $XDG_RUNTIME_DIR/kvmbox.
+mkdir -m 700 xdg
+(unset KVMBOX_CONF; XDG_RUNTIME_DIR=$PWD/xdg applet kvmbox info >/dev/null)
+[ -s xdg/kvmbox/client.crt ] || fail "no key pair under XDG_RUNTIME_DIR"
+[ "$(stat -c %a xdg/kvmbox)" = 700 ] || fail "client config dir not 0700"
+
 # Bad command lines: exit code 2, one line.
 set +e; applet kvmbox info --format xml >/dev/null 2>err.txt; rc=$?; set -e
 [ "$rc" -eq 2 ] || fail "bad --format exit code $rc"
