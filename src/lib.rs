@@ -29,7 +29,7 @@ pub use client::{
 pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
-pub use trust::{Entry as TrustEntry, Role};
+pub use trust::Role;
 
 /// Every error and the `source()`s under it on one line, the way each applet
 /// reports a failure: `cannot read CA key: No such file or directory`.

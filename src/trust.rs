@@ -42,7 +42,7 @@ impl std::str::FromStr for Role {
 
 /// One trusted certificate, in the shape `GET /1.0/certificates/<fp>` shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// SHA-256 of the DER, lowercase hex; the key of the store.
     pub fingerprint: String,
     pub name: String,
