@@ -318,4 +318,41 @@ fn state_is_created_private_and_the_server_certificate_regenerated() {
         .stderr_one_line();
     still_serves(&mut d, &dir.join("conf"));
     assert!(d.stop().success());
+    // An existing directory others can write to is refused, and left as is.
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    common::applet("kvmboxd")
+        .arg("--state-dir")
+        .arg(&shared)
+        .fails()
+        .stderr_contains("not be writable by others")
+        .stderr_one_line();
+    assert_eq!(
+        std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777,
+        0o777
+    );
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+}
+
+#[test]
+fn keep_alive_and_pipelined_requests_share_one_connection() {
+    let scratch = common::scratch();
+    let dir = scratch.path();
+    let conf = dir.join("conf");
+    let d = start(dir, &[]);
+    let mut c = client(&d, &conf);
+    for _ in 0..3 {
+        assert_eq!(c.request("GET", "/1.0", None).unwrap().0, 200);
+    }
+    // Two requests in one write, the second closing: two answers, then EOF.
+    c.raw()
+        .write_all(
+            b"GET / HTTP/1.1\r\n\r\nGET /1.0/instances HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let (got, _) = read_all(c.raw(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("Connection: close"), "{text}");
 }
