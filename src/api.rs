@@ -485,19 +485,15 @@ async fn add_certificate(shared: &Arc<Shared>, id: &Identity, req: &Request) -> 
 mod tests {
     use super::*;
 
-    fn body(r: &Response) -> Value {
-        serde_json::from_slice(&r.body).unwrap()
-    }
-
     #[test]
     fn envelopes() {
-        let ok = body(&sync(json!(["/1.0"])));
+        let ok = body_of(&sync(json!(["/1.0"])));
         assert_eq!(ok["type"], "sync");
         assert_eq!(ok["status_code"], 200);
         assert_eq!(ok["metadata"][0], "/1.0");
         let e = error(403, "nope");
         assert_eq!(e.status, 403);
-        let e = body(&e);
+        let e = body_of(&e);
         assert_eq!(
             (e["type"].as_str(), e["error_code"].as_u64()),
             (Some("error"), Some(403))
@@ -530,6 +526,149 @@ mod tests {
             Route::OperationWait
         );
         assert_eq!(find("GET", "/1.0//certificates").unwrap_err().status, 404);
+    }
+
+    fn shared(dir: &std::path::Path) -> Arc<Shared> {
+        use crate::pki::{CertSpec, Curve, Key, Profile};
+        let key = Key::generate(Curve::P256).unwrap();
+        let spec = CertSpec {
+            cn: "t".into(),
+            sans: vec![],
+            days: 1,
+            profile: Profile::SelfSigned,
+        };
+        let cert = spec.self_signed(&key).unwrap();
+        Arc::new(Shared::new(
+            cert,
+            dir.join("unix.socket"),
+            0,
+            crate::trust::TrustStore::open(&dir.join("trust.json")).unwrap(),
+            crate::settings::Settings::open(&dir.join("daemon.json")).unwrap(),
+        ))
+    }
+
+    fn call(
+        s: &Arc<Shared>,
+        role: Option<Role>,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let id = Identity {
+            peer: Peer::Local(PeerCred {
+                pid: 1,
+                uid: 1000,
+                gid: 1000,
+                groups: Some(vec![]),
+            }),
+            cert: None,
+            role,
+        };
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let req = Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        };
+        let resp = smol::block_on(handle(s, &id, &req));
+        (resp.status, body_of(&resp))
+    }
+
+    fn body_of(r: &Response) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn roles_are_enforced_per_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let patch = r#"{"config": {}}"#;
+        // Untrusted: discovery only, and the hint everywhere else.
+        assert_eq!(call(&s, None, "GET", "/", "").0, 200);
+        let (code, v) = call(&s, None, "GET", "/1.0", "");
+        assert_eq!(
+            (code, v["metadata"]["auth"].as_str()),
+            (200, Some("untrusted"))
+        );
+        assert!(v["metadata"].get("environment").is_none());
+        let (code, v) = call(&s, None, "GET", "/1.0/certificates", "");
+        assert_eq!((code, v["error"].as_str()), (403, Some(UNTRUSTED_HINT)));
+        // An auditor reads but does not configure.
+        assert_eq!(
+            call(
+                &s,
+                Some(Role::Auditor),
+                "GET",
+                "/1.0/certificates?recursion=1",
+                ""
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            call(&s, Some(Role::Auditor), "GET", "/1.0/instances", "").0,
+            200
+        );
+        let (code, v) = call(&s, Some(Role::Auditor), "PATCH", "/1.0", patch);
+        assert_eq!(code, 403);
+        assert!(v["error"].as_str().unwrap().contains("admin role"), "{v}");
+        assert_eq!(
+            call(
+                &s,
+                Some(Role::Operator),
+                "DELETE",
+                "/1.0/certificates/ab",
+                ""
+            )
+            .0,
+            403
+        );
+        // An admin does.
+        assert_eq!(call(&s, Some(Role::Admin), "PATCH", "/1.0", patch).0, 200);
+        assert_eq!(
+            call(&s, Some(Role::Admin), "DELETE", "/1.0/certificates/ab", "").0,
+            404
+        );
+        let (code, v) = call(&s, Some(Role::Admin), "GET", "/1.0", "");
+        assert_eq!(
+            (code, v["metadata"]["auth"].as_str()),
+            (200, Some("trusted"))
+        );
+        assert_eq!(v["metadata"]["environment"]["server"], "kvmbox");
+        assert_eq!(
+            call(&s, Some(Role::Admin), "GET", "/1.0/operations/nope", "").0,
+            404
+        );
+        assert_eq!(
+            call(&s, Some(Role::Admin), "GET", "/1.0/operations", "").0,
+            200
+        );
+    }
+
+    #[test]
+    fn self_add_needs_a_certificate_and_a_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let (code, _) = call(&s, None, "POST", "/1.0/certificates", "{oops");
+        assert_eq!(code, 400);
+        let (code, v) = call(
+            &s,
+            None,
+            "POST",
+            "/1.0/certificates",
+            r#"{"type": "metrics"}"#,
+        );
+        assert_eq!(code, 400, "{v}");
+        let (code, _) = call(
+            &s,
+            None,
+            "POST",
+            "/1.0/certificates",
+            r#"{"password": "x"}"#,
+        );
+        assert_eq!(code, 400, "no client certificate on this connection");
     }
 
     #[test]

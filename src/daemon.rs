@@ -108,6 +108,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    pub(crate) fn new(
+        cert: Cert,
+        socket: PathBuf,
+        admin_gid: u32,
+        trust: TrustStore,
+        settings: Settings,
+    ) -> Shared {
+        Shared {
+            cert,
+            socket,
+            admin_gid,
+            trust: Mutex::new(trust),
+            settings: Mutex::new(settings),
+            // Three free mistakes, then 1 s, 2 s, 4 s… up to 15 minutes.
+            limiter: Mutex::new(RateLimiter::new(
+                3,
+                Duration::from_secs(1),
+                Duration::from_secs(900),
+            )),
+            ops: crate::operations::Operations::default(),
+        }
+    }
+
     pub(crate) fn trust(&self) -> MutexGuard<'_, TrustStore> {
         lock(&self.trust)
     }
@@ -398,20 +421,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| dir.join("unix.socket"));
     let open = settings.local_socket_open();
-    let shared = Arc::new(Shared {
-        cert,
-        socket: socket.clone(),
-        admin_gid: gid,
-        trust: Mutex::new(trust),
-        settings: Mutex::new(settings),
-        // Three free mistakes, then 1 s, 2 s, 4 s… up to 15 minutes.
-        limiter: Mutex::new(RateLimiter::new(
-            3,
-            Duration::from_secs(1),
-            Duration::from_secs(900),
-        )),
-        ops: crate::operations::Operations::default(),
-    });
+    let shared = Arc::new(Shared::new(cert, socket.clone(), gid, trust, settings));
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
             .map_err(Error::Signals)?;
