@@ -1,10 +1,15 @@
-//! `kvmboxd`: the kvmbox daemon: runs VMs and serves the API.
-//!
-//! Only its command line exists so far; running it reports that plainly.
+//! `kvmboxd`: the kvmbox daemon. Serves LXD's `/1.0` REST API
+//! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>) over TLS
+//! inside a Unix socket, with Multipass's local authentication
+//! (<https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>).
+//! Runs in the foreground; SIGTERM or SIGINT stop it cleanly.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use argh::FromArgs;
+use kvmbox::{DaemonOptions, LogLevel};
 
 use crate::cli;
 
@@ -12,12 +17,51 @@ const NAME: &str = "kvmboxd";
 
 /// The kvmbox daemon: runs VMs and serves the API.
 #[derive(FromArgs)]
-#[argh(note = "Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version.")]
-struct Args {}
+#[argh(note = "Environment: KVMBOX_DIR is the default state directory.
+Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version.")]
+struct Args {
+    /// state directory (default $KVMBOX_DIR, else /var/lib/kvmbox)
+    #[argh(option)]
+    state_dir: Option<PathBuf>,
+    /// the Unix socket (default STATE/unix.socket)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+    /// admin group owning the socket (default: the first of sudo, admin,
+    /// wheel that exists; unprivileged: your primary group)
+    #[argh(option)]
+    group: Option<String>,
+    /// error, warn, info (default) or debug
+    #[argh(option, default = "LogLevel::Info")]
+    log_level: LogLevel,
+    /// seconds a client has to send a request, and that an idle connection stays open
+    #[argh(option, default = "30", hidden_help)]
+    timeout: u64,
+    /// connections served at once
+    #[argh(option, default = "128", hidden_help)]
+    max_connections: usize,
+}
 
 pub(crate) fn main(args: &[String]) -> ExitCode {
-    match cli::parse::<Args>(NAME, args) {
-        Ok(Args {}) => cli::fail(NAME, "not available in this build yet"),
-        Err(code) => code,
+    let args = match cli::parse::<Args>(NAME, args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    if args.timeout == 0 {
+        return cli::usage_error(NAME, "--timeout must be at least 1 second");
     }
+    kvmbox::set_log_level(args.log_level);
+    let state_dir = args
+        .state_dir
+        .or_else(|| {
+            std::env::var_os("KVMBOX_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kvmbox"));
+    let mut opts = DaemonOptions::new(state_dir);
+    opts.socket = args.socket;
+    opts.group = args.group;
+    opts.timeout = Duration::from_secs(args.timeout);
+    opts.max_connections = args.max_connections.max(1);
+    cli::report(NAME, kvmbox::run_daemon(opts))
 }

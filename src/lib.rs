@@ -4,11 +4,21 @@
 //! nothing else, so the public surface stays small enough to review.
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
+mod api;
 mod apparmor;
+mod client;
+mod daemon;
+mod http;
+mod log;
+mod operations;
 mod pki;
+mod secret;
+mod settings;
 mod store;
-#[allow(unsafe_code)] // the one module that may; see its header
+#[allow(unsafe_code)] // system calls std does not wrap; each block has a SAFETY comment
 mod sys;
+mod tls;
+mod trust;
 
 pub use apparmor::{
     check as check_instance, files_list as aa_files_list,
@@ -22,6 +32,15 @@ pub use apparmor::{
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use store::{write_atomic, Overwrite};
 pub use sys::default_sigpipe;
+
+pub use api::UNTRUSTED_HINT;
+pub use client::{
+    config_dir, prompt_secret, socket_path, Client, ClientIdentity, Error as ClientError,
+};
+pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
+pub use http::Limits as HttpLimits;
+pub use log::{set_level as set_log_level, LogLevel};
+pub use trust::Role;
 
 /// Every error and the `source()`s under it on one line, the way each applet
 /// reports a failure: `cannot read CA key: No such file or directory`.

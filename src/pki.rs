@@ -244,7 +244,7 @@ impl CertSpec {
 }
 
 /// Letters, digits and hyphens in dot-separated labels (a leading `*.` allowed).
-fn is_dns_name(name: &str) -> bool {
+pub(crate) fn is_dns_name(name: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

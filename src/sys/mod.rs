@@ -1,5 +1,51 @@
-//! The only place kvmbox talks to the kernel through `unsafe` libc calls.
-//! Each block says why it is sound; everything above this module is safe Rust.
+//! The few system calls the standard library does not wrap, and the files
+//! under /etc and /proc that stand in for a user database.
+//!
+//! This is the only module where `unsafe` is allowed; every block says why it
+//! is sound. Everything here works in a static musl binary on a host with no
+//! NSS, no passwd entries and no resolver.
+
+mod net;
+mod tty;
+mod user;
+
+pub(crate) use net::{peer_cred, PeerCred};
+pub(crate) use tty::read_secret;
+pub(crate) use user::{group_gid, proc_groups};
+
+/// Sets the file-creation mask and returns the previous one.
+pub(crate) fn umask(mask: u32) -> u32 {
+    // SAFETY: umask(2) only changes this process's mask and cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// The effective user id of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective group id of this process.
+pub(crate) fn egid() -> u32 {
+    // SAFETY: getegid(2) has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// The host name, read from the kernel (no resolver involved).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The running kernel's release (`uname -r`).
+pub(crate) fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
 
 /// Restores the default SIGPIPE action, so that a command-line applet whose
 /// reader went away (`kvmbox-cert show … | head -1`) ends quietly like any

@@ -1,0 +1,94 @@
+//! `kvmbox authenticate`: trust this client with the server's
+//! `local.passphrase` (Multipass's `multipass authenticate`).
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use argh::FromArgs;
+use serde_json::json;
+
+use super::{Ctx, Error};
+
+/// Make this client trusted, with the passphrase an administrator set in
+/// local.passphrase.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "authenticate",
+    note = "Without PASSPHRASE or --passphrase-file, the passphrase is prompted for on a
+terminal, else read from standard input. Giving it as an argument shows it to
+other users in the process list."
+)]
+pub(crate) struct Authenticate {
+    /// the passphrase
+    #[argh(positional)]
+    passphrase: Option<String>,
+    /// read the passphrase from this file (its first line)
+    #[argh(option)]
+    passphrase_file: Option<PathBuf>,
+}
+
+/// At most this much is read from a file or stdin.
+const MAX_LEN: u64 = 4096;
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+fn passphrase(args: &Authenticate) -> Result<String, Error> {
+    let pp = match (&args.passphrase, &args.passphrase_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Usage(
+                "give the passphrase as an argument or with --passphrase-file, not both".into(),
+            ))
+        }
+        (Some(p), None) => p.clone(),
+        (None, Some(f)) => {
+            let mut text = String::new();
+            std::fs::File::open(f)
+                .and_then(|file| file.take(MAX_LEN).read_to_string(&mut text))
+                .map_err(|e| Error::Msg(format!("cannot read {}: {e}", f.display())))?;
+            first_line(&text)
+        }
+        (None, None) if std::io::stdin().is_terminal() => kvmbox::prompt_secret("Passphrase: ")
+            .map_err(|e| Error::Msg(format!("cannot read the passphrase: {e}")))?,
+        (None, None) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(MAX_LEN)
+                .read_to_string(&mut text)
+                .map_err(|e| Error::Msg(format!("cannot read the passphrase from stdin: {e}")))?;
+            first_line(&text)
+        }
+    };
+    if pp.is_empty() {
+        return Err(Error::Msg(
+            "no passphrase given: pass it as an argument, with --passphrase-file, or on stdin"
+                .into(),
+        ));
+    }
+    Ok(pp)
+}
+
+pub(crate) fn authenticate(ctx: &Ctx, args: &Authenticate) -> Result<(), Error> {
+    let pp = passphrase(args)?;
+    let mut client = ctx.connect()?;
+    let server = client.call("GET", "/1.0", None)?;
+    if server.get("auth").and_then(|a| a.as_str()) == Some("trusted") {
+        println!("This client is already trusted.");
+        return Ok(());
+    }
+    client.call(
+        "POST",
+        "/1.0/certificates",
+        Some(&json!({"type": "client", "password": pp})),
+    )?;
+    let server = client.call("GET", "/1.0", None)?;
+    if server.get("auth").and_then(|a| a.as_str()) != Some("trusted") {
+        return Err(Error::Msg(
+            "the daemon accepted the passphrase but does not trust this client".into(),
+        ));
+    }
+    println!("Authenticated: this client is now trusted.");
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! `kvmbox info` and `kvmbox list`.
+
+use argh::FromArgs;
+use serde_json::Value;
+
+use super::output::{self, Format};
+use super::{Ctx, Error};
+
+/// Show the server: version, authentication state, certificate, drivers.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "info")]
+pub(crate) struct Info {
+    /// table (default), json, yaml or csv
+    #[argh(option, default = "Format::Table")]
+    format: Format,
+}
+
+/// List instances.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+pub(crate) struct List {
+    /// table (default), json, yaml or csv
+    #[argh(option, default = "Format::Table")]
+    format: Format,
+}
+
+fn text(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p).unwrap_or(&Value::Null);
+    }
+    match cur {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
+    let server = ctx.connect()?.call("GET", "/1.0", None)?;
+    if text(&server, &["auth"]) != "trusted" {
+        return Err(Error::Msg(kvmbox::UNTRUSTED_HINT.to_string()));
+    }
+    let fields = [
+        ("auth", &["auth"][..]),
+        ("auth_role", &["auth_role"]),
+        ("api_version", &["api_version"]),
+        ("server_name", &["environment", "server_name"]),
+        ("server_version", &["environment", "server_version"]),
+        ("kernel_version", &["environment", "kernel_version"]),
+        (
+            "certificate_fingerprint",
+            &["environment", "certificate_fingerprint"],
+        ),
+        ("security_driver", &["environment", "security_driver"]),
+        ("accelerator", &["environment", "accelerator"]),
+    ];
+    let rows: Vec<Vec<String>> = fields
+        .iter()
+        .map(|(name, path)| vec![name.to_string(), text(&server, path)])
+        .collect();
+    output::print(args.format, &server, &["KEY", "VALUE"], &rows);
+    Ok(())
+}
+
+pub(crate) fn list(ctx: &Ctx, args: &List) -> Result<(), Error> {
+    let list = ctx
+        .connect()?
+        .call("GET", "/1.0/instances?recursion=1", None)?;
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| vec![text(i, &["name"]), text(i, &["status"]), text(i, &["type"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    output::print(args.format, &list, &["NAME", "STATE", "TYPE"], &rows);
+    Ok(())
+}

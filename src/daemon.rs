@@ -1,0 +1,651 @@
+//! `kvmboxd`'s core: state directory, server identity, the Unix socket with
+//! Multipass's local trust model (seed 000, SPEC M1–M3), and the connection
+//! loop: TLS inside the socket, then HTTP/1.1 with keep-alive, every read
+//! bounded in size and time.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_rustls::TlsAcceptor;
+use serde_json::{json, Value};
+use smol::io::AsyncWriteExt;
+use smol::net::unix::{UnixListener, UnixStream};
+use smol::stream::StreamExt;
+use smol::Executor;
+
+use crate::api::{self, Identity, Peer};
+use crate::http::{self, Limits, ReadError};
+use crate::log::log;
+use crate::pki::{Cert, CertSpec, Curve, Key, Profile};
+use crate::secret::RateLimiter;
+use crate::settings::Settings;
+use crate::store::{write_atomic, Overwrite};
+use crate::sys::{self, PeerCred};
+use crate::trust::{Role, TrustStore};
+
+/// Groups tried, in order, when no admin group is given (SPEC M2).
+const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
+
+/// How the daemon is started.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub state_dir: PathBuf,
+    /// Default `STATE/unix.socket`.
+    pub socket: Option<PathBuf>,
+    /// Admin group; default the first of sudo/admin/wheel that exists.
+    pub group: Option<String>,
+    /// A request (or TLS handshake) must arrive within this time, and an idle
+    /// keep-alive connection is closed after it.
+    pub timeout: Duration,
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    pub limits: Limits,
+}
+
+impl DaemonOptions {
+    pub fn new(state_dir: PathBuf) -> DaemonOptions {
+        DaemonOptions {
+            state_dir,
+            socket: None,
+            group: None,
+            timeout: Duration::from_secs(30),
+            max_connections: 128,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create state directory {0}")]
+    StateDir(PathBuf, #[source] std::io::Error),
+    #[error("cannot create the server certificate")]
+    Identity(#[source] crate::pki::Error),
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{0} is not usable")]
+    BadIdentity(PathBuf, #[source] crate::pki::Error),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::Error),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
+    #[error("admin group {0:?} does not exist in /etc/group")]
+    NoGroup(String),
+    #[error("none of the groups {0} exists: name one with --group")]
+    NoDefaultGroup(String),
+    #[error("another kvmboxd is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("cannot listen on {0}")]
+    Listen(PathBuf, #[source] std::io::Error),
+    #[error("cannot set up signal handling")]
+    Signals(#[source] std::io::Error),
+}
+
+/// State every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    cert: Cert,
+    socket: PathBuf,
+    admin_gid: u32,
+    trust: Mutex<TrustStore>,
+    settings: Mutex<Settings>,
+    limiter: Mutex<RateLimiter<String>>,
+    pub(crate) ops: crate::operations::Operations,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is written to disk first and applied in
+    // memory in one assignment, so a poisoned lock still holds a consistent
+    // value.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(
+        cert: Cert,
+        socket: PathBuf,
+        admin_gid: u32,
+        trust: TrustStore,
+        settings: Settings,
+    ) -> Shared {
+        Shared {
+            cert,
+            socket,
+            admin_gid,
+            trust: Mutex::new(trust),
+            settings: Mutex::new(settings),
+            // Three free mistakes, then 1 s, 2 s, 4 s… up to 15 minutes.
+            limiter: Mutex::new(RateLimiter::new(
+                3,
+                Duration::from_secs(1),
+                Duration::from_secs(900),
+            )),
+            ops: crate::operations::Operations::default(),
+        }
+    }
+
+    pub(crate) fn trust(&self) -> MutexGuard<'_, TrustStore> {
+        lock(&self.trust)
+    }
+    pub(crate) fn settings(&self) -> MutexGuard<'_, Settings> {
+        lock(&self.settings)
+    }
+    pub(crate) fn limiter(&self) -> MutexGuard<'_, RateLimiter<String>> {
+        lock(&self.limiter)
+    }
+
+    /// `GET /1.0`: everything for a trusted caller, the bare minimum for others.
+    pub(crate) fn server_info(&self, id: &Identity) -> Value {
+        let mut info = json!({
+            "api_extensions": [],
+            "api_status": "stable",
+            "api_version": "1.0",
+            "auth": if id.role.is_some() { "trusted" } else { "untrusted" },
+            "auth_methods": ["tls"],
+            "public": false,
+        });
+        if let (Some(role), Some(obj)) = (id.role, info.as_object_mut()) {
+            obj.insert("auth_role".into(), json!(role));
+            obj.insert("config".into(), json!(self.settings().public()));
+            obj.insert(
+                "environment".into(),
+                json!({
+                    "architectures": [std::env::consts::ARCH],
+                    "certificate": self.cert.to_pem(),
+                    "certificate_fingerprint": self.cert.fingerprint(),
+                    "driver": "qemu",
+                    "kernel": "Linux",
+                    "kernel_architecture": std::env::consts::ARCH,
+                    "kernel_version": sys::kernel_release(),
+                    "server": "kvmbox",
+                    "server_name": sys::hostname(),
+                    "server_pid": std::process::id(),
+                    "server_version": env!("CARGO_PKG_VERSION"),
+                    "security_driver": security_driver(),
+                    "accelerator": accelerator(),
+                }),
+            );
+        }
+        info
+    }
+
+    /// Who this connection's peer is, looked up again for every request so
+    /// that a certificate removed from the trust store stops working at once.
+    fn identity(&self, cred: &PeerCred, cert: &Option<Cert>) -> Identity {
+        let role = if cred.uid == 0 {
+            // Local root can do anything to the host anyway (LXD's rule).
+            Some(Role::Admin)
+        } else {
+            cert.as_ref()
+                .and_then(|c| self.trust().get(&c.fingerprint()).map(|e| e.role))
+        };
+        Identity {
+            peer: Peer::Local(cred.clone()),
+            cert: cert.clone(),
+            role,
+        }
+    }
+
+    /// SPEC M3: until the socket has been opened, the first client from the
+    /// admin group has its certificate trusted, and the socket becomes 0666.
+    fn first_client(&self, cred: &PeerCred, cert: &Cert) {
+        if cred.uid == 0 || !in_group(cred, self.admin_gid) {
+            return;
+        }
+        let mut settings = self.settings();
+        if settings.local_socket_open() {
+            return;
+        }
+        let name = format!("local-uid-{}", cred.uid);
+        if let Err(e) = self.trust().add(cert, &name, Role::Admin) {
+            log!(
+                Error,
+                "cannot trust the first client: {}",
+                crate::error_chain(&e)
+            );
+            return;
+        }
+        if let Err(e) = settings.set_local_socket_open() {
+            log!(Error, "{}", crate::error_chain(&e));
+        }
+        drop(settings);
+        match std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o666)) {
+            Ok(()) => log!(
+                Info,
+                "first client (uid {}) trusted as {}; {} is now open to all users",
+                cred.uid,
+                cert.fingerprint(),
+                self.socket.display()
+            ),
+            Err(e) => log!(
+                Error,
+                "cannot open {} to all users: {e}",
+                self.socket.display()
+            ),
+        }
+    }
+}
+
+/// Whether the peer is in group `gid`: the kernel's SO_PEERGROUPS snapshot
+/// when there is one, else /proc/<pid>/status (whose uid must still be the
+/// peer's, or the pid was reused and nothing is believed).
+fn in_group(cred: &PeerCred, gid: u32) -> bool {
+    if cred.gid == gid {
+        return true;
+    }
+    match &cred.groups {
+        Some(groups) => groups.contains(&gid),
+        None => match sys::proc_groups(cred.pid) {
+            Ok((uid, groups)) => uid == cred.uid && groups.contains(&gid),
+            Err(_) => false,
+        },
+    }
+}
+
+fn security_driver() -> &'static str {
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    if enabled {
+        "apparmor"
+    } else {
+        "none"
+    }
+}
+
+fn accelerator() -> &'static str {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if kvm {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+/// Loads the server key and certificate, generating both if either is
+/// missing (LXD: remove them to have them regenerated).
+fn server_identity(dir: &Path) -> Result<(Cert, Key), Error> {
+    let (kp, cp) = (dir.join("server.key"), dir.join("server.crt"));
+    if kp.exists() && cp.exists() {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::Read(p.to_path_buf(), e));
+        let key = Key::from_pem(&read(&kp)?).map_err(|e| Error::BadIdentity(kp.clone(), e))?;
+        let cert = Cert::from_pem(&read(&cp)?).map_err(|e| Error::BadIdentity(cp.clone(), e))?;
+        return Ok((cert, key));
+    }
+    let key = Key::generate(Curve::P256).map_err(Error::Identity)?;
+    let host = sys::hostname();
+    let mut sans = vec!["kvmbox".to_string()];
+    if host != "kvmbox" && crate::pki::is_dns_name(&host) {
+        sans.insert(0, host.clone());
+    }
+    let cert = CertSpec {
+        cn: format!("root@{host}"),
+        sans,
+        days: 3650,
+        profile: Profile::SelfSigned,
+    }
+    .self_signed(&key)
+    .map_err(Error::Identity)?;
+    write_atomic(&kp, key.to_pem().as_bytes(), 0o600, Overwrite::Replace)
+        .map_err(|e| Error::Write(kp.clone(), e))?;
+    write_atomic(&cp, cert.to_pem().as_bytes(), 0o644, Overwrite::Replace)
+        .and_then(|()| std::fs::set_permissions(&cp, std::fs::Permissions::from_mode(0o644)))
+        .map_err(|e| Error::Write(cp.clone(), e))?;
+    log!(Info, "generated server certificate {}", cert.fingerprint());
+    Ok((cert, key))
+}
+
+/// The admin group's gid and name.
+fn admin_group(name: Option<&str>) -> Result<(u32, String), Error> {
+    let etc = Path::new("/etc/group");
+    let lookup = |n: &str| sys::group_gid(etc, n).ok().flatten();
+    if let Some(n) = name {
+        return lookup(n)
+            .map(|g| (g, n.to_string()))
+            .ok_or_else(|| Error::NoGroup(n.into()));
+    }
+    if sys::euid() != 0 {
+        // Unprivileged (development, tests): the socket can only carry our
+        // own primary group.
+        let gid = sys::egid();
+        return Ok((gid, format!("gid {gid}")));
+    }
+    DEFAULT_GROUPS
+        .iter()
+        .find_map(|n| lookup(n).map(|g| (g, n.to_string())))
+        .ok_or_else(|| Error::NoDefaultGroup(DEFAULT_GROUPS.join(", ")))
+}
+
+fn bind(path: &Path) -> Result<UnixListener, Error> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::InUse(path.to_path_buf()));
+            }
+            // A socket nobody listens on: left by a crash.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    UnixListener::bind(path).map_err(|e| Error::Listen(path.to_path_buf(), e))
+}
+
+/// Sets the socket's owner and mode (SPEC M2). Unprivileged, chown to root
+/// is impossible and skipped with a log line.
+fn secure_socket(path: &Path, gid: u32, group: &str, open: bool) -> Result<(), Error> {
+    let mode = if open { 0o666 } else { 0o660 };
+    if sys::euid() == 0 {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))
+            .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
+    } else {
+        log!(
+            Info,
+            "running unprivileged: socket owner left as uid {} (chown to root skipped)",
+            sys::euid()
+        );
+        if gid != sys::egid() {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
+    log!(
+        Info,
+        "listening on {} (group {group}, mode {mode:o})",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Creates the state directory 0711 (others reach the socket inside, but
+/// cannot list it), or checks an existing one: never chmod a directory we
+/// did not create (`--state-dir /tmp` must not change /tmp).
+fn state_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let err = |e| Error::StateDir(dir.to_path_buf(), e);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => {
+            // The umask took bits away; set exactly what was meant.
+            return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(err);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(e)),
+    }
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::other("not a directory")));
+    }
+    if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
+        return Err(err(std::io::Error::other(
+            "it must belong to this user and not be writable by others",
+        )));
+    }
+    if meta.mode() & 0o001 == 0 {
+        log!(
+            Warn,
+            "{} is not searchable by others: only its owner can reach the socket",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(opts: DaemonOptions) -> Result<(), Error> {
+    // Nothing the daemon creates is readable by others unless it says so.
+    sys::umask(0o077);
+    let dir = &opts.state_dir;
+    state_dir(dir)?;
+    let (cert, key) = server_identity(dir)?;
+    let tls = TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+    let (gid, group) = admin_group(opts.group.as_deref())?;
+    let trust = TrustStore::open(&dir.join("trust.json"))?;
+    let settings = Settings::open(&dir.join("daemon.json"))?;
+    let socket = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| dir.join("unix.socket"));
+    let open = settings.local_socket_open();
+    let shared = Arc::new(Shared::new(cert, socket.clone(), gid, trust, settings));
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(Error::Signals)?;
+    let listener = bind(&socket)?;
+    if let Err(e) = secure_socket(&socket, gid, &group, open) {
+        let _ = std::fs::remove_file(&socket);
+        return Err(e);
+    }
+    let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
+    let per_uid = Arc::new(Mutex::new(HashMap::new()));
+    let serve = {
+        let ex = ex.clone();
+        async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        log!(Warn, "accept failed: {e}");
+                        // EMFILE and friends: give the system a moment.
+                        smol::Timer::after(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let cred = match sys::peer_cred(&stream) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log!(Warn, "cannot identify a peer: {e}");
+                        continue;
+                    }
+                };
+                // Once the socket is 0666 any local user can connect: one
+                // uid (root aside) may hold only a quarter of the slots, so
+                // it cannot lock everyone else out.
+                let Some(per_uid) = PerUid::claim(&per_uid, cred.uid, opts.max_connections) else {
+                    log!(
+                        Warn,
+                        "connection from uid {} refused: too many open",
+                        cred.uid
+                    );
+                    continue;
+                };
+                let Some(slot) = slots.try_acquire_arc() else {
+                    log!(
+                        Warn,
+                        "connection refused: {} connections already open",
+                        opts.max_connections
+                    );
+                    continue;
+                };
+                let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
+                ex.spawn(async move {
+                    connection(&shared, stream, cred, tls, &opts).await;
+                    drop((slot, per_uid));
+                })
+                .detach();
+            }
+        }
+    };
+    let stop = async {
+        let name = match signals.next().await {
+            Some(Ok(async_signal::Signal::Int)) => "SIGINT",
+            _ => "SIGTERM",
+        };
+        log!(Info, "received {name}, shutting down");
+    };
+    smol::block_on(ex.run(smol::future::or(serve, stop)));
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// One open connection counted against its uid; uncounted when dropped.
+struct PerUid {
+    counts: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl PerUid {
+    fn claim(counts: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32, max: usize) -> Option<PerUid> {
+        let mut map = lock(counts);
+        let n = map.entry(uid).or_insert(0);
+        if uid != 0 && *n >= (max / 4).max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PerUid {
+            counts: counts.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for PerUid {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
+async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    smol::future::or(async { Some(f.await) }, async {
+        smol::Timer::after(t).await;
+        None
+    })
+    .await
+}
+
+/// Serves one connection until it closes, misbehaves or idles out.
+async fn connection(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    cred: PeerCred,
+    tls: TlsAcceptor,
+    opts: &DaemonOptions,
+) {
+    let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            log!(Info, "TLS handshake with uid {} failed: {e}", cred.uid);
+            return;
+        }
+        None => {
+            log!(Info, "TLS handshake with uid {} timed out", cred.uid);
+            return;
+        }
+    };
+    let cert = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| Cert::from_der(c.as_ref()).ok());
+    if let Some(c) = &cert {
+        shared.first_client(&cred, c);
+    }
+    let mut buf = Vec::new();
+    loop {
+        let (resp, keep_alive) = match timed(
+            opts.timeout,
+            http::read_request(&mut tls_stream, &mut buf, opts.limits),
+        )
+        .await
+        {
+            // An idle keep-alive connection is closed quietly; a request
+            // that started and did not finish gets its 408.
+            None if buf.is_empty() => return,
+            None => (api::error(408, "request timeout"), false),
+            Some(Err(ReadError::Closed | ReadError::Io(_))) => return,
+            Some(Err(ReadError::Refused(code, msg))) => {
+                log!(Debug, "refused a request from uid {}: {msg}", cred.uid);
+                (api::error(code, msg), false)
+            }
+            Some(Ok(req)) => {
+                let id = shared.identity(&cred, &cert);
+                let resp = api::handle(shared, &id, &req).await;
+                log!(
+                    Debug,
+                    "uid {} {} {} -> {}",
+                    cred.uid,
+                    req.method,
+                    req.path,
+                    resp.status
+                );
+                (resp, req.keep_alive)
+            }
+        };
+        let bytes = resp.to_bytes(keep_alive);
+        let written = timed(opts.timeout, async {
+            tls_stream.write_all(&bytes).await?;
+            tls_stream.flush().await
+        })
+        .await;
+        if !matches!(written, Some(Ok(()))) || !keep_alive {
+            let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_gets_a_quarter_of_the_slots_root_is_exempt() {
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let held: Vec<PerUid> = (0..4)
+            .filter_map(|_| PerUid::claim(&counts, 1000, 16))
+            .collect();
+        assert_eq!(held.len(), 4);
+        assert!(PerUid::claim(&counts, 1000, 16).is_none());
+        assert!(PerUid::claim(&counts, 1001, 16).is_some());
+        let root: Vec<PerUid> = (0..10)
+            .filter_map(|_| PerUid::claim(&counts, 0, 16))
+            .collect();
+        assert_eq!(root.len(), 10);
+        drop(held);
+        assert!(PerUid::claim(&counts, 1000, 16).is_some());
+        assert!(PerUid::claim(&counts, 7, 1).is_some(), "at least one each");
+    }
+
+    #[test]
+    fn group_membership_from_the_kernel_or_proc() {
+        let cred = |gid, groups| PeerCred {
+            pid: std::process::id(),
+            uid: sys::euid(),
+            gid,
+            groups,
+        };
+        assert!(in_group(&cred(27, None), 27));
+        assert!(in_group(&cred(100, Some(vec![4, 27])), 27));
+        assert!(!in_group(&cred(100, Some(vec![4])), 27));
+        // No kernel list: /proc of this very process is read.
+        assert!(in_group(&cred(100, None), sys::egid()));
+        let mut stale = cred(100, None);
+        stale.uid = stale.uid.wrapping_add(1);
+        assert!(
+            !in_group(&stale, sys::egid()),
+            "a reused pid is not believed"
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! HTTP/1.1 messages, just enough for a JSON API: heads parsed by httparse,
+//! bodies by Content-Length only, every size bounded so that a hostile peer
+//! costs a fixed amount of memory. Timeouts are the caller's (the server
+//! races each read against a timer).
+
+use std::io::{self, Read};
+
+use smol::io::{AsyncRead, AsyncReadExt};
+
+/// Size bounds for one message.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Request line (or status line) plus headers, in bytes.
+    pub max_head: usize,
+    /// Body, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head: 16 * 1024,
+            max_body: 4 * 1024 * 1024,
+        }
+    }
+}
+
+const MAX_HEADERS: usize = 64;
+
+/// A parsed request.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    pub query: String,
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The value of query parameter `key`, if present.
+    pub(crate) fn query_param(&self, key: &str) -> Option<&str> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == key).then_some(v)
+        })
+    }
+}
+
+/// Why no request came out of the stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The peer closed the connection between requests.
+    #[error("connection closed")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The peer sent something we refuse; answer with this status and close.
+    #[error("{1}")]
+    Refused(u16, &'static str),
+}
+
+/// Reads one request. `buf` carries bytes read past the previous request
+/// (pipelining) and keeps those past this one.
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    limits: Limits,
+) -> Result<Request, ReadError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let parsed = req.parse(buf);
+        match parsed {
+            Ok(httparse::Status::Complete(head_len)) => {
+                if head_len > limits.max_head {
+                    return Err(ReadError::Refused(431, "request header too large"));
+                }
+                let head = head_of(&req)?;
+                buf.drain(..head_len);
+                let body = read_body(stream, buf, head.content_length, limits).await?;
+                return Ok(Request {
+                    method: head.method,
+                    path: head.path,
+                    query: head.query,
+                    body,
+                    keep_alive: head.keep_alive,
+                });
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > limits.max_head {
+                    return Err(ReadError::Refused(431, "request header too large"));
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ReadError::Refused(431, "too many request headers"))
+            }
+            Err(_) => return Err(ReadError::Refused(400, "malformed request")),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                ReadError::Closed
+            } else {
+                ReadError::Refused(400, "truncated request")
+            });
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+struct Head {
+    method: String,
+    path: String,
+    query: String,
+    content_length: usize,
+    keep_alive: bool,
+}
+
+fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(ReadError::Refused(400, "malformed request"));
+    };
+    if !target.starts_with('/') {
+        return Err(ReadError::Refused(400, "request target must be a path"));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut content_length: Option<usize> = None;
+    let mut connection = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or(ReadError::Refused(400, "invalid Content-Length"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(ReadError::Refused(400, "conflicting Content-Length"));
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked bodies are not needed by any client of this API, and
+            // refusing them removes a whole class of smuggling bugs.
+            return Err(ReadError::Refused(
+                501,
+                "Transfer-Encoding is not supported",
+            ));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::to_ascii_lowercase);
+        }
+    }
+    let keep_alive = match (version, connection.as_deref()) {
+        (_, Some(c)) if c.contains("close") => false,
+        (1, _) => true,
+        (_, Some(c)) => c.contains("keep-alive"),
+        _ => false,
+    };
+    Ok(Head {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        content_length: content_length.unwrap_or(0),
+        keep_alive,
+    })
+}
+
+async fn read_body<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    len: usize,
+    limits: Limits,
+) -> Result<Vec<u8>, ReadError> {
+    if len > limits.max_body {
+        return Err(ReadError::Refused(413, "request body too large"));
+    }
+    while buf.len() < len {
+        let mut chunk = [0u8; 16 * 1024];
+        let want = (len - buf.len()).min(chunk.len());
+        let n = stream
+            .read(chunk.get_mut(..want).unwrap_or_default())
+            .await?;
+        if n == 0 {
+            return Err(ReadError::Refused(400, "truncated request body"));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    Ok(buf.drain(..len).collect())
+}
+
+/// A response: a status and a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The bytes on the wire.
+    pub(crate) fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.body.len(),
+            if keep_alive { "keep-alive" } else { "close" },
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Writes a request (client side).
+pub(crate) fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    let body = body.unwrap_or_default();
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kvmbox\r\nUser-Agent: kvmbox/{}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads one response (client side, blocking): its status and body.
+pub(crate) fn read_response<R: Read>(stream: &mut R, limits: Limits) -> io::Result<(u16, Vec<u8>)> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let status = resp.code.ok_or_else(|| bad("response without a status"))?;
+                let mut len = None;
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<usize>().ok());
+                    }
+                }
+                let len = len.ok_or_else(|| bad("response without a valid Content-Length"))?;
+                if len > limits.max_body {
+                    return Err(bad("response body too large"));
+                }
+                let mut body: Vec<u8> = buf.get(n..).unwrap_or_default().to_vec();
+                if body.len() < len {
+                    let mut rest = vec![0u8; len - body.len()];
+                    stream.read_exact(&mut rest)?;
+                    body.extend_from_slice(&rest);
+                }
+                body.truncate(len);
+                return Ok((status, body));
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= limits.max_head => {}
+            Ok(httparse::Status::Partial) => return Err(bad("response header too large")),
+            Err(e) => return Err(bad(&format!("malformed response ({e})"))),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the daemon closed the connection",
+            ));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8], limits: Limits) -> (Result<Request, ReadError>, Vec<u8>) {
+        let mut stream = smol::io::Cursor::new(input.to_vec());
+        let mut buf = Vec::new();
+        let r = smol::future::block_on(read_request(&mut stream, &mut buf, limits));
+        (r, buf)
+    }
+
+    fn refused(r: Result<Request, ReadError>) -> u16 {
+        match r {
+            Err(ReadError::Refused(code, _)) => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_and_keeps_pipelined_bytes() {
+        let (r, rest) = parse(
+            b"PATCH /1.0?recursion=1&x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET / HTTP/1.1\r\n",
+            Limits::default(),
+        );
+        let r = r.unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("PATCH", "/1.0"));
+        assert_eq!(r.query_param("recursion"), Some("1"));
+        assert_eq!(r.query_param("x"), Some(""));
+        assert_eq!(r.query_param("y"), None);
+        assert_eq!(r.body, b"{}");
+        assert!(r.keep_alive);
+        assert_eq!(rest, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn connection_close_and_http10() {
+        let (r, _) = parse(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            Limits::default(),
+        );
+        assert!(!r.unwrap().keep_alive);
+        let (r, _) = parse(b"GET / HTTP/1.0\r\n\r\n", Limits::default());
+        assert!(!r.unwrap().keep_alive);
+    }
+
+    #[test]
+    fn bounds_and_garbage() {
+        let small = Limits {
+            max_head: 64,
+            max_body: 8,
+        };
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
+        assert_eq!(refused(parse(long.as_bytes(), small).0), 431);
+        // Never terminated: refused as soon as the bound is passed.
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(100));
+        assert_eq!(refused(parse(endless.as_bytes(), small).0), 431);
+        let big = b"PUT / HTTP/1.1\r\nContent-Length: 9\r\n\r\n123456789";
+        assert_eq!(refused(parse(big, small).0), 413);
+        let many: String = (0..100).map(|i| format!("H{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(refused(parse(many.as_bytes(), Limits::default()).0), 431);
+        assert_eq!(
+            refused(parse(b"\x16\x03\x01\x00\xff\x00garbage\r\n\r\n", small).0),
+            400
+        );
+        assert_eq!(
+            refused(parse(b"GET http://x/ HTTP/1.1\r\n\r\n", small).0),
+            400
+        );
+        let te = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(refused(parse(te, small).0), 501);
+        for cl in ["-1", "1x", "", "99999999999999999999999"] {
+            let req = format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(refused(parse(req.as_bytes(), small).0), 400, "{cl}");
+        }
+        let dup = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+        assert_eq!(refused(parse(dup, small).0), 400);
+        assert_eq!(refused(parse(b"GET / HTTP/1.1\r\n", small).0), 400);
+        assert_eq!(
+            refused(parse(b"PUT / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", small).0),
+            400
+        );
+        assert!(matches!(parse(b"", small).0, Err(ReadError::Closed)));
+    }
+
+    #[test]
+    fn response_round_trip() {
+        let resp = Response {
+            status: 403,
+            body: br#"{"a":1}"#.to_vec(),
+        };
+        let wire = resp.to_bytes(true);
+        let (status, body) = read_response(&mut &wire[..], Limits::default()).unwrap();
+        assert_eq!((status, body), (403, resp.body));
+        let req = request_bytes("GET", "/1.0", None);
+        assert!(req.starts_with(b"GET /1.0 HTTP/1.1\r\n"));
+    }
+}

@@ -1,0 +1,57 @@
+//! The daemon's log: one line per event on stderr, filtered by level.
+//! Nothing secret is ever passed here (passphrases, keys).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How much the daemon says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error = 0,
+    Warn = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "error" => Ok(LogLevel::Error),
+            "warn" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            _ => Err(format!(
+                "unknown log level {s:?}: use error, warn, info or debug"
+            )),
+        }
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+pub fn set_level(level: LogLevel) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+pub(crate) fn enabled(level: LogLevel) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+pub(crate) fn write(level: LogLevel, args: std::fmt::Arguments<'_>) {
+    if enabled(level) {
+        let tag = match level {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        };
+        eprintln!("kvmboxd: {tag}: {args}");
+    }
+}
+
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        $crate::log::write($crate::log::LogLevel::$level, format_args!($($arg)*))
+    };
+}
+pub(crate) use log;

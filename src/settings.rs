@@ -1,0 +1,261 @@
+//! The daemon's own state file (`daemon.json`): server configuration keys
+//! (`PUT/PATCH /1.0`) and whether the local socket has been opened to all
+//! users. Secrets in it are hashes only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret;
+use crate::store::{write_atomic, Overwrite};
+
+/// The passphrase other local users authenticate with (seed 000).
+pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
+
+/// What `GET /1.0` shows instead of a secret that is set (LXD shows
+/// `core.trust_password: true` the same way); sent back in a PUT, it keeps
+/// the secret as it is.
+pub(crate) const REDACTED: &str = "true";
+
+/// Keys the daemon knows; anything else is refused so a typo is not silently
+/// kept.
+const KEYS: &[&str] = &[LOCAL_PASSPHRASE];
+
+/// Changes checked and with secrets already hashed, ready for [`Settings::apply`].
+/// Hashing is slow by design, so it happens here, outside any lock.
+#[derive(Debug)]
+pub(crate) struct Prepared(BTreeMap<String, Change>);
+
+#[derive(Debug)]
+enum Change {
+    Unset,
+    /// The redacted value sent back: keep the secret that is set.
+    KeepSecret,
+    /// The value as stored.
+    Set(String),
+}
+
+/// Checks `changes` (an empty value unsets a key) and hashes secrets.
+pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Error> {
+    let mut out = BTreeMap::new();
+    for (key, value) in changes {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(Error::UnknownKey(key.clone()));
+        }
+        let change = if value.is_empty() {
+            Change::Unset
+        } else if key == LOCAL_PASSPHRASE && value == REDACTED {
+            Change::KeepSecret
+        } else if key == LOCAL_PASSPHRASE {
+            Change::Set(secret::hash(value).map_err(|source| Error::Invalid {
+                key: key.clone(),
+                source,
+            })?)
+        } else {
+            Change::Set(value.clone())
+        };
+        out.insert(key.clone(), change);
+    }
+    Ok(Prepared(out))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    /// Values as stored: secrets hashed.
+    config: BTreeMap<String, String>,
+    /// The first group member has been trusted and the socket is 0666.
+    local_socket_open: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown configuration key {0:?}")]
+    UnknownKey(String),
+    #[error("{0} is shown as \"true\" when set and cannot be set to that")]
+    Redacted(String),
+    #[error("invalid value for {key}")]
+    Invalid {
+        key: String,
+        #[source]
+        source: secret::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The settings, in memory and on disk.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    path: PathBuf,
+    file: File,
+}
+
+impl Settings {
+    pub(crate) fn open(path: &Path) -> Result<Settings, Error> {
+        let file = match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(Settings {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The configuration as the API shows it, secrets redacted.
+    pub(crate) fn public(&self) -> BTreeMap<String, String> {
+        self.file
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let shown = if k == LOCAL_PASSPHRASE { REDACTED } else { v };
+                (k.clone(), shown.to_string())
+            })
+            .collect()
+    }
+
+    /// The stored hash of the local passphrase, if one is set.
+    pub(crate) fn passphrase_hash(&self) -> Option<&str> {
+        self.file.config.get(LOCAL_PASSPHRASE).map(String::as_str)
+    }
+
+    pub(crate) fn local_socket_open(&self) -> bool {
+        self.file.local_socket_open
+    }
+
+    pub(crate) fn set_local_socket_open(&mut self) -> Result<(), Error> {
+        let mut next = self.file.clone();
+        next.local_socket_open = true;
+        self.commit(next)
+    }
+
+    /// Applies `changes` made by [`prepare`]. With `replace`, keys not
+    /// named are unset too (PUT); otherwise they are kept (PATCH).
+    pub(crate) fn apply(&mut self, changes: Prepared, replace: bool) -> Result<(), Error> {
+        let mut next = self.file.clone();
+        if replace {
+            next.config.retain(|k, _| changes.0.contains_key(k));
+        }
+        for (key, change) in changes.0 {
+            match change {
+                Change::Unset => {
+                    next.config.remove(&key);
+                }
+                Change::KeepSecret if next.config.contains_key(&key) => {}
+                Change::KeepSecret => {
+                    // Nothing was set, so "true" was meant as the passphrase:
+                    // refuse rather than guess.
+                    return Err(Error::Redacted(key));
+                }
+                Change::Set(stored) => {
+                    next.config.insert(key, stored);
+                }
+            }
+        }
+        self.commit(next)
+    }
+
+    fn commit(&mut self, next: File) -> Result<(), Error> {
+        if next == self.file {
+            return Ok(());
+        }
+        let data = serde_json::to_vec_pretty(&next).map_err(|e| Error::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| {
+            Error::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        self.file = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+    use super::*;
+
+    fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn passphrase_is_hashed_redacted_and_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.json");
+        let mut s = Settings::open(&path).unwrap();
+        s.apply(
+            prepare(&map(&[(LOCAL_PASSPHRASE, "hunter2hunter2")])).unwrap(),
+            false,
+        )
+        .unwrap();
+        let disk = std::fs::read_to_string(&path).unwrap();
+        assert!(!disk.contains("hunter2"));
+        assert!(disk.contains("pbkdf2-sha256$"));
+        assert_eq!(s.public()[LOCAL_PASSPHRASE], REDACTED);
+        let hash = s.passphrase_hash().unwrap().to_string();
+        assert!(secret::verify("hunter2hunter2", &hash));
+        // A PUT of what GET showed keeps the secret.
+        s.apply(prepare(&s.public()).unwrap(), true).unwrap();
+        assert_eq!(s.passphrase_hash(), Some(hash.as_str()));
+        let again = Settings::open(&path).unwrap();
+        assert_eq!(again.passphrase_hash(), Some(hash.as_str()));
+        s.apply(prepare(&map(&[(LOCAL_PASSPHRASE, "")])).unwrap(), false)
+            .unwrap();
+        assert_eq!(s.passphrase_hash(), None);
+        let keep = prepare(&map(&[(LOCAL_PASSPHRASE, REDACTED)])).unwrap();
+        assert!(matches!(s.apply(keep, false), Err(Error::Redacted(_))));
+    }
+
+    #[test]
+    fn unknown_keys_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.json");
+        let mut s = Settings::open(&path).unwrap();
+        let err = prepare(&map(&[(LOCAL_PASSPHRASE, "x"), ("core.nope", "1")]));
+        assert!(matches!(err, Err(Error::UnknownKey(k)) if k == "core.nope"));
+        assert_eq!(s.passphrase_hash(), None);
+        assert!(!path.exists());
+        s.set_local_socket_open().unwrap();
+        assert!(Settings::open(&path).unwrap().local_socket_open());
+        std::fs::write(&path, b"[]").unwrap();
+        assert!(matches!(Settings::open(&path), Err(Error::Corrupt { .. })));
+    }
+}

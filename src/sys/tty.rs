@@ -1,0 +1,32 @@
+//! Reading a secret from the terminal without echoing it.
+
+use std::io::{self, BufRead, Write};
+
+/// Prints `prompt` on stderr and reads one line from stdin (a terminal)
+/// with echo switched off; echo is restored even when reading fails.
+pub(crate) fn read_secret(prompt: &str) -> io::Result<String> {
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: an all-zero termios is a valid value to be overwritten by
+    // tcgetattr, which is all it is used for.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `saved` is a valid, writable termios; fd 0 is open.
+    if unsafe { libc::tcgetattr(fd, &raw mut saved) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    eprint!("{prompt}");
+    io::stderr().flush()?;
+    // SAFETY: `quiet` is a fully initialised termios derived from the
+    // terminal's own settings.
+    if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &raw const quiet) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut line = String::new();
+    let read = io::stdin().lock().read_line(&mut line);
+    // SAFETY: restores the settings read above on the same descriptor.
+    unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &raw const saved) };
+    read?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}

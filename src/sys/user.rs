@@ -1,0 +1,81 @@
+//! Groups without a user database: /etc/group read directly (what musl's
+//! static getgrnam does too) and a process's groups from /proc.
+
+use std::io;
+use std::path::Path;
+
+/// The gid of group `name` in the group file at `path` (normally /etc/group).
+pub(crate) fn group_gid(path: &Path, name: &str) -> io::Result<Option<u32>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(parse_group(&text, name))
+}
+
+fn parse_group(text: &str, name: &str) -> Option<u32> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let n = fields.next()?;
+            let _password = fields.next()?;
+            let gid = fields.next()?;
+            (n == name).then(|| gid.trim().parse().ok()).flatten()
+        })
+}
+
+/// The real uid and all groups (primary and supplementary) of process `pid`,
+/// from /proc/<pid>/status. The uid lets callers check that the pid still
+/// belongs to the peer they think it does.
+pub(crate) fn proc_groups(pid: u32) -> io::Result<(u32, Vec<u32>)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable"))
+}
+
+fn parse_status(text: &str) -> Option<(u32, Vec<u32>)> {
+    let field = |key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key)).map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|n| n.parse::<u32>().ok())
+        })
+    };
+    let uid = field("Uid:")?.next()?;
+    let mut groups: Vec<u32> = field("Groups:")?.collect();
+    if let Some(gid) = field("Gid:")?.next() {
+        groups.push(gid);
+    }
+    Some((uid, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_file_lookup() {
+        let text = "root:x:0:\n# comment\nsudo:x:27:alice,bob\nwheel:x:notanumber:\nkvm:x:993:";
+        assert_eq!(parse_group(text, "sudo"), Some(27));
+        assert_eq!(parse_group(text, "kvm"), Some(993));
+        assert_eq!(parse_group(text, "wheel"), None);
+        assert_eq!(parse_group(text, "su"), None);
+        assert_eq!(parse_group("garbage", "garbage"), None);
+    }
+
+    #[test]
+    fn status_groups() {
+        let text =
+            "Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t27 44 \n";
+        assert_eq!(parse_status(text), Some((1000, vec![27, 44, 100])));
+        assert_eq!(parse_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_its_groups() -> io::Result<()> {
+        let (uid, groups) = proc_groups(std::process::id())?;
+        assert_eq!(uid, crate::sys::euid());
+        assert!(groups.contains(&crate::sys::egid()));
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+#![allow(clippy::unwrap_used, reason = "a failed test should panic")]
+
+use super::*;
+use crate::pki::{CertSpec, Curve, Profile};
+
+/// `openssl req -x509 -newkey rsa:1024 -days 36500`: a valid self-signed
+/// certificate, except that its key is RSA.
+const RSA_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIB+jCCAWOgAwIBAgIUdt3nwLvOI0+5NckcsOa6/P7Ju6wwDQYJKoZIhvcNAQEL
+BQAwDjEMMAoGA1UEAwwDcnNhMCAXDTI2MTEyNDE2MzQ1OVoYDzIxMjYxMDMxMTYz
+NDU5WjAOMQwwCgYDVQQDDANyc2EwgZ8wDQYJKoZIhvcNAQEBBQADgY0AMIGJAoGB
+AMICgaZXm9y6/LU/49T/kNFgUcIYK575pTx4CfN9qJ/n0Vn7lYjK/WGGli5FNHHm
+JnDzBpFqmKQiY57M7cocBX3xAOUtL6MXfaYuLAmzDuGBP+YdJzAIaBV7fB+teRTZ
+yygZDAVA+wzQWYoNThgHSrLGXG/G5LNKAuggbC7e4VDDAgMBAAGjUzBRMB0GA1Ud
+DgQWBBSg1qDbUlaM0UPW2Db0rGaDqjV0/TAfBgNVHSMEGDAWgBSg1qDbUlaM0UPW
+2Db0rGaDqjV0/TAPBgNVHRMBAf8EBTADAQH/MA0GCSqGSIb3DQEBCwUAA4GBAFUW
+k5T+kTHIgjYw/8RwXAEJnV7y+vevYKOc10Nd2Onn5401CCxOWxWSaUmV+s0IicTU
+89xc7CmDNiLR5HQkKuyPe6wgH+wAZFwo2Hrlv8xB+yW8vXGv+hXxL5z3jD+cKaXw
+5CGzG7PubMX+/cRuM9dqMnPVFOy9Z0qmNBKTRnDl
+-----END CERTIFICATE-----";
+
+fn self_signed(curve: Curve, days: u32) -> (Cert, Key) {
+    let key = Key::generate(curve).unwrap();
+    let spec = CertSpec {
+        cn: "t".into(),
+        sans: vec![],
+        days,
+        profile: Profile::SelfSigned,
+    };
+    (spec.self_signed(&key).unwrap(), key)
+}
+
+fn verify(cert: &Cert) -> Result<ClientCertVerified, rustls::Error> {
+    let v = AnyEcClient { algs: &ECDSA };
+    v.verify_client_cert(&CertificateDer::from(cert.der()), &[], UnixTime::now())
+}
+
+#[test]
+fn any_self_signed_ec_client_is_accepted_at_the_tls_layer() {
+    for curve in [Curve::P256, Curve::P384] {
+        assert!(verify(&self_signed(curve, 1).0).is_ok());
+    }
+}
+
+#[test]
+fn rsa_and_ca_issued_client_certificates_are_refused() {
+    let rsa = Cert::from_pem(RSA_CERT.as_bytes()).unwrap();
+    let err = format!("{:?}", verify(&rsa).unwrap_err());
+    assert!(err.contains("NotEc"), "{err}");
+    // Not self-signed: issued by some CA the daemon knows nothing about.
+    let (ca, ca_key) = {
+        let key = Key::generate(Curve::P256).unwrap();
+        let spec = CertSpec {
+            cn: "ca".into(),
+            sans: vec![],
+            days: 1,
+            profile: Profile::Ca,
+        };
+        (spec.self_signed(&key).unwrap(), key)
+    };
+    let leaf_key = Key::generate(Curve::P256).unwrap();
+    let leaf = CertSpec {
+        cn: "leaf".into(),
+        sans: vec![],
+        days: 1,
+        profile: Profile::Client,
+    }
+    .issue(&leaf_key, &ca, &ca_key)
+    .unwrap();
+    assert!(verify(&leaf).is_err());
+}
+
+#[test]
+fn only_ecdsa_schemes_are_offered() {
+    let schemes = ECDSA.supported_schemes();
+    assert!(!schemes.is_empty());
+    assert!(schemes.iter().all(|s| matches!(
+        s,
+        SignatureScheme::ECDSA_NISTP256_SHA256 | SignatureScheme::ECDSA_NISTP384_SHA384
+    )));
+}
+
+#[test]
+fn configurations_build() {
+    let (cert, key) = self_signed(Curve::P256, 1);
+    assert!(server_config(&cert, &key).is_ok());
+    assert!(client_config(&cert, &key, ServerTrust::LocalSocket).is_ok());
+}

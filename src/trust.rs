@@ -1,0 +1,242 @@
+//! The trust store: which client certificates may use the daemon, and with
+//! which role. Shared by the Unix socket and the later TCP listener; kept as
+//! one JSON file written atomically (`store::write_atomic`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pki::Cert;
+use crate::store::{write_atomic, Overwrite};
+
+/// What a trusted certificate may do (SPEC L4). Ordered: each role includes
+/// everything below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only access.
+    Auditor,
+    /// Instance lifecycle: start, stop, console, snapshots.
+    User,
+    /// Also create, reconfigure and delete instances and images.
+    Operator,
+    /// Also server configuration and the trust store.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auditor" => Ok(Role::Auditor),
+            "user" => Ok(Role::User),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!(
+                "unknown role {s:?}: use auditor, user, operator or admin"
+            )),
+        }
+    }
+}
+
+/// One trusted certificate, in the shape `GET /1.0/certificates/<fp>` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    /// SHA-256 of the DER, lowercase hex; the key of the store.
+    pub fingerprint: String,
+    pub name: String,
+    /// `client` (LXD also knows `metrics`; only clients exist here).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The certificate, PEM.
+    pub certificate: String,
+    pub role: Role,
+    /// Projects the role applies to; empty means all (LXD's `restricted: false`).
+    pub projects: Vec<String>,
+    /// When it was added, seconds since the epoch.
+    pub added: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read trust store {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("trust store {path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write trust store {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The trust store, in memory, mirrored to its file on every change.
+#[derive(Debug)]
+pub(crate) struct TrustStore {
+    path: PathBuf,
+    /// By fingerprint; the file holds the values in this order.
+    entries: BTreeMap<String, Entry>,
+}
+
+impl TrustStore {
+    /// Loads `path`; a missing file is an empty store.
+    pub(crate) fn open(path: &Path) -> Result<TrustStore, Error> {
+        let entries = match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice::<Vec<Entry>>(&data)
+                .map_err(|source| Error::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .into_iter()
+                .map(|e| (e.fingerprint.clone(), e))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(TrustStore {
+            path: path.to_path_buf(),
+            entries,
+        })
+    }
+
+    pub(crate) fn get(&self, fingerprint: &str) -> Option<&Entry> {
+        self.entries.get(fingerprint)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Trusts `cert` with `role`; an already trusted certificate keeps its entry.
+    pub(crate) fn add(&mut self, cert: &Cert, name: &str, role: Role) -> Result<&Entry, Error> {
+        let fingerprint = cert.fingerprint();
+        if !self.entries.contains_key(&fingerprint) {
+            let entry = Entry {
+                fingerprint: fingerprint.clone(),
+                name: name.to_string(),
+                kind: "client".to_string(),
+                certificate: cert.to_pem(),
+                role,
+                projects: Vec::new(),
+                added: now(),
+            };
+            let mut next = self.entries.clone();
+            next.insert(fingerprint.clone(), entry);
+            self.save(&next)?;
+            self.entries = next;
+        }
+        self.entries.get(&fingerprint).ok_or_else(|| Error::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other("entry vanished"),
+        })
+    }
+
+    /// Removes the entry whose fingerprint is `fingerprint`; false if none.
+    pub(crate) fn remove(&mut self, fingerprint: &str) -> Result<bool, Error> {
+        if !self.entries.contains_key(fingerprint) {
+            return Ok(false);
+        }
+        let mut next = self.entries.clone();
+        next.remove(fingerprint);
+        self.save(&next)?;
+        self.entries = next;
+        Ok(true)
+    }
+
+    /// Writes first, then changes memory: a failed write changes nothing.
+    fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), Error> {
+        let list: Vec<&Entry> = entries.values().collect();
+        let data = serde_json::to_vec_pretty(&list).map_err(|e| Error::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| Error::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+mod tests {
+    use super::*;
+    use crate::pki::{CertSpec, Curve, Key, Profile};
+
+    fn cert(cn: &str) -> Cert {
+        let key = Key::generate(Curve::P256).unwrap();
+        CertSpec {
+            cn: cn.into(),
+            sans: vec![],
+            days: 1,
+            profile: Profile::SelfSigned,
+        }
+        .self_signed(&key)
+        .unwrap()
+    }
+
+    #[test]
+    fn add_remove_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trust.json");
+        let mut store = TrustStore::open(&path).unwrap();
+        assert_eq!(store.entries().count(), 0);
+        let (a, b) = (cert("a"), cert("b"));
+        store.add(&a, "alice", Role::Admin).unwrap();
+        store.add(&b, "bob", Role::Auditor).unwrap();
+        // Adding again keeps the first entry.
+        assert_eq!(store.add(&a, "other", Role::User).unwrap().name, "alice");
+        let again = TrustStore::open(&path).unwrap();
+        assert_eq!(again.entries().count(), 2);
+        let e = again.get(&b.fingerprint()).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.role, e.kind.as_str()),
+            ("bob", Role::Auditor, "client")
+        );
+        assert_eq!(Cert::from_pem(e.certificate.as_bytes()).unwrap(), b);
+        assert!(store.remove(&a.fingerprint()).unwrap());
+        assert!(!store.remove(&a.fingerprint()).unwrap());
+        assert_eq!(TrustStore::open(&path).unwrap().entries().count(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trust.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            TrustStore::open(&path),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::User);
+        assert!(Role::User > Role::Auditor);
+        assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
+        assert!("root".parse::<Role>().is_err());
+    }
+}

@@ -1,0 +1,47 @@
+# The shipped binary as installed: kvmboxd and kvmbox through their
+# symlinks, KVMBOX_DIR only, no HOME, clean shutdown on SIGTERM.
+. "$TESTLIB"
+
+export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
+unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
+group_args=""
+[ "$(id -u)" -ne 0 ] || group_args="--group root"
+# Not through the `applet` function: $! must be the daemon itself.
+mkdir -p bin; ln -sf "$K" bin/kvmboxd
+bin/kvmboxd $group_args 2>daemon.log &
+pid=$!
+# A failing check must not leave the daemon behind.
+trap 'kill $pid 2>/dev/null || true' EXIT
+i=0; while [ ! -S state/unix.socket ]; do i=$((i + 1)); [ $i -lt 200 ] || fail "no socket: $(cat daemon.log)"; sleep 0.05; done
+
+out=$(applet kvmbox info)
+contains "$out" "trusted"
+contains "$(applet kvmbox info --format json)" '"certificate_fingerprint"'
+contains "$(applet kvmbox info --format csv)" "key,value"
+[ "$(applet kvmbox list --format json)" = "[]" ] || fail "list is not empty"
+[ -s conf/client.key ] && [ -s conf/client.crt ] || fail "no client key pair"
+[ "$(stat -c %a conf/client.key)" = 600 ] || fail "client key not 0600"
+
+# No HOME and no KVMBOX_CONF: the key pair goes to $XDG_RUNTIME_DIR/kvmbox.
+mkdir -m 700 xdg
+(unset KVMBOX_CONF; XDG_RUNTIME_DIR=$PWD/xdg applet kvmbox info >/dev/null)
+[ -s xdg/kvmbox/client.crt ] || fail "no key pair under XDG_RUNTIME_DIR"
+[ "$(stat -c %a xdg/kvmbox)" = 700 ] || fail "client config dir not 0700"
+
+# Bad command lines: exit code 2, one line.
+set +e; applet kvmbox info --format xml >/dev/null 2>err.txt; rc=$?; set -e
+[ "$rc" -eq 2 ] || fail "bad --format exit code $rc"
+set +e; applet kvmbox authenticate a --passphrase-file x >/dev/null 2>err.txt; rc=$?; set -e
+[ "$rc" -eq 2 ] || fail "conflicting passphrase sources exit code $rc"
+one_line "$(cat err.txt)"
+# Refused calls: exit code 1, one line.
+expect_fail applet kvmbox config set no.such.key 1
+contains "$ERR" "unknown configuration key"
+one_line "$ERR"
+expect_fail applet kvmbox --socket "$PWD/nothing" info
+contains "$ERR" "is kvmboxd running"
+one_line "$ERR"
+
+kill -TERM $pid
+wait $pid || fail "kvmboxd exited non-zero on SIGTERM: $(cat daemon.log)"
+[ ! -e state/unix.socket ] || fail "socket left behind"
