@@ -4,11 +4,28 @@
 //! nothing else, so the public surface stays small enough to review.
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
+mod accel;
 mod pki;
+mod qemu;
+mod qmp;
 mod store;
+#[allow(unsafe_code)] // the one module allowed to call libc directly
+mod sys;
+mod vm;
 
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use store::{write_atomic, Overwrite};
+
+pub use accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
+pub use qemu::{
+    command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
+    MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
+};
+pub use qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
+pub use vm::{
+    console_log, AppArmor, Error as VmError, IdRange, Identity, Stopped, Vm, VmSpec,
+    PRIVILEGED_WARNING,
+};
 
 /// Every error and the `source()`s under it on one line, the way each applet
 /// reports a failure: `cannot read CA key: No such file or directory`.
