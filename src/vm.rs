@@ -111,7 +111,7 @@ pub enum Error {
     NotOurs { pid: u32, why: String },
     #[error("no free hotplug port: all {0} are in use")]
     NoFreePort(usize),
-    #[error("QMP")]
+    #[error("QEMU monitor")]
     Qmp(#[from] qmp::Error),
 }
 
@@ -196,16 +196,30 @@ fn require_file(what: &'static str, path: &Path) -> Result<(), Error> {
     }
 }
 
-async fn wait_exit(pid: u32, limit: Duration) -> bool {
+/// Polls `pid` until it is gone or `limit` passes; the last state seen.
+async fn wait_state(pid: u32, limit: Duration) -> State {
     let deadline = Instant::now() + limit;
     loop {
-        if process::state(pid) != State::Running {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
+        let st = process::state(pid);
+        if st != State::Running || Instant::now() >= deadline {
+            return st;
         }
         Timer::after(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_exit(pid: u32, limit: Duration) -> bool {
+    wait_state(pid, limit).await != State::Running
+}
+
+/// Why QEMU ended during start-up, from its exit code and its own words.
+fn start_failure(code: Option<i32>, apparmor: Option<&AppArmor>, log: &Path) -> Error {
+    match (code, apparmor) {
+        (Some(EXIT_APPARMOR), Some(a)) => Error::AppArmor(a.profile.clone()),
+        _ => Error::StartFailed {
+            code: code.map_or("killed".to_string(), |c| format!("exit code {c}")),
+            log: tail(log),
+        },
     }
 }
 
@@ -350,30 +364,30 @@ impl Vm {
             .map_err(host("record the QEMU pid"))?;
             let deadline = Instant::now() + spec.start_timeout;
             loop {
-                match process::state(pid) {
-                    State::Exited(Some(EXIT_APPARMOR)) if spec.apparmor.is_some() => {
-                        return Err(Error::AppArmor(
-                            spec.apparmor
-                                .as_ref()
-                                .map(|a| a.profile.clone())
-                                .unwrap_or_default(),
-                        ))
-                    }
-                    State::Exited(code) => {
-                        let code = code.map_or("killed".to_string(), |c| format!("exit code {c}"));
-                        return Err(Error::StartFailed {
-                            code,
-                            log: tail(&log_path),
-                        });
-                    }
-                    State::Running => {}
+                if let State::Exited(code) = process::state(pid) {
+                    return Err(start_failure(code, spec.apparmor.as_ref(), &log_path));
                 }
                 if files.qmp.exists() {
-                    let qmp = Qmp::connect(&files.qmp, qmp::DEFAULT_TIMEOUT)
-                        .await?
-                        .negotiate()
-                        .await?;
-                    return Ok(qmp);
+                    let connected = async {
+                        Qmp::connect(&files.qmp, qmp::DEFAULT_TIMEOUT)
+                            .await?
+                            .negotiate()
+                            .await
+                    };
+                    match connected.await {
+                        Ok(qmp) => return Ok(qmp),
+                        // QEMU opens the socket before it loads the kernel:
+                        // a QEMU that then gives up closes the connection, and
+                        // its own message says why.
+                        Err(e) => {
+                            return Err(match wait_state(pid, Duration::from_secs(2)).await {
+                                State::Exited(code) => {
+                                    start_failure(code, spec.apparmor.as_ref(), &log_path)
+                                }
+                                State::Running => e.into(),
+                            });
+                        }
+                    }
                 }
                 if Instant::now() >= deadline {
                     return Err(Error::StartTimeout(spec.start_timeout.as_secs()));

@@ -1,0 +1,354 @@
+//! Boots real guests under TCG through the library's VM layer: spawn →
+//! guest marker → isolation checks → disk hotplug → re-adoption → graceful
+//! stop, plus the failure cases. The guest assets come from
+//! `qemu-tests/assets.sh`; without them every test prints why and skips
+//! (qemu-tests/test_guests.sh builds them first and then requires them).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kvmbox::{
+    console_log, Accel, AccelMode, Boot, Disk, DiskFormat, IdRange, Identity, MemorySize, Stopped,
+    Vm, VmConfig, VmError, VmSpec,
+};
+
+const QEMU: &str = "qemu-system-x86_64";
+const UUID: &str = "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f";
+
+/// The kernel and initrd, or `None` after saying why the test is skipped.
+fn assets() -> Option<(PathBuf, PathBuf)> {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu-tests/cache");
+    let (k, i) = (cache.join("vmlinuz"), cache.join("initrd.gz"));
+    if k.is_file() && i.is_file() {
+        return Some((k, i));
+    }
+    let why = format!(
+        "guest assets missing in {}: run qemu-tests/assets.sh",
+        cache.display()
+    );
+    assert!(std::env::var_os("KVMBOX_REQUIRE_GUESTS").is_none(), "{why}");
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// A private scratch directory the VM's uid can traverse.
+fn scratch() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    d
+}
+
+fn identity() -> Identity {
+    if euid() == 0 {
+        // A uid no account uses, so nothing else on the host can read the VM's files.
+        IdRange {
+            first: 2_100_000 + std::process::id() % 1000,
+            count: 1,
+        }
+        .pick(&[])
+        .unwrap()
+    } else {
+        eprintln!("not root: running QEMU as the current user (privileged mode)");
+        Identity::Privileged
+    }
+}
+
+fn euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    field(&status, "Uid:")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or("")
+        .trim()
+}
+
+fn spec(dir: &Path, kernel: &Path, initrd: &Path) -> VmSpec {
+    VmSpec {
+        config: VmConfig {
+            name: "guest1".into(),
+            uuid: UUID.into(),
+            cpus: 1,
+            memory: "256MiB".parse().unwrap(),
+            accel: Accel::Tcg,
+            boot: Boot::Kernel {
+                kernel: kernel.into(),
+                initrd: Some(initrd.into()),
+                cmdline: "console=ttyS0 quiet panic=-1".into(),
+            },
+            disks: vec![],
+            nics: vec![],
+            hotplug_ports: 2,
+        },
+        dir: dir.join("vm"),
+        qemu: QEMU.into(),
+        identity: identity(),
+        apparmor: None,
+        start_timeout: Duration::from_secs(20),
+    }
+}
+
+/// Waits for `needle` in the VM's console log.
+fn wait_console(dir: &Path, needle: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let log = console_log(dir);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(needle) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no {needle:?} in the console after {limit:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn guest_lifecycle() {
+    let Some((kernel, initrd)) = assets() else {
+        return;
+    };
+    let tmp = scratch();
+    let spec = spec(tmp.path(), &kernel, &initrd);
+    let dir = spec.dir.clone();
+    smol::block_on(async {
+        let t = Instant::now();
+        let mut vm = Vm::spawn(&spec).await.unwrap();
+        let boot = wait_console(&dir, "KVMBOX-GUEST-READY", Duration::from_secs(60));
+        eprintln!(
+            "spawn → guest marker: {:?} (QEMU {})",
+            t.elapsed().max(boot),
+            vm.qemu_version()
+        );
+        let pid = vm.pid();
+
+        // Isolation: the VM's own uid, seccomp filter mode, private files.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert_eq!(
+            field(&status, "Seccomp:"),
+            "2",
+            "QEMU runs without its seccomp sandbox"
+        );
+        if let Identity::Isolated { uid, gid } = spec.identity {
+            let uids: Vec<&str> = field(&status, "Uid:").split_whitespace().collect();
+            assert_eq!(uids, vec![uid.to_string().as_str(); 4], "QEMU's uids");
+            let gids: Vec<&str> = field(&status, "Gid:").split_whitespace().collect();
+            assert_eq!(gids, vec![gid.to_string().as_str(); 4], "QEMU's gids");
+            assert_eq!(
+                field(&status, "Groups:"),
+                "",
+                "QEMU kept supplementary groups"
+            );
+            let meta = std::fs::metadata(dir.join("qemu")).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o700));
+        }
+        let st = vm.status().await.unwrap();
+        assert!(st.running, "{st:?}");
+
+        // Hotplug: a fresh qcow2 shows up in the guest.
+        let img = tmp.path().join("data.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&img)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "qemu-img: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data = Disk {
+            id: "data".into(),
+            path: img.clone(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        };
+        let t = Instant::now();
+        vm.hotplug_disk(&data).await.unwrap();
+        wait_console(&dir, "KVMBOX-DISK vda", Duration::from_secs(30));
+        eprintln!("hotplug → disk seen in the guest: {:?}", t.elapsed());
+
+        // The daemon "restarts": the handle goes, the VM stays and is adopted.
+        drop(vm);
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "QEMU died with its handle"
+        );
+        let mut vm = Vm::adopt(&dir, UUID, spec.identity).await.unwrap();
+        assert_eq!(vm.pid(), pid);
+        assert!(vm.status().await.unwrap().running);
+        // Starting it a second time is refused while it runs.
+        assert!(matches!(Vm::spawn(&spec).await, Err(VmError::AlreadyRunning(p)) if p == pid));
+
+        // Still controllable: unplug the disk, then a graceful stop.
+        vm.unplug_disk("data", Duration::from_secs(20))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            vm.stop(Duration::from_secs(60)).await.unwrap(),
+            Stopped::Graceful
+        );
+        eprintln!("graceful stop: {:?}", t.elapsed());
+        let console = std::fs::read_to_string(console_log(&dir)).unwrap();
+        assert!(
+            console.contains("KVMBOX-POWERDOWN"),
+            "the guest never saw the power button:\n{console}"
+        );
+    });
+    assert!(processes_with(UUID).is_empty(), "QEMU left running");
+    for f in ["vm.pid", "qemu/qmp.sock", "qemu/qemu.pid"] {
+        assert!(!dir.join(f).exists(), "{f} left behind");
+    }
+    smol::block_on(async {
+        assert!(matches!(
+            Vm::adopt(&dir, UUID, spec.identity).await,
+            Err(VmError::NotRunning)
+        ));
+    });
+}
+
+#[test]
+fn force_stop_of_a_guest_that_ignores_the_button() {
+    let Some((kernel, initrd)) = assets() else {
+        return;
+    };
+    let tmp = scratch();
+    let mut spec = spec(tmp.path(), &kernel, &initrd);
+    spec.config.uuid = "7f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f".into();
+    // Without the init script the kernel panics and halts: no one presses back.
+    if let Boot::Kernel { cmdline, .. } = &mut spec.config.boot {
+        *cmdline = "console=ttyS0 quiet panic=0 rdinit=/nonexistent".into();
+    }
+    smol::block_on(async {
+        let vm = Vm::spawn(&spec).await.unwrap();
+        let pid = vm.pid();
+        assert_eq!(
+            vm.stop(Duration::from_secs(2)).await.unwrap(),
+            Stopped::Forced
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || processes_with(&spec.config.uuid).is_empty()
+        );
+    });
+    assert!(
+        processes_with(&spec.config.uuid).is_empty(),
+        "QEMU left running"
+    );
+}
+
+#[test]
+fn bad_input_leaves_nothing_behind() {
+    let tmp = scratch();
+    let k = tmp.path().join("vmlinuz");
+    std::fs::write(&k, b"not a kernel").unwrap();
+    let mut s = spec(tmp.path(), &tmp.path().join("missing-kernel"), &k);
+    let err = smol::block_on(Vm::spawn(&s)).unwrap_err();
+    assert!(
+        matches!(err, VmError::Missing { what: "kernel", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing-kernel"), "{err}");
+    assert!(!s.dir.exists(), "a failed start created the VM directory");
+
+    let e = "12 parsecs".parse::<MemorySize>().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid memory size \"12 parsecs\": expected a number with a unit such as 256MiB or 1GiB"
+    );
+    s.config.cpus = 0;
+    let err = smol::block_on(Vm::spawn(&s)).unwrap_err();
+    assert_eq!(
+        kvmbox::error_chain(&err),
+        "invalid VM configuration: cpu count 0 is outside 1..=255"
+    );
+    assert!(!s.dir.exists());
+
+    // QEMU itself refuses: the error carries its message, nothing survives.
+    s.config.cpus = 1;
+    s.config.boot = Boot::Kernel {
+        kernel: k.clone(),
+        initrd: None,
+        cmdline: String::new(),
+    };
+    s.config.uuid = "8f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f".into();
+    let err = smol::block_on(Vm::spawn(&s)).unwrap_err();
+    assert!(matches!(err, VmError::StartFailed { .. }), "{err}");
+    eprintln!("QEMU start-up failure reads: {err}");
+    assert!(!s.dir.join("vm.pid").exists() && !s.dir.join("qemu/qmp.sock").exists());
+    assert!(processes_with(&s.config.uuid).is_empty());
+}
+
+#[test]
+fn adoption_refuses_a_process_that_is_not_the_vm() {
+    let tmp = scratch();
+    let dir = tmp.path().join("vm");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(dir.join("vm.pid"), format!("{}\n", sleeper.id())).unwrap();
+    let err = smol::block_on(Vm::adopt(&dir, UUID, Identity::Privileged)).unwrap_err();
+    assert!(matches!(err, VmError::NotOurs { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "process {} is not this VM's QEMU: it is not QEMU",
+            sleeper.id()
+        )
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+#[test]
+fn auto_acceleration_is_probed_for_real() {
+    let tmp = scratch();
+    let t = Instant::now();
+    let c = kvmbox::choose_accel(AccelMode::Auto, Path::new(QEMU), tmp.path());
+    eprintln!(
+        "accel auto → {} in {:?}: {}",
+        c.accel,
+        t.elapsed(),
+        c.reason
+    );
+    assert!(!c.reason.is_empty());
+    assert!(
+        processes_with("kvm-probe.rom").is_empty(),
+        "the probe QEMU was left running"
+    );
+}
