@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvmbox::{
-    console_log, Accel, AccelMode, Boot, Disk, DiskFormat, IdRange, Identity, MemorySize, Stopped,
-    Vm, VmConfig, VmError, VmSpec,
+    console_log, Accel, AccelMode, AppArmor, Boot, Disk, DiskFormat, IdRange, Identity, MemorySize,
+    Nic, Stopped, Vm, VmConfig, VmError, VmSpec,
 };
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -142,7 +142,18 @@ fn guest_lifecycle() {
         return;
     };
     let tmp = scratch();
-    let spec = spec(tmp.path(), &kernel, &initrd);
+    let mut spec = spec(tmp.path(), &kernel, &initrd);
+    // User-mode NAT with a forward: QEMU listens on the host port at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    spec.config.nics = vec![Nic::User {
+        id: "eth0".into(),
+        mac: None,
+        forwards: vec![(port, 22)],
+    }];
     let dir = spec.dir.clone();
     smol::block_on(async {
         let t = Instant::now();
@@ -178,6 +189,8 @@ fn guest_lifecycle() {
         }
         let st = vm.status().await.unwrap();
         assert!(st.running, "{st:?}");
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .expect("the port forward is not listening");
 
         // Hotplug: a fresh qcow2 shows up in the guest.
         let img = tmp.path().join("data.qcow2");
@@ -312,6 +325,27 @@ fn bad_input_leaves_nothing_behind() {
     assert!(matches!(err, VmError::StartFailed { .. }), "{err}");
     eprintln!("QEMU start-up failure reads: {err}");
     assert!(!s.dir.join("vm.pid").exists() && !s.dir.join("qemu/qmp.sock").exists());
+    assert!(processes_with(&s.config.uuid).is_empty());
+}
+
+#[test]
+fn required_apparmor_label_that_cannot_be_applied_stops_the_start() {
+    let tmp = scratch();
+    let k = tmp.path().join("vmlinuz");
+    std::fs::write(&k, b"never read: the child stops before exec").unwrap();
+    let mut s = spec(tmp.path(), &k, &k);
+    s.config.uuid = "9f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f".into();
+    s.apparmor = Some(AppArmor {
+        profile: "kvmbox-no-such-profile".into(),
+        required: true,
+    });
+    let err = smol::block_on(Vm::spawn(&s)).unwrap_err();
+    assert!(matches!(err, VmError::AppArmor(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "QEMU could not be confined by AppArmor profile kvmbox-no-such-profile and confinement is required"
+    );
+    assert!(!s.dir.join("vm.pid").exists());
     assert!(processes_with(&s.config.uuid).is_empty());
 }
 

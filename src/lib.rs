@@ -23,8 +23,8 @@ pub use qemu::{
 };
 pub use qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
 pub use vm::{
-    console_log, AppArmor, Error as VmError, IdRange, Identity, Stopped, Vm, VmSpec,
-    PRIVILEGED_WARNING,
+    console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, Identity,
+    Stopped, Vm, VmSpec, PRIVILEGED_WARNING,
 };
 
 /// Every error and the `source()`s under it on one line, the way each applet

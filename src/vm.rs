@@ -164,17 +164,52 @@ fn ids(identity: Identity) -> Option<(u32, u32)> {
 }
 
 /// Makes `path` the VM's own: owned by its uid, closed to everyone else.
+/// The change goes through a descriptor opened without following a final
+/// symlink: the VM's uid can plant links in its own directory, and root
+/// must not be tricked into handing it /etc/shadow.
 fn give(path: &Path, identity: Identity, mode: u32) -> Result<(), Error> {
+    let what = || format!("take ownership of {} for the VM", path.display());
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(host(what()))?;
     if let Some((uid, gid)) = ids(identity) {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(host(format!("chown {}", path.display())))?;
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(host(what()))?;
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(host(format!("chmod {}", path.display())))
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(host(what()))
+}
+
+/// Reads a file the VM's uid may control, as root: no symlinks, bounded.
+fn read_untrusted(path: &Path, limit: u64) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(limit)))?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The last `limit` bytes of the serial console of the VM in `dir`, for
+/// `GET /1.0/instances/<name>/console`. Use this, not a plain read: the file
+/// belongs to the VM's uid.
+pub fn read_console(dir: &Path, limit: u64) -> io::Result<String> {
+    read_untrusted(&console_log(dir), limit)
 }
 
 fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
+    let text = read_untrusted(path, 64 * 1024).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(3);
     let t = lines.get(start..).unwrap_or_default().join(" / ");
@@ -221,6 +256,13 @@ fn start_failure(code: Option<i32>, apparmor: Option<&AppArmor>, log: &Path) -> 
             log: tail(log),
         },
     }
+}
+
+/// Whether process `pid` (a VM's QEMU) is still there; reaps it when it was
+/// our child. A daemon that keeps [`Vm`]s should call this (or
+/// [`Vm::is_running`]) now and then so that QEMUs that exit are collected.
+pub fn process_running(pid: u32) -> bool {
+    process::state(pid) == State::Running
 }
 
 /// Removes what a QEMU that is gone leaves behind; the console log stays.
@@ -333,11 +375,21 @@ impl Vm {
         for d in &spec.config.disks {
             give(&d.path, spec.identity, 0o600)?;
         }
+        // A fresh start: no file of an earlier run, possibly a link planted by
+        // the VM's uid or owned by a uid this VM had before.
         let log_path = qdir.join("qemu.log");
+        for f in [&log_path, &files.console] {
+            match fs::remove_file(f) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(host(format!("remove {}", f.display()))(e))
+                }
+                _ => {}
+            }
+        }
         let log = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&log_path)
             .map_err(host("create QEMU's log"))?;
@@ -355,12 +407,17 @@ impl Vm {
         })
         .map_err(host(format!("start {}", spec.qemu.display())))?;
         let started = async {
-            write_atomic(
-                &spec.dir.join("vm.pid"),
-                format!("{pid}\n").as_bytes(),
-                0o600,
-                Overwrite::Replace,
-            )
+            // fsyncs: off the executor thread.
+            let record = spec.dir.join("vm.pid");
+            smol::unblock(move || {
+                write_atomic(
+                    &record,
+                    format!("{pid}\n").as_bytes(),
+                    0o600,
+                    Overwrite::Replace,
+                )
+            })
+            .await
             .map_err(host("record the QEMU pid"))?;
             let deadline = Instant::now() + spec.start_timeout;
             loop {
@@ -376,6 +433,8 @@ impl Vm {
                     };
                     match connected.await {
                         Ok(qmp) => return Ok(qmp),
+                        // The socket is bound before QEMU listens on it.
+                        Err(qmp::Error::Connect { .. }) if Instant::now() < deadline => {}
                         // QEMU opens the socket before it loads the kernel:
                         // a QEMU that then gives up closes the connection, and
                         // its own message says why.
@@ -605,6 +664,32 @@ mod tests {
             })
         );
         assert_eq!(r.pick(&[100_000, 100_001, 100_002]), None);
+    }
+
+    #[test]
+    fn a_vm_can_move_between_smol_tasks() {
+        fn send<T: Send + 'static>() {}
+        send::<Vm>();
+        send::<Error>();
+    }
+
+    #[test]
+    fn give_refuses_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        fs::write(&target, "x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("disk.img");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            give(&link, Identity::Privileged, 0o600),
+            Err(Error::Host { .. })
+        ));
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert!(read_untrusted(&link, 100).is_err());
     }
 
     #[test]
