@@ -287,6 +287,111 @@ fn force_stop_of_a_guest_that_ignores_the_button() {
 }
 
 #[test]
+fn disk_boot_runs_the_firmware_on_a_qcow2_root() {
+    let Some((kernel, initrd)) = assets() else {
+        return;
+    };
+    let tmp = scratch();
+    let mut spec = spec(tmp.path(), &kernel, &initrd);
+    spec.config.uuid = "bf1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f".into();
+    let root = tmp.path().join("root.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&root)
+        .arg("32M")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    spec.config.boot = Boot::Disk;
+    spec.config.disks = vec![Disk {
+        id: "root".into(),
+        path: root.clone(),
+        format: DiskFormat::Qcow2,
+        read_only: false,
+    }];
+    smol::block_on(async {
+        let mut vm = Vm::spawn(&spec).await.unwrap();
+        assert!(vm.status().await.unwrap().running);
+        if let Identity::Isolated { uid, .. } = spec.identity {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(&root).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.mode() & 0o777),
+                (uid, 0o600),
+                "the root disk is not the VM's own"
+            );
+        }
+        vm.kill().await.unwrap();
+    });
+    assert!(processes_with(&spec.config.uuid).is_empty());
+}
+
+/// Runs `ip ARGS…`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bridged_nic_gets_the_tap_from_the_daemon() {
+    let Some((kernel, initrd)) = assets() else {
+        return;
+    };
+    if euid() != 0 {
+        eprintln!("SKIPPED: creating a bridge and a tap needs root");
+        return;
+    }
+    let tmp = scratch();
+    let mut spec = spec(tmp.path(), &kernel, &initrd);
+    spec.config.uuid = "af1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f".into();
+    let tag = std::process::id() % 100_000;
+    let (br, tap) = (format!("kvbr{tag}"), format!("kvtap{tag}"));
+    // What the daemon's network code does: a bridge, a tap on it.
+    ip(&["link", "add", &br, "type", "bridge"]);
+    ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ip(&["link", "set", &tap, "master", &br, "up"]);
+    spec.config.nics = vec![Nic::Tap {
+        id: "eth0".into(),
+        mac: Some("52:54:00:00:00:01".into()),
+        ifname: tap.clone(),
+    }];
+    let result = std::panic::catch_unwind(|| {
+        smol::block_on(async {
+            let vm = Vm::spawn(&spec).await.unwrap();
+            // QEMU, running as the VM's uid, holds the tap it could not open itself.
+            let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", vm.pid())).unwrap();
+            assert_eq!(fd3, Path::new("/dev/net/tun"));
+            let carrier = std::fs::read_to_string(format!("/sys/class/net/{tap}/carrier")).unwrap();
+            assert_eq!(
+                carrier.trim(),
+                "1",
+                "the tap has no carrier: QEMU is not attached"
+            );
+            vm.kill().await.unwrap();
+        })
+    });
+    let _ = Command::new("ip").args(["link", "del", &tap]).status();
+    let _ = Command::new("ip").args(["link", "del", &br]).status();
+    result.unwrap();
+
+    // A tap that does not exist is refused before anything starts.
+    spec.config.nics = vec![Nic::Tap {
+        id: "eth0".into(),
+        mac: None,
+        ifname: "kvnone0".into(),
+    }];
+    let err = smol::block_on(Vm::spawn(&spec)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tap device /sys/class/net/kvnone0 does not exist"
+    );
+}
+
+#[test]
 fn bad_input_leaves_nothing_behind() {
     let tmp = scratch();
     let k = tmp.path().join("vmlinuz");

@@ -182,6 +182,7 @@ fn run_probe(qemu: &Path, scratch: &Path, accel: Accel, timeout: Duration) -> Re
         ids: None,
         log,
         apparmor: None,
+        fds: vec![],
     });
     let pid = match spawned {
         Ok(pid) => pid,

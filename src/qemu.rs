@@ -149,8 +149,9 @@ pub enum Nic {
         mac: Option<String>,
         forwards: Vec<(u16, u16)>,
     },
-    /// An existing tap device, already on its bridge and owned by the VM's
-    /// uid; QEMU only opens it (`script=no`).
+    /// An existing tap device, already on its bridge. The daemon opens it
+    /// (QEMU's uid has no access to /dev/net/tun) and QEMU inherits the
+    /// descriptor: see [`tap_fd`]. QEMU runs no scripts.
     Tap {
         id: String,
         mac: Option<String>,
@@ -200,6 +201,12 @@ impl RunFiles {
             console: dir.join("console.log"),
         }
     }
+}
+
+/// The descriptor number QEMU inherits the `n`th tap NIC (counting taps
+/// only, in `nics` order) on.
+pub(crate) fn tap_fd(n: usize) -> usize {
+    3 + n
 }
 
 /// Id of the `n`th free hotplug root port.
@@ -430,6 +437,7 @@ pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, E
             &format!("virtio-blk-pci,id={dev},drive={node}{boot}"),
         ]);
     }
+    let mut taps = 0;
     for n in &cfg.nics {
         let (id, mac, netdev) = match n {
             Nic::User { id, mac, forwards } => {
@@ -439,11 +447,11 @@ pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, E
                     .collect();
                 (id, mac, format!("user,id=net-{id}{fwd}"))
             }
-            Nic::Tap { id, mac, ifname } => (
-                id,
-                mac,
-                format!("tap,id=net-{id},ifname={ifname},script=no,downscript=no"),
-            ),
+            Nic::Tap { id, mac, .. } => {
+                let fd = tap_fd(taps);
+                taps += 1;
+                (id, mac, format!("tap,id=net-{id},fd={fd}"))
+            }
         };
         push(&["-netdev", &netdev]);
         // No option ROM: direct kernel boot does not need iPXE, and QEMU

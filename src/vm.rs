@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use smol::Timer;
 
-use crate::qemu::{self, Boot, Disk, RunFiles, VmConfig};
+use crate::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
 use crate::qmp::{self, Fault, Qmp, Ready, Status};
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::process::{self, State, EXIT_APPARMOR};
@@ -349,6 +349,26 @@ impl Vm {
         for d in &spec.config.disks {
             require_file("disk", &d.path)?;
         }
+        let taps: Vec<&str> = spec
+            .config
+            .nics
+            .iter()
+            .filter_map(|n| match n {
+                Nic::Tap { ifname, .. } => Some(ifname.as_str()),
+                Nic::User { .. } => None,
+            })
+            .collect();
+        for t in &taps {
+            // Opening a tap that does not exist would create a stray one on
+            // no bridge: the daemon creates it and puts it on its bridge.
+            let sys = Path::new("/sys/class/net").join(t);
+            if !sys.exists() {
+                return Err(Error::Missing {
+                    what: "tap device",
+                    path: sys,
+                });
+            }
+        }
         if matches!(spec.identity, Identity::Isolated { .. }) && process::euid() != 0 {
             return Err(Error::NeedRoot);
         }
@@ -394,6 +414,10 @@ impl Vm {
             .open(&log_path)
             .map_err(host("create QEMU's log"))?;
         give(&log_path, spec.identity, 0o600)?;
+        let fds = taps
+            .iter()
+            .map(|t| process::open_tap(t).map_err(host(format!("open tap device {t}"))))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let pid = process::spawn(process::Spawn {
             program: spec.qemu.clone(),
@@ -404,6 +428,7 @@ impl Vm {
                 profile: a.profile.clone(),
                 required: a.required,
             }),
+            fds,
         })
         .map_err(host(format!("start {}", spec.qemu.display())))?;
         let started = async {

@@ -157,7 +157,7 @@ fn disks_and_nics() {
         after(&a, "-netdev"),
         [
             "user,id=net-eth0,hostfwd=tcp::2222-:22,hostfwd=tcp::8080-:80",
-            "tap,id=net-eth1,ifname=kvmbox-tap0,script=no,downscript=no",
+            "tap,id=net-eth1,fd=3",
         ]
     );
     assert_eq!(

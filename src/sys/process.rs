@@ -6,8 +6,9 @@
 //! outlive a daemon restart and be adopted again.
 
 use std::ffi::{CString, OsString};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,7 +28,15 @@ pub(crate) struct Spawn {
     pub(crate) log: File,
     /// `exec <profile>` is written to the kernel before exec.
     pub(crate) apparmor: Option<Label>,
+    /// Descriptors the child inherits, as fds 3, 4, … in this order.
+    pub(crate) fds: Vec<OwnedFd>,
 }
+
+/// Where inherited descriptors are parked before they are moved to 3, 4, …:
+/// above any target, so that moving one never overwrites another.
+const PARK_FD: RawFd = 64;
+/// At most this many inherited descriptors (targets stay below [`PARK_FD`]).
+const MAX_FDS: usize = 32;
 
 /// An AppArmor profile to change to on exec.
 #[derive(Clone, Debug)]
@@ -55,6 +64,28 @@ pub(crate) fn spawn(spec: Spawn) -> io::Result<u32> {
     }
     // Everything the child needs is allocated here, before fork: between
     // fork and exec only async-signal-safe calls are allowed.
+    if spec.fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many inherited descriptors",
+        ));
+    }
+    let mut parked = Vec::with_capacity(spec.fds.len());
+    for fd in &spec.fds {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one
+        // (or -1), which we take ownership of at once.
+        let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PARK_FD) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        parked.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    let moves: Vec<(RawFd, RawFd)> = parked
+        .iter()
+        .zip(3..)
+        .map(|(fd, target)| (fd.as_raw_fd(), target))
+        .collect();
     let label = match &spec.apparmor {
         Some(l) => Some((
             CString::new(format!("exec {}", l.profile))
@@ -73,6 +104,28 @@ pub(crate) fn spawn(spec: Spawn) -> io::Result<u32> {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // dup2 leaves the new descriptor without FD_CLOEXEC: it survives exec.
+            for &(from, to) in &moves {
+                if libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Nothing else the daemon inherited from its own parent (a
+            // jobserver pipe, a socket from a service manager) reaches QEMU.
+            // Marked close-on-exec rather than closed: std's exec-error pipe
+            // must stay usable until exec.
+            let first = 3 + moves.len() as libc::c_uint;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                for fd in first..1024 {
+                    libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             if let Some((line, required)) = &label {
                 if !write_exec_label(line) && *required {
                     libc::_exit(EXIT_APPARMOR);
@@ -82,6 +135,7 @@ pub(crate) fn spawn(spec: Spawn) -> io::Result<u32> {
         });
     }
     let child = cmd.spawn()?;
+    drop(parked);
     // Dropping `Child` neither waits nor kills; `reap` collects the status.
     Ok(child.id())
 }
@@ -111,6 +165,37 @@ fn write_exec_label(line: &CString) -> bool {
         }
     }
     false
+}
+
+/// Opens the existing tap device `ifname` for a VM to inherit: root opens
+/// /dev/net/tun, so QEMU's uid needs no access to it.
+pub(crate) fn open_tap(ifname: &str) -> io::Result<OwnedFd> {
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data for which all-zero bytes are valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    // What libvirt asks for too: a tap, no packet info, virtio-net headers.
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is, on an
+    // open /dev/net/tun descriptor.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tun.into())
 }
 
 /// Whether a process has finished.
@@ -192,6 +277,7 @@ mod tests {
             ids: None,
             log,
             apparmor: None,
+            fds: vec![],
         })
         .unwrap();
         let mut st = state(pid);
@@ -214,9 +300,40 @@ mod tests {
             ids: None,
             log,
             apparmor: None,
+            fds: vec![],
         })
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn inherited_descriptors_arrive_as_3_and_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "first").unwrap();
+        std::fs::write(&b, "second").unwrap();
+        let fds = vec![
+            File::open(&a).unwrap().into(),
+            File::open(&b).unwrap().into(),
+        ];
+        let out = dir.path().join("out");
+        let pid = spawn(Spawn {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "cat <&3; cat <&4; ls -l /proc/self/fd".into()],
+            ids: None,
+            log: File::create(&out).unwrap(),
+            apparmor: None,
+            fds,
+        })
+        .unwrap();
+        while state(pid) == State::Running {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.starts_with("firstsecond"), "{text}");
+        assert!(text.contains(" 3 -> ") && text.contains(" 4 -> "), "{text}");
+        // cargo's jobserver pipe, inherited by this test, must not get through.
+        assert!(!text.contains("pipe:"), "a descriptor leaked: {text}");
     }
 
     #[test]
