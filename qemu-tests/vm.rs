@@ -222,6 +222,11 @@ fn guest_lifecycle() {
             Path::new(&format!("/proc/{pid}")).exists(),
             "QEMU died with its handle"
         );
+        if let Identity::Isolated { uid, gid } = spec.identity {
+            let other = Identity::Isolated { uid: uid + 1, gid };
+            let e = Vm::adopt(&dir, UUID, other).await.unwrap_err();
+            assert!(e.to_string().ends_with("it runs under another uid"), "{e}");
+        }
         let mut vm = Vm::adopt(&dir, UUID, spec.identity).await.unwrap();
         assert_eq!(vm.pid(), pid);
         assert!(vm.status().await.unwrap().running);

@@ -283,7 +283,8 @@ fn recorded_pid(dir: &Path) -> Option<u32> {
 }
 
 /// Checks that `pid` is the QEMU we started for `uuid` in `dir`, as `identity`.
-fn verify(pid: u32, dir: &Path, uuid: &str, identity: Identity) -> Result<(), Error> {
+/// Without `identity`, any uid will do (to find a VM that runs already).
+fn verify(pid: u32, dir: &Path, uuid: &str, identity: Option<Identity>) -> Result<(), Error> {
     let not_ours = |why: &str| Error::NotOurs {
         pid,
         why: why.to_string(),
@@ -317,8 +318,9 @@ fn verify(pid: u32, dir: &Path, uuid: &str, identity: Identity) -> Result<(), Er
         return Err(not_ours("its QMP socket is elsewhere"));
     }
     let want = match identity {
-        Identity::Isolated { uid, .. } => uid,
-        Identity::Privileged => process::euid(),
+        None => return Ok(()),
+        Some(Identity::Isolated { uid, .. }) => uid,
+        Some(Identity::Privileged) => process::euid(),
     };
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let uid = status
@@ -373,7 +375,8 @@ impl Vm {
             return Err(Error::NeedRoot);
         }
         if let Some(pid) = recorded_pid(&spec.dir) {
-            if verify(pid, &spec.dir, &spec.config.uuid, spec.identity).is_ok() {
+            // Whatever uid it runs as: two QEMUs on the same disks must never be.
+            if verify(pid, &spec.dir, &spec.config.uuid, None).is_ok() {
                 return Err(Error::AlreadyRunning(pid));
             }
         }
@@ -499,7 +502,7 @@ impl Vm {
     /// recorded pid must still be QEMU for `uuid` under `identity`.
     pub async fn adopt(dir: &Path, uuid: &str, identity: Identity) -> Result<Vm, Error> {
         let pid = recorded_pid(dir).ok_or(Error::NotRunning)?;
-        if let Err(e) = verify(pid, dir, uuid, identity) {
+        if let Err(e) = verify(pid, dir, uuid, Some(identity)) {
             if process::state(pid) != State::Running {
                 // The VM stopped while nobody watched: tidy up, report stopped.
                 clean_up(dir);
@@ -720,7 +723,7 @@ mod tests {
     #[test]
     fn our_own_process_is_not_a_vm() {
         let dir = tempfile::tempdir().unwrap();
-        let e = verify(std::process::id(), dir.path(), "x", Identity::Privileged).unwrap_err();
+        let e = verify(std::process::id(), dir.path(), "x", None).unwrap_err();
         assert!(matches!(e, Error::NotOurs { .. }), "{e}");
     }
 }
