@@ -1,8 +1,9 @@
 #!/bin/sh
 # VM start-up: time from "start" to the guest's marker on its serial console,
 # through kvmbox's VM layer (bench/vm_boot.rs: Vm::spawn, uid drop, QMP
-# handshake included) next to the very same QEMU command line run by hand,
-# in the same run, under TCG. Prints markdown rows:
+# handshake included) next to the very same QEMU command line run by hand
+# (vm-boot --raw: plain exec as root, no QMP client), in the same run, under
+# TCG, both timed by the same in-process poller. Prints markdown rows:
 #   | what | kvmbox | peer | ratio |
 # Usage: bench/vm.sh [ROUNDS]   (median of ROUNDS, default 5)
 set -eu
@@ -15,7 +16,6 @@ work=$(mktemp -d)
 chmod 711 "$work"
 trap 'rm -rf "$work"' EXIT
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 kvmbox_once() {
@@ -24,21 +24,7 @@ kvmbox_once() {
 }
 
 hand_once() {
-    d=$work/h$1
-    mkdir -p "$d"
-    set --
-    while IFS= read -r a; do set -- "$@" "$a"; done <<ARGV
-$("$tool" "$cache/vmlinuz" "$cache/initrd.gz" "$d" --argv)
-ARGV
-    start=$(now_ms)
-    qemu-system-x86_64 "$@" >"$d/qemu.log" 2>&1 &
-    pid=$!
-    until grep -q KVMBOX-GUEST-READY "$d/console.log" 2>/dev/null; do
-        kill -0 "$pid" 2>/dev/null || { echo "hand-run QEMU died: $(cat "$d/qemu.log")" >&2; exit 1; }
-        sleep 0.005
-    done
-    echo $(( $(now_ms) - start ))
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    "$tool" "$cache/vmlinuz" "$cache/initrd.gz" "$work/h$1" --raw | sed -n 's/^marker_ms //p'
 }
 
 : >"$work/k.txt"; : >"$work/h.txt"
@@ -49,6 +35,7 @@ while [ "$i" -lt "$rounds" ]; do
     hand_once "$i" >>"$work/h.txt"
     i=$((i + 1))
 done
+[ -z "${BENCH_RAW:-}" ] || { echo "kvmbox: $(tr "\n" " " <"$work/k.txt")"; echo "hand: $(tr "\n" " " <"$work/h.txt")"; } >&2
 k=$(median <"$work/k.txt"); h=$(median <"$work/h.txt")
 echo "| what | kvmbox | peer | ratio |"
 echo "|---|---|---|---|"

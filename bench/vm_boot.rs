@@ -1,9 +1,11 @@
 //! Benchmark entry point for the VM layer: boots the test guest through
 //! `Vm::spawn` and prints the wall time from the call to the guest's marker
 //! in the console log (`marker_ms N`), then ends the VM. With `--argv` it
-//! prints, one per line, the QEMU command line it would use, so that
-//! bench/vm.sh can run the very same command by hand.
-//! Usage: vm-boot KERNEL INITRD DIR [--argv]
+//! prints, one per line, the QEMU command line it would use; with `--raw` it
+//! runs that very command itself, as a person would by hand (no uid drop, no
+//! QMP), and times it with the same in-process poller, so that the two
+//! numbers differ only by what kvmbox adds.
+//! Usage: vm-boot KERNEL INITRD DIR [--argv | --raw]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +20,7 @@ use kvmbox::{Accel, Boot, IdRange, Identity, RunFiles, Vm, VmConfig, VmSpec};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [kernel, initrd, dir, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: vm-boot KERNEL INITRD DIR [--argv]");
+        eprintln!("usage: vm-boot KERNEL INITRD DIR [--argv | --raw]");
         std::process::exit(2);
     };
     let dir = PathBuf::from(dir);
@@ -41,6 +43,23 @@ fn main() {
         for a in kvmbox::command_line(&config, &RunFiles::in_dir(&dir)).unwrap() {
             println!("{}", a.to_string_lossy());
         }
+        return;
+    }
+    if rest.iter().any(|a| a == "--raw") {
+        let argv = kvmbox::command_line(&config, &RunFiles::in_dir(&dir)).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = Instant::now();
+        let mut qemu = std::process::Command::new("qemu-system-x86_64")
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.join("qemu.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("qemu.err")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_marker(&RunFiles::in_dir(&dir).console, t);
+        println!("marker_ms {}", t.elapsed().as_millis());
+        qemu.kill().unwrap();
+        qemu.wait().unwrap();
         return;
     }
     let identity = if std::fs::read_to_string("/proc/self/status")
