@@ -11,7 +11,7 @@ cache=${1:-$here/cache}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
 # Bump when /init or the module list changes so that old caches are rebuilt.
-version=6
+version=7
 if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.gz" ] && [ "$(cat "$cache/version" 2>/dev/null)" = "$version" ]; then
     echo "$cache"; exit 0
 fi
@@ -59,18 +59,23 @@ mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk button evdev; do
     insmod /lib/modules/$m.ko || echo "KVMBOX-INSMOD-FAILED $m"
 done
-# The ACPI power button (evdev gives it a /dev/input node): the button driver's input device produces an event
+# The ACPI power button (evdev gives it a /dev/input node) produces an event
 # only when QEMU presses it (system_powerdown), so the first bytes read mean
 # "power down". busybox acpid is not used: it needs a map file per event.
+# The device is opened here, before the marker below, so that a press right
+# after the marker is queued for the reader and not lost.
+fd=3
 for e in /sys/class/input/event*; do
     [ "$(cat "$e/device/name" 2>/dev/null)" = "Power Button" ] || continue
+    eval "exec $fd</dev/input/${e##*/}"
     (
         # One struct input_event (24 bytes on 64-bit); evdev refuses shorter reads.
-        dd if=/dev/input/${e##*/} bs=24 count=1 >/dev/null 2>&1 || exit 0
+        eval "dd bs=24 count=1 <&$fd" >/dev/null 2>&1 || exit 0
         echo KVMBOX-POWERDOWN >/dev/console
         sync
         poweroff -f
     ) &
+    fd=$((fd + 1))
 done
 # Report every virtio disk once, including those hot-plugged later.
 (

@@ -261,6 +261,89 @@ fn guest_lifecycle() {
     });
 }
 
+/// Not a test on its own: `vm_survives_its_daemon_being_killed` runs this
+/// binary again with this one test selected, as a stand-in daemon that
+/// starts a VM and is then SIGKILLed.
+#[test]
+fn stand_in_daemon() {
+    let Some(tmp) = std::env::var_os("KVMBOX_STAND_IN_DIR") else {
+        return;
+    };
+    let (kernel, initrd) = assets().unwrap();
+    let tmp = PathBuf::from(tmp);
+    let mut spec = spec(&tmp, &kernel, &initrd);
+    spec.config.uuid = KILLED_UUID.into();
+    spec.identity = stand_in_identity();
+    smol::block_on(async {
+        let _vm = Vm::spawn(&spec).await.unwrap();
+        std::fs::write(tmp.join("started"), b"").unwrap();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
+
+const KILLED_UUID: &str = "cf1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f";
+
+fn stand_in_identity() -> Identity {
+    match std::env::var("KVMBOX_STAND_IN_UID") {
+        Ok(uid) => {
+            let uid: u32 = uid.parse().unwrap();
+            Identity::Isolated { uid, gid: uid }
+        }
+        Err(_) => Identity::Privileged,
+    }
+}
+
+#[test]
+fn vm_survives_its_daemon_being_killed() {
+    let Some((_kernel, _initrd)) = assets() else {
+        return;
+    };
+    let tmp = scratch();
+    let mut daemon = Command::new(std::env::current_exe().unwrap());
+    daemon
+        .args(["--exact", "stand_in_daemon", "--nocapture"])
+        .env("KVMBOX_STAND_IN_DIR", tmp.path());
+    let identity = if euid() == 0 {
+        let uid = 2_150_000 + std::process::id() % 1000;
+        daemon.env("KVMBOX_STAND_IN_UID", uid.to_string());
+        Identity::Isolated { uid, gid: uid }
+    } else {
+        Identity::Privileged
+    };
+    let mut daemon = daemon.spawn().unwrap();
+    let start = Instant::now();
+    while !tmp.path().join("started").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the stand-in daemon never started its VM"
+        );
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the stand-in daemon failed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = tmp.path().join("vm");
+    wait_console(&dir, "KVMBOX-GUEST-READY", Duration::from_secs(60));
+    daemon.kill().unwrap(); // SIGKILL: no chance to clean up
+    daemon.wait().unwrap();
+
+    smol::block_on(async {
+        // QEMU is no longer our child's child: adoption works through /proc.
+        let mut vm = Vm::adopt(&dir, KILLED_UUID, identity).await.unwrap();
+        assert!(vm.status().await.unwrap().running);
+        assert_eq!(
+            vm.stop(Duration::from_secs(60)).await.unwrap(),
+            Stopped::Graceful
+        );
+    });
+    let console = std::fs::read_to_string(console_log(&dir)).unwrap();
+    assert!(console.contains("KVMBOX-POWERDOWN"), "{console}");
+    assert!(processes_with(KILLED_UUID).is_empty(), "QEMU left running");
+}
+
 #[test]
 fn force_stop_of_a_guest_that_ignores_the_button() {
     let Some((kernel, initrd)) = assets() else {
