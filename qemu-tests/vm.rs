@@ -329,6 +329,8 @@ fn vm_survives_its_daemon_being_killed() {
     wait_console(&dir, "KVMBOX-GUEST-READY", Duration::from_secs(60));
     daemon.kill().unwrap(); // SIGKILL: no chance to clean up
     daemon.wait().unwrap();
+    // As if it died before recording the pid: QEMU's own pid file is the lead.
+    std::fs::remove_file(dir.join("vm.pid")).unwrap();
 
     smol::block_on(async {
         // QEMU is no longer our child's child: adoption works through /proc.

@@ -273,13 +273,15 @@ fn clean_up(dir: &Path) {
     }
 }
 
-/// The pid recorded for the VM in `dir`, if any.
+/// The pid recorded for the VM in `dir`, if any: ours, else QEMU's own pid
+/// file (a daemon killed between fork and writing its record leaves only
+/// that). QEMU's file is written by the VM's uid, so either way the pid is
+/// only a candidate until [`verify`] has looked at the process.
 fn recorded_pid(dir: &Path) -> Option<u32> {
-    fs::read_to_string(dir.join("vm.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let ours = fs::read_to_string(dir.join("vm.pid")).ok();
+    let text =
+        ours.or_else(|| read_untrusted(&RunFiles::in_dir(&qemu_dir(dir)).pidfile, 32).ok())?;
+    text.trim().parse().ok()
 }
 
 /// Checks that `pid` is the QEMU we started for `uuid` in `dir`, as `identity`.
