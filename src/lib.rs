@@ -4,6 +4,7 @@
 //! nothing else, so the public surface stays small enough to review.
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
+mod accel;
 mod api;
 mod apparmor;
 mod client;
@@ -12,6 +13,8 @@ mod http;
 mod log;
 mod operations;
 mod pki;
+mod qemu;
+mod qmp;
 mod secret;
 mod settings;
 mod store;
@@ -19,6 +22,7 @@ mod store;
 mod sys;
 mod tls;
 mod trust;
+mod vm;
 
 pub use apparmor::{
     check as check_instance, files_list as aa_files_list,
@@ -41,6 +45,17 @@ pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
 pub use trust::Role;
+
+pub use accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
+pub use qemu::{
+    command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
+    MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
+};
+pub use qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
+pub use vm::{
+    console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, Identity,
+    Stopped, Vm, VmSpec, PRIVILEGED_WARNING,
+};
 
 /// Every error and the `source()`s under it on one line, the way each applet
 /// reports a failure: `cannot read CA key: No such file or directory`.

@@ -6,6 +6,7 @@
 //! NSS, no passwd entries and no resolver.
 
 mod net;
+pub(crate) mod process;
 mod tty;
 mod user;
 

@@ -1,0 +1,482 @@
+//! The QEMU command line, built from a VM description (SPEC D5, L5).
+//!
+//! Everything a VM may do is spelled out here; nothing comes from QEMU's
+//! defaults or a user config (`-nodefaults -no-user-config`), and the
+//! process sandboxes itself with seccomp (`-sandbox on,…`) before the guest
+//! runs. Reference: <https://www.qemu.org/docs/master/system/invocation.html>.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::accel::Accel;
+
+/// Free PCIe root ports a VM gets for hotplug unless told otherwise. q35
+/// cannot hot-add onto the root complex itself; each port takes one device.
+pub const DEFAULT_HOTPLUG_PORTS: u8 = 4;
+/// Bounds on `limits.cpu`.
+pub(crate) const MAX_CPUS: u32 = 255;
+/// Bounds on `limits.memory`.
+pub(crate) const MIN_MEMORY: u64 = 32 << 20;
+pub(crate) const MAX_MEMORY: u64 = 1 << 40;
+
+/// Why a VM description cannot become a command line: always the input.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("invalid memory size {0:?}: expected a number with a unit such as 256MiB or 1GiB")]
+    MemorySyntax(String),
+    #[error("memory size {0:?} is outside 32MiB..=1TiB")]
+    MemoryRange(String),
+    #[error("cpu count {0} is outside 1..={MAX_CPUS}")]
+    Cpus(u32),
+    #[error("invalid VM name {0:?}: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'")]
+    Name(String),
+    #[error("invalid UUID {0:?}")]
+    Uuid(String),
+    #[error("invalid {what} path {path:?}: {why}")]
+    Path {
+        what: &'static str,
+        path: PathBuf,
+        why: &'static str,
+    },
+    #[error("invalid {what} {value:?}")]
+    Value { what: &'static str, value: String },
+    #[error("invalid port forward {0:?}: expected HOSTPORT:GUESTPORT")]
+    Forward(String),
+    #[error("duplicate device id {0:?}")]
+    DuplicateId(String),
+    #[error("kernel boot options (initrd, cmdline) need a kernel")]
+    InitrdWithoutKernel,
+}
+
+/// A memory size in bytes, parsed from LXD-style strings: `256MiB`, `1GiB`
+/// (binary), `512MB`, `2GB` (decimal), or plain bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemorySize(u64);
+
+impl MemorySize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+    pub fn from_mib(mib: u64) -> Result<Self, Error> {
+        let s = format!("{mib}MiB");
+        s.parse()
+    }
+}
+
+impl FromStr for MemorySize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let syntax = || Error::MemorySyntax(s.to_string());
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| syntax())?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            _ => return Err(syntax()),
+        };
+        // QEMU sizes guest RAM in whole MiB; decimal units round down.
+        let bytes = n.checked_mul(mult).ok_or_else(syntax)? & !((1 << 20) - 1);
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
+            return Err(Error::MemoryRange(s.to_string()));
+        }
+        Ok(MemorySize(bytes))
+    }
+}
+
+impl fmt::Display for MemorySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}MiB", self.0 >> 20)
+    }
+}
+
+/// How the guest boots.
+#[derive(Clone, Debug)]
+pub enum Boot {
+    /// Direct kernel boot, no firmware involved.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// Firmware boots the first disk (`disks[0]`).
+    Disk,
+}
+
+/// A disk image's format. Always stated, never probed: a raw image whose
+/// guest wrote a qcow2 header must not be read as qcow2 (backing-file escape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub(crate) fn driver(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A virtio block device.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// Device name in kvmbox (`root`, `data`…): becomes the QEMU ids.
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+}
+
+/// A network interface.
+#[derive(Clone, Debug)]
+pub enum Nic {
+    /// QEMU's user-mode NAT with `(host, guest)` TCP port forwards.
+    User {
+        id: String,
+        mac: Option<String>,
+        forwards: Vec<(u16, u16)>,
+    },
+    /// An existing tap device, already on its bridge. The daemon opens it
+    /// (QEMU's uid has no access to /dev/net/tun) and QEMU inherits the
+    /// descriptor: see [`tap_fd`]. QEMU runs no scripts.
+    Tap {
+        id: String,
+        mac: Option<String>,
+        ifname: String,
+    },
+}
+
+/// Parses `HOSTPORT:GUESTPORT` as given to `--forward`.
+pub fn parse_forward(s: &str) -> Result<(u16, u16), Error> {
+    let bad = || Error::Forward(s.to_string());
+    let (h, g) = s.split_once(':').ok_or_else(bad)?;
+    let h: u16 = h.parse().map_err(|_| bad())?;
+    let g: u16 = g.parse().map_err(|_| bad())?;
+    if h == 0 || g == 0 {
+        return Err(bad());
+    }
+    Ok((h, g))
+}
+
+/// Everything QEMU is told about one VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub name: String,
+    pub uuid: String,
+    pub cpus: u32,
+    pub memory: MemorySize,
+    pub accel: Accel,
+    pub boot: Boot,
+    pub disks: Vec<Disk>,
+    pub nics: Vec<Nic>,
+    pub hotplug_ports: u8,
+}
+
+/// Files QEMU creates for a VM, all in its private directory.
+#[derive(Clone, Debug)]
+pub struct RunFiles {
+    pub qmp: PathBuf,
+    pub pidfile: PathBuf,
+    pub console: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        RunFiles {
+            qmp: dir.join("qmp.sock"),
+            pidfile: dir.join("qemu.pid"),
+            console: dir.join("console.log"),
+        }
+    }
+}
+
+/// The descriptor number QEMU inherits the `n`th tap NIC (counting taps
+/// only, in `nics` order) on.
+pub(crate) fn tap_fd(n: usize) -> usize {
+    3 + n
+}
+
+/// Id of the `n`th free hotplug root port.
+pub(crate) fn hotplug_port(n: u8) -> String {
+    format!("hp{n}")
+}
+
+/// QEMU ids of a disk: (block node, device).
+pub(crate) fn disk_ids(id: &str) -> (String, String) {
+    (format!("blk-{id}"), format!("disk-{id}"))
+}
+
+/// Checks a VM name: DNS-label rules, as LXD does for instance names.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Name(name.to_string()))
+    }
+}
+
+/// Device ids share the name rules (they end up in QEMU ids and guest paths).
+pub(crate) fn validate_id(id: &str) -> Result<(), Error> {
+    validate_name(id).map_err(|_| Error::Value {
+        what: "device id",
+        value: id.to_string(),
+    })
+}
+
+fn validate_uuid(u: &str) -> Result<(), Error> {
+    let groups: Vec<&str> = u.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    let ok = groups.len() == 5
+        && groups.iter().zip(lens).all(|(g, l)| {
+            g.len() == l
+                && g.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Uuid(u.to_string()))
+    }
+}
+
+fn validate_mac(what: &'static str, mac: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        Ok(())
+    } else {
+        Err(Error::Value {
+            what,
+            value: mac.to_string(),
+        })
+    }
+}
+
+/// A path that goes into a QEMU option: absolute, valid UTF-8, no control
+/// characters; commas are escaped by [`opt_path`].
+pub(crate) fn validate_path(what: &'static str, p: &Path) -> Result<String, Error> {
+    let bad = |why| Error::Path {
+        what,
+        path: p.to_path_buf(),
+        why,
+    };
+    let s = p.to_str().ok_or_else(|| bad("not UTF-8"))?;
+    if !p.is_absolute() {
+        return Err(bad("not absolute"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(bad("contains control characters"));
+    }
+    Ok(s.to_string())
+}
+
+/// QEMU's option syntax splits on commas; a literal comma is doubled.
+fn opt_path(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// Checks the whole description; the command line is built only from a
+/// description that passed.
+pub(crate) fn validate(cfg: &VmConfig) -> Result<(), Error> {
+    validate_name(&cfg.name)?;
+    validate_uuid(&cfg.uuid)?;
+    if !(1..=MAX_CPUS).contains(&cfg.cpus) {
+        return Err(Error::Cpus(cfg.cpus));
+    }
+    if let Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline,
+    } = &cfg.boot
+    {
+        validate_path("kernel", kernel)?;
+        if let Some(i) = initrd {
+            validate_path("initrd", i)?;
+        }
+        if cmdline.chars().any(char::is_control) {
+            return Err(Error::Value {
+                what: "kernel command line",
+                value: cmdline.clone(),
+            });
+        }
+    }
+    if matches!(cfg.boot, Boot::Disk) && cfg.disks.is_empty() {
+        return Err(Error::Value {
+            what: "boot",
+            value: "disk boot with no disk".into(),
+        });
+    }
+    let mut ids = Vec::new();
+    for d in &cfg.disks {
+        validate_id(&d.id)?;
+        validate_path("disk", &d.path)?;
+        ids.push(d.id.as_str());
+    }
+    for n in &cfg.nics {
+        let (id, mac) = match n {
+            Nic::User { id, mac, .. } => (id, mac),
+            Nic::Tap { id, mac, ifname } => {
+                let ok = (1..16).contains(&ifname.len())
+                    && ifname
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                if !ok {
+                    return Err(Error::Value {
+                        what: "tap interface name",
+                        value: ifname.clone(),
+                    });
+                }
+                (id, mac)
+            }
+        };
+        validate_id(id)?;
+        if let Some(m) = mac {
+            validate_mac("MAC address", m)?;
+        }
+        ids.push(id.as_str());
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w.first() == w.get(1)) {
+        return Err(Error::DuplicateId(
+            w.first().copied().unwrap_or_default().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The argv (without the program) that starts `cfg` with its run files in
+/// `files`.
+pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, Error> {
+    validate(cfg)?;
+    let qmp = validate_path("QMP socket", &files.qmp)?;
+    let pidfile = validate_path("pid file", &files.pidfile)?;
+    let console = validate_path("console log", &files.console)?;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_string()));
+    push(&["-name", &format!("guest={},debug-threads=on", cfg.name)]);
+    push(&["-uuid", &cfg.uuid]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-machine", "q35"]);
+    match cfg.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg"]),
+    }
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    push(&["-m", &format!("{}M", cfg.memory.bytes() >> 20)]);
+    push(&["-smp", &cfg.cpus.to_string()]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", opt_path(&qmp)),
+    ]);
+    push(&["-pidfile", &pidfile]);
+    push(&[
+        "-chardev",
+        &format!("file,id=serial0,path={}", opt_path(&console)),
+    ]);
+    push(&["-serial", "chardev:serial0"]);
+    push(&["-msg", "timestamp=on"]);
+    match &cfg.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            push(&["-kernel", &validate_path("kernel", kernel)?]);
+            if let Some(i) = initrd {
+                push(&["-initrd", &validate_path("initrd", i)?]);
+            }
+            push(&["-append", cmdline]);
+        }
+        Boot::Disk => {}
+    }
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let (node, dev) = disk_ids(&d.id);
+        let path = validate_path("disk", &d.path)?;
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver={},node-name={node},read-only={},file.driver=file,file.filename={}",
+                d.format.driver(),
+                if d.read_only { "on" } else { "off" },
+                opt_path(&path)
+            ),
+        ]);
+        let boot = if i == 0 && matches!(cfg.boot, Boot::Disk) {
+            ",bootindex=0"
+        } else {
+            ""
+        };
+        push(&[
+            "-device",
+            &format!("virtio-blk-pci,id={dev},drive={node}{boot}"),
+        ]);
+    }
+    let mut taps = 0;
+    for n in &cfg.nics {
+        let (id, mac, netdev) = match n {
+            Nic::User { id, mac, forwards } => {
+                let fwd: String = forwards
+                    .iter()
+                    .map(|(h, g)| format!(",hostfwd=tcp::{h}-:{g}"))
+                    .collect();
+                (id, mac, format!("user,id=net-{id}{fwd}"))
+            }
+            Nic::Tap { id, mac, .. } => {
+                let fd = tap_fd(taps);
+                taps += 1;
+                (id, mac, format!("tap,id=net-{id},fd={fd}"))
+            }
+        };
+        push(&["-netdev", &netdev]);
+        // No option ROM: direct kernel boot does not need iPXE, and QEMU
+        // then opens no extra file.
+        let mac = mac
+            .as_ref()
+            .map(|m| format!(",mac={m}"))
+            .unwrap_or_default();
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,id=nic-{id},netdev=net-{id},romfile={mac}"),
+        ]);
+    }
+    for n in 0..cfg.hotplug_ports {
+        let chassis = u32::from(n) + 1;
+        push(&[
+            "-device",
+            &format!(
+                "pcie-root-port,id={},chassis={chassis},bus=pcie.0",
+                hotplug_port(n)
+            ),
+        ]);
+    }
+    Ok(a.into_iter().map(OsString::from).collect())
+}
+
+#[cfg(test)]
+mod tests;
