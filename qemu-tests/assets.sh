@@ -26,9 +26,12 @@ trap 'rm -rf "$work"' EXIT
 
 # linux-image-cloud-amd64 is a metapackage: the kernel is in the package it depends on.
 if [ ! -d "$cache/kernel" ]; then
-    real=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1)
+    resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1; }
+    real=$(resolve)
+    # A machine whose packages were installed long ago may have no lists.
+    [ -n "$real" ] || { apt-get update -q >/dev/null 2>&1 || true; real=$(resolve); }
     [ -n "$real" ] || { echo "assets: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
-    (cd "$work" && apt-get download "$real" >/dev/null)
+    (cd "$work" && apt-get download "$real" >/dev/null 2>&1)
     dpkg-deb -x "$work"/linux-image-*.deb "$work/kernel"
     rm -f "$work"/linux-image-*.deb
     mv "$work/kernel" "$cache/kernel"

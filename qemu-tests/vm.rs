@@ -2,7 +2,8 @@
 //! guest marker → isolation checks → disk hotplug → re-adoption → graceful
 //! stop, plus the failure cases. The guest assets come from
 //! `qemu-tests/assets.sh`; without them every test prints why and skips
-//! (qemu-tests/test_guests.sh builds them first and then requires them).
+//! (`make test` builds them first and sets KVMBOX_REQUIRE_GUESTS, so there
+//! a missing asset is a failure).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
