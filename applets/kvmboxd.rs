@@ -30,6 +30,9 @@ struct Args {
     /// wheel that exists; unprivileged: your primary group)
     #[argh(option)]
     group: Option<String>,
+    /// listen with TLS on this IP:PORT too (overrides core.https_address)
+    #[argh(option)]
+    https: Option<std::net::SocketAddr>,
     /// error, warn, info (default) or debug
     #[argh(option, default = "LogLevel::Info")]
     log_level: LogLevel,
@@ -61,6 +64,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     let mut opts = DaemonOptions::new(state_dir);
     opts.socket = args.socket;
     opts.group = args.group;
+    opts.https = args.https;
     opts.timeout = Duration::from_secs(args.timeout);
     opts.max_connections = args.max_connections.max(1);
     cli::report(NAME, kvmbox::run_daemon(opts))
