@@ -169,7 +169,8 @@ pub(super) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
         Ok(b) => b,
         Err(e) => return error(400, &format!("invalid JSON body: {e}")),
     };
-    if body.kind.as_deref().is_some_and(|k| k != "client") {
+    // lxc 5.0 sends `"type": ""` with a token: the default, a client.
+    if body.kind.as_deref().is_some_and(|k| !k.is_empty() && k != "client") {
         return error(400, "only client certificates can be added");
     }
     let projects = body.projects.clone().unwrap_or_default();
