@@ -1,0 +1,44 @@
+# Scripted provisioning as in an initramfs: a client with an empty
+# environment (no HOME, no XDG_RUNTIME_DIR, no KVMBOX_*), a uid with no
+# passwd entry and no terminal adds a remote by --fingerprint and --token,
+# lists it, and fails cleanly with a wrong fingerprint. Needs root (setpriv).
+. "$TESTLIB"
+[ "$(id -u)" -eq 0 ] || { echo "needs root: skipped"; exit 0; }
+command -v setpriv >/dev/null || { echo "setpriv not installed: skipped"; exit 0; }
+
+uid=$(( 40000 + $$ % 20000 ))
+while getent passwd $uid >/dev/null; do uid=$((uid + 1)); done
+conf=/tmp/kvmbox-client-$uid
+rm -rf "$conf"
+export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
+mkdir -p bin; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
+port=$(( 20000 + ($$ * 13) % 30000 ))
+bin/kvmboxd --group root --https "127.0.0.1:$port" 2>daemon.log &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -rf "$conf"' EXIT
+i=0; until grep -q "listening on https://127.0.0.1:$port" daemon.log 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 200 ] || fail "daemon did not start: $(cat daemon.log)"; sleep 0.05; done
+fp=$(bin/kvmbox info --format json | sed -n 's/.*"certificate_fingerprint": "\([0-9a-f]*\)".*/\1/p')
+[ ${#fp} -eq 64 ] || fail "no server fingerprint"
+token=$(bin/kvmbox config trust add --name initramfs --role operator 2>/dev/null)
+chmod 755 "$PWD" bin
+# guest CMD…: as the passwd-less uid, with nothing in the environment and
+# stdin not a terminal.
+guest() { env -i setpriv --reuid $uid --regid $uid --clear-groups -- "$PWD/bin/kvmbox" "$@" </dev/null; }
+wrong=$(echo "$fp" | tr 0-9a-f 1-9a-f0)
+expect_fail guest remote add host "127.0.0.1:$port" --fingerprint "$wrong"
+contains "$ERR" "not the expected"
+one_line "$ERR"
+expect_fail guest remote add host "127.0.0.1:$port" --fingerprint "$wrong" --token "$token"
+contains "$ERR" "different server certificates"
+[ ! -e "$conf/config.json" ] || fail "a refused remote was saved"
+guest remote add host "127.0.0.1:$port" --fingerprint "$fp" --token "$token" >out.txt 2>&1 || fail "remote add: $(cat out.txt)"
+[ "$(guest list host: --format json)" = "[]" ] || fail "list host: as the guest"
+[ "$(stat -c %u:%a "$conf")" = "$uid:700" ] || fail "config dir $(stat -c %u:%a "$conf")"
+[ -s "$conf/servercerts/host.crt" ] || fail "server certificate not pinned"
+contains "$(bin/kvmbox config trust list --format csv)" "initramfs,client,operator"
+# The token was spent: a second guest key pair cannot reuse it.
+rm -rf "$conf"
+expect_fail guest remote add host "127.0.0.1:$port" --fingerprint "$fp" --token "$token"
+contains "$ERR" "not authorized"
+kill -TERM $pid; wait $pid || fail "kvmboxd exited non-zero"
