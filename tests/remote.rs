@@ -476,3 +476,94 @@ fn a_changed_server_certificate_is_refused_naming_both_fingerprints() {
         .fails()
         .stderr_contains("no remote named");
 }
+
+#[test]
+fn trust_add_a_file_then_edit_and_remove_it_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), free_port());
+    let _ = s.admin(); // the admin's key pair is made before the CLI runs
+    let cli = |args: &[&str]| {
+        applet("kvmbox")
+            .env("KVMBOX_CONF", tmp.path().join("admin-conf"))
+            .env("KVMBOX_SOCKET", &s.daemon.socket)
+            .env_remove("HOME")
+            .args(args)
+    };
+    // A key pair made elsewhere (kvmbox-cert), trusted by file.
+    let alice = tmp.path().join("alice");
+    std::fs::create_dir(&alice).unwrap();
+    applet("kvmbox-cert")
+        .args(["gen", "--curve", "p384", "--cn", "alice", "--key"])
+        .arg(alice.join("client.key"))
+        .arg("--cert")
+        .arg(alice.join("client.crt"))
+        .succeeds();
+    let pem = alice.join("client.crt");
+    let pem = pem.to_str().unwrap();
+    cli(&[
+        "config",
+        "trust",
+        "add",
+        pem,
+        "--name",
+        "alice",
+        "--role",
+        "auditor",
+        "--projects",
+        "p1,p2",
+    ])
+    .succeeds();
+    cli(&["config", "trust", "add", pem])
+        .fails()
+        .stderr_contains("already trusted");
+    cli(&["config", "trust", "add", "/nonexistent.pem"])
+        .fails()
+        .stderr_contains("cannot read");
+    cli(&["config", "trust", "list", "--format", "csv"])
+        .succeeds()
+        .stdout_contains("alice,client,auditor,\"p1,p2\"");
+    let mut a = s.client("alice");
+    assert_eq!(
+        status(&mut a, "GET", "/1.0/instances?project=p2", None),
+        200
+    );
+    assert_eq!(status(&mut a, "GET", "/1.0/instances", None), 403);
+    let fp = a.call("GET", "/1.0", None).unwrap();
+    assert_eq!(fp["auth_role"], "auditor");
+    let fp = applet("kvmbox-cert")
+        .arg("fingerprint")
+        .arg(pem)
+        .succeeds()
+        .stdout();
+    let fp = fp.trim();
+    cli(&[
+        "config",
+        "trust",
+        "edit",
+        &fp[..10],
+        "--role",
+        "user",
+        "--projects",
+        "",
+    ])
+    .succeeds();
+    cli(&["config", "trust", "list", "--format", "csv"])
+        .succeeds()
+        .stdout_contains("alice,client,user,all");
+    assert_eq!(
+        status(&mut a, "PUT", "/1.0/instances/x/state", Some(json!({}))),
+        404
+    );
+    cli(&["config", "trust", "edit", fp, "--role", "root"])
+        .fails()
+        .code_is(2);
+    cli(&["config", "trust", "remove", &fp[..10]]).succeeds();
+    assert_eq!(status(&mut a, "GET", "/1.0/instances", None), 403);
+    // The token the CLI prints is LXD's join-token shape.
+    let token = cli(&["config", "trust", "add", "--name", "bob", "--role", "user"])
+        .succeeds()
+        .stdout();
+    let t = kvmbox::JoinToken::decode(token.trim()).unwrap();
+    assert_eq!((t.client_name.as_str(), t.addresses.len()), ("bob", 1));
+    cli(&["config", "trust", "add"]).fails().code_is(2);
+}

@@ -170,7 +170,11 @@ pub(super) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
         Err(e) => return error(400, &format!("invalid JSON body: {e}")),
     };
     // lxc 5.0 sends `"type": ""` with a token: the default, a client.
-    if body.kind.as_deref().is_some_and(|k| !k.is_empty() && k != "client") {
+    if body
+        .kind
+        .as_deref()
+        .is_some_and(|k| !k.is_empty() && k != "client")
+    {
         return error(400, "only client certificates can be added");
     }
     let projects = body.projects.clone().unwrap_or_default();
