@@ -90,6 +90,8 @@ pub enum Error {
     Listen(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Tokens(#[from] crate::tokens::Error),
+    #[error("cannot listen on {0}")]
+    ListenTcp(std::net::SocketAddr, #[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
 }
@@ -522,6 +524,15 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
             .map_err(Error::Signals)?;
+    // `--https` is bound before anything else is: a bad address stops the
+    // daemon before it has touched the socket.
+    let pinned = match opts.https {
+        Some(addr) => Some(
+            smol::block_on(smol::net::TcpListener::bind(addr))
+                .map_err(|e| Error::ListenTcp(addr, e))?,
+        ),
+        None => None,
+    };
     let listener = bind(&socket)?;
     if let Err(e) = secure_socket(&socket, gid, &group, open) {
         let _ = std::fs::remove_file(&socket);
@@ -536,6 +547,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         remote_tls,
         opts.clone(),
         slots.clone(),
+        pinned,
     ))
     .detach();
     let serve = {

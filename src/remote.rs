@@ -23,12 +23,16 @@ use crate::log::log;
 use crate::pki::Cert;
 
 /// Keeps a listener on the configured address, rebinding when it changes.
+/// `pinned` is the listener for `--https`, bound before start-up went on
+/// so that a bad address stops the daemon; a bad `core.https_address` is
+/// only logged, since the API call that set it has already succeeded.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
     tls: TlsAcceptor,
     opts: DaemonOptions,
     slots: Arc<Semaphore>,
+    mut pinned: Option<TcpListener>,
 ) {
     let mut current: Option<(SocketAddr, smol::Task<()>)> = None;
     loop {
@@ -40,7 +44,11 @@ pub(crate) async fn supervise(
                 shared.set_https_address(None);
             }
             if let Some(addr) = want {
-                match TcpListener::bind(addr).await {
+                let bound = match pinned.take() {
+                    Some(l) => Ok(l),
+                    None => TcpListener::bind(addr).await,
+                };
+                match bound {
                     Ok(listener) => {
                         let bound = listener.local_addr().unwrap_or(addr);
                         log!(Info, "listening on https://{bound}");

@@ -42,3 +42,15 @@ rm -rf "$conf"
 expect_fail guest remote add host "127.0.0.1:$port" --fingerprint "$fp" --token "$token"
 contains "$ERR" "not authorized"
 kill -TERM $pid; wait $pid || fail "kvmboxd exited non-zero"
+
+# --https names exactly one address: one already in use stops the daemon.
+busy=$((port + 1))
+# Another kvmboxd holds the port.
+mkdir -m 711 state2
+bin/kvmboxd --group root --state-dir state2 --https "127.0.0.1:$busy" 2>holder.log &
+hold=$!
+i=0; until grep -q "listening on https" holder.log 2>/dev/null; do i=$((i + 1)); [ $i -lt 200 ] || fail "holder did not start"; sleep 0.05; done
+if bin/kvmboxd --group root --https "127.0.0.1:$busy" 2>err.txt; then fail "started on a busy address"; fi
+contains "$(cat err.txt)" "cannot listen on 127.0.0.1:$busy"
+one_line "$(cat err.txt)"
+kill $hold
