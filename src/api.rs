@@ -452,9 +452,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::CertificateAdd => certificates::add(shared, id, req).await,
         Route::Certificate => certificates::get(shared, param),
         Route::CertificateDelete => certificates::delete(shared, id, param),
-        Route::CertificateUpdate => {
-            certificates::update(shared, id, param, req, req.method == "PUT")
-        }
+        Route::CertificateUpdate => certificates::update(shared, id, param, req),
         Route::Instances => match filter::Filter::parse(req.query_param("filter").unwrap_or("")) {
             // No instances exist on this server yet; the filter is still
             // checked so that a bad one is an error, as LXD makes it.

@@ -567,3 +567,52 @@ fn trust_add_a_file_then_edit_and_remove_it_from_the_command_line() {
     assert_eq!((t.client_name.as_str(), t.addresses.len()), ("bob", 1));
     cli(&["config", "trust", "add"]).fails().code_is(2);
 }
+
+#[test]
+fn hostile_input_over_tcp_is_refused_and_the_daemon_keeps_serving() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), free_port());
+    // Plain HTTP on the TLS port: the handshake fails, the connection closes.
+    let mut raw = std::net::TcpStream::connect(&s.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"GET /1.0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = raw.read_to_end(&mut buf);
+    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
+    // Oversized head, then a body larger than allowed, from an untrusted client.
+    let mut c = s.client("hostile");
+    let big = format!("GET /1.0 HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(32 * 1024));
+    c.raw().write_all(big.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    c.raw().read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 431");
+    // A body over the limit: 413, or the connection cut while sending it;
+    // never an answer to the request.
+    let mut c = s.client("hostile2");
+    let body = json!({"password": "x".repeat(5 << 20)});
+    let res = c.request("POST", "/1.0/certificates", Some(&body));
+    assert!(matches!(res, Ok((413, _)) | Err(_)), "{res:?}");
+    // Malformed JSON and wrong types in a self-add: 400, nothing trusted.
+    let mut c = s.client("hostile3");
+    for body in [
+        json!({"password": 5}),
+        json!({"projects": "all"}),
+        json!({"type": "metrics"}),
+    ] {
+        assert_eq!(
+            c.request("POST", "/1.0/certificates", Some(&body))
+                .unwrap()
+                .0,
+            400,
+            "{body}"
+        );
+    }
+    assert!(s.daemon.alive());
+    assert_eq!(s.client("after").call("GET", "/", None).unwrap()[0], "/1.0");
+    assert_eq!(
+        s.admin().call("GET", "/1.0/certificates", None).unwrap(),
+        json!([])
+    );
+}

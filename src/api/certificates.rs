@@ -97,13 +97,9 @@ struct CertificatePut {
     restricted: Option<bool>,
 }
 
-pub(super) fn update(
-    shared: &Arc<Shared>,
-    id: &Identity,
-    fp: &str,
-    req: &Request,
-    _replace: bool,
-) -> Response {
+/// PUT and PATCH alike: LXD's `lxc config trust edit` sends the whole
+/// entry, and anything left out is kept rather than reset.
+pub(super) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Request) -> Response {
     let body: CertificatePut = match serde_json::from_slice(&req.body) {
         Ok(b) => b,
         Err(e) => return error(400, &format!("invalid JSON body: {e}")),
