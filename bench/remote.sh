@@ -6,18 +6,25 @@
 # reconnects each time, with TLS session reuse where it can).
 . "$BENCHLIB"
 command -v openssl >/dev/null && command -v curl >/dev/null || { echo "| remote | skipped: no openssl or curl | | |"; exit 0; }
-p1=$(( 20000 + ($$ * 17) % 20000 )); p2=$((p1 + 1))
 mkdir -p state bin; chmod 711 state; ln -sf "$K" bin/kvmboxd
 group_args=""; [ "$(id -u)" -ne 0 ] || group_args="--group root"
-bin/kvmboxd --state-dir state $group_args --https "127.0.0.1:$p1" --log-level error 2>daemon.log &
+bin/kvmboxd --state-dir state $group_args --https 127.0.0.1:0 2>daemon.log &
 kpid=$!
-i=0; until [ -s state/server.crt ] && curl -sk "https://127.0.0.1:$p1/" >/dev/null 2>&1; do
+i=0; until grep -q "listening on https://" daemon.log; do
     i=$((i + 1)); [ $i -lt 200 ] || { echo "| remote | kvmboxd did not start | | |"; kill $kpid; exit 0; }; sleep 0.05; done
-openssl s_server -accept "127.0.0.1:$p2" -cert state/server.crt -key state/server.key -www -quiet >/dev/null 2>&1 &
-spid=$!
+p1=$(sed -n 's|.*listening on https://[^ ]*:\([0-9][0-9]*\)$|\1|p' daemon.log)
+# s_server cannot listen on port 0 and say which it got: try a few ports
+# next to kvmboxd's until one is free.
+spid=""
 trap 'kill $kpid $spid 2>/dev/null || true' EXIT
-i=0; until curl -sk "https://127.0.0.1:$p2/" >/dev/null 2>&1; do
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "| remote | s_server did not start | | |"; exit 0; }; sleep 0.05; done
+for p2 in $((p1 + 1)) $((p1 + 2)) $((p1 + 3)) $((p1 + 4)) $((p1 + 5)); do
+    openssl s_server -accept "127.0.0.1:$p2" -cert state/server.crt -key state/server.key -www -quiet >/dev/null 2>&1 &
+    spid=$!
+    i=0; until curl -sk "https://127.0.0.1:$p2/" >/dev/null 2>&1 || ! kill -0 $spid 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 100 ] || break; sleep 0.05; done
+    kill -0 $spid 2>/dev/null && break
+done
+kill -0 $spid 2>/dev/null || { echo "| remote | s_server did not start | | |"; exit 0; }
 
 # handshakes PORT: full handshakes per second over 5 s.
 handshakes() {

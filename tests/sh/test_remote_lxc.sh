@@ -16,10 +16,9 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 i=0; while [ ! -S state/unix.socket ]; do i=$((i + 1)); [ $i -lt 200 ] || fail "no socket: $(cat daemon.log)"; sleep 0.05; done
 
-# The address is set live, through the API, on a port chosen at random.
-port=$(( 20000 + ($$ * 7) % 30000 ))
-applet kvmbox config set core.https_address "127.0.0.1:$port"
-i=0; until grep -q "listening on https://127.0.0.1:$port" daemon.log; do i=$((i + 1)); [ $i -lt 100 ] || fail "no TCP listener: $(cat daemon.log)"; sleep 0.05; done
+# The address is set live, through the API; port 0 lets the kernel pick.
+applet kvmbox config set core.https_address 127.0.0.1:0
+port=$(https_port daemon.log)
 applet kvmbox config set core.trust_password lxc-interop-pw
 [ "$(applet kvmbox config get core.trust_password)" = true ] || fail "trust password readable"
 url="https://127.0.0.1:$port"

@@ -12,12 +12,10 @@ conf=/tmp/kvmbox-client-$uid
 rm -rf "$conf"
 export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
 mkdir -p bin; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
-port=$(( 20000 + ($$ * 13) % 30000 ))
-bin/kvmboxd --group root --https "127.0.0.1:$port" 2>daemon.log &
+bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$conf"' EXIT
-i=0; until grep -q "listening on https://127.0.0.1:$port" daemon.log 2>/dev/null; do
-    i=$((i + 1)); [ $i -lt 200 ] || fail "daemon did not start: $(cat daemon.log)"; sleep 0.05; done
+port=$(https_port daemon.log)
 fp=$(bin/kvmbox info --format json | sed -n 's/.*"certificate_fingerprint": "\([0-9a-f]*\)".*/\1/p')
 [ ${#fp} -eq 64 ] || fail "no server fingerprint"
 token=$(bin/kvmbox config trust add --name initramfs --role operator 2>/dev/null)
@@ -44,12 +42,11 @@ contains "$ERR" "not authorized"
 kill -TERM $pid; wait $pid || fail "kvmboxd exited non-zero"
 
 # --https names exactly one address: one already in use stops the daemon.
-busy=$((port + 1))
 # Another kvmboxd holds the port.
 mkdir -m 711 state2
-bin/kvmboxd --group root --state-dir state2 --https "127.0.0.1:$busy" 2>holder.log &
+bin/kvmboxd --group root --state-dir state2 --https 127.0.0.1:0 2>holder.log &
 hold=$!
-i=0; until grep -q "listening on https" holder.log 2>/dev/null; do i=$((i + 1)); [ $i -lt 200 ] || fail "holder did not start"; sleep 0.05; done
+busy=$(https_port holder.log)
 if bin/kvmboxd --group root --https "127.0.0.1:$busy" 2>err.txt; then fail "started on a busy address"; fi
 contains "$(cat err.txt)" "cannot listen on 127.0.0.1:$busy"
 one_line "$(cat err.txt)"

@@ -27,15 +27,15 @@ client good ca
 client foreign other
 client revoked ca
 
-port=$(( 20000 + ($$ * 11) % 30000 ))
+port=0
 group_args=""
 [ "$(id -u)" -ne 0 ] || group_args="--group root"
 mkdir -p bin; ln -sf "$K" bin/kvmboxd
+# start: the first time on a port the kernel picks, then on the same one.
 start() {
     bin/kvmboxd $group_args --https "127.0.0.1:$port" 2>>daemon.log &
     pid=$!
-    i=0; until grep -q "listening on https://127.0.0.1:$port" daemon.log 2>/dev/null; do
-        i=$((i + 1)); [ $i -lt 200 ] || fail "daemon did not start: $(cat daemon.log)"; sleep 0.05; done
+    port=$(https_port daemon.log)
 }
 stop() { kill -TERM $pid; wait $pid || fail "kvmboxd exited non-zero"; pid=""; : >daemon.log; }
 pid=""
