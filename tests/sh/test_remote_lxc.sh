@@ -57,6 +57,19 @@ out=$(timeout 30 lxc list kb: --format csv) || fail "lxc list: $out"
 fp=$(openssl x509 -in lxc/client.crt -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f)
 contains "$(openssl x509 -in lxc/client.crt -noout -text)" "ecdsa-with-SHA384"
 contains "$(applet kvmbox config trust list --format json)" "\"$fp\""
+# lxc info shows the server; lxc manages the trust store (it sends base64 DER).
+srv_fp=$(applet kvmbox info --format json | sed -n 's/.*"certificate_fingerprint": "\([0-9a-f]*\)".*/\1/p')
+contains "$(timeout 30 lxc info kb:)" "certificate_fingerprint: $srv_fp"
+applet kvmbox-cert gen --key x.key --cert x.crt --cn from-lxc >/dev/null
+timeout 30 lxc config trust add kb: x.crt || fail "lxc config trust add"
+xfp=$(applet kvmbox-cert fingerprint x.crt)
+contains "$(applet kvmbox config trust list --format json)" "\"$xfp\""
+timeout 30 lxc config trust remove "kb:$xfp" || fail "lxc config trust remove"
+case "$(applet kvmbox config trust list --format json)" in *"$xfp"*) fail "lxc trust remove did nothing" ;; esac
+# No instances exist on this branch of the daemon: lxc is told so, cleanly.
+expect_fail timeout 30 lxc start kb:vm1
+contains "$ERR" "instance not found"
+
 # kvmbox shows lxc in its trust store; removing it locks lxc out at once.
 applet kvmbox config trust remove "$(echo "$fp" | cut -c1-12)" >/dev/null
 expect_fail timeout 30 lxc list kb:
