@@ -446,6 +446,22 @@ fn a_changed_server_certificate_is_refused_naming_both_fingerprints() {
         .as_str()
         .unwrap()
         .to_string();
+    // Revoked: every call says so, with the way back.
+    let fp = applet("kvmbox-cert")
+        .arg("fingerprint")
+        .arg(conf.join("client.crt"))
+        .succeeds()
+        .stdout();
+    s.admin()
+        .call("DELETE", &format!("/1.0/certificates/{}", fp.trim()), None)
+        .unwrap();
+    kvmbox(&["list", "edge:"])
+        .fails()
+        .stderr_contains("not authorized")
+        .stderr_contains("kvmbox remote add");
+    kvmbox(&["info", "edge:"])
+        .fails()
+        .stderr_contains("not authorized");
     // The server is "reinstalled": new key pair, same address.
     s.daemon.stop();
     std::fs::remove_file(s.daemon.state.join("server.crt")).unwrap();

@@ -39,6 +39,23 @@ contains "$(bin/kvmbox config trust list --format csv)" "initramfs,client,operat
 rm -rf "$conf"
 expect_fail guest remote add host "127.0.0.1:$port" --fingerprint "$fp" --token "$token"
 contains "$ERR" "not authorized"
+
+# With a terminal (script(1) gives one): the fingerprint is shown and asked
+# about, the password is read without echo; "n" refuses the server.
+if command -v script >/dev/null; then
+    bin/kvmbox config set core.trust_password tty-secret
+    (sleep 1; printf 'y\n'; sleep 1; printf 'tty-secret\n'; sleep 1) |
+        KVMBOX_CONF=$PWD/tty script -qec "$PWD/bin/kvmbox remote add t 127.0.0.1:$port" /dev/null >tty.txt 2>&1 ||
+        fail "remote add on a terminal: $(cat tty.txt)"
+    contains "$(cat tty.txt)" "Certificate fingerprint: $fp"
+    contains "$(cat tty.txt)" "Remote t added"
+    case "$(cat tty.txt)" in *tty-secret*) fail "the password was echoed" ;; esac
+    (sleep 1; printf 'n\n'; sleep 1) |
+        KVMBOX_CONF=$PWD/tty2 script -qec "$PWD/bin/kvmbox remote add t 127.0.0.1:$port" /dev/null >tty.txt 2>&1 &&
+        fail "a refused fingerprint was accepted"
+    contains "$(cat tty.txt)" "not accepted"
+    [ ! -e tty2/config.json ] || fail "a refused remote was saved"
+fi
 kill -TERM $pid; wait $pid || fail "kvmboxd exited non-zero"
 
 # --https names exactly one address: one already in use stops the daemon.
