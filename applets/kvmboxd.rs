@@ -1,7 +1,10 @@
 //! `kvmboxd`: the kvmbox daemon. Serves LXD's `/1.0` REST API
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>) over TLS
 //! inside a Unix socket, with Multipass's local authentication
-//! (<https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>).
+//! (<https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>),
+//! and over TCP on `core.https_address` or `--https` with LXD's trust model
+//! (<https://documentation.ubuntu.com/lxd/en/latest/authentication/>; PKI
+//! mode when `server.ca` is in the state directory at start).
 //! Runs in the foreground; SIGTERM or SIGINT stop it cleanly.
 
 use std::path::PathBuf;
