@@ -24,6 +24,8 @@ pub enum Error {
     ConfDir(PathBuf, #[source] io::Error),
     #[error("{0} is not usable")]
     BadIdentity(PathBuf, #[source] crate::pki::Error),
+    #[error("{0} is not usable: {1}")]
+    BadConfig(PathBuf, String),
     #[error("cannot create the client certificate")]
     Identity(#[source] crate::pki::Error),
     #[error(transparent)]

@@ -40,7 +40,7 @@ pub struct Remotes {
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::ConfDir(path.to_path_buf(), io::Error::other(e.to_string()))
+    Error::BadConfig(path.to_path_buf(), e.to_string())
 }
 
 /// Remote names: what LXD allows, minus anything that could be a path.
