@@ -153,3 +153,20 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Err(e) => cli::fail(NAME, &kvmbox::error_chain(&e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_prefixes() {
+        let s = |a: &str| split_remote(a);
+        assert_eq!(s("edge1:"), (Some("edge1".into()), String::new()));
+        assert_eq!(s("edge1:vm1"), (Some("edge1".into()), "vm1".into()));
+        assert_eq!(s("vm1"), (None, "vm1".into()));
+        assert_eq!(s("./a:b.pem"), (None, "./a:b.pem".into()));
+        assert!(matches!(remote_only(Some("edge1:")), Ok(Some(r)) if r == "edge1"));
+        assert!(remote_only(Some("edge1")).is_err());
+        assert!(remote_only(Some("edge1:vm1")).is_err());
+    }
+}

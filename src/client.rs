@@ -394,3 +394,35 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_as_people_write_them() {
+        let ok = |t: &str| parse_address(t).unwrap();
+        assert_eq!(ok("edge1"), ("edge1:8443".into(), "edge1".into()));
+        assert_eq!(
+            ok("10.0.0.5:9443"),
+            ("10.0.0.5:9443".into(), "10.0.0.5".into())
+        );
+        assert_eq!(ok("https://edge1:1/"), ("edge1:1".into(), "edge1".into()));
+        assert_eq!(ok("[::1]:8443"), ("[::1]:8443".into(), "::1".into()));
+        assert_eq!(ok("[fe80::1]"), ("[fe80::1]:8443".into(), "fe80::1".into()));
+        assert_eq!(ok("::1"), ("[::1]:8443".into(), "::1".into()));
+        for bad in [
+            "",
+            ":8443",
+            "edge1:",
+            "edge1:99999",
+            "a/b",
+            "u@h",
+            "[::1",
+            "[::1]x",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}
