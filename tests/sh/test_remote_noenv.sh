@@ -14,7 +14,8 @@ export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
 mkdir -p bin; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
 bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$conf"' EXIT
+hold=""
+trap 'kill $pid $hold 2>/dev/null || true; rm -rf "$conf"' EXIT
 port=$(https_port daemon.log)
 fp=$(bin/kvmbox info --format json | sed -n 's/.*"certificate_fingerprint": "\([0-9a-f]*\)".*/\1/p')
 [ ${#fp} -eq 64 ] || fail "no server fingerprint"
