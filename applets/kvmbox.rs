@@ -1,11 +1,14 @@
 //! `kvmbox`: the client. Talks to kvmboxd's LXD-style REST API
-//! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>) over TLS
-//! inside the daemon's Unix socket, presenting its own certificate
-//! (Multipass's model: <https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>).
+//! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>) over TLS,
+//! presenting its own certificate: inside the daemon's Unix socket
+//! (Multipass's model: <https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>)
+//! or over TCP to a remote added with `kvmbox remote add` (LXD's model).
 //!
-//! Its key pair lives in `$KVMBOX_CONF`, else `$HOME/.config/kvmbox`, else
-//! `$XDG_RUNTIME_DIR/kvmbox`, else `/run/kvmbox-client-<uid>`; it is made on
-//! first use. Each subcommand lives in `kvmbox/`.
+//! Its key pair and remotes live in `$KVMBOX_CONF`, else
+//! `$HOME/.config/kvmbox`, else `$XDG_RUNTIME_DIR/kvmbox`, else
+//! `/run/kvmbox-client-0` for root and `/tmp/kvmbox-client-<uid>` for
+//! others; the key pair is made on first use. Each subcommand lives in
+//! `kvmbox/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +22,7 @@ mod auth;
 mod config;
 mod info;
 mod output;
+mod remote;
 
 const NAME: &str = "kvmbox";
 
@@ -26,8 +30,12 @@ const NAME: &str = "kvmbox";
 #[derive(FromArgs)]
 #[argh(
     note = "Environment: KVMBOX_SOCKET (the socket), KVMBOX_DIR (the daemon's state directory),
-KVMBOX_CONF (this client's key and certificate; default $HOME/.config/kvmbox,
-else $XDG_RUNTIME_DIR/kvmbox, else /run/kvmbox-client-<uid>).
+KVMBOX_CONF (this client's key, certificate and remotes; default
+$HOME/.config/kvmbox, else $XDG_RUNTIME_DIR/kvmbox, else /run/kvmbox-client-0
+for root and /tmp/kvmbox-client-<uid> for others).
+Commands that target a server take a REMOTE: prefix (`kvmbox list edge1:`);
+without one they use the default remote (`kvmbox remote switch`), at first the
+local socket.
 Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version."
 )]
 struct Args {
@@ -46,6 +54,7 @@ enum Cmd {
     List(info::List),
     Authenticate(auth::Authenticate),
     Config(config::Config),
+    Remote(remote::RemoteCmd),
 }
 
 /// What a subcommand can fail with.
@@ -64,11 +73,61 @@ pub(crate) struct Ctx {
     socket: PathBuf,
 }
 
+/// Splits a `REMOTE:` prefix off `arg` when what precedes the colon names
+/// a remote (`edge1:vm1` → `edge1`, `vm1`; `edge1:` → `edge1`, ``).
+pub(crate) fn split_remote(arg: &str) -> (Option<String>, String) {
+    match arg.split_once(':') {
+        Some((r, rest)) if kvmbox::valid_remote_name(r) => (Some(r.to_string()), rest.to_string()),
+        _ => (None, arg.to_string()),
+    }
+}
+
+/// A positional that may only be `REMOTE:`.
+pub(crate) fn remote_only(arg: Option<&str>) -> Result<Option<String>, Error> {
+    match arg {
+        None => Ok(None),
+        Some(a) => match split_remote(a) {
+            (Some(r), rest) if rest.is_empty() => Ok(Some(r)),
+            _ => Err(Error::Usage(format!("{a:?} is not REMOTE:"))),
+        },
+    }
+}
+
 impl Ctx {
-    /// Loads (or makes) this client's identity and connects.
+    /// Connects to the default remote.
     pub(crate) fn connect(&self) -> Result<Client, Error> {
-        let id = ClientIdentity::load_or_create(&kvmbox::config_dir())?;
-        Ok(Client::connect_unix(&self.socket, &id)?)
+        self.connect_to(None)
+    }
+
+    /// Loads (or makes) this client's identity and connects to `remote`
+    /// (None: the default one; `local`: the Unix socket).
+    pub(crate) fn connect_to(&self, remote: Option<&str>) -> Result<Client, Error> {
+        let dir = kvmbox::config_dir();
+        let id = ClientIdentity::load_or_create(&dir)?;
+        let remotes = kvmbox::Remotes::load(&dir)?;
+        let name = remote.unwrap_or(remotes.default_name());
+        if name == kvmbox::LOCAL_REMOTE {
+            return Ok(Client::connect_unix(&self.socket, &id)?);
+        }
+        let r = remotes
+            .remotes
+            .get(name)
+            .ok_or_else(|| remote::no_such(name))?;
+        let trust = kvmbox::remote_trust(&dir, name, r)?;
+        let (addr, host) = kvmbox::parse_address(&r.addr).map_err(Error::Msg)?;
+        Ok(Client::connect_tcp(&addr, &host, &id, &trust)?.0)
+    }
+
+    /// What to tell a client that `remote` does not trust.
+    pub(crate) fn untrusted_hint(&self, remote: Option<&str>) -> &'static str {
+        let dir = kvmbox::config_dir();
+        let default = kvmbox::Remotes::load(&dir)
+            .map(|r| r.default_name().to_string())
+            .unwrap_or_default();
+        match remote.unwrap_or(&default) {
+            kvmbox::LOCAL_REMOTE => kvmbox::UNTRUSTED_HINT,
+            _ => kvmbox::REMOTE_UNTRUSTED_HINT,
+        }
     }
 }
 
@@ -86,10 +145,28 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Cmd::List(c) => info::list(&ctx, &c),
         Cmd::Authenticate(c) => auth::authenticate(&ctx, &c),
         Cmd::Config(c) => config::config(&ctx, c),
+        Cmd::Remote(c) => remote::remote(&ctx, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Usage(m)) => cli::usage_error(NAME, &m),
         Err(e) => cli::fail(NAME, &kvmbox::error_chain(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_prefixes() {
+        let s = |a: &str| split_remote(a);
+        assert_eq!(s("edge1:"), (Some("edge1".into()), String::new()));
+        assert_eq!(s("edge1:vm1"), (Some("edge1".into()), "vm1".into()));
+        assert_eq!(s("vm1"), (None, "vm1".into()));
+        assert_eq!(s("./a:b.pem"), (None, "./a:b.pem".into()));
+        assert!(matches!(remote_only(Some("edge1:")), Ok(Some(r)) if r == "edge1"));
+        assert!(remote_only(Some("edge1")).is_err());
+        assert!(remote_only(Some("edge1:vm1")).is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! `kvmboxd`: the kvmbox daemon. Serves LXD's `/1.0` REST API
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>) over TLS
 //! inside a Unix socket, with Multipass's local authentication
-//! (<https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>).
+//! (<https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>),
+//! and over TCP on `core.https_address` or `--https` with LXD's trust model
+//! (<https://documentation.ubuntu.com/lxd/en/latest/authentication/>; PKI
+//! mode when `server.ca` is in the state directory at start).
 //! Runs in the foreground; SIGTERM or SIGINT stop it cleanly.
 
 use std::path::PathBuf;
@@ -30,6 +33,9 @@ struct Args {
     /// wheel that exists; unprivileged: your primary group)
     #[argh(option)]
     group: Option<String>,
+    /// listen with TLS on this IP:PORT too (overrides core.https_address)
+    #[argh(option)]
+    https: Option<std::net::SocketAddr>,
     /// error, warn, info (default) or debug
     #[argh(option, default = "LogLevel::Info")]
     log_level: LogLevel,
@@ -61,6 +67,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     let mut opts = DaemonOptions::new(state_dir);
     opts.socket = args.socket;
     opts.group = args.group;
+    opts.https = args.https;
     opts.timeout = Duration::from_secs(args.timeout);
     opts.max_connections = args.max_connections.max(1);
     cli::report(NAME, kvmbox::run_daemon(opts))

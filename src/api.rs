@@ -8,10 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+mod certificates;
+pub(crate) mod filter;
 
 use crate::daemon::Shared;
 use crate::http::{Request, Response};
@@ -24,10 +27,13 @@ use crate::trust::Role;
 #[derive(Clone, Debug)]
 pub(crate) struct Identity {
     pub peer: Peer,
-    /// The TLS client certificate (always present: the handshake requires one).
+    /// The TLS client certificate (always present on the Unix socket, whose
+    /// handshake requires one; optional over TCP).
     pub cert: Option<Cert>,
     /// `None` means untrusted.
     pub role: Option<Role>,
+    /// Projects the role applies to; empty means all.
+    pub projects: Vec<String>,
 }
 
 /// Where the call comes from.
@@ -35,6 +41,8 @@ pub(crate) struct Identity {
 pub(crate) enum Peer {
     /// The Unix socket, with the kernel's view of the caller.
     Local(PeerCred),
+    /// The TCP listener, with the client's address.
+    Remote(std::net::SocketAddr),
 }
 
 impl Identity {
@@ -42,17 +50,23 @@ impl Identity {
     fn limiter_key(&self) -> String {
         match &self.peer {
             Peer::Local(c) => format!("uid:{}", c.uid),
+            Peer::Remote(a) => format!("ip:{}", a.ip()),
+        }
+    }
+
+    /// What an untrusted caller is told: how to become trusted from where it is.
+    fn untrusted_hint(&self) -> &'static str {
+        match &self.peer {
+            Peer::Local(_) => UNTRUSTED_HINT,
+            Peer::Remote(_) => REMOTE_UNTRUSTED_HINT,
         }
     }
 
     fn describe(&self) -> String {
         match &self.peer {
             Peer::Local(c) => format!("uid {} (pid {})", c.uid, c.pid),
+            Peer::Remote(a) => format!("{a}"),
         }
-    }
-
-    fn fingerprint(&self) -> Option<String> {
-        self.cert.as_ref().map(Cert::fingerprint)
     }
 }
 
@@ -75,7 +89,19 @@ enum Route {
     CertificateAdd,
     Certificate,
     CertificateDelete,
+    CertificateUpdate,
     Instances,
+    Instance,
+    InstanceCreate,
+    InstanceUpdate,
+    InstanceDelete,
+    InstanceState,
+    InstanceConsole,
+    Snapshots,
+    SnapshotCreate,
+    Images,
+    ImageAdd,
+    ImageDelete,
     Operations,
     Operation,
     OperationWait,
@@ -112,10 +138,113 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
         Need::Role(Role::Admin),
     ),
     (
+        "PUT",
+        "/1.0/certificates/{}",
+        Route::CertificateUpdate,
+        Need::Role(Role::Admin),
+    ),
+    (
+        "PATCH",
+        "/1.0/certificates/{}",
+        Route::CertificateUpdate,
+        Need::Role(Role::Admin),
+    ),
+    (
         "GET",
         "/1.0/instances",
         Route::Instances,
         Need::Role(Role::Auditor),
+    ),
+    // lxc 5.0 asks for containers: the same instances under LXD's old name.
+    (
+        "GET",
+        "/1.0/containers",
+        Route::Instances,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/instances",
+        Route::InstanceCreate,
+        Need::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}",
+        Route::Instance,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/containers/{}",
+        Route::Instance,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "PUT",
+        "/1.0/instances/{}",
+        Route::InstanceUpdate,
+        Need::Role(Role::Operator),
+    ),
+    (
+        "PATCH",
+        "/1.0/instances/{}",
+        Route::InstanceUpdate,
+        Need::Role(Role::Operator),
+    ),
+    (
+        "DELETE",
+        "/1.0/instances/{}",
+        Route::InstanceDelete,
+        Need::Role(Role::Operator),
+    ),
+    (
+        "PUT",
+        "/1.0/instances/{}/state",
+        Route::InstanceState,
+        Need::Role(Role::User),
+    ),
+    (
+        "PUT",
+        "/1.0/containers/{}/state",
+        Route::InstanceState,
+        Need::Role(Role::User),
+    ),
+    (
+        "POST",
+        "/1.0/instances/{}/console",
+        Route::InstanceConsole,
+        Need::Role(Role::User),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}/snapshots",
+        Route::Snapshots,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/instances/{}/snapshots",
+        Route::SnapshotCreate,
+        Need::Role(Role::User),
+    ),
+    (
+        "GET",
+        "/1.0/images",
+        Route::Images,
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/images",
+        Route::ImageAdd,
+        Need::Role(Role::Operator),
+    ),
+    (
+        "DELETE",
+        "/1.0/images/{}",
+        Route::ImageDelete,
+        Need::Role(Role::Operator),
     ),
     (
         "GET",
@@ -140,6 +269,60 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
 /// What an untrusted client is told, wherever it is refused.
 pub const UNTRUSTED_HINT: &str =
     "not authorized: this client is not trusted; run `kvmbox authenticate` with the local passphrase";
+
+/// What a remote client that is not (or no longer) trusted is told.
+pub const REMOTE_UNTRUSTED_HINT: &str = "not authorized: this client is not trusted by the \
+     server (its certificate was never added, or was removed); ask an administrator for a \
+     token (`kvmbox config trust add --name NAME`) and run `kvmbox remote add` again";
+
+/// Whether a route acts inside a project (`?project=`, default `default`);
+/// the others act on the whole server.
+fn project_scoped(path: &str) -> bool {
+    [
+        "/1.0/instances",
+        "/1.0/containers",
+        "/1.0/images",
+        "/1.0/operations",
+    ]
+    .iter()
+    .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+/// Checks `id` against what the route needs: the role, then the project
+/// for project routes, and for server-wide changes an unrestricted
+/// certificate (a client limited to some projects must not reconfigure the
+/// server or the trust store they all share).
+fn authorize(id: &Identity, need: Need, path: &str, project: &str) -> Result<(), Response> {
+    let Need::Role(min) = need else {
+        return Ok(());
+    };
+    let Some(role) = id.role else {
+        return Err(error(403, id.untrusted_hint()));
+    };
+    if role < min {
+        return Err(error(
+            403,
+            &format!("not authorized: this needs the {min:?} role").to_lowercase(),
+        ));
+    }
+    if id.projects.is_empty() {
+        return Ok(());
+    }
+    if project_scoped(path) {
+        if !id.projects.iter().any(|p| p == project) {
+            return Err(error(
+                403,
+                &format!("not authorized: this certificate is restricted to other projects than {project:?}"),
+            ));
+        }
+    } else if min > Role::Auditor {
+        return Err(error(
+            403,
+            "not authorized: a certificate restricted to projects cannot change the server",
+        ));
+    }
+    Ok(())
+}
 
 /// Matches `path` against `pattern`, collecting the `{}` segments.
 fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -251,17 +434,12 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    if let Need::Role(min) = need {
-        match id.role {
-            None => return error(403, UNTRUSTED_HINT),
-            Some(role) if role < min => {
-                return error(
-                    403,
-                    &format!("not authorized: this needs the {min:?} role").to_lowercase(),
-                )
-            }
-            Some(_) => {}
-        }
+    let project = req.query_param("project").unwrap_or("default");
+    if project.is_empty() || !is_param(project) {
+        return error(400, "invalid project name");
+    }
+    if let Err(resp) = authorize(id, need, &req.path, project) {
+        return resp;
     }
     let param = params.first().map(String::as_str).unwrap_or_default();
     let recursion = req.query_param("recursion").is_some_and(|r| r != "0");
@@ -270,14 +448,29 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Server => sync(shared.server_info(id)),
         Route::ServerPut => put_config(shared, req, true).await,
         Route::ServerPatch => put_config(shared, req, false).await,
-        Route::Certificates => certificates(shared, recursion),
-        Route::CertificateAdd => add_certificate(shared, id, req).await,
-        Route::Certificate => match shared.trust().get(param) {
-            Some(e) => sync(entry_json(e)),
-            None => error(404, "certificate not found"),
+        Route::Certificates => certificates::list(shared, recursion),
+        Route::CertificateAdd => certificates::add(shared, id, req).await,
+        Route::Certificate => certificates::get(shared, param),
+        Route::CertificateDelete => certificates::delete(shared, id, param),
+        Route::CertificateUpdate => certificates::update(shared, id, param, req),
+        Route::Instances => match filter::Filter::parse(req.query_param("filter").unwrap_or("")) {
+            // No instances exist on this server yet; the filter is still
+            // checked so that a bad one is an error, as LXD makes it.
+            Ok(f) => sync(f.apply(json!([]))),
+            Err(e) => error(400, &format!("invalid filter: {e}")),
         },
-        Route::CertificateDelete => delete_certificate(shared, id, param),
-        Route::Instances => sync(json!([])),
+        Route::Images => sync(json!([])),
+        Route::Instance
+        | Route::InstanceUpdate
+        | Route::InstanceDelete
+        | Route::InstanceState
+        | Route::InstanceConsole
+        | Route::Snapshots
+        | Route::SnapshotCreate => error(404, "instance not found"),
+        Route::ImageDelete => error(404, "image not found"),
+        Route::InstanceCreate | Route::ImageAdd => {
+            error(501, "creating instances and images is not implemented yet")
+        }
         Route::Operations => sync(json!(shared.ops.by_status())),
         Route::Operation => match shared.ops.get(param) {
             Some(op) => sync(json!(op)),
@@ -329,149 +522,18 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
     match result {
         Ok(()) => {
             log!(Info, "server configuration changed");
+            shared.notify_config();
             sync(json!({}))
         }
         Err(
             e @ (crate::settings::Error::UnknownKey(_)
             | crate::settings::Error::Invalid { .. }
-            | crate::settings::Error::Redacted(_)),
+            | crate::settings::Error::Redacted(_)
+            | crate::settings::Error::BadAddress(_)),
         ) => error(400, &crate::error_chain(&e)),
         Err(e) => {
             log!(Error, "{}", crate::error_chain(&e));
             error(500, "cannot save the configuration")
-        }
-    }
-}
-
-fn certificates(shared: &Arc<Shared>, recursion: bool) -> Response {
-    let trust = shared.trust();
-    if recursion {
-        let list: Vec<Value> = trust.entries().map(entry_json).collect();
-        sync(Value::Array(list))
-    } else {
-        let urls: Vec<String> = trust
-            .entries()
-            .map(|e| format!("/1.0/certificates/{}", e.fingerprint))
-            .collect();
-        sync(json!(urls))
-    }
-}
-
-/// A trust entry as LXD shows it (`restricted` is what `lxc` reads), plus
-/// our role and added time.
-fn entry_json(e: &crate::trust::Entry) -> Value {
-    let mut v = json!(e);
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("restricted".into(), json!(!e.projects.is_empty()));
-    }
-    v
-}
-
-fn delete_certificate(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
-    match shared.trust().remove(fp) {
-        Ok(true) => {
-            log!(
-                Info,
-                "certificate {fp} removed from the trust store by {}",
-                id.describe()
-            );
-            sync(json!({}))
-        }
-        Ok(false) => error(404, "certificate not found"),
-        Err(e) => {
-            log!(Error, "{}", crate::error_chain(&e));
-            error(500, "cannot save the trust store")
-        }
-    }
-}
-
-/// The body of `POST /1.0/certificates` (LXD's `CertificatesPost`).
-#[derive(Deserialize)]
-struct CertificatesPost {
-    #[serde(default)]
-    name: String,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    certificate: String,
-    #[serde(default, alias = "trust_password")]
-    password: String,
-}
-
-/// A client adds its own TLS certificate with the local passphrase.
-async fn add_certificate(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
-    let body: CertificatesPost = match serde_json::from_slice(&req.body) {
-        Ok(b) => b,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
-    };
-    if body.kind.as_deref().is_some_and(|k| k != "client") {
-        return error(400, "only client certificates can be added");
-    }
-    if !body.certificate.is_empty() {
-        return error(
-            501,
-            "adding another client's certificate is not supported yet",
-        );
-    }
-    if body.name.len() > 64 || body.name.chars().any(char::is_control) {
-        return error(400, "the name must be at most 64 printable characters");
-    }
-    let Some(cert) = id.cert.clone() else {
-        return error(400, "no client certificate in this connection");
-    };
-    if id.role.is_some() {
-        return sync(json!({}));
-    }
-    let Some(stored) = shared.settings().passphrase_hash().map(str::to_string) else {
-        return error(
-            403,
-            "not authorized: no local passphrase is set; an administrator sets one with \
-             `kvmbox config set local.passphrase`",
-        );
-    };
-    let key = id.limiter_key();
-    if let Err(wait) = shared.limiter().begin(key.clone(), Instant::now()) {
-        log!(
-            Warn,
-            "authentication attempt from {} refused by the rate limiter",
-            id.describe()
-        );
-        return error(
-            429,
-            &format!(
-                "too many failed attempts: try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        );
-    }
-    let given = body.password;
-    let ok = smol::unblock(move || crate::secret::verify(&given, &stored)).await;
-    shared.limiter().finish(key, ok, Instant::now());
-    if !ok {
-        log!(Warn, "wrong passphrase from {}", id.describe());
-        return error(403, "not authorized: wrong passphrase");
-    }
-    let name = if body.name.is_empty() {
-        match &id.peer {
-            Peer::Local(c) => format!("local-uid-{}", c.uid),
-        }
-    } else {
-        body.name
-    };
-    let role = Role::Admin;
-    match shared.trust().add(&cert, &name, role) {
-        Ok(_) => {
-            log!(
-                Info,
-                "certificate {} of {} trusted by passphrase",
-                id.fingerprint().unwrap_or_default(),
-                id.describe()
-            );
-            sync(json!({}))
-        }
-        Err(e) => {
-            log!(Error, "{}", crate::error_chain(&e));
-            error(500, "cannot save the trust store")
         }
     }
 }
@@ -544,6 +606,8 @@ mod tests {
             0,
             crate::trust::TrustStore::open(&dir.join("trust.json")).unwrap(),
             crate::settings::Settings::open(&dir.join("daemon.json")).unwrap(),
+            crate::tokens::Tokens::open(&dir.join("tokens.json")).unwrap(),
+            false,
         ))
     }
 
@@ -563,6 +627,7 @@ mod tests {
             }),
             cert: None,
             role,
+            projects: Vec::new(),
         };
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let req = Request {

@@ -4,9 +4,11 @@
 //! makes one or two calls and exits. The remote issue reuses it over TCP.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -22,6 +24,8 @@ pub enum Error {
     ConfDir(PathBuf, #[source] io::Error),
     #[error("{0} is not usable")]
     BadIdentity(PathBuf, #[source] crate::pki::Error),
+    #[error("{0} is not usable: {1}")]
+    BadConfig(PathBuf, String),
     #[error("cannot create the client certificate")]
     Identity(#[source] crate::pki::Error),
     #[error(transparent)]
@@ -40,12 +44,37 @@ pub enum Error {
     Api { status: u16, message: String },
     #[error("the daemon sent an invalid response: {0}")]
     Protocol(String),
+    #[error("cannot connect to {addr}")]
+    ConnectTcp {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the certificate of {addr} has changed: pinned {pinned}, presented {presented}; \
+         this may be a man-in-the-middle attack. If the server was reinstalled, check the \
+         new fingerprint with its administrator, then `kvmbox remote remove` and add it again"
+    )]
+    CertChanged {
+        addr: String,
+        pinned: String,
+        presented: String,
+    },
+    #[error("the certificate of {addr} is not signed by the CA in client.ca for that name")]
+    NotCaSigned { addr: String },
+    #[error("TLS handshake with {addr} failed")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Where the client keeps its key and certificate: `$KVMBOX_CONF`, else
 /// `$HOME/.config/kvmbox`, else `$XDG_RUNTIME_DIR/kvmbox`, else
-/// `/run/kvmbox-client-<uid>` (for root on hosts with no HOME and no passwd
-/// entry, as in an initramfs).
+/// `/run/kvmbox-client-0` for root (an initramfs has no HOME and no passwd
+/// entry) and `/tmp/kvmbox-client-<uid>` for other users (who cannot write
+/// /run; the directory must then be theirs, or it is refused).
 pub fn config_dir() -> PathBuf {
     let env = |k: &str| {
         std::env::var_os(k)
@@ -61,7 +90,10 @@ pub fn config_dir() -> PathBuf {
     if let Some(r) = env("XDG_RUNTIME_DIR") {
         return r.join("kvmbox");
     }
-    PathBuf::from(format!("/run/kvmbox-client-{}", crate::sys::euid()))
+    match crate::sys::euid() {
+        0 => PathBuf::from("/run/kvmbox-client-0"),
+        uid => PathBuf::from(format!("/tmp/kvmbox-client-{uid}")),
+    }
 }
 
 /// Prompts on the terminal for a secret, without echo.
@@ -129,7 +161,65 @@ impl ClientIdentity {
     }
 }
 
-type TlsStream = rustls::StreamOwned<rustls::ClientConnection, UnixStream>;
+/// A byte stream TLS runs over: the Unix socket or TCP.
+trait Transport: Read + Write + Send + std::fmt::Debug {}
+impl Transport for UnixStream {}
+impl Transport for TcpStream {}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, Box<dyn Transport>>;
+
+/// How a remote's server certificate is checked.
+#[derive(Clone, Debug)]
+pub enum RemoteTrust {
+    /// First contact: accept any EC certificate and report it, so that the
+    /// caller can show or compare its fingerprint before sending anything.
+    Probe,
+    /// The certificate must have this fingerprint (pinned at `remote add`).
+    Pinned(String),
+    /// PKI mode: the certificate must be issued by one of these CAs for the
+    /// host name or address connected to.
+    Ca(Vec<Cert>),
+}
+
+/// Splits `HOST[:PORT]` (also `https://HOST:PORT`, `[v6]:PORT`) into a
+/// connectable `host:port` and the bare host; the port defaults to 8443.
+pub fn parse_address(text: &str) -> Result<(String, String), String> {
+    let t = text
+        .strip_prefix("https://")
+        .unwrap_or(text)
+        .trim_end_matches('/');
+    let bad = || format!("{text:?} is not HOST[:PORT]");
+    if t.is_empty() || t.contains(['/', '@', ' ']) {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after {
+            "" => (h.to_string(), 8443),
+            p => (
+                h.to_string(),
+                p.strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(bad)?,
+            ),
+        }
+    } else if t.matches(':').count() > 1 {
+        (t.to_string(), 8443) // a bare IPv6 address
+    } else if let Some((h, p)) = t.split_once(':') {
+        (h.to_string(), p.parse::<u16>().map_err(|_| bad())?)
+    } else {
+        (t.to_string(), 8443)
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok((addr, host))
+}
 
 /// One keep-alive connection to the daemon.
 #[derive(Debug)]
@@ -161,11 +251,98 @@ impl Client {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
-        let mut stream = rustls::StreamOwned::new(conn, sock);
+        let mut stream = rustls::StreamOwned::new(conn, Box::new(sock) as Box<dyn Transport>);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
         Ok(Client { stream })
+    }
+
+    /// Connects to a remote daemon over TCP (`addr` as [`parse_address`]
+    /// makes it) and completes the TLS handshake, checking the server as
+    /// `trust` says. Returns the server's certificate too.
+    pub fn connect_tcp(
+        addr: &str,
+        host: &str,
+        id: &ClientIdentity,
+        trust: &RemoteTrust,
+    ) -> Result<(Client, Cert), Error> {
+        use std::net::ToSocketAddrs;
+        let conn_err = |source| Error::ConnectTcp {
+            addr: addr.to_string(),
+            source,
+        };
+        let targets: Vec<_> = addr.to_socket_addrs().map_err(conn_err)?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut sock = None;
+        for t in targets {
+            match TcpStream::connect_timeout(&t, Duration::from_secs(10)) {
+                Ok(s) => {
+                    sock = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let sock = sock.ok_or_else(|| conn_err(last))?;
+        sock.set_read_timeout(Some(Duration::from_secs(3700)))?;
+        sock.set_write_timeout(Some(Duration::from_secs(60)))?;
+        let _ = sock.set_nodelay(true);
+        let seen = Arc::new(Mutex::new(None));
+        let server_trust = match trust {
+            RemoteTrust::Probe => ServerTrust::Probe,
+            RemoteTrust::Pinned(fp) => ServerTrust::Pinned(fp.clone()),
+            RemoteTrust::Ca(ca) => ServerTrust::Ca(ca.clone(), host.to_string()),
+        };
+        let config =
+            crate::tls::remote_client_config(&id.cert, &id.key, server_trust, seen.clone())?;
+        // The name is checked by the verifier (pinning or the CA), not by
+        // rustls; an address that is no DNS name still needs a ServerName.
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .or_else(|_| rustls::pki_types::ServerName::try_from("kvmbox".to_string()))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let conn = rustls::ClientConnection::new(config, name)
+            .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
+        let mut stream = rustls::StreamOwned::new(conn, Box::new(sock) as Box<dyn Transport>);
+        while stream.conn.is_handshaking() {
+            if let Err(source) = stream.conn.complete_io(&mut stream.sock) {
+                let presented: Option<Vec<u8>> = seen.lock().ok().and_then(|g| g.clone());
+                return Err(match (trust, presented) {
+                    (RemoteTrust::Pinned(pinned), Some(der)) => {
+                        let presented = Cert::from_der(&der)
+                            .map(|c| c.fingerprint())
+                            .unwrap_or_default();
+                        if &presented != pinned {
+                            Error::CertChanged {
+                                addr: addr.to_string(),
+                                pinned: pinned.clone(),
+                                presented,
+                            }
+                        } else {
+                            Error::Handshake {
+                                addr: addr.to_string(),
+                                source,
+                            }
+                        }
+                    }
+                    (RemoteTrust::Ca(_), Some(_)) => Error::NotCaSigned {
+                        addr: addr.to_string(),
+                    },
+                    _ => Error::Handshake {
+                        addr: addr.to_string(),
+                        source,
+                    },
+                });
+            }
+        }
+        let der = stream
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or_else(|| Error::Protocol("the server sent no certificate".into()))?;
+        let cert = Cert::from_der(&der).map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok((Client { stream }, cert))
     }
 
     /// The raw TLS stream (tests use it to send what no client would).
@@ -214,6 +391,38 @@ impl Client {
             _ => Err(Error::Protocol(format!(
                 "status {status} without an envelope"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_as_people_write_them() {
+        let ok = |t: &str| parse_address(t).unwrap();
+        assert_eq!(ok("edge1"), ("edge1:8443".into(), "edge1".into()));
+        assert_eq!(
+            ok("10.0.0.5:9443"),
+            ("10.0.0.5:9443".into(), "10.0.0.5".into())
+        );
+        assert_eq!(ok("https://edge1:1/"), ("edge1:1".into(), "edge1".into()));
+        assert_eq!(ok("[::1]:8443"), ("[::1]:8443".into(), "::1".into()));
+        assert_eq!(ok("[fe80::1]"), ("[fe80::1]:8443".into(), "fe80::1".into()));
+        assert_eq!(ok("::1"), ("[::1]:8443".into(), "::1".into()));
+        for bad in [
+            "",
+            ":8443",
+            "edge1:",
+            "edge1:99999",
+            "a/b",
+            "u@h",
+            "[::1",
+            "[::1]x",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::secret::RateLimiter;
 use crate::settings::Settings;
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::{self, PeerCred};
+use crate::tokens::Tokens;
 use crate::trust::{Role, TrustStore};
 
 /// Groups tried, in order, when no admin group is given (SPEC M2).
@@ -43,6 +44,8 @@ pub struct DaemonOptions {
     /// Connections served at once; more are closed at accept.
     pub max_connections: usize,
     pub limits: Limits,
+    /// The TLS listener's address; overrides `core.https_address`.
+    pub https: Option<std::net::SocketAddr>,
 }
 
 impl DaemonOptions {
@@ -54,6 +57,7 @@ impl DaemonOptions {
             timeout: Duration::from_secs(30),
             max_connections: 128,
             limits: Limits::default(),
+            https: None,
         }
     }
 }
@@ -84,6 +88,10 @@ pub enum Error {
     InUse(PathBuf),
     #[error("cannot listen on {0}")]
     Listen(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Tokens(#[from] crate::tokens::Error),
+    #[error("cannot listen on {0}")]
+    ListenTcp(std::net::SocketAddr, #[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
 }
@@ -96,11 +104,20 @@ pub(crate) struct Shared {
     admin_gid: u32,
     trust: Mutex<TrustStore>,
     settings: Mutex<Settings>,
+    tokens: Mutex<Tokens>,
     limiter: Mutex<RateLimiter<String>>,
     pub(crate) ops: crate::operations::Operations,
+    /// PKI mode (SPEC L7): client certificates were checked against
+    /// `server.ca` and `server.crl` during the handshake, and one that passed
+    /// is trusted even when the trust store does not list it.
+    pki: bool,
+    /// Where the TLS listener is bound now, if it is.
+    https: Mutex<Option<std::net::SocketAddr>>,
+    /// Wakes the listener supervisor after a configuration change.
+    config_changed: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every change under these locks is written to disk first and applied in
     // memory in one assignment, so a poisoned lock still holds a consistent
     // value.
@@ -114,6 +131,8 @@ impl Shared {
         admin_gid: u32,
         trust: TrustStore,
         settings: Settings,
+        tokens: Tokens,
+        pki: bool,
     ) -> Shared {
         Shared {
             cert,
@@ -121,6 +140,10 @@ impl Shared {
             admin_gid,
             trust: Mutex::new(trust),
             settings: Mutex::new(settings),
+            tokens: Mutex::new(tokens),
+            pki,
+            https: Mutex::new(None),
+            config_changed: smol::channel::bounded(1),
             // Three free mistakes, then 1 s, 2 s, 4 s… up to 15 minutes.
             limiter: Mutex::new(RateLimiter::new(
                 3,
@@ -140,11 +163,59 @@ impl Shared {
     pub(crate) fn limiter(&self) -> MutexGuard<'_, RateLimiter<String>> {
         lock(&self.limiter)
     }
+    pub(crate) fn tokens(&self) -> MutexGuard<'_, Tokens> {
+        lock(&self.tokens)
+    }
+    /// The server certificate's fingerprint.
+    pub(crate) fn fingerprint(&self) -> String {
+        self.cert.fingerprint()
+    }
+    /// The TLS listener's address, if it is listening.
+    pub(crate) fn https_address(&self) -> Option<std::net::SocketAddr> {
+        *lock(&self.https)
+    }
+    pub(crate) fn set_https_address(&self, addr: Option<std::net::SocketAddr>) {
+        *lock(&self.https) = addr;
+    }
+    /// Tells the listener supervisor to look at the configuration again.
+    pub(crate) fn notify_config(&self) {
+        let _ = self.config_changed.0.try_send(());
+    }
+    pub(crate) async fn config_changed(&self) {
+        let _ = self.config_changed.1.recv().await;
+    }
+
+    /// A TCP client's identity, looked up for every request like
+    /// [`Shared::identity`]: the trust store by fingerprint, else, in PKI
+    /// mode, any certificate that passed the CA check in the handshake.
+    pub(crate) fn remote_identity(
+        &self,
+        addr: std::net::SocketAddr,
+        cert: &Option<Cert>,
+    ) -> Identity {
+        let entry = cert.as_ref().and_then(|c| {
+            self.trust()
+                .get(&c.fingerprint())
+                .map(|e| (e.role, e.projects.clone()))
+        });
+        let (role, projects) = match entry {
+            Some((r, p)) => (Some(r), p),
+            None if self.pki && cert.is_some() => (Some(Role::Admin), Vec::new()),
+            None => (None, Vec::new()),
+        };
+        Identity {
+            peer: Peer::Remote(addr),
+            cert: cert.clone(),
+            role,
+            projects,
+        }
+    }
 
     /// `GET /1.0`: everything for a trusted caller, the bare minimum for others.
     pub(crate) fn server_info(&self, id: &Identity) -> Value {
         let mut info = json!({
-            "api_extensions": [],
+            // Only what is implemented: `?filter=` on lists (lxc list needs it).
+            "api_extensions": ["api_filtering"],
             "api_status": "stable",
             "api_version": "1.0",
             "auth": if id.role.is_some() { "trusted" } else { "untrusted" },
@@ -157,6 +228,7 @@ impl Shared {
             obj.insert(
                 "environment".into(),
                 json!({
+                    "addresses": self.https_address().map(|a| a.to_string()).into_iter().collect::<Vec<_>>(),
                     "architectures": [std::env::consts::ARCH],
                     "certificate": self.cert.to_pem(),
                     "certificate_fingerprint": self.cert.fingerprint(),
@@ -179,17 +251,23 @@ impl Shared {
     /// Who this connection's peer is, looked up again for every request so
     /// that a certificate removed from the trust store stops working at once.
     fn identity(&self, cred: &PeerCred, cert: &Option<Cert>) -> Identity {
-        let role = if cred.uid == 0 {
+        let (role, projects) = if cred.uid == 0 {
             // Local root can do anything to the host anyway (LXD's rule).
-            Some(Role::Admin)
+            (Some(Role::Admin), Vec::new())
         } else {
             cert.as_ref()
-                .and_then(|c| self.trust().get(&c.fingerprint()).map(|e| e.role))
+                .and_then(|c| {
+                    self.trust()
+                        .get(&c.fingerprint())
+                        .map(|e| (Some(e.role), e.projects.clone()))
+                })
+                .unwrap_or((None, Vec::new()))
         };
         Identity {
             peer: Peer::Local(cred.clone()),
             cert: cert.clone(),
             role,
+            projects,
         }
     }
 
@@ -416,15 +494,45 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     let (gid, group) = admin_group(opts.group.as_deref())?;
     let trust = TrustStore::open(&dir.join("trust.json"))?;
     let settings = Settings::open(&dir.join("daemon.json"))?;
+    let tokens = Tokens::open(&dir.join("tokens.json"))?;
+    let pki = crate::tls::Pki::load(dir)?;
+    if let Some(p) = &pki {
+        log!(
+            Info,
+            "PKI mode: clients are checked against {} ({} CA certificate(s), {} CRL(s))",
+            dir.join("server.ca").display(),
+            p.ca.len(),
+            p.crls.len()
+        );
+    }
+    let remote_tls =
+        TlsAcceptor::from(crate::tls::remote_server_config(&cert, &key, pki.as_ref())?);
     let socket = opts
         .socket
         .clone()
         .unwrap_or_else(|| dir.join("unix.socket"));
     let open = settings.local_socket_open();
-    let shared = Arc::new(Shared::new(cert, socket.clone(), gid, trust, settings));
+    let shared = Arc::new(Shared::new(
+        cert,
+        socket.clone(),
+        gid,
+        trust,
+        settings,
+        tokens,
+        pki.is_some(),
+    ));
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
             .map_err(Error::Signals)?;
+    // `--https` is bound before anything else is: a bad address stops the
+    // daemon before it has touched the socket.
+    let pinned = match opts.https {
+        Some(addr) => Some(
+            smol::block_on(smol::net::TcpListener::bind(addr))
+                .map_err(|e| Error::ListenTcp(addr, e))?,
+        ),
+        None => None,
+    };
     let listener = bind(&socket)?;
     if let Err(e) = secure_socket(&socket, gid, &group, open) {
         let _ = std::fs::remove_file(&socket);
@@ -433,6 +541,15 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
     let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
+    ex.spawn(crate::remote::supervise(
+        shared.clone(),
+        ex.clone(),
+        remote_tls,
+        opts.clone(),
+        slots.clone(),
+        pinned,
+    ))
+    .detach();
     let serve = {
         let ex = ex.clone();
         async move {
@@ -526,7 +643,7 @@ impl Drop for PerUid {
     }
 }
 
-async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+pub(crate) async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
     smol::future::or(async { Some(f.await) }, async {
         smol::Timer::after(t).await;
         None
@@ -562,11 +679,30 @@ async fn connection(
     if let Some(c) = &cert {
         shared.first_client(&cred, c);
     }
+    let who = format!("uid {}", cred.uid);
+    serve(shared, &mut tls_stream, opts, &who, || {
+        shared.identity(&cred, &cert)
+    })
+    .await;
+}
+
+/// Answers requests on an established TLS stream until it closes,
+/// misbehaves or idles out. `identity` is called for every request, so a
+/// change to the trust store applies to connections already open.
+pub(crate) async fn serve<S>(
+    shared: &Arc<Shared>,
+    tls_stream: &mut S,
+    opts: &DaemonOptions,
+    who: &str,
+    identity: impl Fn() -> Identity,
+) where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     loop {
         let (resp, keep_alive) = match timed(
             opts.timeout,
-            http::read_request(&mut tls_stream, &mut buf, opts.limits),
+            http::read_request(tls_stream, &mut buf, opts.limits),
         )
         .await
         {
@@ -576,16 +712,15 @@ async fn connection(
             None => (api::error(408, "request timeout"), false),
             Some(Err(ReadError::Closed | ReadError::Io(_))) => return,
             Some(Err(ReadError::Refused(code, msg))) => {
-                log!(Debug, "refused a request from uid {}: {msg}", cred.uid);
+                log!(Debug, "refused a request from {who}: {msg}");
                 (api::error(code, msg), false)
             }
             Some(Ok(req)) => {
-                let id = shared.identity(&cred, &cert);
+                let id = identity();
                 let resp = api::handle(shared, &id, &req).await;
                 log!(
                     Debug,
-                    "uid {} {} {} -> {}",
-                    cred.uid,
+                    "{who} {} {} -> {}",
                     req.method,
                     req.path,
                     resp.status

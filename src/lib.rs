@@ -15,12 +15,15 @@ mod operations;
 mod pki;
 mod qemu;
 mod qmp;
+mod remote;
+mod remotes;
 mod secret;
 mod settings;
 mod store;
 #[allow(unsafe_code)] // system calls std does not wrap; each block has a SAFETY comment
 mod sys;
 mod tls;
+mod tokens;
 mod trust;
 mod vm;
 
@@ -37,13 +40,19 @@ pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile a
 pub use store::{write_atomic, Overwrite};
 pub use sys::default_sigpipe;
 
-pub use api::UNTRUSTED_HINT;
+pub use api::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use client::{
-    config_dir, prompt_secret, socket_path, Client, ClientIdentity, Error as ClientError,
+    config_dir, parse_address, prompt_secret, socket_path, Client, ClientIdentity,
+    Error as ClientError, RemoteTrust,
 };
 pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
+pub use remotes::{
+    cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
+    valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
+};
+pub use tokens::JoinToken;
 pub use trust::Role;
 
 pub use accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};

@@ -361,6 +361,26 @@ impl Cert {
             .map_err(|e| invalid(format!("not a valid X.509 certificate ({e})")))
     }
 
+    /// Not-before and not-after, in seconds since the epoch.
+    pub(crate) fn validity(&self) -> Result<(i64, i64), Error> {
+        let c = self.parsed()?;
+        let v = c.validity();
+        Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+    }
+
+    /// Whether `name` (a DNS name or an IP address) is one of this
+    /// certificate's subject alternative names.
+    pub fn valid_for_name(&self, name: &str) -> bool {
+        let der = CertificateDer::from(self.der());
+        let Ok(leaf) = webpki::EndEntityCert::try_from(&der) else {
+            return false;
+        };
+        let Ok(server_name) = rustls_pki_types::ServerName::try_from(name) else {
+            return false;
+        };
+        leaf.verify_is_valid_for_subject_name(&server_name).is_ok()
+    }
+
     fn public_key_der(&self) -> Result<Vec<u8>, Error> {
         Ok(self.parsed()?.public_key().raw.to_vec())
     }

@@ -13,6 +13,16 @@ use crate::store::{write_atomic, Overwrite};
 /// The passphrase other local users authenticate with (seed 000).
 pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
 
+/// The address the TLS listener binds (SPEC L1, L12): one `IP:PORT`.
+pub(crate) const HTTPS_ADDRESS: &str = "core.https_address";
+
+/// The password remote clients add themselves with (LXD's key; L12: unset it
+/// once every client is added).
+pub(crate) const TRUST_PASSWORD: &str = "core.trust_password";
+
+/// Keys whose values are secrets: stored hashed, shown redacted.
+const SECRETS: &[&str] = &[LOCAL_PASSPHRASE, TRUST_PASSWORD];
+
 /// What `GET /1.0` shows instead of a secret that is set (LXD shows
 /// `core.trust_password: true` the same way); sent back in a PUT, it keeps
 /// the secret as it is.
@@ -20,7 +30,7 @@ pub(crate) const REDACTED: &str = "true";
 
 /// Keys the daemon knows; anything else is refused so a typo is not silently
 /// kept.
-const KEYS: &[&str] = &[LOCAL_PASSPHRASE];
+const KEYS: &[&str] = &[HTTPS_ADDRESS, LOCAL_PASSPHRASE, TRUST_PASSWORD];
 
 /// Changes checked and with secrets already hashed, ready for [`Settings::apply`].
 /// Hashing is slow by design, so it happens here, outside any lock.
@@ -45,13 +55,18 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
         }
         let change = if value.is_empty() {
             Change::Unset
-        } else if key == LOCAL_PASSPHRASE && value == REDACTED {
+        } else if SECRETS.contains(&key.as_str()) && value == REDACTED {
             Change::KeepSecret
-        } else if key == LOCAL_PASSPHRASE {
+        } else if SECRETS.contains(&key.as_str()) {
             Change::Set(secret::hash(value).map_err(|source| Error::Invalid {
                 key: key.clone(),
                 source,
             })?)
+        } else if key == HTTPS_ADDRESS {
+            if value.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Error::BadAddress(value.clone()));
+            }
+            Change::Set(value.clone())
         } else {
             Change::Set(value.clone())
         };
@@ -73,6 +88,8 @@ struct File {
 pub enum Error {
     #[error("unknown configuration key {0:?}")]
     UnknownKey(String),
+    #[error("{0:?} is not an address: use IP:PORT, e.g. 192.0.2.1:8443 or [::1]:8443")]
+    BadAddress(String),
     #[error("{0} is shown as \"true\" when set and cannot be set to that")]
     Redacted(String),
     #[error("invalid value for {key}")]
@@ -135,7 +152,11 @@ impl Settings {
             .config
             .iter()
             .map(|(k, v)| {
-                let shown = if k == LOCAL_PASSPHRASE { REDACTED } else { v };
+                let shown = if SECRETS.contains(&k.as_str()) {
+                    REDACTED
+                } else {
+                    v
+                };
                 (k.clone(), shown.to_string())
             })
             .collect()
@@ -144,6 +165,16 @@ impl Settings {
     /// The stored hash of the local passphrase, if one is set.
     pub(crate) fn passphrase_hash(&self) -> Option<&str> {
         self.file.config.get(LOCAL_PASSPHRASE).map(String::as_str)
+    }
+
+    /// The stored hash of the remote trust password, if one is set.
+    pub(crate) fn trust_password_hash(&self) -> Option<&str> {
+        self.file.config.get(TRUST_PASSWORD).map(String::as_str)
+    }
+
+    /// Where the TLS listener binds, if anywhere.
+    pub(crate) fn https_address(&self) -> Option<std::net::SocketAddr> {
+        self.file.config.get(HTTPS_ADDRESS)?.parse().ok()
     }
 
     pub(crate) fn local_socket_open(&self) -> bool {
@@ -242,6 +273,40 @@ mod tests {
         assert_eq!(s.passphrase_hash(), None);
         let keep = prepare(&map(&[(LOCAL_PASSPHRASE, REDACTED)])).unwrap();
         assert!(matches!(s.apply(keep, false), Err(Error::Redacted(_))));
+    }
+
+    #[test]
+    fn trust_password_is_a_secret_and_the_address_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::open(&dir.path().join("daemon.json")).unwrap();
+        s.apply(
+            prepare(&map(&[
+                (TRUST_PASSWORD, "sesame-sesame"),
+                (HTTPS_ADDRESS, "127.0.0.1:8443"),
+            ]))
+            .unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.public()[TRUST_PASSWORD], REDACTED);
+        assert_eq!(s.public()[HTTPS_ADDRESS], "127.0.0.1:8443");
+        assert!(secret::verify(
+            "sesame-sesame",
+            s.trust_password_hash().unwrap()
+        ));
+        assert_eq!(s.https_address().unwrap().port(), 8443);
+        for bad in ["localhost:8443", "127.0.0.1", ":8443", "1.2.3.4:99999"] {
+            assert!(
+                matches!(
+                    prepare(&map(&[(HTTPS_ADDRESS, bad)])),
+                    Err(Error::BadAddress(_))
+                ),
+                "{bad}"
+            );
+        }
+        s.apply(prepare(&map(&[(TRUST_PASSWORD, "")])).unwrap(), false)
+            .unwrap();
+        assert_eq!(s.trust_password_hash(), None);
     }
 
     #[test]

@@ -22,10 +22,56 @@ use crate::pki::{Cert, Key};
 pub enum Error {
     #[error("TLS configuration failed")]
     Config(#[from] rustls::Error),
+    #[error("{0} is not a usable CA certificate")]
+    BadCa(std::path::PathBuf),
+    #[error("{0} is not a usable certificate revocation list")]
+    BadCrl(std::path::PathBuf),
+    #[error("cannot read {0}")]
+    Read(std::path::PathBuf, #[source] std::io::Error),
+    #[error("cannot build the client certificate verifier: {0}")]
+    Verifier(String),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SPEC L2 as a provider: every TLS 1.3 suite, and of TLS 1.2 only
+/// ECDHE-ECDSA with AES-GCM or ChaCha20-Poly1305 (no RSA key exchange, no
+/// CBC; ring offers no CBC suite, the filter says so anyway); key exchange by
+/// ECDHE groups only; ECDSA with SHA-2 for every signature a peer makes.
+pub(crate) fn policy_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::CipherSuite as S;
+    let base = rustls::crypto::ring::default_provider();
+    let allowed = [
+        S::TLS13_AES_128_GCM_SHA256,
+        S::TLS13_AES_256_GCM_SHA384,
+        S::TLS13_CHACHA20_POLY1305_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    let ecdhe = [
+        rustls::NamedGroup::X25519,
+        rustls::NamedGroup::secp256r1,
+        rustls::NamedGroup::secp384r1,
+    ];
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: base
+            .cipher_suites
+            .iter()
+            .filter(|s| allowed.contains(&s.suite()))
+            .copied()
+            .collect(),
+        kx_groups: base
+            .kx_groups
+            .iter()
+            .filter(|g| ecdhe.contains(&g.name()))
+            .copied()
+            .collect(),
+        signature_verification_algorithms: ECDSA,
+        ..base
+    })
 }
 
 /// ECDSA with SHA-2 only: what our keys are, and all we accept from a peer
@@ -137,6 +183,155 @@ pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::Server
     Ok(Arc::new(config))
 }
 
+/// PKI mode (SPEC L7): clients must present a certificate issued by this
+/// CA, not revoked by the CRL, if they present one at all.
+#[derive(Debug)]
+pub(crate) struct Pki {
+    pub ca: Vec<Cert>,
+    /// DER of each CRL in `server.crl`.
+    pub crls: Vec<Vec<u8>>,
+}
+
+impl Pki {
+    /// Reads `server.ca` and the optional `server.crl` (PEM) from `dir`;
+    /// `None` when there is no `server.ca`.
+    pub(crate) fn load(dir: &std::path::Path) -> Result<Option<Pki>, Error> {
+        let (ca_path, crl_path) = (dir.join("server.ca"), dir.join("server.crl"));
+        let ca_pem = match std::fs::read(&ca_path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Read(ca_path, e)),
+        };
+        let ca = Cert::all_from_pem(&ca_pem).map_err(|_| Error::BadCa(ca_path.clone()))?;
+        if ca.is_empty() {
+            return Err(Error::BadCa(ca_path));
+        }
+        let crls = match std::fs::read(&crl_path) {
+            Ok(d) => {
+                let blocks = pem::parse_many(&d).map_err(|_| Error::BadCrl(crl_path.clone()))?;
+                let crls: Vec<Vec<u8>> = blocks
+                    .into_iter()
+                    .filter(|b| b.tag() == "X509 CRL")
+                    .map(pem::Pem::into_contents)
+                    .collect();
+                if crls.is_empty() {
+                    return Err(Error::BadCrl(crl_path));
+                }
+                crls
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::Read(crl_path, e)),
+        };
+        Ok(Some(Pki { ca, crls }))
+    }
+}
+
+/// Accepts, if the client sends one, an EC certificate within its validity
+/// period whose handshake signature verifies. The fingerprint decides trust
+/// afterwards, so a certificate issued by anyone may be trusted (LXD's
+/// `lxc config trust add` takes any client certificate).
+#[derive(Debug)]
+struct OptionalEcClient;
+
+impl ClientCertVerifier for OptionalEcClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let bad = |e: rustls::CertificateError| rustls::Error::InvalidCertificate(e);
+        if !is_ec_cert(end_entity) {
+            return Err(bad(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(NotEc),
+            ))));
+        }
+        let cert =
+            Cert::from_der(end_entity).map_err(|_| bad(rustls::CertificateError::BadEncoding))?;
+        let (from, to) = cert
+            .validity()
+            .map_err(|_| bad(rustls::CertificateError::BadEncoding))?;
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if now < from {
+            return Err(bad(rustls::CertificateError::NotValidYet));
+        }
+        if now > to {
+            return Err(bad(rustls::CertificateError::Expired));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &ECDSA)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &ECDSA)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ECDSA.supported_schemes()
+    }
+}
+
+/// The TCP listener's configuration (SPEC L2): TLS 1.3 and 1.2 under
+/// [`policy_provider`], a client certificate asked for but optional (an
+/// untrusted client may still read `GET /1.0` and add itself), checked
+/// against `pki` when PKI mode is on.
+pub(crate) fn remote_server_config(
+    cert: &Cert,
+    key: &Key,
+    pki: Option<&Pki>,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let provider = policy_provider();
+    let verifier: Arc<dyn ClientCertVerifier> = match pki {
+        None => Arc::new(OptionalEcClient),
+        Some(pki) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in &pki.ca {
+                roots
+                    .add(CertificateDer::from(ca.der().to_vec()))
+                    .map_err(|e| Error::Verifier(e.to_string()))?;
+            }
+            let crls = pki
+                .crls
+                .iter()
+                .map(|d| rustls::pki_types::CertificateRevocationListDer::from(d.clone()));
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| Error::Verifier(e.to_string()))?
+        }
+    };
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)?;
+    // Each kvmbox or lxc command is a new process with no session cache, so
+    // resumption tickets would be computed and sent for nothing.
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 /// How the client decides that it reached the right daemon.
 #[derive(Clone, Debug)]
 pub(crate) enum ServerTrust {
@@ -145,14 +340,19 @@ pub(crate) enum ServerTrust {
     /// LXD's plain Unix socket, so any EC server certificate is accepted.
     LocalSocket,
     /// The server certificate must have this SHA-256 fingerprint (remotes).
-    #[allow(dead_code, reason = "used by remotes over TCP")]
     Pinned(String),
+    /// Any EC certificate: the caller inspects it before sending anything.
+    Probe,
+    /// Issued by one of these CAs for this name (PKI mode).
+    Ca(Vec<Cert>, String),
 }
 
 #[derive(Debug)]
 struct ServerVerifier {
     trust: ServerTrust,
     algs: &'static WebPkiSupportedAlgorithms,
+    /// The certificate the server presented, for error messages.
+    seen: Option<Arc<std::sync::Mutex<Option<Vec<u8>>>>>,
 }
 
 impl ServerCertVerifier for ServerVerifier {
@@ -169,8 +369,25 @@ impl ServerCertVerifier for ServerVerifier {
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
             ));
         }
+        if let Some(seen) = &self.seen {
+            if let Ok(mut g) = seen.lock() {
+                *g = Some(end_entity.as_ref().to_vec());
+            }
+        }
         match &self.trust {
-            ServerTrust::LocalSocket => Ok(ServerCertVerified::assertion()),
+            ServerTrust::LocalSocket | ServerTrust::Probe => Ok(ServerCertVerified::assertion()),
+            ServerTrust::Ca(ca, name) => {
+                let cert = Cert::from_der(end_entity).map_err(|_| {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+                })?;
+                if cert.verify(ca).is_ok() && cert.valid_for_name(name) {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ApplicationVerificationFailure,
+                    ))
+                }
+            }
             ServerTrust::Pinned(fp) => {
                 let got = crate::pki::hex(
                     ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref()).as_ref(),
@@ -215,10 +432,34 @@ pub(crate) fn client_config(
     let verifier = Arc::new(ServerVerifier {
         trust,
         algs: &ECDSA,
+        seen: None,
     });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![CertificateDer::from(cert.der().to_vec())], key)?;
+    Ok(Arc::new(config))
+}
+
+/// The client's configuration for a remote over TCP: the same policy as
+/// the server's listener, its certificate, `trust` for the server, and the
+/// presented certificate recorded in `seen`.
+pub(crate) fn remote_client_config(
+    cert: &Cert,
+    key: &Key,
+    trust: ServerTrust,
+    seen: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let verifier = Arc::new(ServerVerifier {
+        trust,
+        algs: &ECDSA,
+        seen: Some(seen),
+    });
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
+    let config = rustls::ClientConfig::builder_with_provider(policy_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![CertificateDer::from(cert.der().to_vec())], key)?;

@@ -122,8 +122,20 @@ impl TrustStore {
         self.entries.values()
     }
 
-    /// Trusts `cert` with `role`; an already trusted certificate keeps its entry.
+    /// Trusts `cert` with `role` in all projects; an already trusted
+    /// certificate keeps its entry.
     pub(crate) fn add(&mut self, cert: &Cert, name: &str, role: Role) -> Result<&Entry, Error> {
+        self.add_scoped(cert, name, role, &[])
+    }
+
+    /// [`TrustStore::add`] limited to `projects` (empty: all).
+    pub(crate) fn add_scoped(
+        &mut self,
+        cert: &Cert,
+        name: &str,
+        role: Role,
+        projects: &[String],
+    ) -> Result<&Entry, Error> {
         let fingerprint = cert.fingerprint();
         if !self.entries.contains_key(&fingerprint) {
             let entry = Entry {
@@ -132,7 +144,7 @@ impl TrustStore {
                 kind: "client".to_string(),
                 certificate: cert.to_pem(),
                 role,
-                projects: Vec::new(),
+                projects: projects.to_vec(),
                 added: now(),
             };
             let mut next = self.entries.clone();
@@ -144,6 +156,30 @@ impl TrustStore {
             path: self.path.clone(),
             source: std::io::Error::other("entry vanished"),
         })
+    }
+
+    /// Changes an entry's name, role and projects; false if there is none.
+    pub(crate) fn update(
+        &mut self,
+        fingerprint: &str,
+        name: &str,
+        role: Role,
+        projects: &[String],
+    ) -> Result<bool, Error> {
+        let Some(old) = self.entries.get(fingerprint) else {
+            return Ok(false);
+        };
+        let entry = Entry {
+            name: name.to_string(),
+            role,
+            projects: projects.to_vec(),
+            ..old.clone()
+        };
+        let mut next = self.entries.clone();
+        next.insert(fingerprint.to_string(), entry);
+        self.save(&next)?;
+        self.entries = next;
+        Ok(true)
     }
 
     /// Removes the entry whose fingerprint is `fingerprint`; false if none.
@@ -216,6 +252,14 @@ mod tests {
             ("bob", Role::Auditor, "client")
         );
         assert_eq!(Cert::from_pem(e.certificate.as_bytes()).unwrap(), b);
+        let p = vec!["default".to_string()];
+        assert!(store
+            .update(&b.fingerprint(), "bob", Role::User, &p)
+            .unwrap());
+        assert!(!store.update("00", "x", Role::User, &p).unwrap());
+        let e = TrustStore::open(&path).unwrap();
+        let e = e.get(&b.fingerprint()).unwrap();
+        assert_eq!((e.role, e.projects.clone()), (Role::User, p));
         assert!(store.remove(&a.fingerprint()).unwrap());
         assert!(!store.remove(&a.fingerprint()).unwrap());
         assert_eq!(TrustStore::open(&path).unwrap().entries().count(), 1);

@@ -26,36 +26,40 @@ enum ConfigCmd {
     Trust(Trust),
 }
 
-/// Print one configuration value (empty if unset; secrets show as "true").
+/// Print one configuration value (empty if unset; secrets show as "true"):
+/// get [REMOTE:] KEY.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "get")]
 struct Get {
     #[argh(positional)]
-    key: String,
+    args: Vec<String>,
 }
 
-/// Set a configuration value, e.g. local.passphrase.
+/// Set a configuration value: set [REMOTE:] KEY VALUE. Keys:
+/// core.https_address (IP:PORT, applied at once), core.trust_password,
+/// local.passphrase (both stored hashed).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "set")]
 struct Set {
     #[argh(positional)]
-    key: String,
-    #[argh(positional)]
-    value: String,
+    args: Vec<String>,
 }
 
-/// Unset a configuration value.
+/// Unset a configuration value: unset [REMOTE:] KEY.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "unset")]
 struct Unset {
     #[argh(positional)]
-    key: String,
+    args: Vec<String>,
 }
 
 /// Show the whole configuration.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "show")]
 struct Show {
+    /// the server, as REMOTE:
+    #[argh(positional)]
+    remote: Option<String>,
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
@@ -72,20 +76,65 @@ struct Trust {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum TrustCmd {
+    Add(TrustAdd),
+    Edit(TrustEdit),
     List(TrustList),
     Remove(TrustRemove),
+}
+
+/// Trust a client certificate file, or with --name alone print a one-time
+/// token for a client to add itself: add [REMOTE:][FILE].
+#[derive(FromArgs)]
+#[argh(subcommand, name = "add")]
+struct TrustAdd {
+    /// the certificate (PEM), as [REMOTE:]FILE; leave out for a token
+    #[argh(positional)]
+    file: Option<String>,
+    /// the name to show for the client (required for a token)
+    #[argh(option)]
+    name: Option<String>,
+    /// auditor, user, operator or admin (default admin)
+    #[argh(option)]
+    role: Option<kvmbox::Role>,
+    /// projects the role is limited to, comma-separated (default all)
+    #[argh(option)]
+    projects: Option<String>,
+    /// how long a token stays valid, in hours (default 24)
+    #[argh(option)]
+    expires_hours: Option<u64>,
+}
+
+/// Change a trusted certificate's role, projects or name: edit [REMOTE:]FP.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "edit")]
+struct TrustEdit {
+    #[argh(positional)]
+    fingerprint: String,
+    /// auditor, user, operator or admin
+    #[argh(option)]
+    role: Option<kvmbox::Role>,
+    /// projects the role is limited to, comma-separated; "" for all
+    #[argh(option)]
+    projects: Option<String>,
+    /// a new name
+    #[argh(option)]
+    name: Option<String>,
 }
 
 /// List trusted certificates.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 struct TrustList {
+    /// the server, as REMOTE:
+    #[argh(positional)]
+    remote: Option<String>,
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
 }
 
-/// Stop trusting a certificate (a unique fingerprint prefix is enough).
+/// Stop trusting a certificate (a unique fingerprint prefix is enough):
+/// remove [REMOTE:]FP.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "remove")]
 struct TrustRemove {
@@ -93,10 +142,10 @@ struct TrustRemove {
     fingerprint: String,
 }
 
-fn server_config(ctx: &Ctx) -> Result<BTreeMap<String, Value>, Error> {
-    let server = ctx.connect()?.call("GET", "/1.0", None)?;
+fn server_config(ctx: &Ctx, remote: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
+    let server = ctx.connect_to(remote)?.call("GET", "/1.0", None)?;
     if server.get("auth").and_then(Value::as_str) != Some("trusted") {
-        return Err(Error::Msg(kvmbox::UNTRUSTED_HINT.to_string()));
+        return Err(Error::Msg(ctx.untrusted_hint(remote).to_string()));
     }
     Ok(server
         .get("config")
@@ -112,48 +161,167 @@ fn as_text(v: &Value) -> String {
     }
 }
 
+/// `[REMOTE:] ARG…` with exactly `n` ARGs.
+fn with_remote(
+    args: Vec<String>,
+    n: usize,
+    usage: &str,
+) -> Result<(Option<String>, Vec<String>), Error> {
+    let (remote, rest) = match args.first().map(|a| super::split_remote(a)) {
+        Some((Some(r), first)) if first.is_empty() => {
+            (Some(r), args.get(1..).unwrap_or_default().to_vec())
+        }
+        _ => (None, args),
+    };
+    if rest.len() != n {
+        return Err(Error::Usage(format!("usage: {usage}")));
+    }
+    Ok((remote, rest))
+}
+
+fn projects_list(p: Option<&str>) -> Option<Vec<String>> {
+    p.map(|p| {
+        p.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+}
+
 pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
     match args.cmd {
-        ConfigCmd::Get(Get { key }) => {
-            let config = server_config(ctx)?;
+        ConfigCmd::Get(Get { args }) => {
+            let (remote, rest) = with_remote(args, 1, "kvmbox config get [REMOTE:] KEY")?;
+            let config = server_config(ctx, remote.as_deref())?;
+            let key = rest.concat();
             println!("{}", config.get(&key).map(as_text).unwrap_or_default());
         }
-        ConfigCmd::Set(Set { key, value }) => {
+        ConfigCmd::Set(Set { args }) => {
+            let (remote, rest) = with_remote(args, 2, "kvmbox config set [REMOTE:] KEY VALUE")?;
+            let [key, value] = <[String; 2]>::try_from(rest)
+                .map_err(|_| Error::Usage("usage: kvmbox config set [REMOTE:] KEY VALUE".into()))?;
             if value.is_empty() {
                 return Err(Error::Usage(format!(
                     "an empty value unsets: use `kvmbox config unset {key}`"
                 )));
             }
-            patch(ctx, &key, &value)?;
+            patch(ctx, remote.as_deref(), &key, &value)?;
         }
-        ConfigCmd::Unset(Unset { key }) => patch(ctx, &key, "")?,
-        ConfigCmd::Show(Show { format }) => {
-            let config = server_config(ctx)?;
+        ConfigCmd::Unset(Unset { args }) => {
+            let (remote, rest) = with_remote(args, 1, "kvmbox config unset [REMOTE:] KEY")?;
+            patch(ctx, remote.as_deref(), &rest.concat(), "")?
+        }
+        ConfigCmd::Show(Show { remote, format }) => {
+            let remote = super::remote_only(remote.as_deref())?;
+            let config = server_config(ctx, remote.as_deref())?;
             let rows: Vec<Vec<String>> = config
                 .iter()
                 .map(|(k, v)| vec![k.clone(), as_text(v)])
                 .collect();
             output::print(format, &json!(config), &["KEY", "VALUE"], &rows);
         }
-        ConfigCmd::Trust(Trust {
-            cmd: TrustCmd::List(l),
-        }) => trust_list(ctx, l.format)?,
-        ConfigCmd::Trust(Trust {
-            cmd: TrustCmd::Remove(r),
-        }) => trust_remove(ctx, &r.fingerprint)?,
+        ConfigCmd::Trust(Trust { cmd }) => match cmd {
+            TrustCmd::List(l) => {
+                let remote = super::remote_only(l.remote.as_deref())?;
+                trust_list(ctx, remote.as_deref(), l.format)?
+            }
+            TrustCmd::Remove(r) => {
+                let (remote, fp) = super::split_remote(&r.fingerprint);
+                trust_remove(ctx, remote.as_deref(), &fp)?
+            }
+            TrustCmd::Add(a) => trust_add(ctx, a)?,
+            TrustCmd::Edit(e) => trust_edit(ctx, e)?,
+        },
     }
     Ok(())
 }
 
-fn patch(ctx: &Ctx, key: &str, value: &str) -> Result<(), Error> {
-    ctx.connect()?
+fn patch(ctx: &Ctx, remote: Option<&str>, key: &str, value: &str) -> Result<(), Error> {
+    ctx.connect_to(remote)?
         .call("PATCH", "/1.0", Some(&json!({ "config": { key: value } })))?;
     Ok(())
 }
 
-fn trust_list(ctx: &Ctx, format: Format) -> Result<(), Error> {
+fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
+    let (remote, file) = match &a.file {
+        Some(f) => {
+            let (r, f) = super::split_remote(f);
+            (r, (!f.is_empty()).then_some(f))
+        }
+        None => (None, None),
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("type".into(), json!("client"));
+    body.insert("name".into(), json!(a.name.clone().unwrap_or_default()));
+    if let Some(role) = a.role {
+        body.insert("role".into(), json!(role));
+    }
+    if let Some(p) = projects_list(a.projects.as_deref()) {
+        body.insert("projects".into(), json!(p));
+    }
+    let mut client = ctx.connect_to(remote.as_deref())?;
+    match file {
+        Some(f) => {
+            let pem = std::fs::read_to_string(&f)
+                .map_err(|e| Error::Msg(format!("cannot read {f}: {e}")))?;
+            body.insert("certificate".into(), json!(pem));
+            client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;
+            println!("Certificate {f} is now trusted.");
+        }
+        None => {
+            if a.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(Error::Usage(
+                    "give a certificate FILE, or --name for a token".into(),
+                ));
+            }
+            body.insert("token".into(), json!(true));
+            if let Some(h) = a.expires_hours {
+                body.insert("expires_in".into(), json!(h.saturating_mul(3600)));
+            }
+            let out = client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;
+            let token = out.get("token").and_then(Value::as_str).unwrap_or_default();
+            if token.is_empty() {
+                return Err(Error::Msg("the server returned no token".into()));
+            }
+            eprintln!(
+                "Token for {} (single use, expires {}):",
+                a.name.unwrap_or_default(),
+                out.get("expires_at").map(as_text).unwrap_or_default()
+            );
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn trust_edit(ctx: &Ctx, e: TrustEdit) -> Result<(), Error> {
+    let (remote, prefix) = super::split_remote(&e.fingerprint);
+    let mut client = ctx.connect_to(remote.as_deref())?;
+    let fp = resolve_fp(&mut client, &prefix)?;
+    let mut body = serde_json::Map::new();
+    if let Some(role) = e.role {
+        body.insert("role".into(), json!(role));
+    }
+    if let Some(p) = projects_list(e.projects.as_deref()) {
+        body.insert("restricted".into(), json!(!p.is_empty()));
+        body.insert("projects".into(), json!(p));
+    }
+    if let Some(n) = e.name {
+        body.insert("name".into(), json!(n));
+    }
+    client.call(
+        "PATCH",
+        &format!("/1.0/certificates/{fp}"),
+        Some(&Value::Object(body)),
+    )?;
+    println!("Certificate {fp} changed.");
+    Ok(())
+}
+
+fn trust_list(ctx: &Ctx, remote: Option<&str>, format: Format) -> Result<(), Error> {
     let list = ctx
-        .connect()?
+        .connect_to(remote)?
         .call("GET", "/1.0/certificates?recursion=1", None)?;
     let entries = list.as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = entries
@@ -171,13 +339,26 @@ fn trust_list(ctx: &Ctx, format: Format) -> Result<(), Error> {
                 .and_then(Value::as_i64)
                 .map(date)
                 .unwrap_or_default();
-            vec![field("name"), field("type"), field("role"), fp, added]
+            let projects = e
+                .get("projects")
+                .and_then(Value::as_array)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.iter().map(as_text).collect::<Vec<_>>().join(","))
+                .unwrap_or_else(|| "all".into());
+            vec![
+                field("name"),
+                field("type"),
+                field("role"),
+                projects,
+                fp,
+                added,
+            ]
         })
         .collect();
     output::print(
         format,
         &list,
-        &["NAME", "TYPE", "ROLE", "FINGERPRINT", "ADDED"],
+        &["NAME", "TYPE", "ROLE", "PROJECTS", "FINGERPRINT", "ADDED"],
         &rows,
     );
     Ok(())
@@ -194,14 +375,14 @@ fn date(secs: i64) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
-fn trust_remove(ctx: &Ctx, prefix: &str) -> Result<(), Error> {
+/// The one trusted fingerprint that starts with `prefix`.
+fn resolve_fp(client: &mut kvmbox::Client, prefix: &str) -> Result<String, Error> {
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Usage(format!(
             "{prefix:?} is not a fingerprint (hex digits)"
         )));
     }
     let prefix = prefix.to_ascii_lowercase();
-    let mut client = ctx.connect()?;
     let list = client.call("GET", "/1.0/certificates", None)?;
     let matches: Vec<String> = list
         .as_array()
@@ -212,19 +393,25 @@ fn trust_remove(ctx: &Ctx, prefix: &str) -> Result<(), Error> {
         .filter(|fp| fp.starts_with(&prefix))
         .map(str::to_string)
         .collect();
-    let fp = match matches.as_slice() {
-        [one] => one,
-        [] => {
-            return Err(Error::Msg(format!(
-                "no trusted certificate has fingerprint {prefix}"
-            )))
-        }
-        _ => {
-            return Err(Error::Msg(format!(
-                "fingerprint {prefix} is ambiguous: give more digits"
-            )))
-        }
-    };
+    match <[String; 1]>::try_from(matches) {
+        Ok([one]) => Ok(one),
+        Err(m) if m.is_empty() => Err(Error::Msg(format!(
+            "no trusted certificate has fingerprint {prefix}"
+        ))),
+        Err(_) => Err(Error::Msg(format!(
+            "fingerprint {prefix} is ambiguous: give more digits"
+        ))),
+    }
+}
+
+fn trust_remove(ctx: &Ctx, remote: Option<&str>, prefix: &str) -> Result<(), Error> {
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Usage(format!(
+            "{prefix:?} is not a fingerprint (hex digits)"
+        )));
+    }
+    let mut client = ctx.connect_to(remote)?;
+    let fp = resolve_fp(&mut client, prefix)?;
     client.call("DELETE", &format!("/1.0/certificates/{fp}"), None)?;
     println!("Removed certificate {fp}.");
     Ok(())

@@ -10,6 +10,9 @@ use super::{Ctx, Error};
 #[derive(FromArgs)]
 #[argh(subcommand, name = "info")]
 pub(crate) struct Info {
+    /// the server, as REMOTE: (default: the default remote)
+    #[argh(positional)]
+    remote: Option<String>,
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
@@ -19,6 +22,9 @@ pub(crate) struct Info {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 pub(crate) struct List {
+    /// the server, as REMOTE: (default: the default remote)
+    #[argh(positional)]
+    remote: Option<String>,
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
@@ -37,9 +43,14 @@ fn text(v: &Value, path: &[&str]) -> String {
 }
 
 pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
-    let server = ctx.connect()?.call("GET", "/1.0", None)?;
+    let remote = super::remote_only(args.remote.as_deref())?;
+    let server = ctx
+        .connect_to(remote.as_deref())?
+        .call("GET", "/1.0", None)?;
     if text(&server, &["auth"]) != "trusted" {
-        return Err(Error::Msg(kvmbox::UNTRUSTED_HINT.to_string()));
+        return Err(Error::Msg(
+            ctx.untrusted_hint(remote.as_deref()).to_string(),
+        ));
     }
     let fields = [
         ("auth", &["auth"][..]),
@@ -64,9 +75,10 @@ pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
 }
 
 pub(crate) fn list(ctx: &Ctx, args: &List) -> Result<(), Error> {
-    let list = ctx
-        .connect()?
-        .call("GET", "/1.0/instances?recursion=1", None)?;
+    let remote = super::remote_only(args.remote.as_deref())?;
+    let list =
+        ctx.connect_to(remote.as_deref())?
+            .call("GET", "/1.0/instances?recursion=1", None)?;
     let rows: Vec<Vec<String>> = list
         .as_array()
         .map(|a| {

@@ -86,3 +86,77 @@ fn configurations_build() {
     assert!(server_config(&cert, &key).is_ok());
     assert!(client_config(&cert, &key, ServerTrust::LocalSocket).is_ok());
 }
+
+#[test]
+fn the_remote_policy_has_only_ecdhe_ecdsa_aead_suites_and_ecdhe_groups() {
+    let p = policy_provider();
+    let names: Vec<String> = p
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    for n in &names {
+        assert!(
+            n.starts_with("TLS13_") || n.starts_with("TLS_ECDHE_ECDSA_WITH_"),
+            "{n}"
+        );
+        assert!(n.contains("GCM") || n.contains("CHACHA20"), "{n}");
+    }
+    assert!(p.kx_groups.iter().all(|g| matches!(
+        g.name(),
+        rustls::NamedGroup::X25519 | rustls::NamedGroup::secp256r1 | rustls::NamedGroup::secp384r1
+    )));
+}
+
+#[test]
+fn remote_clients_may_come_without_a_certificate_but_not_with_a_bad_one() {
+    let v = OptionalEcClient;
+    assert!(!v.client_auth_mandatory());
+    let check =
+        |c: &Cert| v.verify_client_cert(&CertificateDer::from(c.der()), &[], UnixTime::now());
+    let rsa = Cert::from_pem(RSA_CERT.as_bytes()).unwrap();
+    assert!(check(&rsa).is_err());
+    // Any issuer will do over TCP: the trust store decides by fingerprint.
+    let ca_key = Key::generate(Curve::P384).unwrap();
+    let ca = CertSpec {
+        cn: "ca".into(),
+        sans: vec![],
+        days: 1,
+        profile: Profile::Ca,
+    }
+    .self_signed(&ca_key)
+    .unwrap();
+    let leaf_key = Key::generate(Curve::P256).unwrap();
+    let leaf = CertSpec {
+        cn: "leaf".into(),
+        sans: vec![],
+        days: 1,
+        profile: Profile::Client,
+    }
+    .issue(&leaf_key, &ca, &ca_key)
+    .unwrap();
+    assert!(check(&leaf).is_ok());
+    // Outside its validity period: refused.
+    let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap() + 3 * 86400,
+    ));
+    let (c, _) = self_signed(Curve::P256, 1);
+    let err = v
+        .verify_client_cert(&CertificateDer::from(c.der()), &[], later)
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("Expired"), "{err:?}");
+}
+
+#[test]
+fn remote_configurations_build_with_and_without_pki() {
+    let (cert, key) = self_signed(Curve::P256, 1);
+    assert!(remote_server_config(&cert, &key, None).is_ok());
+    let pki = Pki {
+        ca: vec![cert.clone()],
+        crls: vec![],
+    };
+    assert!(remote_server_config(&cert, &key, Some(&pki)).is_ok());
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    assert!(remote_client_config(&cert, &key, ServerTrust::Probe, seen).is_ok());
+}

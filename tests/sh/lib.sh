@@ -18,3 +18,13 @@ one_line() { [ "$(printf '%s\n' "$1" | wc -l)" -eq 1 ] || fail "not one line: $1
 
 # applet NAME ARGS…: runs an applet through a symlink, as installed.
 applet() { n=$1; shift; mkdir -p bin; ln -sf "$K" "bin/$n"; "bin/$n" "$@"; }
+
+# https_port LOG: waits for kvmboxd to log its TLS listener (started on port
+# 0, so that the kernel picks a free one) and prints the port.
+https_port() {
+    i=0
+    until grep -q "listening on https://" "$1" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 200 ] || fail "no TLS listener: $(cat "$1")"; sleep 0.05
+    done
+    sed -n 's|.*listening on https://[^ ]*:\([0-9][0-9]*\)$|\1|p' "$1" | tail -n 1
+}

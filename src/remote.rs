@@ -1,0 +1,179 @@
+//! The TCP listener (SPEC L1, L2, M4): the same API as the Unix socket,
+//! over TLS on `core.https_address` or `kvmboxd --https`, on exactly that
+//! address. Who the client is comes from its TLS certificate alone, looked
+//! up in the trust store for every request (LXD's model, seed 001).
+//!
+//! The supervisor applies a change of `core.https_address` at once: it
+//! closes the old listener and binds the new address (connections already
+//! open stay up until they end). `--https` pins the address for the
+//! daemon's lifetime.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_rustls::TlsAcceptor;
+use smol::lock::Semaphore;
+use smol::net::{TcpListener, TcpStream};
+use smol::Executor;
+
+use crate::daemon::{lock, serve, timed, DaemonOptions, Shared};
+use crate::log::log;
+use crate::pki::Cert;
+
+/// Keeps a listener on the configured address, rebinding when it changes.
+/// `pinned` is the listener for `--https`, bound before start-up went on
+/// so that a bad address stops the daemon; a bad `core.https_address` is
+/// only logged, since the API call that set it has already succeeded.
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    ex: Arc<Executor<'static>>,
+    tls: TlsAcceptor,
+    opts: DaemonOptions,
+    slots: Arc<Semaphore>,
+    mut pinned: Option<TcpListener>,
+) {
+    let mut current: Option<(SocketAddr, smol::Task<()>)> = None;
+    loop {
+        let want = opts.https.or_else(|| shared.settings().https_address());
+        if current.as_ref().map(|c| c.0) != want {
+            if let Some((old, task)) = current.take() {
+                drop(task);
+                log!(Info, "stopped listening on {old}");
+                shared.set_https_address(None);
+            }
+            if let Some(addr) = want {
+                let bound = match pinned.take() {
+                    Some(l) => Ok(l),
+                    None => TcpListener::bind(addr).await,
+                };
+                match bound {
+                    Ok(listener) => {
+                        let bound = listener.local_addr().unwrap_or(addr);
+                        log!(Info, "listening on https://{bound}");
+                        shared.set_https_address(Some(bound));
+                        let task = ex.spawn(accept_loop(
+                            shared.clone(),
+                            ex.clone(),
+                            listener,
+                            tls.clone(),
+                            opts.clone(),
+                            slots.clone(),
+                        ));
+                        // Remember what was asked for, so an unchanged
+                        // setting with port 0 does not rebind.
+                        current = Some((addr, task));
+                    }
+                    Err(e) => log!(Error, "cannot listen on {addr}: {e}"),
+                }
+            }
+        }
+        shared.config_changed().await;
+    }
+}
+
+/// Connections from one address, counted; uncounted when dropped.
+struct PerIp {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A quarter of all slots per address, as per uid on the Unix socket.
+    fn claim(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
+        let mut map = lock(counts);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= (max / 4).max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    ex: Arc<Executor<'static>>,
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    opts: DaemonOptions,
+    slots: Arc<Semaphore>,
+) {
+    let per_ip = Arc::new(Mutex::new(HashMap::new()));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                log!(Warn, "accept failed: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(ip_slot) = PerIp::claim(&per_ip, addr.ip(), opts.max_connections) else {
+            log!(Warn, "connection from {addr} refused: too many open");
+            continue;
+        };
+        let Some(slot) = slots.try_acquire_arc() else {
+            log!(
+                Warn,
+                "connection refused: {} connections already open",
+                opts.max_connections
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
+        ex.spawn(async move {
+            connection(&shared, stream, addr, tls, &opts).await;
+            drop((slot, ip_slot));
+        })
+        .detach();
+    }
+}
+
+async fn connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: TlsAcceptor,
+    opts: &DaemonOptions,
+) {
+    let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            log!(Info, "TLS handshake with {addr} failed: {e}");
+            return;
+        }
+        None => {
+            log!(Info, "TLS handshake with {addr} timed out");
+            return;
+        }
+    };
+    let cert = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| Cert::from_der(c.as_ref()).ok());
+    let who = addr.to_string();
+    serve(shared, &mut tls_stream, opts, &who, || {
+        shared.remote_identity(addr, &cert)
+    })
+    .await;
+}
