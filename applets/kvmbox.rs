@@ -18,6 +18,7 @@ use crate::cli;
 mod auth;
 mod config;
 mod info;
+mod instance;
 mod output;
 
 const NAME: &str = "kvmbox";
@@ -46,6 +47,14 @@ enum Cmd {
     List(info::List),
     Authenticate(auth::Authenticate),
     Config(config::Config),
+    Launch(instance::Launch),
+    Init(instance::Init),
+    Start(instance::Start),
+    Stop(instance::Stop),
+    Restart(instance::Restart),
+    Delete(instance::Delete),
+    Console(instance::Console),
+    Image(instance::Image),
 }
 
 /// What a subcommand can fail with.
@@ -86,6 +95,14 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Cmd::List(c) => info::list(&ctx, &c),
         Cmd::Authenticate(c) => auth::authenticate(&ctx, &c),
         Cmd::Config(c) => config::config(&ctx, c),
+        Cmd::Launch(c) => instance::launch(&ctx, &c),
+        Cmd::Init(c) => instance::init(&ctx, &c),
+        Cmd::Start(c) => instance::start(&ctx, &c),
+        Cmd::Stop(c) => instance::stop(&ctx, &c),
+        Cmd::Restart(c) => instance::restart(&ctx, &c),
+        Cmd::Delete(c) => instance::delete(&ctx, &c),
+        Cmd::Console(c) => instance::console(&ctx, &c),
+        Cmd::Image(c) => instance::image(&ctx, &c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::api_instances::Call;
 use crate::daemon::Shared;
 use crate::http::{Request, Response};
 use crate::log::log;
@@ -75,7 +76,8 @@ enum Route {
     CertificateAdd,
     Certificate,
     CertificateDelete,
-    Instances,
+    /// Instances and images: see `api_instances`.
+    Instances(Call),
     Operations,
     Operation,
     OperationWait,
@@ -114,8 +116,68 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
     (
         "GET",
         "/1.0/instances",
-        Route::Instances,
+        Route::Instances(Call::List),
         Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/instances",
+        Route::Instances(Call::Create),
+        Need::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}",
+        Route::Instances(Call::Get),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "PUT",
+        "/1.0/instances/{}",
+        Route::Instances(Call::Put),
+        Need::Role(Role::Operator),
+    ),
+    (
+        "PATCH",
+        "/1.0/instances/{}",
+        Route::Instances(Call::Patch),
+        Need::Role(Role::Operator),
+    ),
+    (
+        "DELETE",
+        "/1.0/instances/{}",
+        Route::Instances(Call::Delete),
+        Need::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}/state",
+        Route::Instances(Call::State),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "PUT",
+        "/1.0/instances/{}/state",
+        Route::Instances(Call::StatePut),
+        Need::Role(Role::User),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}/console",
+        Route::Instances(Call::Console),
+        Need::Role(Role::User),
+    ),
+    (
+        "GET",
+        "/1.0/images",
+        Route::Instances(Call::Images),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/images",
+        Route::Instances(Call::ImageAdd),
+        Need::Role(Role::Operator),
     ),
     (
         "GET",
@@ -222,7 +284,6 @@ pub(crate) fn error(code: u16, message: &str) -> Response {
 }
 
 /// LXD's asynchronous response: 202 and the operation.
-#[allow(dead_code, reason = "instance lifecycle calls answer with operations")]
 pub(crate) fn operation(op: &crate::operations::Operation) -> Response {
     envelope(
         202,
@@ -277,7 +338,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
             None => error(404, "certificate not found"),
         },
         Route::CertificateDelete => delete_certificate(shared, id, param),
-        Route::Instances => sync(json!([])),
+        Route::Instances(call) => crate::api_instances::handle(shared, id, req, call, param).await,
         Route::Operations => sync(json!(shared.ops.by_status())),
         Route::Operation => match shared.ops.get(param) {
             Some(op) => sync(json!(op)),
@@ -334,6 +395,7 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
         Err(
             e @ (crate::settings::Error::UnknownKey(_)
             | crate::settings::Error::Invalid { .. }
+            | crate::settings::Error::BadValue { .. }
             | crate::settings::Error::Redacted(_)),
         ) => error(400, &crate::error_chain(&e)),
         Err(e) => {

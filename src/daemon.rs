@@ -43,6 +43,9 @@ pub struct DaemonOptions {
     /// Connections served at once; more are closed at accept.
     pub max_connections: usize,
     pub limits: Limits,
+    /// A stand-in for apparmor_parser given to kvmbox-aa-helper (tests on
+    /// kernels without AppArmor compile profiles with it for real).
+    pub aa_parser: Option<String>,
 }
 
 impl DaemonOptions {
@@ -54,6 +57,7 @@ impl DaemonOptions {
             timeout: Duration::from_secs(30),
             max_connections: 128,
             limits: Limits::default(),
+            aa_parser: None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum Error {
     InUse(PathBuf),
     #[error("cannot listen on {0}")]
     Listen(PathBuf, #[source] std::io::Error),
+    #[error("cannot load the instances: {0}")]
+    Instances(String),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
 }
@@ -98,6 +104,7 @@ pub(crate) struct Shared {
     settings: Mutex<Settings>,
     limiter: Mutex<RateLimiter<String>>,
     pub(crate) ops: crate::operations::Operations,
+    pub(crate) instances: Arc<crate::instances::Manager>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +135,7 @@ impl Shared {
                 Duration::from_secs(900),
             )),
             ops: crate::operations::Operations::default(),
+            instances: Arc::default(),
         }
     }
 
@@ -168,10 +176,14 @@ impl Shared {
                     "server_name": sys::hostname(),
                     "server_pid": std::process::id(),
                     "server_version": env!("CARGO_PKG_VERSION"),
-                    "security_driver": security_driver(),
-                    "accelerator": accelerator(),
                 }),
             );
+            if let (Some(env), Value::Object(more)) = (
+                obj.get_mut("environment").and_then(Value::as_object_mut),
+                self.instances.environment(),
+            ) {
+                env.extend(more);
+            }
         }
         info
     }
@@ -246,29 +258,6 @@ fn in_group(cred: &PeerCred, gid: u32) -> bool {
             Ok((uid, groups)) => uid == cred.uid && groups.contains(&gid),
             Err(_) => false,
         },
-    }
-}
-
-fn security_driver() -> &'static str {
-    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y");
-    if enabled {
-        "apparmor"
-    } else {
-        "none"
-    }
-}
-
-fn accelerator() -> &'static str {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if kvm {
-        "kvm"
-    } else {
-        "tcg"
     }
 }
 
@@ -431,6 +420,20 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         return Err(e);
     }
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
+    shared.instances.configure(&shared.settings());
+    let setup = crate::instances::Setup {
+        state: dir.clone(),
+        ex: ex.clone(),
+        accel_mode: shared
+            .settings()
+            .get(crate::settings::INSTANCES_ACCEL)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(crate::accel::AccelMode::Auto),
+        aa_parser: opts.aa_parser.clone(),
+    };
+    // Running VMs are taken over before the first request is served.
+    smol::block_on(ex.run(shared.instances.open(setup)))
+        .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
     let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
     let serve = {

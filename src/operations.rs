@@ -68,7 +68,6 @@ impl Operations {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[allow(dead_code, reason = "instance lifecycle calls start operations")]
     /// Starts `work` on `ex` as a new operation and returns its description.
     pub(crate) fn spawn<F>(
         &self,

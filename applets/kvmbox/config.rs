@@ -24,6 +24,7 @@ enum ConfigCmd {
     Unset(Unset),
     Show(Show),
     Trust(Trust),
+    Device(super::instance::DeviceCmd),
 }
 
 /// Print one configuration value (empty if unset; secrets show as "true").
@@ -34,14 +35,13 @@ struct Get {
     key: String,
 }
 
-/// Set a configuration value, e.g. local.passphrase.
+/// Set a configuration value: `set KEY VALUE` for the server (e.g.
+/// local.passphrase), `set NAME KEY VALUE` for instance NAME.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "set")]
 struct Set {
-    #[argh(positional)]
-    key: String,
-    #[argh(positional)]
-    value: String,
+    #[argh(positional, greedy)]
+    args: Vec<String>,
 }
 
 /// Unset a configuration value.
@@ -118,7 +118,12 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
             let config = server_config(ctx)?;
             println!("{}", config.get(&key).map(as_text).unwrap_or_default());
         }
-        ConfigCmd::Set(Set { key, value }) => {
+        ConfigCmd::Set(Set { args }) => {
+            let (key, value) = match args.as_slice() {
+                [name, key, value] => return super::instance::config_set(ctx, name, key, value),
+                [key, value] => (key.clone(), value.clone()),
+                _ => return Err(Error::Usage("expected [NAME] KEY VALUE".into())),
+            };
             if value.is_empty() {
                 return Err(Error::Usage(format!(
                     "an empty value unsets: use `kvmbox config unset {key}`"
@@ -141,6 +146,7 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
         ConfigCmd::Trust(Trust {
             cmd: TrustCmd::Remove(r),
         }) => trust_remove(ctx, &r.fingerprint)?,
+        ConfigCmd::Device(d) => super::instance::device(ctx, &d)?,
     }
     Ok(())
 }

@@ -6,10 +6,13 @@ use serde_json::Value;
 use super::output::{self, Format};
 use super::{Ctx, Error};
 
-/// Show the server: version, authentication state, certificate, drivers.
+/// Show the server (version, authentication, certificate, drivers), or
+/// with NAME an instance (state, AppArmor profile and confinement).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "info")]
 pub(crate) struct Info {
+    #[argh(positional)]
+    name: Option<String>,
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
@@ -37,6 +40,9 @@ fn text(v: &Value, path: &[&str]) -> String {
 }
 
 pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
+    if let Some(name) = &args.name {
+        return super::instance::info(ctx, name, args.format);
+    }
     let server = ctx.connect()?.call("GET", "/1.0", None)?;
     if text(&server, &["auth"]) != "trusted" {
         return Err(Error::Msg(kvmbox::UNTRUSTED_HINT.to_string()));
@@ -54,6 +60,11 @@ pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
         ),
         ("security_driver", &["environment", "security_driver"]),
         ("accelerator", &["environment", "accelerator"]),
+        ("accelerator_reason", &["environment", "accelerator_reason"]),
+        (
+            "security_driver_reason",
+            &["environment", "security_driver_reason"],
+        ),
     ];
     let rows: Vec<Vec<String>> = fields
         .iter()
