@@ -252,7 +252,10 @@ pub(crate) fn wait(
 fn absolute(p: &Path) -> Result<String, Error> {
     std::fs::canonicalize(p)
         .map(|p| p.display().to_string())
-        .map_err(|e| Error::Msg(format!("{}: {e}", p.display())))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Msg(format!("{} does not exist", p.display())),
+            _ => Error::Msg(format!("{}: {e}", p.display())),
+        })
 }
 
 struct CreateArgs<'a> {
