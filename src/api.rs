@@ -734,6 +734,32 @@ mod tests {
     }
 
     #[test]
+    fn instance_routes_need_user_for_lifecycle_and_operator_for_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let (a, u, o) = (Some(Role::Auditor), Some(Role::User), Some(Role::Operator));
+        let start = r#"{"action": "start"}"#;
+        assert_eq!(call(&s, a, "GET", "/1.0/instances", "").0, 200);
+        assert_eq!(call(&s, a, "GET", "/1.0/instances/vm1", "").0, 404);
+        assert_eq!(call(&s, a, "PUT", "/1.0/instances/vm1/state", start).0, 403);
+        assert_eq!(call(&s, u, "PUT", "/1.0/instances/vm1/state", start).0, 404);
+        assert_eq!(call(&s, a, "GET", "/1.0/instances/vm1/console", "").0, 403);
+        assert_eq!(call(&s, u, "GET", "/1.0/instances/vm1/console", "").0, 404);
+        for (m, p) in [
+            ("POST", "/1.0/instances"),
+            ("PUT", "/1.0/instances/vm1"),
+            ("PATCH", "/1.0/instances/vm1"),
+            ("DELETE", "/1.0/instances/vm1"),
+            ("POST", "/1.0/images"),
+        ] {
+            assert_eq!(call(&s, u, m, p, "{}").0, 403, "{m} {p}");
+            assert_ne!(call(&s, o, m, p, "{}").0, 403, "{m} {p}");
+        }
+        let (code, v) = call(&s, u, "PUT", "/1.0/instances/vm1/state", "{oops");
+        assert_eq!(code, 400, "{v}");
+    }
+
+    #[test]
     fn every_route_but_discovery_and_self_add_needs_a_role() {
         for (m, p, _, need) in ROUTES {
             let open = matches!(

@@ -728,8 +728,8 @@ impl Manager {
 
     /// The tail of the serial console log.
     pub(crate) fn console(&self, name: &str) -> Result<String, Error> {
-        let host = self.host()?;
         let rec = current(&*self.entry(name)?)?;
+        let host = self.host()?;
         match vm::read_console(&rec.dir(&host.state).join("vm"), CONSOLE_LIMIT) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
