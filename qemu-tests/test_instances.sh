@@ -2,7 +2,7 @@
 # imported image + kernel → guest marker → list Running → QEMU under its own
 # uid with seccomp → hot-plugged disk seen by the guest (profile updated
 # first) → daemon SIGKILLed and restarted, VM re-adopted and controllable →
-# graceful stop (ACPI button) → delete leaves nothing. Failure cases: missing
+# restart → graceful stop (ACPI button) → delete leaves nothing. Failure cases: missing
 # kernel, bad memory size, duplicate name, a kernel that is not one (profile
 # unloaded), security.apparmor=required without AppArmor, deleting a running
 # VM without --force.
@@ -134,6 +134,17 @@ start_daemon
 [ "$(field v1 pid)" = "$p1" ] || fail "another pid after the daemon restart"
 expect_fail kv delete v1
 contains "$ERR" "is running"
+expect_fail kv start v1
+contains "$ERR" "already running"
+kv config device remove v1 data >/dev/null
+! kv info v1 | grep -q "device data" || fail "the unplugged disk is still listed"
+# Restart: the re-adopted QEMU is powered down and a new one boots.
+kv restart v1 --timeout 30
+p2=$(field v1 pid); pids="$pids $p2"
+[ -n "$p2" ] && [ "$p2" != "$p1" ] || fail "restart kept the same QEMU"
+! alive "$p1" || fail "the old QEMU still runs after restart"
+wait_console v1 KVMBOX-GUEST-READY 60
+p1=$p2
 kv stop v1 --timeout 30
 kv console v1 --show-log | grep -q KVMBOX-POWERDOWN || fail "the guest did not see the ACPI power button"
 [ "$(field v1 status)" = Stopped ] || fail "not Stopped after stop"
