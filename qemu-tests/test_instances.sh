@@ -52,6 +52,7 @@ start_daemon() {
 cleanup() {
     kill -9 ${dpid:-} 2>/dev/null || true
     for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+    [ -z "${br:-}" ] || ip link del "$br" 2>/dev/null || true
 }
 trap cleanup EXIT
 # field NAME KEY: a top-level field of the instance's JSON.
@@ -102,13 +103,24 @@ kv image import base.img --alias base >/dev/null
 contains "$(kv image list)" "raw"
 : >"$log"
 t0=$(date +%s%N)
-kv launch base v1 $boot --cmdline "console=ttyS0 quiet panic=-1" >/dev/null
+# eth0 on a bridge of its own: the daemon makes the tap and QEMU inherits it.
+net=""
+if command -v ip >/dev/null; then
+    br=kvbr$$
+    ip link add "$br" type bridge
+    net="--network $br"
+fi
+kv launch base v1 $boot $net --cmdline "console=ttyS0 quiet panic=-1" >/dev/null
 p1=$(field v1 pid); pids="$pids $p1"
 wait_console v1 KVMBOX-GUEST-READY 60
 echo "launch → guest marker: $((($(date +%s%N) - t0) / 1000000)) ms"
 wait_console v1 "KVMBOX-DISK vda" 10
 contains "$(kv list)" "Running"
 u1=$(uuid_of v1)
+tap=kb$(echo "$u1" | cut -c1-8)n0
+if [ -n "$net" ]; then
+    [ "$(basename "$(readlink "/sys/class/net/$tap/master")")" = "$br" ] || fail "tap $tap is not on bridge $br"
+fi
 status=$(cat /proc/$p1/status)
 uid=$(echo "$status" | sed -n 's/^Uid:\s*\([0-9]*\).*/\1/p')
 [ "$uid" != 0 ] || fail "QEMU runs as root"
@@ -150,6 +162,7 @@ kv console v1 --show-log | grep -q KVMBOX-POWERDOWN || fail "the guest did not s
 [ "$(field v1 status)" = Stopped ] || fail "not Stopped after stop"
 ! alive "$p1" || fail "QEMU still runs after stop"
 [ "$(tail -n 1 "$log")" = "-R" ] || fail "the profile was not unloaded after stop: $(tail -3 "$log")"
+[ ! -e "/sys/class/net/$tap" ] || fail "tap $tap left after stop"
 
 # --- Delete leaves nothing behind.
 kv delete v1

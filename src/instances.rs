@@ -225,6 +225,7 @@ impl Manager {
                 }
                 Err(vm::Error::NotRunning) => {
                     if vmdir.join("qemu").exists() {
+                        remove_taps(&rec);
                         // It was running when the daemon went away: its
                         // profile must not outlive it.
                         self.unload(&rec).await;
@@ -317,6 +318,7 @@ impl Manager {
                     v.record.clone()
                 };
                 log!(Info, "instance {}: QEMU exited", rec.name);
+                remove_taps(&rec);
                 self.unload(&rec).await;
                 lock(&e.view).seclabel = SecLabel::default();
             }
@@ -513,6 +515,18 @@ impl Manager {
                 required: rec.apparmor() == AaMode::Required,
             });
         }
+        let taps = rec.bridged();
+        for (i, (tap, (dev, bridge))) in taps.iter().enumerate() {
+            if let Err(err) = crate::sys::process::create_tap(tap, bridge) {
+                for (t, _) in taps.iter().take(i) {
+                    let _ = crate::sys::process::delete_tap(t);
+                }
+                self.unload(&rec).await;
+                return Err(Error::Refused(format!(
+                    "device {dev}: cannot put a tap {tap} on bridge {bridge}: {err}"
+                )));
+            }
+        }
         match Vm::spawn(&spec).await {
             Ok(vm) => {
                 let mut v = lock(&e.view);
@@ -530,7 +544,9 @@ impl Manager {
                 Ok(())
             }
             Err(err) => {
-                // A failed start leaves no profile loaded (libvirt does).
+                // A failed start leaves no profile loaded (libvirt does),
+                // and no tap.
+                remove_taps(&rec);
                 self.unload(&rec).await;
                 Err(err.into())
             }
@@ -573,6 +589,7 @@ impl Manager {
             })
         };
         lock(&e.view).pid = None;
+        remove_taps(&rec);
         self.unload(&rec).await;
         lock(&e.view).seclabel = SecLabel::default();
         let how = how?;
@@ -796,11 +813,13 @@ impl Manager {
                 readonly: d.read_only,
             });
         }
-        let taps = rec
-            .devices
-            .values()
-            .filter_map(|d| d.get("host_name").cloned())
-            .collect();
+        let mut taps: Vec<String> = rec.bridged().into_iter().map(|(t, _)| t).collect();
+        taps.extend(
+            rec.devices
+                .values()
+                .filter(|d| d.get("nictype").map(String::as_str) == Some("tap"))
+                .filter_map(|d| d.get("host_name").cloned()),
+        );
         let get = |k: &str| rec.config.get(k).filter(|v| !v.is_empty()).cloned();
         Ok(crate::apparmor::Instance {
             uuid: rec.uuid.clone(),
@@ -900,6 +919,17 @@ impl Manager {
             } else {
                 "re-adopted; QEMU is not under its profile".into()
             },
+        }
+    }
+}
+
+/// Removes the taps of the instance's bridged NICs; gone already is fine.
+fn remove_taps(rec: &Record) {
+    for (tap, _) in rec.bridged() {
+        if Path::new("/sys/class/net").join(&tap).exists() {
+            if let Err(e) = crate::sys::process::delete_tap(&tap) {
+                log!(Warn, "instance {}: cannot remove tap {tap}: {e}", rec.name);
+            }
         }
     }
 }

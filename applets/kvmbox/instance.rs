@@ -38,6 +38,9 @@ pub(crate) struct Launch {
     #[argh(option)]
     /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
     forward: Vec<String>,
+    #[argh(option)]
+    /// put eth0 on this existing bridge instead of user-mode NAT
+    network: Option<String>,
     #[argh(option, short = 'c')]
     /// any config key: KEY=VALUE (e.g. security.privileged=true); repeatable
     config: Vec<String>,
@@ -71,6 +74,9 @@ pub(crate) struct Init {
     #[argh(option)]
     /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
     forward: Vec<String>,
+    #[argh(option)]
+    /// put eth0 on this existing bridge instead of user-mode NAT
+    network: Option<String>,
     #[argh(option, short = 'c')]
     /// any config key: KEY=VALUE (e.g. security.privileged=true); repeatable
     config: Vec<String>,
@@ -266,6 +272,7 @@ struct CreateArgs<'a> {
     cpus: Option<u32>,
     memory: &'a Option<String>,
     forward: &'a [String],
+    network: &'a Option<String>,
     config: &'a [String],
     args: &'a [String],
 }
@@ -306,7 +313,14 @@ fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
             json!({"type": "disk", "source": absolute(d)?}),
         );
     }
-    let nic = if a.forward.is_empty() {
+    let nic = if let Some(bridge) = a.network {
+        if !a.forward.is_empty() {
+            return Err(Error::Usage(
+                "--forward is for user-mode NAT, not with --network".into(),
+            ));
+        }
+        json!({"type": "nic", "nictype": "bridged", "parent": bridge})
+    } else if a.forward.is_empty() {
         json!({"type": "nic", "nictype": "user"})
     } else {
         json!({"type": "nic", "nictype": "user", "forward": a.forward.join(",")})
@@ -349,6 +363,7 @@ pub(crate) fn launch(ctx: &Ctx, a: &Launch) -> Result<(), Error> {
             cpus: a.cpus,
             memory: &a.memory,
             forward: &a.forward,
+            network: &a.network,
             config: &a.config,
             args: &a.args,
         },
@@ -370,6 +385,7 @@ pub(crate) fn init(ctx: &Ctx, a: &Init) -> Result<(), Error> {
             cpus: a.cpus,
             memory: &a.memory,
             forward: &a.forward,
+            network: &a.network,
             config: &a.config,
             args: &a.args,
         },

@@ -116,6 +116,32 @@ impl Record {
         Ok(out)
     }
 
+    /// Bridged NICs: (tap the daemon creates, (device, bridge)). The tap is
+    /// named after the instance (`kb` + 8 hex digits of its UUID + the NIC's
+    /// position) unless the device gives `host_name`.
+    pub(crate) fn bridged(&self) -> Vec<(String, (String, String))> {
+        let short: String = self
+            .uuid
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(8)
+            .collect();
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.get("type").map(String::as_str) == Some("nic"))
+            .enumerate()
+            .filter(|(_, (_, d))| d.get("nictype").map(String::as_str) == Some("bridged"))
+            .map(|(i, (name, d))| {
+                let tap = d
+                    .get("host_name")
+                    .cloned()
+                    .unwrap_or_else(|| format!("kb{short}n{i}"));
+                let parent = d.get("parent").cloned().unwrap_or_default();
+                (tap, (name.clone(), parent))
+            })
+            .collect()
+    }
+
     /// Checks config keys and devices; every error names what is wrong.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         qemu::validate_name(&self.name).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -230,6 +256,14 @@ impl Record {
                 nics.push(nic_of(name, dev)?);
             }
         }
+        let bridged = self.bridged();
+        for nic in &mut nics {
+            if let Nic::Tap { id, ifname, .. } = nic {
+                if let Some((tap, _)) = bridged.iter().find(|(_, (dev, _))| dev == id) {
+                    ifname.clone_from(tap);
+                }
+            }
+        }
         let config = VmConfig {
             name: self.name.clone(),
             uuid: self.uuid.clone(),
@@ -305,8 +339,9 @@ pub(crate) fn disk_of(name: &str, dev: &Device) -> Result<Disk, Error> {
     })
 }
 
-/// A NIC device: `nictype` user (NAT, `forward=H:G,H:G`) or tap
-/// (`host_name`, an existing tap already on its bridge).
+/// A NIC device: `nictype` user (NAT, `forward=H:G,H:G`), bridged
+/// (`parent=BRIDGE`: the daemon makes a tap on it) or tap (`host_name`, an
+/// existing tap already on its bridge).
 fn nic_of(name: &str, dev: &Device) -> Result<Nic, Error> {
     let bad = |why: String| Error::Invalid(format!("device {name}: {why}"));
     let mac = dev.get("hwaddr").cloned();
@@ -334,7 +369,24 @@ fn nic_of(name: &str, dev: &Device) -> Result<Nic, Error> {
                 .cloned()
                 .ok_or_else(|| bad("a tap NIC needs host_name=TAP".into()))?,
         }),
-        Some(t) => Err(bad(format!("nictype {t:?} is not user or tap"))),
+        Some("bridged") => {
+            let parent = dev
+                .get("parent")
+                .filter(|p| {
+                    (1..16).contains(&p.len())
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                })
+                .ok_or_else(|| bad("a bridged NIC needs parent=BRIDGE".into()))?;
+            let _ = parent;
+            Ok(Nic::Tap {
+                id: name.into(),
+                mac,
+                // Replaced by the instance's own tap name in `spec`.
+                ifname: dev.get("host_name").cloned().unwrap_or_else(|| "kb".into()),
+            })
+        }
+        Some(t) => Err(bad(format!("nictype {t:?} is not user, bridged or tap"))),
     }
 }
 
