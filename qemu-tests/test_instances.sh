@@ -132,11 +132,13 @@ contains "$(kv info v1)" "kvmbox-$u1"
 
 # --- Hotplug: the profile grants the disk before QEMU opens it.
 qemu-img create -q -f raw data.img 16M
+owner=$(stat -c %u:%g:%a data.img)
 loads=$(grep -c -- "^-r" "$log")
 kv config device add v1 data disk source="$PWD/data.img" >/dev/null
 [ "$(grep -c -- "^-r" "$log")" -gt "$loads" ] || fail "no add-file reload before the hotplug"
 grep -q "data.img" "aa/kvmbox-$u1.files" || fail "the hot-plugged disk is not in the profile"
 wait_console v1 "KVMBOX-DISK vdb" 10
+[ "$(stat -c %u data.img)" = "$uid" ] || fail "the hot-plugged disk is not the VM's"
 
 # --- SIGKILL the daemon: the VM keeps running and is taken over again.
 kill -9 $dpid; wait $dpid 2>/dev/null || true
@@ -150,6 +152,7 @@ expect_fail kv start v1
 contains "$ERR" "already running"
 kv config device remove v1 data >/dev/null
 ! kv info v1 | grep -q "device data" || fail "the unplugged disk is still listed"
+[ "$(stat -c %u:%g:%a data.img)" = "$owner" ] || fail "the unplugged disk did not get its owner back"
 # Restart: the re-adopted QEMU is powered down and a new one boots.
 kv restart v1 --timeout 30
 p2=$(field v1 pid); pids="$pids $p2"

@@ -384,6 +384,7 @@ impl Manager {
             image,
             config,
             devices,
+            disk_owners: BTreeMap::new(),
         };
         if rec.image.is_some() && !rec.devices.contains_key("root") {
             let mut root = Device::new();
@@ -392,6 +393,7 @@ impl Manager {
             rec.devices.insert("root".into(), root);
         }
         rec.validate()?;
+        rec.note_owners();
         {
             let entries = lock(&self.entries);
             let mut reserved = lock(&self.reserved);
@@ -640,6 +642,8 @@ impl Manager {
                 );
             }
         }
+        let mut rec = rec;
+        rec.release_owners(true);
         let dir = rec.dir(&host.state);
         // The record goes first: a crash half-way leaves a directory
         // without one, which the next start ignores and creation clears.
@@ -690,6 +694,7 @@ impl Manager {
             }
         }
         new.validate()?;
+        new.note_owners();
         if let Some(vm) = guard.as_mut() {
             let nics = |r: &Record| -> Vec<(String, Device)> {
                 r.devices
@@ -712,6 +717,7 @@ impl Manager {
                     // Saved at once: the VM no longer has it.
                     let mut partial = current(&e)?;
                     partial.devices.remove(&d.id);
+                    partial.release_owners(false);
                     save(&partial, &partial.dir(&host.state)).await?;
                     lock(&e.view).record = partial;
                 }
@@ -733,11 +739,16 @@ impl Manager {
                 if let Some(dev) = new.devices.get(&d.id) {
                     partial.devices.insert(d.id.clone(), dev.clone());
                 }
+                let path = d.path.display().to_string();
+                if let Some(owner) = new.disk_owners.get(&path) {
+                    partial.disk_owners.insert(path, *owner);
+                }
                 save(&partial, &partial.dir(&host.state)).await?;
                 lock(&e.view).record = partial;
                 log!(Info, "instance {name}: disk {} hot-plugged", d.id);
             }
         }
+        new.release_owners(false);
         save(&new, &new.dir(&host.state)).await?;
         lock(&e.view).record = new;
         Ok(())

@@ -56,6 +56,10 @@ pub(crate) struct Record {
     pub image: Option<ImageRef>,
     pub config: BTreeMap<String, String>,
     pub devices: BTreeMap<String, Device>,
+    /// Owner (uid, gid) and mode of each disk source before the VM layer
+    /// handed it to the VM's uid, by path: given back when the disk leaves.
+    #[serde(default)]
+    pub disk_owners: BTreeMap<String, (u32, u32, u32)>,
 }
 
 /// `security.apparmor`.
@@ -140,6 +144,51 @@ impl Record {
                 (tap, (name.clone(), parent))
             })
             .collect()
+    }
+
+    /// Notes the owner of every disk source not yet noted.
+    pub(crate) fn note_owners(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let sources: Vec<String> = self
+            .disks()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.path.display().to_string())
+            .collect();
+        for src in sources {
+            if self.disk_owners.contains_key(&src) {
+                continue;
+            }
+            if let Ok(m) = std::fs::symlink_metadata(&src) {
+                self.disk_owners
+                    .insert(src, (m.uid(), m.gid(), m.mode() & 0o7777));
+            }
+        }
+    }
+
+    /// Gives disks this record no longer uses back to their owners and
+    /// forgets them (all of them with `all`).
+    pub(crate) fn release_owners(&mut self, all: bool) {
+        let used: Vec<String> = if all {
+            Vec::new()
+        } else {
+            self.disks()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.path.display().to_string())
+                .collect()
+        };
+        let gone: Vec<String> = self
+            .disk_owners
+            .keys()
+            .filter(|k| !used.contains(k))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some((uid, gid, mode)) = self.disk_owners.remove(&path) {
+                give_back(Path::new(&path), uid, gid, mode);
+            }
+        }
     }
 
     /// Checks config keys and devices; every error names what is wrong.
@@ -286,6 +335,23 @@ impl Record {
             apparmor: None,
             start_timeout: Duration::from_secs(30),
         })
+    }
+}
+
+/// Restores owner and mode through a descriptor opened without following a
+/// final symlink (the VM's uid owned the file and could have replaced it).
+fn give_back(path: &Path, uid: u32, gid: u32, mode: u32) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    if f.metadata().is_ok_and(|m| m.is_file()) {
+        let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
     }
 }
 
@@ -439,6 +505,7 @@ mod tests {
             image: None,
             config: BTreeMap::new(),
             devices: BTreeMap::new(),
+            disk_owners: BTreeMap::new(),
         }
     }
 
