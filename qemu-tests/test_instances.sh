@@ -167,6 +167,15 @@ kv console v1 --show-log | grep -q KVMBOX-POWERDOWN || fail "the guest did not s
 [ "$(tail -n 1 "$log")" = "-R" ] || fail "the profile was not unloaded after stop: $(tail -3 "$log")"
 [ ! -e "/sys/class/net/$tap" ] || fail "tap $tap left after stop"
 
+# --- Two starts at once are serialised: the second sees the first's VM.
+(if kv start v1 2>s1.err; then echo 0; else echo 1; fi >s1.rc) & j1=$!
+(if kv start v1 2>s2.err; then echo 0; else echo 1; fi >s2.rc) & j2=$!
+wait $j1 $j2
+[ "$(cat s1.rc s2.rc | sort | tr -d '\n')" = "01" ] || fail "concurrent starts: exit codes $(cat s1.rc s2.rc)"
+grep -q "already running" s1.err s2.err || fail "the second start did not say why: $(cat s1.err s2.err)"
+pids="$pids $(field v1 pid)"
+kv stop v1 --force
+
 # --- Delete leaves nothing behind.
 kv delete v1
 [ ! -e state/instances/v1 ] || fail "the instance directory is left"
