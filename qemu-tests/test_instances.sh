@@ -176,6 +176,14 @@ grep -q "already running" s1.err s2.err || fail "the second start did not say wh
 pids="$pids $(field v1 pid)"
 kv stop v1 --force
 
+# --- security.privileged: QEMU as root, and the daemon says what that costs.
+kv init p1 $boot -c security.privileged=true -c security.apparmor=off >/dev/null
+kv start p1
+pp=$(field p1 pid); pids="$pids $pp"
+[ "$(sed -n 's/^Uid:\s*\([0-9]*\).*/\1/p' /proc/$pp/status)" = 0 ] || fail "a privileged VM does not run as root"
+grep -q "security.privileged is set: QEMU runs as root" daemon.log || fail "no warning for a privileged VM"
+kv delete --force p1
+
 # --- Delete leaves nothing behind.
 kv delete v1
 [ ! -e state/instances/v1 ] || fail "the instance directory is left"
