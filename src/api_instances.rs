@@ -425,15 +425,21 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     if let Err(r) = may_use(id, &b.source.path, false) {
         return r;
     }
-    match shared
-        .instances
-        .import_image(b.source.path.clone(), alias.to_string())
-        .await
-    {
-        Ok(img) => {
-            log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
-            sync(json!(img))
-        }
-        Err(e) => fail(&e),
-    }
+    let ex = match shared.instances.executor() {
+        Ok(ex) => ex,
+        Err(e) => return fail(&e),
+    };
+    let (s, path, alias) = (shared.clone(), b.source.path.clone(), alias.to_string());
+    let op = shared
+        .ops
+        .spawn_reporting(&ex, "Importing image", BTreeMap::new(), |p| async move {
+            match s.instances.import_image(path, alias, p).await {
+                Ok(img) => {
+                    log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
+                    Ok(json!(img))
+                }
+                Err(e) => Err(crate::error_chain(&e)),
+            }
+        });
+    operation(&op)
 }

@@ -769,13 +769,28 @@ impl Manager {
         Ok(image::list(&self.host()?.state))
     }
 
+    /// Imports an image; `progress` sees the operation's metadata change
+    /// as the copy goes (`{"progress": {"percent": N, "done": B, "total": B}}`).
     pub(crate) async fn import_image(
         &self,
         source: PathBuf,
         alias: String,
+        progress: crate::operations::Progress,
     ) -> Result<Image, Error> {
         let state = self.host()?.state.clone();
-        smol::unblock(move || image::import(&state, &source, &alias)).await
+        smol::unblock(move || {
+            let last = std::cell::Cell::new(u64::MAX);
+            let report = |done: u64, total: u64| {
+                let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+                if last.replace(percent) != percent {
+                    progress.set(json!({
+                        "progress": {"percent": percent, "done": done, "total": total}
+                    }));
+                }
+            };
+            image::import(&state, &source, &alias, &report)
+        })
+        .await
     }
 
     /// The executor long work runs on.

@@ -235,7 +235,44 @@ pub(crate) fn wait(
     if !is_op {
         return Ok(v);
     }
-    let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+    finish(c, &v)
+}
+
+/// On a terminal, shows the operation's `progress.percent` until it ends.
+fn show_progress(c: &mut Client, op: &Value) {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr();
+    if !err.is_terminal() {
+        return;
+    }
+    let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
+    loop {
+        let Ok(now) = c.call("GET", &format!("/1.0/operations/{id}"), None) else {
+            break;
+        };
+        if let Some(p) = now
+            .pointer("/metadata/progress/percent")
+            .and_then(Value::as_u64)
+        {
+            let _ = write!(err, "\rImporting: {p}%");
+            let _ = err.flush();
+        }
+        match now.get("status_code").and_then(Value::as_u64) {
+            Some(103) => {}
+            Some(200) => {
+                let _ = write!(err, "\rImporting: 100%");
+                break;
+            }
+            _ => break,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = writeln!(err);
+}
+
+/// Waits for the operation `op` (as an async answer gives it) to end.
+fn finish(c: &mut Client, op: &Value) -> Result<Value, Error> {
+    let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
     let done = c.call(
         "GET",
         &format!("/1.0/operations/{id}/wait?timeout=3600"),
@@ -433,7 +470,10 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
                 "source": {"type": "path", "path": absolute(&i.file)?},
                 "aliases": [{"name": i.alias}],
             });
-            let img = wait(&mut ctx.connect()?, "POST", "/1.0/images", Some(&body))?;
+            let mut c = ctx.connect()?;
+            let op = c.call("POST", "/1.0/images", Some(&body))?;
+            show_progress(&mut c, &op);
+            let img = finish(&mut c, &op)?;
             println!(
                 "Image imported with fingerprint: {}",
                 img.get("fingerprint")

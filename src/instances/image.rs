@@ -92,7 +92,13 @@ pub(crate) fn probe(path: &Path) -> Result<(String, Option<String>), Error> {
 
 /// Copies `source` into the store as `alias`. The copy is hashed as it is
 /// written and only then named, so a half-copied image never appears.
-pub(crate) fn import(state: &Path, source: &Path, alias: &str) -> Result<Image, Error> {
+/// `progress(done, total)` is called as the copy goes.
+pub(crate) fn import(
+    state: &Path,
+    source: &Path,
+    alias: &str,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Image, Error> {
     crate::qemu::validate_name(alias)
         .map_err(|_| Error::Invalid(format!("invalid image alias {alias:?}: use a DNS label")))?;
     if find(state, alias).is_ok() {
@@ -116,7 +122,7 @@ pub(crate) fn import(state: &Path, source: &Path, alias: &str) -> Result<Image, 
     // VMs' uids read images (as backing files) through this directory.
     let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
     let tmp = d.join(format!(".import-{}", std::process::id()));
-    let result = copy_hashed(source, &tmp);
+    let result = copy_hashed(source, &tmp, progress);
     let (fingerprint, size) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -154,8 +160,13 @@ pub(crate) fn import(state: &Path, source: &Path, alias: &str) -> Result<Image, 
     Ok(image)
 }
 
-fn copy_hashed(source: &Path, tmp: &Path) -> io::Result<(String, u64)> {
+fn copy_hashed(
+    source: &Path,
+    tmp: &Path,
+    progress: &dyn Fn(u64, u64),
+) -> io::Result<(String, u64)> {
     let mut src = fs::File::open(source)?;
+    let total = src.metadata()?.len();
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -172,6 +183,7 @@ fn copy_hashed(source: &Path, tmp: &Path) -> io::Result<(String, u64)> {
         ctx.update(chunk);
         dst.write_all(chunk)?;
         size += n as u64;
+        progress(size, total);
     }
     dst.sync_all()?;
     // Backing files are opened by the VMs' uids; read-only for everyone.
