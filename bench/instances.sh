@@ -6,12 +6,12 @@
 # then kvmboxd's RSS with that one VM running next to libvirtd's with its
 # domain running. Needs root (per-VM uids, system libvirtd).
 # Prints table rows: | what | kvmbox | peer | ratio |
-# Env: KVMBOX_BIN (default build/kvmbox), BENCH_ROUNDS (default 3).
+# Env: KVMBOX_BIN (default build/kvmbox), BENCH_ROUNDS (default 5).
 set -eu
 . "$BENCHLIB"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 K=$(cd "$(dirname "$K")" && pwd)/$(basename "$K")
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5}
 [ "$(id -u)" -eq 0 ] || { echo "| instances | skipped: needs root | | |"; exit 0; }
 cache=$(sh "$repo/qemu-tests/assets.sh" | tail -n 1)
 work=$(mktemp -d)
@@ -55,22 +55,21 @@ i=0; until "$K" info >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 100 ] || exit 1;
 "$K" init b1 --kernel "$work/vmlinuz" --initrd "$work/initrd.gz" --cmdline "console=ttyS0 quiet panic=-1" \
     --memory 256MiB -c limits.accel=tcg -c security.apparmor=off >/dev/null
 klog=$work/state/instances/b1/vm/qemu/console.log
-: >"$work/k.txt"
-r=0; while [ $r -lt "$rounds" ]; do
-    t0=$(now_ms); "$K" start b1; marker_ms "$klog" "$t0" >>"$work/k.txt"
-    "$K" stop --force b1
-    r=$((r + 1))
-done
 
-# --- the same QEMU command line by hand (run files moved to a scratch dir)
+# The QEMU command line the daemon uses, replayed by hand with its run
+# files moved to a scratch directory.
 "$K" start b1; marker_ms "$klog" "$(now_ms)" >/dev/null
 qpid=$("$K" info b1 --format json | sed -n 's/^  "pid": \([0-9]*\),$/\1/p')
 k_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$kpid/status")
 mkdir "$work/hand"
 tr '\0' '\n' <"/proc/$qpid/cmdline" | tail -n +2 | sed "s|$work/state/instances/b1/vm/qemu|$work/hand|g" >"$work/argv"
 "$K" stop --force b1
-: >"$work/h.txt"
-r=0; while [ $r -lt "$rounds" ]; do
+
+kvmbox_once() {
+    t0=$(now_ms); "$K" start b1; marker_ms "$klog" "$t0" >>"$work/k.txt"
+    "$K" stop --force b1
+}
+hand_once() {
     rm -f "$work/hand/"*
     t0=$(now_ms)
     # One argument per line; none of them holds a newline.
@@ -79,6 +78,11 @@ r=0; while [ $r -lt "$rounds" ]; do
     hpid=$!
     marker_ms "$work/hand/console.log" "$t0" >>"$work/h.txt"
     kill -9 "$hpid"; wait "$hpid" 2>/dev/null || true; hpid=""
+}
+: >"$work/k.txt"; : >"$work/h.txt"
+r=0; while [ $r -lt "$rounds" ]; do
+    # Alternate so that neither side always runs on a warmer cache.
+    kvmbox_once; hand_once
     r=$((r + 1))
 done
 

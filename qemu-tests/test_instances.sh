@@ -51,7 +51,11 @@ start_daemon() {
 }
 cleanup() {
     kill -9 ${dpid:-} 2>/dev/null || true
-    for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+    # Also any QEMU of this state directory whose pid a failed check did
+    # not get to record.
+    for p in $pids $(grep -lasF "$PWD/state/instances/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+        kill -9 "$p" 2>/dev/null || true
+    done
     [ -z "${br:-}" ] || ip link del "$br" 2>/dev/null || true
 }
 trap cleanup EXIT
