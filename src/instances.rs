@@ -12,6 +12,8 @@
 mod confine;
 mod image;
 mod record;
+mod update;
+mod view;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,13 +28,13 @@ use smol::lock::Mutex as AsyncMutex;
 
 use crate::accel::{self, Accel, AccelChoice, AccelMode};
 use crate::log::log;
-use crate::qemu::RunFiles;
 use crate::store::{write_atomic, Overwrite};
 use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
 pub(crate) use record::{parse_uid_range, Device, Record};
+use view::show;
 
 /// `instances.uid_range` when unset.
 pub(crate) const DEFAULT_UID_RANGE: &str = "1000000:65536";
@@ -510,7 +512,7 @@ impl Manager {
         // The helper resolves the run files' directories: they must exist.
         mkdir(&spec.dir, 0o711)?;
         mkdir(&spec.dir.join("qemu"), 0o700)?;
-        let label = self.load(&rec, &spec.dir).await?;
+        let label = self.load(&rec).await?;
         if label.confined {
             spec.apparmor = Some(vm::AppArmor {
                 profile: profile_name(&rec.uuid),
@@ -657,103 +659,6 @@ impl Manager {
         Ok(())
     }
 
-    /// Replaces (`replace`) or merges config and devices. On a running VM,
-    /// disks added are hot-plugged (profile first) and disks removed are
-    /// unplugged; NICs cannot change while it runs; other config applies at
-    /// the next start.
-    pub(crate) async fn update(
-        &self,
-        name: &str,
-        config: Option<BTreeMap<String, String>>,
-        devices: Option<BTreeMap<String, Device>>,
-        replace: bool,
-    ) -> Result<(), Error> {
-        let host = self.host()?;
-        let e = self.entry(name)?;
-        let mut guard = e.vm.lock().await;
-        let old = current(&e)?;
-        let mut new = old.clone();
-        if let Some(c) = config {
-            if replace {
-                new.config = c;
-            } else {
-                for (k, v) in c {
-                    if v.is_empty() {
-                        new.config.remove(&k);
-                    } else {
-                        new.config.insert(k, v);
-                    }
-                }
-            }
-        }
-        if let Some(d) = devices {
-            if replace {
-                new.devices = d;
-            } else {
-                new.devices.extend(d);
-            }
-        }
-        new.validate()?;
-        new.note_owners();
-        if let Some(vm) = guard.as_mut() {
-            let nics = |r: &Record| -> Vec<(String, Device)> {
-                r.devices
-                    .iter()
-                    .filter(|(_, d)| d.get("type").map(String::as_str) != Some("disk"))
-                    .map(|(k, d)| (k.clone(), d.clone()))
-                    .collect()
-            };
-            if nics(&old) != nics(&new) || old.devices.get("root") != new.devices.get("root") {
-                return Err(Error::Conflict(format!(
-                    "instance {name:?} is running: stop it to change its NICs or root disk"
-                )));
-            }
-            let before = old.disks()?;
-            let after = new.disks()?;
-            for d in &before {
-                let same = after.iter().any(|a| a.id == d.id && a.path == d.path);
-                if !same {
-                    vm.unplug_disk(&d.id, Duration::from_secs(10)).await?;
-                    // Saved at once: the VM no longer has it.
-                    let mut partial = current(&e)?;
-                    partial.devices.remove(&d.id);
-                    partial.release_owners(false);
-                    save(&partial, &partial.dir(&host.state)).await?;
-                    lock(&e.view).record = partial;
-                }
-            }
-            for d in &after {
-                if before.iter().any(|b| b.id == d.id && b.path == d.path) {
-                    continue;
-                }
-                if lock(&e.view).seclabel.loaded {
-                    // The profile must grant the disk before QEMU opens it.
-                    let mut args = vec![d.path.display().to_string()];
-                    if d.read_only {
-                        args.push("--readonly".into());
-                    }
-                    self.helper(&current(&e)?, "add-file", args).await?;
-                }
-                vm.hotplug_disk(d).await?;
-                let mut partial = current(&e)?;
-                if let Some(dev) = new.devices.get(&d.id) {
-                    partial.devices.insert(d.id.clone(), dev.clone());
-                }
-                let path = d.path.display().to_string();
-                if let Some(owner) = new.disk_owners.get(&path) {
-                    partial.disk_owners.insert(path, *owner);
-                }
-                save(&partial, &partial.dir(&host.state)).await?;
-                lock(&e.view).record = partial;
-                log!(Info, "instance {name}: disk {} hot-plugged", d.id);
-            }
-        }
-        new.release_owners(false);
-        save(&new, &new.dir(&host.state)).await?;
-        lock(&e.view).record = new;
-        Ok(())
-    }
-
     /// The tail of the serial console log.
     pub(crate) fn console(&self, name: &str) -> Result<String, Error> {
         let rec = current(&*self.entry(name)?)?;
@@ -805,148 +710,6 @@ impl Manager {
             .get(crate::settings::AA_PROFILE_DIR)
             .map(PathBuf::from);
     }
-
-    fn profile_dir(&self) -> PathBuf {
-        let set = lock(&self.profile_dir).clone();
-        match (set, self.host.get()) {
-            (Some(d), _) => d,
-            (None, Some(h)) if crate::sys::euid() != 0 => h.state.join("apparmor"),
-            _ => PathBuf::from("/etc/apparmor.d/kvmbox"),
-        }
-    }
-
-    /// What the helper is told about `rec`.
-    fn definition(&self, rec: &Record) -> Result<crate::apparmor::Instance, Error> {
-        let host = self.host()?;
-        let dir = rec.dir(&host.state);
-        let files = RunFiles::in_dir(&dir.join("vm").join("qemu"));
-        let s = |p: &Path| p.display().to_string();
-        let mut disks = Vec::new();
-        if let (Some(root), Some(img)) = (rec.root_disk(&host.state), &rec.image) {
-            disks.push(crate::apparmor::Disk {
-                path: s(&root),
-                readonly: false,
-            });
-            // The overlay's backing file: QEMU opens it read-only.
-            disks.push(crate::apparmor::Disk {
-                path: s(&img.path),
-                readonly: true,
-            });
-        }
-        for d in rec.disks()? {
-            disks.push(crate::apparmor::Disk {
-                path: s(&d.path),
-                readonly: d.read_only,
-            });
-        }
-        let mut taps: Vec<String> = rec.bridged().into_iter().map(|(t, _)| t).collect();
-        taps.extend(
-            rec.devices
-                .values()
-                .filter(|d| d.get("nictype").map(String::as_str) == Some("tap"))
-                .filter_map(|d| d.get("host_name").cloned()),
-        );
-        let get = |k: &str| rec.config.get(k).filter(|v| !v.is_empty()).cloned();
-        Ok(crate::apparmor::Instance {
-            uuid: rec.uuid.clone(),
-            name: rec.name.clone(),
-            dir: s(&dir),
-            disks,
-            hotplug: Vec::new(),
-            kernel: get("boot.kernel"),
-            initrd: get("boot.initrd"),
-            firmware: None,
-            nvram: None,
-            qmp_socket: Some(s(&files.qmp)),
-            pid_file: Some(s(&files.pidfile)),
-            log_file: Some(s(&files.console)),
-            taps,
-        })
-    }
-
-    async fn helper(&self, rec: &Record, mode: &str, args: Vec<String>) -> Result<String, Error> {
-        let def = self.definition(rec)?;
-        let helper = self.host()?.helper.clone();
-        let dir = self.profile_dir();
-        let required = rec.apparmor() == AaMode::Required;
-        let mode = mode.to_string();
-        let uuid = rec.uuid.clone();
-        smol::unblock(move || helper.run(&mode, &args, &uuid, &dir, required, Some(&def)))
-            .await
-            .map_err(|why| Error::Refused(format!("AppArmor profile of {}: {why}", rec.name)))
-    }
-
-    /// Writes and loads the instance's profile before QEMU starts.
-    async fn load(&self, rec: &Record, _vmdir: &Path) -> Result<SecLabel, Error> {
-        let mode = rec.apparmor();
-        if mode == AaMode::Off {
-            return Ok(SecLabel {
-                reason: "security.apparmor is off".into(),
-                ..SecLabel::default()
-            });
-        }
-        let kernel = confine::kernel();
-        if let (AaMode::Required, Err(why)) = (mode, &kernel) {
-            return Err(Error::Refused(format!(
-                "security.apparmor=required but the kernel has no AppArmor ({why}): \
-                 refusing to start {} unconfined",
-                rec.name
-            )));
-        }
-        let line = self.helper(rec, "replace", Vec::new()).await?;
-        let loaded = line.ends_with(" loaded");
-        let confined = loaded && kernel.is_ok();
-        let reason = match (&kernel, loaded) {
-            (_, true) if confined => String::new(),
-            (Err(why), _) => format!("the kernel has no AppArmor: {why}"),
-            (Ok(()), _) => line.clone(),
-        };
-        if !confined {
-            log!(
-                Warn,
-                "instance {}: QEMU runs unconfined: {reason}",
-                rec.name
-            );
-        }
-        Ok(SecLabel {
-            loaded,
-            confined,
-            reason,
-        })
-    }
-
-    /// Unloads the instance's profile; failures are logged, not fatal.
-    async fn unload(&self, rec: &Record) {
-        if rec.apparmor() == AaMode::Off {
-            return;
-        }
-        let Ok(host) = self.host() else { return };
-        let helper = host.helper.clone();
-        let dir = self.profile_dir();
-        let uuid = rec.uuid.clone();
-        let r = smol::unblock(move || helper.run("remove", &[], &uuid, &dir, false, None)).await;
-        if let Err(why) = r {
-            log!(
-                Warn,
-                "instance {}: unloading its profile failed: {why}",
-                rec.name
-            );
-        }
-    }
-
-    fn label_of_running(&self, rec: &Record, pid: u32) -> SecLabel {
-        let current = fs::read_to_string(format!("/proc/{pid}/attr/current")).unwrap_or_default();
-        let confined = current.starts_with(&profile_name(&rec.uuid));
-        SecLabel {
-            loaded: rec.apparmor() != AaMode::Off,
-            confined,
-            reason: if confined {
-                String::new()
-            } else {
-                "re-adopted; QEMU is not under its profile".into()
-            },
-        }
-    }
 }
 
 /// Removes the taps of the instance's bridged NICs; gone already is fine.
@@ -988,82 +751,4 @@ async fn save(rec: &Record, dir: &Path) -> Result<(), Error> {
     smol::unblock(move || write_atomic(&path, &data, 0o600, Overwrite::Replace))
         .await
         .map_err(|e| Error::host("save the instance", e))
-}
-
-fn rfc3339(secs: u64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-/// LXD's instance object, plus the profile and confinement (libvirt's
-/// seclabel) and the QEMU pid.
-fn show(v: &View, with_state: bool) -> Value {
-    let r = &v.record;
-    let (status, code) = match (v.pid, &v.orphan) {
-        (Some(_), _) => ("Running", 103),
-        (None, Some(_)) => ("Error", 112),
-        (None, None) => ("Stopped", 102),
-    };
-    let mut config = r.config.clone();
-    config.insert("volatile.uuid".into(), r.uuid.clone());
-    config.insert("volatile.idmap.base".into(), r.uid.to_string());
-    if let Some(img) = &r.image {
-        config.insert("image.alias".into(), img.alias.clone());
-        config.insert("volatile.base_image".into(), img.fingerprint.clone());
-    }
-    let model = match confine::kernel() {
-        Ok(()) if r.apparmor() != AaMode::Off => "apparmor",
-        _ => "none",
-    };
-    let mut out = json!({
-        "name": r.name,
-        "description": "",
-        "type": "virtual-machine",
-        "architecture": std::env::consts::ARCH,
-        "created_at": rfc3339(r.created_at),
-        "last_used_at": rfc3339(r.created_at),
-        "status": status,
-        "status_code": code,
-        "stateful": false,
-        "ephemeral": false,
-        "project": "default",
-        "profiles": [],
-        "location": "none",
-        "config": config,
-        "devices": r.devices,
-        "expanded_config": config,
-        "expanded_devices": r.devices,
-        "pid": v.pid.unwrap_or(0),
-        "accelerator": v.accel.map(|a| a.to_string()).unwrap_or_default(),
-        "seclabel": {
-            "model": model,
-            "label": profile_name(&r.uuid),
-            "mode": match r.apparmor() { AaMode::Auto => "auto", AaMode::Required => "required", AaMode::Off => "off" },
-            "loaded": v.seclabel.loaded,
-            "confined": v.seclabel.confined,
-            "reason": v.seclabel.reason,
-        },
-    });
-    let Some(obj) = out.as_object_mut() else {
-        return out;
-    };
-    if let Some(why) = &v.orphan {
-        obj.insert("error".into(), json!(why));
-    }
-    if with_state {
-        obj.insert(
-            "state".into(),
-            json!({
-                "status": status,
-                "status_code": code,
-                "pid": v.pid.unwrap_or(0),
-                "processes": if v.pid.is_some() { 1 } else { 0 },
-            }),
-        );
-    }
-    out
 }
