@@ -147,7 +147,12 @@ wait_console v1 "KVMBOX-DISK vdb" 10
 # --- SIGKILL the daemon: the VM keeps running and is taken over again.
 kill -9 $dpid; wait $dpid 2>/dev/null || true
 alive "$p1" || fail "QEMU died with the daemon"
+# What a creation cut short by the kill would leave: a directory, no record.
+mkdir state/instances/ghost
 start_daemon
+! kv list | grep -q ghost || fail "a directory without a record became an instance"
+kv init ghost $boot >/dev/null
+kv delete ghost
 [ "$(field v1 status)" = Running ] || fail "not Running after the daemon restart"
 [ "$(field v1 pid)" = "$p1" ] || fail "another pid after the daemon restart"
 expect_fail kv delete v1
