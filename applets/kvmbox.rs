@@ -21,6 +21,7 @@ use crate::cli;
 mod auth;
 mod config;
 mod info;
+mod instance;
 mod output;
 mod remote;
 
@@ -55,6 +56,14 @@ enum Cmd {
     Authenticate(auth::Authenticate),
     Config(config::Config),
     Remote(remote::RemoteCmd),
+    Launch(instance::Launch),
+    Init(instance::Init),
+    Start(instance::Start),
+    Stop(instance::Stop),
+    Restart(instance::Restart),
+    Delete(instance::Delete),
+    Console(instance::Console),
+    Image(instance::Image),
 }
 
 /// What a subcommand can fail with.
@@ -118,6 +127,15 @@ impl Ctx {
         Ok(Client::connect_tcp(&addr, &host, &id, &trust)?.0)
     }
 
+    /// Connects for `[REMOTE:]NAME` and returns the bare NAME.
+    pub(crate) fn target(&self, arg: &str) -> Result<(Client, String), Error> {
+        let (remote, name) = split_remote(arg);
+        if name.is_empty() {
+            return Err(Error::Usage(format!("{arg:?} names no instance")));
+        }
+        Ok((self.connect_to(remote.as_deref())?, name))
+    }
+
     /// What to tell a client that `remote` does not trust.
     pub(crate) fn untrusted_hint(&self, remote: Option<&str>) -> &'static str {
         let dir = kvmbox::config_dir();
@@ -146,6 +164,14 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Cmd::Authenticate(c) => auth::authenticate(&ctx, &c),
         Cmd::Config(c) => config::config(&ctx, c),
         Cmd::Remote(c) => remote::remote(&ctx, c),
+        Cmd::Launch(c) => instance::launch(&ctx, &c),
+        Cmd::Init(c) => instance::init(&ctx, &c),
+        Cmd::Start(c) => instance::start(&ctx, &c),
+        Cmd::Stop(c) => instance::stop(&ctx, &c),
+        Cmd::Restart(c) => instance::restart(&ctx, &c),
+        Cmd::Delete(c) => instance::delete(&ctx, &c),
+        Cmd::Console(c) => instance::console(&ctx, &c),
+        Cmd::Image(c) => instance::image(&ctx, &c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

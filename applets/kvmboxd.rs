@@ -21,6 +21,8 @@ const NAME: &str = "kvmboxd";
 /// The kvmbox daemon: runs VMs and serves the API.
 #[derive(FromArgs)]
 #[argh(note = "Environment: KVMBOX_DIR is the default state directory.
+KVMBOX_AA_PARSER names a program kvmbox-aa-helper runs instead of apparmor_parser
+(for tests; profiles are then compiled even where the kernel has no AppArmor).
 Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version.")]
 struct Args {
     /// state directory (default $KVMBOX_DIR, else /var/lib/kvmbox)
@@ -70,5 +72,10 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     opts.https = args.https;
     opts.timeout = Duration::from_secs(args.timeout);
     opts.max_connections = args.max_connections.max(1);
+    // Tests on kernels without AppArmor: profiles are compiled for real by
+    // this program (e.g. a wrapper around `apparmor_parser -Q -K -T`).
+    opts.aa_parser = std::env::var("KVMBOX_AA_PARSER")
+        .ok()
+        .filter(|p| !p.is_empty());
     cli::report(NAME, kvmbox::run_daemon(opts))
 }

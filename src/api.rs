@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 mod certificates;
 pub(crate) mod filter;
 
+use crate::api_instances::Call;
 use crate::daemon::Shared;
 use crate::http::{Request, Response};
 use crate::log::log;
@@ -90,18 +91,10 @@ enum Route {
     Certificate,
     CertificateDelete,
     CertificateUpdate,
-    Instances,
-    Instance,
-    InstanceCreate,
-    InstanceUpdate,
-    InstanceDelete,
-    InstanceState,
-    InstanceConsole,
-    Snapshots,
-    SnapshotCreate,
-    Images,
-    ImageAdd,
-    ImageDelete,
+    /// Instances and images: see `api_instances`.
+    Instances(Call),
+    /// Snapshots and image deletion: routed (so roles apply) but not built yet.
+    NotImplemented(&'static str),
     Operations,
     Operation,
     OperationWait,
@@ -152,98 +145,110 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
     (
         "GET",
         "/1.0/instances",
-        Route::Instances,
+        Route::Instances(Call::List),
         Need::Role(Role::Auditor),
     ),
     // lxc 5.0 asks for containers: the same instances under LXD's old name.
     (
         "GET",
         "/1.0/containers",
-        Route::Instances,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "POST",
-        "/1.0/instances",
-        Route::InstanceCreate,
-        Need::Role(Role::Operator),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}",
-        Route::Instance,
+        Route::Instances(Call::List),
         Need::Role(Role::Auditor),
     ),
     (
         "GET",
         "/1.0/containers/{}",
-        Route::Instance,
+        Route::Instances(Call::Get),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/containers/{}/state",
+        Route::Instances(Call::State),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "PUT",
+        "/1.0/containers/{}/state",
+        Route::Instances(Call::StatePut),
+        Need::Role(Role::User),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}/snapshots",
+        Route::NotImplemented("snapshots"),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/instances/{}/snapshots",
+        Route::NotImplemented("snapshots"),
+        Need::Role(Role::User),
+    ),
+    (
+        "DELETE",
+        "/1.0/images/{}",
+        Route::NotImplemented("deleting images"),
+        Need::Role(Role::Operator),
+    ),
+    (
+        "POST",
+        "/1.0/instances",
+        Route::Instances(Call::Create),
+        Need::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}",
+        Route::Instances(Call::Get),
         Need::Role(Role::Auditor),
     ),
     (
         "PUT",
         "/1.0/instances/{}",
-        Route::InstanceUpdate,
+        Route::Instances(Call::Put),
         Need::Role(Role::Operator),
     ),
     (
         "PATCH",
         "/1.0/instances/{}",
-        Route::InstanceUpdate,
+        Route::Instances(Call::Patch),
         Need::Role(Role::Operator),
     ),
     (
         "DELETE",
         "/1.0/instances/{}",
-        Route::InstanceDelete,
+        Route::Instances(Call::Delete),
         Need::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}/state",
+        Route::Instances(Call::State),
+        Need::Role(Role::Auditor),
     ),
     (
         "PUT",
         "/1.0/instances/{}/state",
-        Route::InstanceState,
+        Route::Instances(Call::StatePut),
         Need::Role(Role::User),
     ),
     (
-        "PUT",
-        "/1.0/containers/{}/state",
-        Route::InstanceState,
-        Need::Role(Role::User),
-    ),
-    (
-        "POST",
+        "GET",
         "/1.0/instances/{}/console",
-        Route::InstanceConsole,
-        Need::Role(Role::User),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}/snapshots",
-        Route::Snapshots,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "POST",
-        "/1.0/instances/{}/snapshots",
-        Route::SnapshotCreate,
+        Route::Instances(Call::Console),
         Need::Role(Role::User),
     ),
     (
         "GET",
         "/1.0/images",
-        Route::Images,
+        Route::Instances(Call::Images),
         Need::Role(Role::Auditor),
     ),
     (
         "POST",
         "/1.0/images",
-        Route::ImageAdd,
-        Need::Role(Role::Operator),
-    ),
-    (
-        "DELETE",
-        "/1.0/images/{}",
-        Route::ImageDelete,
+        Route::Instances(Call::ImageAdd),
         Need::Role(Role::Operator),
     ),
     (
@@ -405,7 +410,6 @@ pub(crate) fn error(code: u16, message: &str) -> Response {
 }
 
 /// LXD's asynchronous response: 202 and the operation.
-#[allow(dead_code, reason = "instance lifecycle calls answer with operations")]
 pub(crate) fn operation(op: &crate::operations::Operation) -> Response {
     envelope(
         202,
@@ -453,24 +457,8 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Certificate => certificates::get(shared, param),
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
-        Route::Instances => match filter::Filter::parse(req.query_param("filter").unwrap_or("")) {
-            // No instances exist on this server yet; the filter is still
-            // checked so that a bad one is an error, as LXD makes it.
-            Ok(f) => sync(f.apply(json!([]))),
-            Err(e) => error(400, &format!("invalid filter: {e}")),
-        },
-        Route::Images => sync(json!([])),
-        Route::Instance
-        | Route::InstanceUpdate
-        | Route::InstanceDelete
-        | Route::InstanceState
-        | Route::InstanceConsole
-        | Route::Snapshots
-        | Route::SnapshotCreate => error(404, "instance not found"),
-        Route::ImageDelete => error(404, "image not found"),
-        Route::InstanceCreate | Route::ImageAdd => {
-            error(501, "creating instances and images is not implemented yet")
-        }
+        Route::Instances(call) => crate::api_instances::handle(shared, id, req, call, param).await,
+        Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
         Route::Operations => sync(json!(shared.ops.by_status())),
         Route::Operation => match shared.ops.get(param) {
             Some(op) => sync(json!(op)),
@@ -528,6 +516,7 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
         Err(
             e @ (crate::settings::Error::UnknownKey(_)
             | crate::settings::Error::Invalid { .. }
+            | crate::settings::Error::BadValue { .. }
             | crate::settings::Error::Redacted(_)
             | crate::settings::Error::BadAddress(_)),
         ) => error(400, &crate::error_chain(&e)),
@@ -734,6 +723,32 @@ mod tests {
             r#"{"password": "x"}"#,
         );
         assert_eq!(code, 400, "no client certificate on this connection");
+    }
+
+    #[test]
+    fn instance_routes_need_user_for_lifecycle_and_operator_for_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let (a, u, o) = (Some(Role::Auditor), Some(Role::User), Some(Role::Operator));
+        let start = r#"{"action": "start"}"#;
+        assert_eq!(call(&s, a, "GET", "/1.0/instances", "").0, 200);
+        assert_eq!(call(&s, a, "GET", "/1.0/instances/vm1", "").0, 404);
+        assert_eq!(call(&s, a, "PUT", "/1.0/instances/vm1/state", start).0, 403);
+        assert_eq!(call(&s, u, "PUT", "/1.0/instances/vm1/state", start).0, 404);
+        assert_eq!(call(&s, a, "GET", "/1.0/instances/vm1/console", "").0, 403);
+        assert_eq!(call(&s, u, "GET", "/1.0/instances/vm1/console", "").0, 404);
+        for (m, p) in [
+            ("POST", "/1.0/instances"),
+            ("PUT", "/1.0/instances/vm1"),
+            ("PATCH", "/1.0/instances/vm1"),
+            ("DELETE", "/1.0/instances/vm1"),
+            ("POST", "/1.0/images"),
+        ] {
+            assert_eq!(call(&s, u, m, p, "{}").0, 403, "{m} {p}");
+            assert_ne!(call(&s, o, m, p, "{}").0, 403, "{m} {p}");
+        }
+        let (code, v) = call(&s, u, "PUT", "/1.0/instances/vm1/state", "{oops");
+        assert_eq!(code, 400, "{v}");
     }
 
     #[test]

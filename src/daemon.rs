@@ -46,6 +46,9 @@ pub struct DaemonOptions {
     pub limits: Limits,
     /// The TLS listener's address; overrides `core.https_address`.
     pub https: Option<std::net::SocketAddr>,
+    /// A stand-in for apparmor_parser given to kvmbox-aa-helper (tests on
+    /// kernels without AppArmor compile profiles with it for real).
+    pub aa_parser: Option<String>,
 }
 
 impl DaemonOptions {
@@ -58,6 +61,7 @@ impl DaemonOptions {
             max_connections: 128,
             limits: Limits::default(),
             https: None,
+            aa_parser: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub enum Error {
     Tokens(#[from] crate::tokens::Error),
     #[error("cannot listen on {0}")]
     ListenTcp(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("cannot load the instances: {0}")]
+    Instances(String),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
 }
@@ -115,6 +121,7 @@ pub(crate) struct Shared {
     https: Mutex<Option<std::net::SocketAddr>>,
     /// Wakes the listener supervisor after a configuration change.
     config_changed: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+    pub(crate) instances: Arc<crate::instances::Manager>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +158,7 @@ impl Shared {
                 Duration::from_secs(900),
             )),
             ops: crate::operations::Operations::default(),
+            instances: Arc::default(),
         }
     }
 
@@ -240,10 +248,14 @@ impl Shared {
                     "server_name": sys::hostname(),
                     "server_pid": std::process::id(),
                     "server_version": env!("CARGO_PKG_VERSION"),
-                    "security_driver": security_driver(),
-                    "accelerator": accelerator(),
                 }),
             );
+            if let (Some(env), Value::Object(more)) = (
+                obj.get_mut("environment").and_then(Value::as_object_mut),
+                self.instances.environment(),
+            ) {
+                env.extend(more);
+            }
         }
         info
     }
@@ -324,29 +336,6 @@ fn in_group(cred: &PeerCred, gid: u32) -> bool {
             Ok((uid, groups)) => uid == cred.uid && groups.contains(&gid),
             Err(_) => false,
         },
-    }
-}
-
-fn security_driver() -> &'static str {
-    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y");
-    if enabled {
-        "apparmor"
-    } else {
-        "none"
-    }
-}
-
-fn accelerator() -> &'static str {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if kvm {
-        "kvm"
-    } else {
-        "tcg"
     }
 }
 
@@ -539,6 +528,20 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         return Err(e);
     }
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
+    shared.instances.configure(&shared.settings());
+    let setup = crate::instances::Setup {
+        state: dir.clone(),
+        ex: ex.clone(),
+        accel_mode: shared
+            .settings()
+            .get(crate::settings::INSTANCES_ACCEL)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(crate::accel::AccelMode::Auto),
+        aa_parser: opts.aa_parser.clone(),
+    };
+    // Running VMs are taken over before the first request is served.
+    smol::block_on(ex.run(shared.instances.open(setup)))
+        .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
     let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
     ex.spawn(crate::remote::supervise(

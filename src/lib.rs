@@ -6,10 +6,12 @@
 
 mod accel;
 mod api;
+mod api_instances;
 mod apparmor;
 mod client;
 mod daemon;
 mod http;
+mod instances;
 mod log;
 mod operations;
 mod pki;

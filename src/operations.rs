@@ -68,7 +68,6 @@ impl Operations {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[allow(dead_code, reason = "instance lifecycle calls start operations")]
     /// Starts `work` on `ex` as a new operation and returns its description.
     pub(crate) fn spawn<F>(
         &self,
@@ -78,6 +77,36 @@ impl Operations {
         work: F,
     ) -> Operation
     where
+        F: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        self.spawn_reporting(ex, description, resources, |_| work)
+    }
+
+    /// Like [`Operations::spawn`], for work that reports its progress as the
+    /// running operation's metadata through the [`Progress`] it is given.
+    pub(crate) fn spawn_reporting<F, W>(
+        &self,
+        ex: &smol::Executor<'static>,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        work: W,
+    ) -> Operation
+    where
+        W: FnOnce(Progress) -> F,
+        F: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        self.start(ex, description, resources, work)
+    }
+
+    fn start<F, W>(
+        &self,
+        ex: &smol::Executor<'static>,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        work: W,
+    ) -> Operation
+    where
+        W: FnOnce(Progress) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
         let now = crate::trust::now();
@@ -102,6 +131,10 @@ impl Operations {
                 done: rx,
             },
         );
+        let work = work(Progress {
+            ops: self.clone(),
+            id: op.id.clone(),
+        });
         let this = self.clone();
         let id = op.id.clone();
         ex.spawn(async move {
@@ -156,6 +189,25 @@ impl Operations {
         )
         .await;
         self.get(id)
+    }
+}
+
+/// A running operation's way to show how far it got.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    ops: Operations,
+    id: String,
+}
+
+impl Progress {
+    /// Replaces the operation's metadata while it runs.
+    pub(crate) fn set(&self, metadata: Value) {
+        if let Some(slot) = self.ops.lock().get_mut(&self.id) {
+            if slot.op.status == Status::Running {
+                slot.op.metadata = metadata;
+                slot.op.updated_at = crate::trust::now();
+            }
+        }
     }
 }
 

@@ -28,9 +28,45 @@ const SECRETS: &[&str] = &[LOCAL_PASSPHRASE, TRUST_PASSWORD];
 /// the secret as it is.
 pub(crate) const REDACTED: &str = "true";
 
+/// Accelerator mode for VMs: auto, kvm or tcg (probed once at daemon start).
+pub(crate) const INSTANCES_ACCEL: &str = "instances.accel";
+/// `FIRST:COUNT`: the uids (= gids) VMs' QEMUs run as, one per instance.
+pub(crate) const INSTANCES_UID_RANGE: &str = "instances.uid_range";
+/// Where `kvmbox-aa-helper` writes the per-VM profiles.
+pub(crate) const AA_PROFILE_DIR: &str = "security.apparmor_profile_dir";
+
 /// Keys the daemon knows; anything else is refused so a typo is not silently
 /// kept.
-const KEYS: &[&str] = &[HTTPS_ADDRESS, LOCAL_PASSPHRASE, TRUST_PASSWORD];
+const KEYS: &[&str] = &[
+    HTTPS_ADDRESS,
+    LOCAL_PASSPHRASE,
+    TRUST_PASSWORD,
+    INSTANCES_ACCEL,
+    INSTANCES_UID_RANGE,
+    AA_PROFILE_DIR,
+];
+
+/// Checks the value of a key that is not a secret.
+fn check_value(key: &str, value: &str) -> Result<(), String> {
+    match key {
+        INSTANCES_ACCEL => value
+            .parse::<crate::accel::AccelMode>()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        INSTANCES_UID_RANGE => crate::instances::parse_uid_range(value).map(|_| ()),
+        AA_PROFILE_DIR => {
+            let ok = value.starts_with('/')
+                && !value.chars().any(char::is_control)
+                && !value.split('/').any(|c| c == ".." || c == ".");
+            if ok {
+                Ok(())
+            } else {
+                Err("expected an absolute, normalised path".into())
+            }
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Changes checked and with secrets already hashed, ready for [`Settings::apply`].
 /// Hashing is slow by design, so it happens here, outside any lock.
@@ -68,6 +104,10 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
             }
             Change::Set(value.clone())
         } else {
+            check_value(key, value).map_err(|why| Error::BadValue {
+                key: key.clone(),
+                why,
+            })?;
             Change::Set(value.clone())
         };
         out.insert(key.clone(), change);
@@ -90,6 +130,8 @@ pub enum Error {
     UnknownKey(String),
     #[error("{0:?} is not an address: use IP:PORT, e.g. 192.0.2.1:8443 or [::1]:8443")]
     BadAddress(String),
+    #[error("invalid value for {key}: {why}")]
+    BadValue { key: String, why: String },
     #[error("{0} is shown as \"true\" when set and cannot be set to that")]
     Redacted(String),
     #[error("invalid value for {key}")]
@@ -160,6 +202,14 @@ impl Settings {
                 (k.clone(), shown.to_string())
             })
             .collect()
+    }
+
+    /// The value of a key that is not a secret, if set.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        if key == LOCAL_PASSPHRASE {
+            return None;
+        }
+        self.file.config.get(key).map(String::as_str)
     }
 
     /// The stored hash of the local passphrase, if one is set.

@@ -24,6 +24,7 @@ enum ConfigCmd {
     Unset(Unset),
     Show(Show),
     Trust(Trust),
+    Device(super::instance::DeviceCmd),
 }
 
 /// Print one configuration value (empty if unset; secrets show as "true"):
@@ -35,13 +36,14 @@ struct Get {
     args: Vec<String>,
 }
 
-/// Set a configuration value: set [REMOTE:] KEY VALUE. Keys:
-/// core.https_address (IP:PORT, applied at once), core.trust_password,
-/// local.passphrase (both stored hashed).
+/// Set a configuration value: `set [REMOTE:] KEY VALUE` for the server
+/// (core.https_address IP:PORT, applied at once; core.trust_password and
+/// local.passphrase, both stored hashed), `set [REMOTE:]NAME KEY VALUE` for
+/// instance NAME (limits.cpu, limits.memory, boot.*, security.*…).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "set")]
 struct Set {
-    #[argh(positional)]
+    #[argh(positional, greedy)]
     args: Vec<String>,
 }
 
@@ -198,9 +200,16 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
             println!("{}", config.get(&key).map(as_text).unwrap_or_default());
         }
         ConfigCmd::Set(Set { args }) => {
-            let (remote, rest) = with_remote(args, 2, "kvmbox config set [REMOTE:] KEY VALUE")?;
+            const USAGE: &str = "kvmbox config set [REMOTE:] KEY VALUE | [REMOTE:]NAME KEY VALUE";
+            // Three words name an instance unless the first is a bare `REMOTE:`.
+            if let [target, key, value] = args.as_slice() {
+                if !super::split_remote(target).1.is_empty() {
+                    return super::instance::config_set(ctx, target, key, value);
+                }
+            }
+            let (remote, rest) = with_remote(args, 2, USAGE)?;
             let [key, value] = <[String; 2]>::try_from(rest)
-                .map_err(|_| Error::Usage("usage: kvmbox config set [REMOTE:] KEY VALUE".into()))?;
+                .map_err(|_| Error::Usage(format!("usage: {USAGE}")))?;
             if value.is_empty() {
                 return Err(Error::Usage(format!(
                     "an empty value unsets: use `kvmbox config unset {key}`"
@@ -233,6 +242,7 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
             TrustCmd::Add(a) => trust_add(ctx, a)?,
             TrustCmd::Edit(e) => trust_edit(ctx, e)?,
         },
+        ConfigCmd::Device(d) => super::instance::device(ctx, &d)?,
     }
     Ok(())
 }

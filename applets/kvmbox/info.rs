@@ -6,13 +6,15 @@ use serde_json::Value;
 use super::output::{self, Format};
 use super::{Ctx, Error};
 
-/// Show the server: version, authentication state, certificate, drivers.
+/// Show the server (version, authentication, certificate, drivers), or
+/// with NAME an instance (state, AppArmor profile and confinement).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "info")]
 pub(crate) struct Info {
-    /// the server, as REMOTE: (default: the default remote)
+    /// an instance as [REMOTE:]NAME, or a server as REMOTE: (default: the
+    /// default remote's server)
     #[argh(positional)]
-    remote: Option<String>,
+    target: Option<String>,
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
@@ -43,7 +45,13 @@ fn text(v: &Value, path: &[&str]) -> String {
 }
 
 pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
-    let remote = super::remote_only(args.remote.as_deref())?;
+    let (remote, name) = match args.target.as_deref().map(super::split_remote) {
+        Some((remote, name)) => (remote, name),
+        None => (None, String::new()),
+    };
+    if !name.is_empty() {
+        return super::instance::info(ctx, args.target.as_deref().unwrap_or_default(), args.format);
+    }
     let server = ctx
         .connect_to(remote.as_deref())?
         .call("GET", "/1.0", None)?;
@@ -65,6 +73,11 @@ pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
         ),
         ("security_driver", &["environment", "security_driver"]),
         ("accelerator", &["environment", "accelerator"]),
+        ("accelerator_reason", &["environment", "accelerator_reason"]),
+        (
+            "security_driver_reason",
+            &["environment", "security_driver_reason"],
+        ),
     ];
     let rows: Vec<Vec<String>> = fields
         .iter()

@@ -167,6 +167,105 @@ fn write_exec_label(line: &CString) -> bool {
     false
 }
 
+/// An `ifreq` naming `ifname`, or an error if the name cannot be one.
+fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    // SAFETY: ifreq is plain old data for which all-zero bytes are valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// Creates the persistent tap `ifname`, puts it on `bridge` and brings it
+/// up: the VM's bridged NIC, which QEMU then inherits through [`open_tap`].
+pub(crate) fn create_tap(ifname: &str, bridge: &str) -> io::Result<()> {
+    let tun = open_tap(ifname)?;
+    // SAFETY: TUNSETPERSIST takes an int by value on an attached tun descriptor.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_int) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(tun);
+    let attached = (|| {
+        // SAFETY: a plain socket call; the descriptor is owned at once.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = ifreq(ifname)?;
+        // SAFETY: SIOCGIFINDEX reads the name and writes the index of one ifreq.
+        if unsafe {
+            libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCGIFINDEX as libc::Ioctl,
+                &mut req,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the union member SIOCGIFINDEX just wrote.
+        let index = unsafe { req.ifr_ifru.ifru_ifindex };
+        let mut br = ifreq(bridge)?;
+        br.ifr_ifru.ifru_ifindex = index;
+        // SAFETY: SIOCBRADDIF reads one ifreq: the bridge's name, the port's index.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF, &mut br) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq.
+        if unsafe {
+            libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCGIFFLAGS as libc::Ioctl,
+                &mut req,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the flags member SIOCGIFFLAGS just wrote.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: as above.
+        if unsafe {
+            libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCSIFFLAGS as libc::Ioctl,
+                &mut req,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    if attached.is_err() {
+        let _ = delete_tap(ifname);
+    }
+    attached
+}
+
+/// Removes the persistent tap `ifname` (it goes once QEMU has closed it too).
+pub(crate) fn delete_tap(ifname: &str) -> io::Result<()> {
+    let tun = open_tap(ifname)?;
+    // SAFETY: TUNSETPERSIST takes an int by value on an attached tun descriptor.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_int) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SIOCBRADDIF` (linux/sockios.h); not in the libc crate for musl.
+const SIOCBRADDIF: libc::Ioctl = 0x89a2;
+
 /// Opens the existing tap device `ifname` for a VM to inherit: root opens
 /// /dev/net/tun, so QEMU's uid needs no access to it.
 pub(crate) fn open_tap(ifname: &str) -> io::Result<OwnedFd> {

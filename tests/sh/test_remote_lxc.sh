@@ -66,9 +66,9 @@ xfp=$(applet kvmbox-cert fingerprint x.crt)
 contains "$(applet kvmbox config trust list --format json)" "\"$xfp\""
 timeout 30 lxc config trust remove "kb:$xfp" || fail "lxc config trust remove"
 case "$(applet kvmbox config trust list --format json)" in *"$xfp"*) fail "lxc trust remove did nothing" ;; esac
-# No instances exist on this branch of the daemon: lxc is told so, cleanly.
+# An instance that does not exist: lxc is told so, cleanly.
 expect_fail timeout 30 lxc start kb:vm1
-contains "$ERR" "instance not found"
+contains "$ERR" "instance \"vm1\" not found"
 
 # kvmbox shows lxc in its trust store; removing it locks lxc out at once.
 applet kvmbox config trust remove "$(echo "$fp" | cut -c1-12)" >/dev/null

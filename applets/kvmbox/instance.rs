@@ -1,0 +1,628 @@
+//! `kvmbox launch|init|start|stop|restart|delete|console|image` and the
+//! per-instance parts of `info` and `config`: LXD's instance calls
+//! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>), with the
+//! async operations waited for.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use argh::FromArgs;
+use kvmbox::{Client, ClientError};
+use serde_json::{json, Value};
+
+use super::output::{self, Format};
+use super::{Ctx, Error};
+
+/// Create and start an instance: `launch [IMAGE] NAME`.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "launch")]
+pub(crate) struct Launch {
+    #[argh(option)]
+    /// kernel to boot directly (no firmware, no disk needed)
+    kernel: Option<PathBuf>,
+    #[argh(option)]
+    /// initrd for --kernel
+    initrd: Option<PathBuf>,
+    #[argh(option)]
+    /// kernel command line for --kernel (default console=ttyS0)
+    cmdline: Option<String>,
+    #[argh(option)]
+    /// an extra disk image (raw); repeatable: disk0, disk1, …
+    disk: Vec<PathBuf>,
+    #[argh(option)]
+    /// virtual CPUs (limits.cpu, default 1)
+    cpus: Option<u32>,
+    #[argh(option)]
+    /// memory, e.g. 256MiB or 2GiB (limits.memory, default 1GiB)
+    memory: Option<String>,
+    #[argh(option)]
+    /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
+    forward: Vec<String>,
+    #[argh(option)]
+    /// put eth0 on this existing bridge instead of user-mode NAT
+    network: Option<String>,
+    #[argh(option, short = 'c')]
+    /// any config key: KEY=VALUE (e.g. security.privileged=true); repeatable
+    config: Vec<String>,
+    #[argh(positional)]
+    /// [IMAGE] NAME
+    args: Vec<String>,
+}
+
+/// Create an instance without starting it: `init [IMAGE] NAME`.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "init")]
+pub(crate) struct Init {
+    #[argh(option)]
+    /// kernel to boot directly (no firmware, no disk needed)
+    kernel: Option<PathBuf>,
+    #[argh(option)]
+    /// initrd for --kernel
+    initrd: Option<PathBuf>,
+    #[argh(option)]
+    /// kernel command line for --kernel (default console=ttyS0)
+    cmdline: Option<String>,
+    #[argh(option)]
+    /// an extra disk image (raw); repeatable: disk0, disk1, …
+    disk: Vec<PathBuf>,
+    #[argh(option)]
+    /// virtual CPUs (limits.cpu, default 1)
+    cpus: Option<u32>,
+    #[argh(option)]
+    /// memory, e.g. 256MiB or 2GiB (limits.memory, default 1GiB)
+    memory: Option<String>,
+    #[argh(option)]
+    /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
+    forward: Vec<String>,
+    #[argh(option)]
+    /// put eth0 on this existing bridge instead of user-mode NAT
+    network: Option<String>,
+    #[argh(option, short = 'c')]
+    /// any config key: KEY=VALUE (e.g. security.privileged=true); repeatable
+    config: Vec<String>,
+    #[argh(positional)]
+    /// [IMAGE] NAME
+    args: Vec<String>,
+}
+
+/// Start an instance.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "start")]
+pub(crate) struct Start {
+    #[argh(positional)]
+    name: String,
+}
+
+/// Stop an instance: ACPI power button, then forced after --timeout.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "stop")]
+pub(crate) struct Stop {
+    #[argh(switch, short = 'f')]
+    /// end QEMU at once, without asking the guest
+    force: bool,
+    #[argh(option, default = "30")]
+    /// seconds the guest has to power off (default 30)
+    timeout: u64,
+    #[argh(positional)]
+    name: String,
+}
+
+/// Restart an instance (stop as `stop` does, then start).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "restart")]
+pub(crate) struct Restart {
+    #[argh(switch, short = 'f')]
+    /// end QEMU at once, without asking the guest
+    force: bool,
+    #[argh(option, default = "30")]
+    /// seconds the guest has to power off (default 30)
+    timeout: u64,
+    #[argh(positional)]
+    name: String,
+}
+
+/// Delete an instance and everything it has on disk.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+pub(crate) struct Delete {
+    #[argh(switch, short = 'f')]
+    /// delete even if it is running (QEMU is ended)
+    force: bool,
+    #[argh(positional)]
+    name: String,
+}
+
+/// Show an instance's serial console.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "console")]
+pub(crate) struct Console {
+    #[argh(switch)]
+    /// print the console log (the only mode: there is no interactive console yet)
+    show_log: bool,
+    #[argh(positional)]
+    name: String,
+}
+
+/// Manage images.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "image")]
+pub(crate) struct Image {
+    #[argh(subcommand)]
+    cmd: ImageCmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum ImageCmd {
+    Import(ImageImport),
+    List(ImageList),
+}
+
+/// Copy a raw or qcow2 disk image into the image store.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "import")]
+struct ImageImport {
+    #[argh(positional)]
+    file: PathBuf,
+    #[argh(option)]
+    /// the name instances are launched from
+    alias: String,
+}
+
+/// List images.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct ImageList {
+    /// table (default), json, yaml or csv
+    #[argh(option, default = "Format::Table")]
+    format: Format,
+}
+
+/// Manage an instance's devices.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "device")]
+pub(crate) struct DeviceCmd {
+    #[argh(subcommand)]
+    cmd: DeviceSub,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum DeviceSub {
+    Add(DeviceAdd),
+    Remove(DeviceRemove),
+}
+
+/// Add a device: `add NAME DEV disk source=PATH [readonly=true]`; on a
+/// running VM a disk is hot-plugged.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "add")]
+struct DeviceAdd {
+    #[argh(positional)]
+    name: String,
+    #[argh(positional)]
+    device: String,
+    #[argh(positional)]
+    kind: String,
+    #[argh(positional, greedy)]
+    props: Vec<String>,
+}
+
+/// Remove a device; on a running VM a disk is unplugged.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "remove")]
+struct DeviceRemove {
+    #[argh(positional)]
+    name: String,
+    #[argh(positional)]
+    device: String,
+}
+
+fn path_of(name: &str) -> String {
+    format!("/1.0/instances/{name}")
+}
+
+/// Sends a request; an async answer's operation is waited for. The
+/// metadata of the result, or the error the daemon gave.
+pub(crate) fn wait(
+    c: &mut Client,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Error> {
+    let v = c.call(method, path, body)?;
+    let is_op = v.get("class").is_some() && v.get("status_code").is_some() && v.get("id").is_some();
+    if !is_op {
+        return Ok(v);
+    }
+    finish(c, &v)
+}
+
+/// On a terminal, shows the operation's `progress.percent` until it ends.
+fn show_progress(c: &mut Client, op: &Value) {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr();
+    if !err.is_terminal() {
+        return;
+    }
+    let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
+    loop {
+        let Ok(now) = c.call("GET", &format!("/1.0/operations/{id}"), None) else {
+            break;
+        };
+        if let Some(p) = now
+            .pointer("/metadata/progress/percent")
+            .and_then(Value::as_u64)
+        {
+            let _ = write!(err, "\rImporting: {p}%");
+            let _ = err.flush();
+        }
+        match now.get("status_code").and_then(Value::as_u64) {
+            Some(103) => {}
+            Some(200) => {
+                let _ = write!(err, "\rImporting: 100%");
+                break;
+            }
+            _ => break,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = writeln!(err);
+}
+
+/// Waits for the operation `op` (as an async answer gives it) to end.
+fn finish(c: &mut Client, op: &Value) -> Result<Value, Error> {
+    let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
+    let done = c.call(
+        "GET",
+        &format!("/1.0/operations/{id}/wait?timeout=3600"),
+        None,
+    )?;
+    if done.get("status_code").and_then(Value::as_u64) == Some(200) {
+        Ok(done.get("metadata").cloned().unwrap_or(Value::Null))
+    } else {
+        let err = done
+            .get("err")
+            .and_then(Value::as_str)
+            .unwrap_or("operation failed");
+        Err(Error::Client(ClientError::Api {
+            status: 400,
+            message: err.to_string(),
+        }))
+    }
+}
+
+fn absolute(p: &Path) -> Result<String, Error> {
+    std::fs::canonicalize(p)
+        .map(|p| p.display().to_string())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Msg(format!("{} does not exist", p.display())),
+            _ => Error::Msg(format!("{}: {e}", p.display())),
+        })
+}
+
+struct CreateArgs<'a> {
+    kernel: &'a Option<PathBuf>,
+    initrd: &'a Option<PathBuf>,
+    cmdline: &'a Option<String>,
+    disk: &'a [PathBuf],
+    cpus: Option<u32>,
+    memory: &'a Option<String>,
+    forward: &'a [String],
+    network: &'a Option<String>,
+    config: &'a [String],
+    args: &'a [String],
+}
+
+/// POST /1.0/instances; the instance's name.
+fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
+    let (image, name) = match a.args {
+        [name] => (None, name.clone()),
+        [image, name] => (Some(image.clone()), name.clone()),
+        _ => return Err(Error::Usage("expected [IMAGE] NAME".into())),
+    };
+    let mut config = BTreeMap::new();
+    if let Some(k) = a.kernel {
+        config.insert("boot.kernel".to_string(), absolute(k)?);
+    }
+    if let Some(i) = a.initrd {
+        config.insert("boot.initrd".to_string(), absolute(i)?);
+    }
+    if let Some(c) = a.cmdline {
+        config.insert("boot.cmdline".to_string(), c.clone());
+    }
+    if let Some(n) = a.cpus {
+        config.insert("limits.cpu".to_string(), n.to_string());
+    }
+    if let Some(m) = a.memory {
+        config.insert("limits.memory".to_string(), m.clone());
+    }
+    for kv in a.config {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--config {kv:?} is not KEY=VALUE")))?;
+        config.insert(k.to_string(), v.to_string());
+    }
+    let mut devices = BTreeMap::new();
+    for (i, d) in a.disk.iter().enumerate() {
+        devices.insert(
+            format!("disk{i}"),
+            json!({"type": "disk", "source": absolute(d)?}),
+        );
+    }
+    let nic = if let Some(bridge) = a.network {
+        if !a.forward.is_empty() {
+            return Err(Error::Usage(
+                "--forward is for user-mode NAT, not with --network".into(),
+            ));
+        }
+        json!({"type": "nic", "nictype": "bridged", "parent": bridge})
+    } else if a.forward.is_empty() {
+        json!({"type": "nic", "nictype": "user"})
+    } else {
+        json!({"type": "nic", "nictype": "user", "forward": a.forward.join(",")})
+    };
+    devices.insert("eth0".to_string(), nic);
+    let source = match &image {
+        Some(alias) => json!({"type": "image", "alias": alias}),
+        None => json!({"type": "none"}),
+    };
+    let (mut c, bare) = ctx.target(&name)?;
+    let body = json!({
+        "name": bare,
+        "type": "virtual-machine",
+        "source": source,
+        "config": config,
+        "devices": devices,
+    });
+    wait(&mut c, "POST", "/1.0/instances", Some(&body))?;
+    Ok(name)
+}
+
+fn state(ctx: &Ctx, name: &str, action: &str, force: bool, timeout: u64) -> Result<(), Error> {
+    let body = json!({"action": action, "force": force, "timeout": timeout});
+    let (mut c, name) = ctx.target(name)?;
+    wait(
+        &mut c,
+        "PUT",
+        &format!("{}/state", path_of(&name)),
+        Some(&body),
+    )?;
+    Ok(())
+}
+
+pub(crate) fn launch(ctx: &Ctx, a: &Launch) -> Result<(), Error> {
+    let name = create(
+        ctx,
+        &CreateArgs {
+            kernel: &a.kernel,
+            initrd: &a.initrd,
+            cmdline: &a.cmdline,
+            disk: &a.disk,
+            cpus: a.cpus,
+            memory: &a.memory,
+            forward: &a.forward,
+            network: &a.network,
+            config: &a.config,
+            args: &a.args,
+        },
+    )?;
+    println!("Creating {name}");
+    state(ctx, &name, "start", false, 0)?;
+    println!("Starting {name}");
+    Ok(())
+}
+
+pub(crate) fn init(ctx: &Ctx, a: &Init) -> Result<(), Error> {
+    let name = create(
+        ctx,
+        &CreateArgs {
+            kernel: &a.kernel,
+            initrd: &a.initrd,
+            cmdline: &a.cmdline,
+            disk: &a.disk,
+            cpus: a.cpus,
+            memory: &a.memory,
+            forward: &a.forward,
+            network: &a.network,
+            config: &a.config,
+            args: &a.args,
+        },
+    )?;
+    println!("Creating {name}");
+    Ok(())
+}
+
+pub(crate) fn start(ctx: &Ctx, a: &Start) -> Result<(), Error> {
+    state(ctx, &a.name, "start", false, 0)
+}
+
+pub(crate) fn stop(ctx: &Ctx, a: &Stop) -> Result<(), Error> {
+    state(ctx, &a.name, "stop", a.force, a.timeout)
+}
+
+pub(crate) fn restart(ctx: &Ctx, a: &Restart) -> Result<(), Error> {
+    state(ctx, &a.name, "restart", a.force, a.timeout)
+}
+
+pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
+    let q = if a.force { "?force=true" } else { "" };
+    let (mut c, name) = ctx.target(&a.name)?;
+    wait(&mut c, "DELETE", &format!("{}{q}", path_of(&name)), None)?;
+    Ok(())
+}
+
+pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
+    let _ = a.show_log;
+    let (mut c, name) = ctx.target(&a.name)?;
+    let log = c.call("GET", &format!("{}/console", path_of(&name)), None)?;
+    print!("{}", log.as_str().unwrap_or_default());
+    Ok(())
+}
+
+pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
+    match &a.cmd {
+        ImageCmd::Import(i) => {
+            let body = json!({
+                "source": {"type": "path", "path": absolute(&i.file)?},
+                "aliases": [{"name": i.alias}],
+            });
+            let mut c = ctx.connect()?;
+            let op = c.call("POST", "/1.0/images", Some(&body))?;
+            show_progress(&mut c, &op);
+            let img = finish(&mut c, &op)?;
+            println!(
+                "Image imported with fingerprint: {}",
+                img.get("fingerprint")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
+        }
+        ImageCmd::List(l) => {
+            let list = ctx
+                .connect()?
+                .call("GET", "/1.0/images?recursion=1", None)?;
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    let f = |k: &str| match i.get(k) {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => String::new(),
+                    };
+                    vec![
+                        f("alias"),
+                        f("fingerprint").chars().take(12).collect(),
+                        f("format"),
+                        f("size"),
+                    ]
+                })
+                .collect();
+            output::print(
+                l.format,
+                &list,
+                &["ALIAS", "FINGERPRINT", "FORMAT", "SIZE"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `kvmbox info NAME`.
+pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
+    let (mut c, name) = ctx.target(name)?;
+    let v = c.call("GET", &format!("{}?recursion=2", path_of(&name)), None)?;
+    let text = |path: &[&str]| {
+        let mut cur = &v;
+        for p in path {
+            cur = cur.get(p).unwrap_or(&Value::Null);
+        }
+        match cur {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    };
+    let mut rows: Vec<Vec<String>> = [
+        ("name", &["name"][..]),
+        ("status", &["status"]),
+        ("type", &["type"]),
+        ("architecture", &["architecture"]),
+        ("created", &["created_at"]),
+        ("uuid", &["config", "volatile.uuid"]),
+        ("pid", &["pid"]),
+        ("uid", &["config", "volatile.idmap.base"]),
+        ("accelerator", &["accelerator"]),
+        ("security model", &["seclabel", "model"]),
+        ("apparmor profile", &["seclabel", "label"]),
+        ("apparmor mode", &["seclabel", "mode"]),
+        ("profile loaded", &["seclabel", "loaded"]),
+        ("confined", &["seclabel", "confined"]),
+        ("unconfined because", &["seclabel", "reason"]),
+    ]
+    .iter()
+    .map(|(k, p)| vec![k.to_string(), text(p)])
+    .collect();
+    if let Some(cfg) = v.get("config").and_then(Value::as_object) {
+        for (k, val) in cfg {
+            if !k.starts_with("volatile.") {
+                rows.push(vec![
+                    format!("config {k}"),
+                    val.as_str().unwrap_or_default().to_string(),
+                ]);
+            }
+        }
+    }
+    if let Some(devs) = v.get("devices").and_then(Value::as_object) {
+        for (k, d) in devs {
+            let props: Vec<String> = d
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(pk, pv)| format!("{pk}={}", pv.as_str().unwrap_or_default()))
+                .collect();
+            rows.push(vec![format!("device {k}"), props.join(" ")]);
+        }
+    }
+    output::print(format, &v, &["KEY", "VALUE"], &rows);
+    Ok(())
+}
+
+/// `kvmbox config set NAME KEY VALUE`.
+pub(crate) fn config_set(ctx: &Ctx, name: &str, key: &str, value: &str) -> Result<(), Error> {
+    let (mut c, name) = ctx.target(name)?;
+    c.call(
+        "PATCH",
+        &path_of(&name),
+        Some(&json!({"config": {key: value}})),
+    )?;
+    Ok(())
+}
+
+pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
+    match &a.cmd {
+        DeviceSub::Add(d) => {
+            let mut dev = serde_json::Map::new();
+            dev.insert("type".into(), json!(d.kind));
+            for p in &d.props {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| Error::Usage(format!("{p:?} is not KEY=VALUE")))?;
+                let v = if k == "source" {
+                    absolute(Path::new(v))?
+                } else {
+                    v.to_string()
+                };
+                dev.insert(k.into(), json!(v));
+            }
+            let (mut c, name) = ctx.target(&d.name)?;
+            c.call(
+                "PATCH",
+                &path_of(&name),
+                Some(&json!({"devices": {d.device.clone(): dev}})),
+            )?;
+            println!("Device {} added to {}", d.device, d.name);
+        }
+        DeviceSub::Remove(d) => {
+            let (mut c, name) = ctx.target(&d.name)?;
+            let inst = c.call("GET", &path_of(&name), None)?;
+            let mut devices = inst
+                .get("devices")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            if devices.remove(&d.device).is_none() {
+                return Err(Error::Msg(format!(
+                    "instance {} has no device {}",
+                    d.name, d.device
+                )));
+            }
+            c.call("PUT", &path_of(&name), Some(&json!({"devices": devices})))?;
+            println!("Device {} removed from {}", d.device, d.name);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,552 @@
+//! What is stored about an instance (`STATE/instances/<name>/instance.json`)
+//! and how it becomes a [`VmSpec`]: config keys and devices are checked here,
+//! once, so that a record on disk always describes a VM that can be built.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+use crate::accel::{Accel, AccelMode};
+use crate::qemu::{self, Boot, Disk, DiskFormat, MemorySize, Nic, RunFiles, VmConfig};
+use crate::vm::{IdRange, Identity, VmSpec};
+
+/// Config keys an instance may have (besides `user.*`).
+const KEYS: &[&str] = &[
+    "limits.cpu",
+    "limits.memory",
+    "limits.accel",
+    "boot.kernel",
+    "boot.initrd",
+    "boot.cmdline",
+    "security.privileged",
+    "security.apparmor",
+];
+const DEFAULT_MEMORY: &str = "1GiB";
+const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// One device: LXD's flat string map (`type`, `source`, …).
+pub(crate) type Device = BTreeMap<String, String>;
+
+/// The image an instance's root disk overlays.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImageRef {
+    pub alias: String,
+    pub fingerprint: String,
+    pub path: PathBuf,
+    /// `raw` or `qcow2`, detected once at import and stated from then on.
+    pub format: String,
+}
+
+/// An instance as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Record {
+    pub name: String,
+    pub uuid: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The uid (= gid) its QEMU runs as, taken from `instances.uid_range`
+    /// at creation and kept for the instance's life, so its files stay its own.
+    pub uid: u32,
+    #[serde(default)]
+    pub image: Option<ImageRef>,
+    pub config: BTreeMap<String, String>,
+    pub devices: BTreeMap<String, Device>,
+    /// Owner (uid, gid) and mode of each disk source before the VM layer
+    /// handed it to the VM's uid, by path: given back when the disk leaves.
+    #[serde(default)]
+    pub disk_owners: BTreeMap<String, (u32, u32, u32)>,
+}
+
+/// `security.apparmor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AaMode {
+    Auto,
+    Required,
+    Off,
+}
+
+impl Record {
+    pub(crate) fn dir(&self, state: &Path) -> PathBuf {
+        instance_dir(state, &self.name)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.config
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub(crate) fn privileged(&self) -> bool {
+        self.get("security.privileged") == Some("true")
+    }
+
+    pub(crate) fn apparmor(&self) -> AaMode {
+        match self.get("security.apparmor") {
+            Some("required") => AaMode::Required,
+            Some("off") => AaMode::Off,
+            _ => AaMode::Auto,
+        }
+    }
+
+    /// `limits.accel`; `auto` defers to the server's probe.
+    pub(crate) fn accel_mode(&self) -> AccelMode {
+        self.get("limits.accel")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(AccelMode::Auto)
+    }
+
+    /// The root overlay, when the instance was made from an image.
+    pub(crate) fn root_disk(&self, state: &Path) -> Option<PathBuf> {
+        self.image
+            .as_ref()
+            .map(|_| self.dir(state).join("root.qcow2"))
+    }
+
+    /// Disk devices other than the root, by name.
+    pub(crate) fn disks(&self) -> Result<Vec<Disk>, Error> {
+        let mut out = Vec::new();
+        for (name, dev) in &self.devices {
+            if dev.get("type").map(String::as_str) != Some("disk") || dev.contains_key("path") {
+                continue;
+            }
+            out.push(disk_of(name, dev)?);
+        }
+        Ok(out)
+    }
+
+    /// Bridged NICs: (tap the daemon creates, (device, bridge)). The tap is
+    /// named after the instance (`kb` + 8 hex digits of its UUID + the NIC's
+    /// position) unless the device gives `host_name`.
+    pub(crate) fn bridged(&self) -> Vec<(String, (String, String))> {
+        let short: String = self
+            .uuid
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(8)
+            .collect();
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.get("type").map(String::as_str) == Some("nic"))
+            .enumerate()
+            .filter(|(_, (_, d))| d.get("nictype").map(String::as_str) == Some("bridged"))
+            .map(|(i, (name, d))| {
+                let tap = d
+                    .get("host_name")
+                    .cloned()
+                    .unwrap_or_else(|| format!("kb{short}n{i}"));
+                let parent = d.get("parent").cloned().unwrap_or_default();
+                (tap, (name.clone(), parent))
+            })
+            .collect()
+    }
+
+    /// Notes the owner of every disk source not yet noted.
+    pub(crate) fn note_owners(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let sources: Vec<String> = self
+            .disks()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.path.display().to_string())
+            .collect();
+        for src in sources {
+            if self.disk_owners.contains_key(&src) {
+                continue;
+            }
+            if let Ok(m) = std::fs::symlink_metadata(&src) {
+                self.disk_owners
+                    .insert(src, (m.uid(), m.gid(), m.mode() & 0o7777));
+            }
+        }
+    }
+
+    /// Gives disks this record no longer uses back to their owners and
+    /// forgets them (all of them with `all`).
+    pub(crate) fn release_owners(&mut self, all: bool) {
+        let used: Vec<String> = if all {
+            Vec::new()
+        } else {
+            self.disks()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.path.display().to_string())
+                .collect()
+        };
+        let gone: Vec<String> = self
+            .disk_owners
+            .keys()
+            .filter(|k| !used.contains(k))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some((uid, gid, mode)) = self.disk_owners.remove(&path) {
+                give_back(Path::new(&path), uid, gid, mode);
+            }
+        }
+    }
+
+    /// Checks config keys and devices; every error names what is wrong.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        qemu::validate_name(&self.name).map_err(|e| Error::Invalid(e.to_string()))?;
+        for (k, v) in &self.config {
+            if !KEYS.contains(&k.as_str()) && !k.starts_with("user.") {
+                return Err(Error::Invalid(format!("unknown configuration key {k:?}")));
+            }
+            let bad = |why: &str| Error::Invalid(format!("invalid value {v:?} for {k}: {why}"));
+            match k.as_str() {
+                "limits.cpu" => {
+                    v.parse::<u32>().map_err(|_| bad("expected a number"))?;
+                }
+                "limits.memory" => {
+                    v.parse::<MemorySize>().map_err(|e| bad(&e.to_string()))?;
+                }
+                "limits.accel" => {
+                    v.parse::<AccelMode>().map_err(|e| bad(&e.to_string()))?;
+                }
+                "security.privileged" if !["true", "false", ""].contains(&v.as_str()) => {
+                    return Err(bad("expected true or false"));
+                }
+                "security.apparmor" if !["auto", "required", "off", ""].contains(&v.as_str()) => {
+                    return Err(bad("expected auto, required or off"));
+                }
+                "boot.kernel" | "boot.initrd" if !v.is_empty() => {
+                    require_file(k, Path::new(v))?;
+                }
+                _ => {}
+            }
+        }
+        if self.get("boot.kernel").is_none()
+            && (self.get("boot.initrd").is_some() || self.get("boot.cmdline").is_some())
+        {
+            return Err(Error::Invalid(
+                "boot.initrd and boot.cmdline need boot.kernel".into(),
+            ));
+        }
+        for (name, dev) in &self.devices {
+            qemu::validate_id(name).map_err(|e| Error::Invalid(e.to_string()))?;
+            match dev.get("type").map(String::as_str) {
+                Some("disk") if dev.get("path").map(String::as_str) == Some("/") => {
+                    if self.image.is_none() {
+                        return Err(Error::Invalid(format!(
+                            "device {name}: a root disk needs an image"
+                        )));
+                    }
+                }
+                Some("disk") => {
+                    let d = disk_of(name, dev)?;
+                    require_file(&format!("device {name}"), &d.path)?;
+                }
+                Some("nic") => {
+                    nic_of(name, dev)?;
+                }
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "device {name}: unsupported type {:?} (disk or nic)",
+                        other.unwrap_or_default()
+                    )))
+                }
+            }
+        }
+        if self.get("boot.kernel").is_none() && self.image.is_none() {
+            return Err(Error::Invalid(
+                "nothing to boot: give an image or boot.kernel (--kernel)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The VM this record describes, run as `identity` with `accel`.
+    pub(crate) fn spec(
+        &self,
+        state: &Path,
+        identity: Identity,
+        accel: Accel,
+    ) -> Result<VmSpec, Error> {
+        self.validate()?;
+        let cpus = self
+            .get("limits.cpu")
+            .map_or(Ok(1), str::parse)
+            .map_err(|_| Error::Invalid("invalid limits.cpu".into()))?;
+        let memory: MemorySize = self
+            .get("limits.memory")
+            .unwrap_or(DEFAULT_MEMORY)
+            .parse()
+            .map_err(|e: qemu::Error| Error::Invalid(e.to_string()))?;
+        let boot = match self.get("boot.kernel") {
+            Some(k) => Boot::Kernel {
+                kernel: k.into(),
+                initrd: self.get("boot.initrd").map(PathBuf::from),
+                cmdline: self
+                    .get("boot.cmdline")
+                    .unwrap_or(DEFAULT_CMDLINE)
+                    .to_string(),
+            },
+            None => Boot::Disk,
+        };
+        let mut disks = Vec::new();
+        if let Some(root) = self.root_disk(state) {
+            disks.push(Disk {
+                id: "root".into(),
+                path: root,
+                format: DiskFormat::Qcow2,
+                read_only: false,
+            });
+        }
+        disks.extend(self.disks()?);
+        let mut nics = Vec::new();
+        for (name, dev) in &self.devices {
+            if dev.get("type").map(String::as_str) == Some("nic") {
+                nics.push(nic_of(name, dev)?);
+            }
+        }
+        let bridged = self.bridged();
+        for nic in &mut nics {
+            if let Nic::Tap { id, ifname, .. } = nic {
+                if let Some((tap, _)) = bridged.iter().find(|(_, (dev, _))| dev == id) {
+                    ifname.clone_from(tap);
+                }
+            }
+        }
+        let config = VmConfig {
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            cpus,
+            memory,
+            accel,
+            boot,
+            disks,
+            nics,
+            hotplug_ports: qemu::DEFAULT_HOTPLUG_PORTS,
+        };
+        let dir = self.dir(state).join("vm");
+        qemu::command_line(&config, &RunFiles::in_dir(&dir.join("qemu")))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(VmSpec {
+            config,
+            dir,
+            qemu: PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH)),
+            identity,
+            apparmor: None,
+            start_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+/// Restores owner and mode through a descriptor opened without following a
+/// final symlink (the VM's uid owned the file and could have replaced it).
+fn give_back(path: &Path, uid: u32, gid: u32, mode: u32) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    if f.metadata().is_ok_and(|m| m.is_file()) {
+        let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
+    }
+}
+
+pub(crate) fn instance_dir(state: &Path, name: &str) -> PathBuf {
+    state.join("instances").join(name)
+}
+
+fn require_file(what: &str, p: &Path) -> Result<(), Error> {
+    if !p.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "{what}: {} is not an absolute path",
+            p.display()
+        )));
+    }
+    if !p.is_file() {
+        return Err(Error::Invalid(format!(
+            "{what}: {} does not exist or is not a file",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A disk device: `source` (absolute path), `format` raw (default) or
+/// qcow2, `readonly` true/false.
+pub(crate) fn disk_of(name: &str, dev: &Device) -> Result<Disk, Error> {
+    let bad = |why: String| Error::Invalid(format!("device {name}: {why}"));
+    for k in dev.keys() {
+        if !["type", "source", "format", "readonly"].contains(&k.as_str()) {
+            return Err(bad(format!("unknown disk property {k:?}")));
+        }
+    }
+    let source = dev
+        .get("source")
+        .ok_or_else(|| bad("a disk needs source=PATH".into()))?;
+    let format = match dev.get("format").map(String::as_str) {
+        None | Some("raw") => DiskFormat::Raw,
+        Some("qcow2") => DiskFormat::Qcow2,
+        Some(f) => return Err(bad(format!("format {f:?} is not raw or qcow2"))),
+    };
+    let read_only = match dev.get("readonly").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(bad(format!("readonly={v:?} is not true or false"))),
+    };
+    Ok(Disk {
+        id: name.to_string(),
+        path: PathBuf::from(source),
+        format,
+        read_only,
+    })
+}
+
+/// A NIC device: `nictype` user (NAT, `forward=H:G,H:G`), bridged
+/// (`parent=BRIDGE`: the daemon makes a tap on it) or tap (`host_name`, an
+/// existing tap already on its bridge).
+fn nic_of(name: &str, dev: &Device) -> Result<Nic, Error> {
+    let bad = |why: String| Error::Invalid(format!("device {name}: {why}"));
+    let mac = dev.get("hwaddr").cloned();
+    match dev.get("nictype").map(String::as_str) {
+        None | Some("user") => {
+            let forwards = match dev.get("forward") {
+                Some(f) if !f.is_empty() => f
+                    .split(',')
+                    .map(qemu::parse_forward)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(e.to_string()))?,
+                _ => Vec::new(),
+            };
+            Ok(Nic::User {
+                id: name.into(),
+                mac,
+                forwards,
+            })
+        }
+        Some("tap") => Ok(Nic::Tap {
+            id: name.into(),
+            mac,
+            ifname: dev
+                .get("host_name")
+                .cloned()
+                .ok_or_else(|| bad("a tap NIC needs host_name=TAP".into()))?,
+        }),
+        Some("bridged") => {
+            let parent = dev
+                .get("parent")
+                .filter(|p| {
+                    (1..16).contains(&p.len())
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                })
+                .ok_or_else(|| bad("a bridged NIC needs parent=BRIDGE".into()))?;
+            let _ = parent;
+            Ok(Nic::Tap {
+                id: name.into(),
+                mac,
+                // Replaced by the instance's own tap name in `spec`.
+                ifname: dev.get("host_name").cloned().unwrap_or_else(|| "kb".into()),
+            })
+        }
+        Some(t) => Err(bad(format!("nictype {t:?} is not user, bridged or tap"))),
+    }
+}
+
+/// Parses `instances.uid_range` (`FIRST:COUNT`). uid 0 and ranges that wrap
+/// are refused.
+pub(crate) fn parse_uid_range(s: &str) -> Result<IdRange, String> {
+    let bad = || format!("{s:?} is not FIRST:COUNT (e.g. 1000000:65536)");
+    let (f, c) = s.split_once(':').ok_or_else(bad)?;
+    let first: u32 = f.parse().map_err(|_| bad())?;
+    let count: u32 = c.parse().map_err(|_| bad())?;
+    if first == 0 || count == 0 || first.checked_add(count).is_none() {
+        return Err(bad());
+    }
+    Ok(IdRange { first, count })
+}
+
+/// A fresh random UUID (v4), as LXD gives each instance.
+pub(crate) fn new_uuid() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    if let Some(x) = b.get_mut(6) {
+        *x = (*x & 0x0f) | 0x40;
+    }
+    if let Some(x) = b.get_mut(8) {
+        *x = (*x & 0x3f) | 0x80;
+    }
+    let h = crate::pki::hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        h.get(0..8).unwrap_or_default(),
+        h.get(8..12).unwrap_or_default(),
+        h.get(12..16).unwrap_or_default(),
+        h.get(16..20).unwrap_or_default(),
+        h.get(20..32).unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            name: "vm1".into(),
+            uuid: new_uuid(),
+            created_at: 0,
+            uid: 1_000_000,
+            image: None,
+            config: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            disk_owners: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn bad_config_is_refused_with_its_reason() {
+        let mut r = record();
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("nothing to boot"), "{e}");
+        r.config
+            .insert("boot.kernel".into(), "/nonexistent/vmlinuz".into());
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        r.config
+            .insert("boot.kernel".into(), "/proc/self/exe".into());
+        r.validate().unwrap();
+        r.config.insert("limits.memory".into(), "12 bananas".into());
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.memory"), "{e}");
+        r.config.remove("limits.memory");
+        r.config.insert("limits.nope".into(), "1".into());
+        assert!(r.validate().is_err());
+        r.config.remove("limits.nope");
+        let mut dev = Device::new();
+        dev.insert("type".into(), "disk".into());
+        r.devices.insert("data".into(), dev);
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("source=PATH"), "{e}");
+    }
+
+    #[test]
+    fn uid_ranges() {
+        assert_eq!(
+            parse_uid_range("1000000:65536").unwrap(),
+            IdRange {
+                first: 1_000_000,
+                count: 65536
+            }
+        );
+        for bad in ["0:10", "1:0", "x", "4294967295:2", "1:-1"] {
+            assert!(parse_uid_range(bad).is_err(), "{bad}");
+        }
+        assert_eq!(new_uuid().len(), 36);
+    }
+}

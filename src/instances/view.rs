@@ -1,0 +1,85 @@
+//! How an instance is shown: LXD's instance object (`GET /1.0/instances/<name>`).
+
+use serde_json::{json, Value};
+
+use super::confine;
+use super::record::AaMode;
+use super::{profile_name, View};
+
+fn rfc3339(secs: u64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// LXD's instance object, plus the profile and confinement (libvirt's
+/// seclabel) and the QEMU pid.
+pub(super) fn show(v: &View, with_state: bool) -> Value {
+    let r = &v.record;
+    let (status, code) = match (v.pid, &v.orphan) {
+        (Some(_), _) => ("Running", 103),
+        (None, Some(_)) => ("Error", 112),
+        (None, None) => ("Stopped", 102),
+    };
+    let mut config = r.config.clone();
+    config.insert("volatile.uuid".into(), r.uuid.clone());
+    config.insert("volatile.idmap.base".into(), r.uid.to_string());
+    if let Some(img) = &r.image {
+        config.insert("image.alias".into(), img.alias.clone());
+        config.insert("volatile.base_image".into(), img.fingerprint.clone());
+    }
+    let model = match confine::kernel() {
+        Ok(()) if r.apparmor() != AaMode::Off => "apparmor",
+        _ => "none",
+    };
+    let mut out = json!({
+        "name": r.name,
+        "description": "",
+        "type": "virtual-machine",
+        "architecture": std::env::consts::ARCH,
+        "created_at": rfc3339(r.created_at),
+        "last_used_at": rfc3339(r.created_at),
+        "status": status,
+        "status_code": code,
+        "stateful": false,
+        "ephemeral": false,
+        "project": "default",
+        "profiles": [],
+        "location": "none",
+        "config": config,
+        "devices": r.devices,
+        "expanded_config": config,
+        "expanded_devices": r.devices,
+        "pid": v.pid.unwrap_or(0),
+        "accelerator": v.accel.map(|a| a.to_string()).unwrap_or_default(),
+        "seclabel": {
+            "model": model,
+            "label": profile_name(&r.uuid),
+            "mode": match r.apparmor() { AaMode::Auto => "auto", AaMode::Required => "required", AaMode::Off => "off" },
+            "loaded": v.seclabel.loaded,
+            "confined": v.seclabel.confined,
+            "reason": v.seclabel.reason,
+        },
+    });
+    let Some(obj) = out.as_object_mut() else {
+        return out;
+    };
+    if let Some(why) = &v.orphan {
+        obj.insert("error".into(), json!(why));
+    }
+    if with_state {
+        obj.insert(
+            "state".into(),
+            json!({
+                "status": status,
+                "status_code": code,
+                "pid": v.pid.unwrap_or(0),
+                "processes": if v.pid.is_some() { 1 } else { 0 },
+            }),
+        );
+    }
+    out
+}
