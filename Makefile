@@ -25,7 +25,8 @@ all: $(OUT)
 $(OUT): $(SOURCES)
 	$(CARGO) build --release --locked --target $(TARGET) --config cross/$(ARCH).toml
 	@mkdir -p $(dir $@)
-	cp target/$(TARGET)/release/kvmbox $@
+	@# A rename, not an overwrite: a running daemon keeps its old file.
+	cp target/$(TARGET)/release/kvmbox $@.tmp && mv -f $@.tmp $@
 
 # `make cross ARCH=aarch64` → build/aarch64/kvmbox
 cross:

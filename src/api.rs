@@ -93,6 +93,13 @@ enum Route {
     CertificateUpdate,
     /// Instances and images: see `api_instances`.
     Instances(Call),
+    /// An instance call whose operation has ended before the answer: lxc 5.0
+    /// waits on operations through the `/1.0/events` websocket, which kvmbox
+    /// does not serve, unless the operation it is handed is already final.
+    Settled(Call),
+    /// `/1.0/events`: the websocket is accepted so that LXD clients can wait
+    /// on operations, but kvmbox emits no events on it yet.
+    Events,
     /// Snapshots and image deletion: routed (so roles apply) but not built yet.
     NotImplemented(&'static str),
     Operations,
@@ -170,14 +177,38 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
     (
         "PUT",
         "/1.0/containers/{}/state",
-        Route::Instances(Call::StatePut),
+        Route::Settled(Call::StatePut),
         Need::Role(Role::User),
     ),
     (
         "GET",
         "/1.0/instances/{}/snapshots",
-        Route::NotImplemented("snapshots"),
+        Route::Instances(Call::Snapshots),
         Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/containers/{}/snapshots",
+        Route::Instances(Call::Snapshots),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/instances/{}/backups",
+        Route::Instances(Call::Snapshots),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "GET",
+        "/1.0/containers/{}/backups",
+        Route::Instances(Call::Snapshots),
+        Need::Role(Role::Auditor),
+    ),
+    (
+        "POST",
+        "/1.0/instances/{}/backups",
+        Route::NotImplemented("backups"),
+        Need::Role(Role::User),
     ),
     (
         "POST",
@@ -250,6 +281,12 @@ const ROUTES: &[(&str, &str, Route, Need)] = &[
         "/1.0/images",
         Route::Instances(Call::ImageAdd),
         Need::Role(Role::Operator),
+    ),
+    (
+        "GET",
+        "/1.0/events",
+        Route::Events,
+        Need::Role(Role::Auditor),
     ),
     (
         "GET",
@@ -458,6 +495,14 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
         Route::Instances(call) => crate::api_instances::handle(shared, id, req, call, param).await,
+        Route::Settled(call) => {
+            let resp = crate::api_instances::handle(shared, id, req, call, param).await;
+            settled(shared, resp).await
+        }
+        Route::Events => match &req.websocket_key {
+            Some(key) => Response::websocket_accept(key),
+            None => error(400, "/1.0/events is served as a websocket only"),
+        },
         Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
         Route::Operations => sync(json!(shared.ops.by_status())),
         Route::Operation => match shared.ops.get(param) {
@@ -476,6 +521,22 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
                 None => error(404, "operation not found"),
             }
         }
+    }
+}
+
+/// Waits for the operation an async response started and answers with it in
+/// its final state; any other response passes through.
+async fn settled(shared: &Arc<Shared>, resp: Response) -> Response {
+    if resp.status != 202 {
+        return resp;
+    }
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+    let Some(op_id) = body.pointer("/metadata/id").and_then(Value::as_str) else {
+        return resp;
+    };
+    match shared.ops.wait(op_id, Duration::from_secs(3600)).await {
+        Some(op) => operation(&op),
+        None => resp,
     }
 }
 
@@ -625,6 +686,7 @@ mod tests {
             query: query.into(),
             body: body.as_bytes().to_vec(),
             keep_alive: true,
+            websocket_key: None,
         };
         let resp = smol::block_on(handle(s, &id, &req));
         (resp.status, body_of(&resp))

@@ -223,7 +223,10 @@ impl Shared {
     pub(crate) fn server_info(&self, id: &Identity) -> Value {
         let mut info = json!({
             // Only what is implemented: `?filter=` on lists (lxc list needs it).
-            "api_extensions": ["api_filtering"],
+            // Only what is served: `api_filtering` (lxc list needs it) and
+            // `container_backup`, whose list lxc info reads (kvmbox makes no
+            // backups, so it is always empty; making one answers 501).
+            "api_extensions": ["api_filtering", "container_backup"],
             "api_status": "stable",
             "api_version": "1.0",
             "auth": if id.role.is_some() { "trusted" } else { "untrusted" },
@@ -737,6 +740,15 @@ pub(crate) async fn serve<S>(
             tls_stream.flush().await
         })
         .await;
+        if resp.status == 101 && matches!(written, Some(Ok(()))) {
+            // An accepted event websocket: nothing is sent on it yet, so
+            // hold it until the peer hangs up (or sends a close frame, or
+            // anything at all: no frames are parsed).
+            let mut sink = [0u8; 512];
+            let _ = smol::io::AsyncReadExt::read(tls_stream, &mut sink).await;
+            let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
+            return;
+        }
         if !matches!(written, Some(Ok(()))) || !keep_alive {
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;

@@ -37,6 +37,8 @@ pub(crate) struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// `Sec-WebSocket-Key` of a request to upgrade to a websocket.
+    pub websocket_key: Option<String>,
 }
 
 impl Request {
@@ -87,6 +89,7 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
                     query: head.query,
                     body,
                     keep_alive: head.keep_alive,
+                    websocket_key: head.websocket_key,
                 });
             }
             Ok(httparse::Status::Partial) => {
@@ -118,6 +121,7 @@ struct Head {
     query: String,
     content_length: usize,
     keep_alive: bool,
+    websocket_key: Option<String>,
 }
 
 fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
@@ -130,6 +134,8 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut content_length: Option<usize> = None;
     let mut connection = None;
+    let mut upgrade = false;
+    let mut websocket_key = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
@@ -148,6 +154,18 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
                 501,
                 "Transfer-Encoding is not supported",
             ));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = h.value.eq_ignore_ascii_case(b"websocket");
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-key") {
+            // 16 random bytes in base64: anything else is not a key.
+            websocket_key = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|k| {
+                    k.len() == 24
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                })
+                .map(str::to_string);
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection = std::str::from_utf8(h.value)
                 .ok()
@@ -166,6 +184,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         query: query.to_string(),
         content_length: content_length.unwrap_or(0),
         keep_alive,
+        websocket_key: websocket_key.filter(|_| upgrade),
     })
 }
 
@@ -199,9 +218,34 @@ pub(crate) struct Response {
     pub body: Vec<u8>,
 }
 
+/// RFC 6455's fixed suffix for the accept key.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
 impl Response {
+    /// `101 Switching Protocols` to a websocket, for `Sec-WebSocket-Key` `key`.
+    pub(crate) fn websocket_accept(key: &str) -> Response {
+        use base64::Engine;
+        let digest = ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            format!("{key}{WEBSOCKET_GUID}").as_bytes(),
+        );
+        Response {
+            status: 101,
+            body: base64::engine::general_purpose::STANDARD
+                .encode(digest.as_ref())
+                .into_bytes(),
+        }
+    }
+
     /// The bytes on the wire.
     pub(crate) fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        if self.status == 101 {
+            // The body of a 101 is the accept key; nothing follows the head.
+            let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ".to_vec();
+            out.extend_from_slice(&self.body);
+            out.extend_from_slice(b"\r\n\r\n");
+            return out;
+        }
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
             self.status,
@@ -397,5 +441,25 @@ mod tests {
         assert_eq!((status, body), (403, resp.body));
         let req = request_bytes("GET", "/1.0", None);
         assert!(req.starts_with(b"GET /1.0 HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn websocket_accept_key_is_rfc_6455s() {
+        // The example handshake of RFC 6455 section 1.3.
+        let resp = Response::websocket_accept("dGhlIHNhbXBsZSBub25jZQ==");
+        let wire = String::from_utf8(resp.to_bytes(true)).unwrap();
+        assert!(wire.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(wire.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+        let key_of = |raw: &[u8]| parse(raw, Limits::default()).0.unwrap().websocket_key;
+        let up = b"GET /1.0/events HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        assert_eq!(key_of(up).as_deref(), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        // No Upgrade header, or a key that is not one: no websocket.
+        assert_eq!(
+            key_of(
+                b"GET /1.0/events HTTP/1.1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+            None
+        );
+        assert_eq!(key_of(b"GET /1.0/events HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Key: c2hvcnQ=\r\n\r\n"), None);
     }
 }

@@ -33,7 +33,9 @@ pub(crate) struct Operation {
     pub id: String,
     pub class: &'static str,
     pub description: String,
+    #[serde(serialize_with = "as_rfc3339")]
     pub created_at: u64,
+    #[serde(serialize_with = "as_rfc3339")]
     pub updated_at: u64,
     pub status: Status,
     pub status_code: u16,
@@ -41,6 +43,10 @@ pub(crate) struct Operation {
     pub metadata: Value,
     pub may_cancel: bool,
     pub err: String,
+}
+
+fn as_rfc3339<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::trust::rfc3339(*secs))
 }
 
 struct Slot {

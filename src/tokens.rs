@@ -181,17 +181,7 @@ impl Tokens {
     }
 }
 
-/// RFC 3339 of seconds since the epoch.
-pub(crate) fn rfc3339(secs: u64) -> String {
-    let t = i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
-    t.and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .unwrap_or_else(|| secs.to_string())
-}
+pub(crate) use crate::trust::rfc3339;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "a failed test should panic")]

@@ -6,14 +6,7 @@ use super::confine;
 use super::record::AaMode;
 use super::{profile_name, View};
 
-fn rfc3339(secs: u64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
+use crate::trust::rfc3339;
 
 /// LXD's instance object, plus the profile and confinement (libvirt's
 /// seclabel) and the QEMU pid.
