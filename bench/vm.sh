@@ -37,6 +37,5 @@ while [ "$i" -lt "$rounds" ]; do
 done
 [ -z "${BENCH_RAW:-}" ] || { echo "kvmbox: $(tr "\n" " " <"$work/k.txt")"; echo "hand: $(tr "\n" " " <"$work/h.txt")"; } >&2
 k=$(median <"$work/k.txt"); h=$(median <"$work/h.txt")
-echo "| what | kvmbox | peer | ratio |"
-echo "|---|---|---|---|"
-echo "| VM start → guest marker, TCG, median of $rounds (peer: same QEMU command by hand) | ${k} ms | ${h} ms | $(awk "BEGIN { printf \"%.2f\", $k / $h }") |"
+# bench/run.sh prints the table header once.
+echo "| VM layer start → guest marker, TCG, median of $rounds (peer: same QEMU command by hand) | ${k} ms | ${h} ms | $(awk "BEGIN { printf \"%.2f\", $k / $h }") |"

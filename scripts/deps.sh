@@ -8,7 +8,7 @@ set -eu
 # qemu-user-static for the aarch64 build and its smoke test.
 # Tests and benchmarks: the real peers (QEMU, apparmor_parser, lxc, openssl,
 # libvirt), busybox-static for guest initramfs images, file and time.
-PACKAGES="musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+PACKAGES="curl musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
 qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio"
 
