@@ -4,6 +4,7 @@
 //! bounded in size and time.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -579,7 +580,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                 // Once the socket is 0666 any local user can connect: one
                 // uid (root aside) may hold only a quarter of the slots, so
                 // it cannot lock everyone else out.
-                let Some(per_uid) = PerUid::claim(&per_uid, cred.uid, opts.max_connections) else {
+                let Some(per_uid) = claim_uid(&per_uid, cred.uid, opts.max_connections) else {
                     log!(
                         Warn,
                         "connection from uid {} refused: too many open",
@@ -616,37 +617,55 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// One open connection counted against its uid; uncounted when dropped.
-struct PerUid {
-    counts: Arc<Mutex<HashMap<u32, usize>>>,
-    uid: u32,
+/// One open connection counted against its peer (a uid on the Unix socket,
+/// an address on TCP); uncounted when dropped. One peer may hold only a
+/// quarter of all slots, so it cannot lock everyone else out.
+pub(crate) struct PerPeer<K: Hash + Eq + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    peer: K,
 }
 
-impl PerUid {
-    fn claim(counts: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32, max: usize) -> Option<PerUid> {
+impl<K: Hash + Eq + Clone> PerPeer<K> {
+    /// Counts a connection from `peer`, or `None` when it already holds its
+    /// share of `max` slots; an `exempt` peer is counted but never refused.
+    pub(crate) fn claim(
+        counts: &Arc<Mutex<HashMap<K, usize>>>,
+        peer: K,
+        max: usize,
+        exempt: bool,
+    ) -> Option<PerPeer<K>> {
         let mut map = lock(counts);
-        let n = map.entry(uid).or_insert(0);
-        if uid != 0 && *n >= (max / 4).max(1) {
+        let n = map.entry(peer.clone()).or_insert(0);
+        if !exempt && *n >= (max / 4).max(1) {
             return None;
         }
         *n += 1;
-        Some(PerUid {
+        Some(PerPeer {
             counts: counts.clone(),
-            uid,
+            peer,
         })
     }
 }
 
-impl Drop for PerUid {
+impl<K: Hash + Eq + Clone> Drop for PerPeer<K> {
     fn drop(&mut self) {
         let mut map = lock(&self.counts);
-        if let Some(n) = map.get_mut(&self.uid) {
+        if let Some(n) = map.get_mut(&self.peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&self.uid);
+                map.remove(&self.peer);
             }
         }
     }
+}
+
+/// [`PerPeer::claim`] for a local uid: root is exempt.
+fn claim_uid(
+    counts: &Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+    max: usize,
+) -> Option<PerPeer<u32>> {
+    PerPeer::claim(counts, uid, max, uid == 0)
 }
 
 pub(crate) async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -763,19 +782,17 @@ mod tests {
     #[test]
     fn one_uid_gets_a_quarter_of_the_slots_root_is_exempt() {
         let counts = Arc::new(Mutex::new(HashMap::new()));
-        let held: Vec<PerUid> = (0..4)
-            .filter_map(|_| PerUid::claim(&counts, 1000, 16))
+        let held: Vec<PerPeer<u32>> = (0..4)
+            .filter_map(|_| claim_uid(&counts, 1000, 16))
             .collect();
         assert_eq!(held.len(), 4);
-        assert!(PerUid::claim(&counts, 1000, 16).is_none());
-        assert!(PerUid::claim(&counts, 1001, 16).is_some());
-        let root: Vec<PerUid> = (0..10)
-            .filter_map(|_| PerUid::claim(&counts, 0, 16))
-            .collect();
+        assert!(claim_uid(&counts, 1000, 16).is_none());
+        assert!(claim_uid(&counts, 1001, 16).is_some());
+        let root: Vec<PerPeer<u32>> = (0..10).filter_map(|_| claim_uid(&counts, 0, 16)).collect();
         assert_eq!(root.len(), 10);
         drop(held);
-        assert!(PerUid::claim(&counts, 1000, 16).is_some());
-        assert!(PerUid::claim(&counts, 7, 1).is_some(), "at least one each");
+        assert!(claim_uid(&counts, 1000, 16).is_some());
+        assert!(claim_uid(&counts, 7, 1).is_some(), "at least one each");
     }
 
     #[test]

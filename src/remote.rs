@@ -9,7 +9,7 @@
 //! daemon's lifetime.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use smol::lock::Semaphore;
 use smol::net::{TcpListener, TcpStream};
 use smol::Executor;
 
-use crate::daemon::{lock, serve, timed, DaemonOptions, Shared};
+use crate::daemon::{serve, timed, DaemonOptions, PerPeer, Shared};
 use crate::log::log;
 use crate::pki::Cert;
 
@@ -73,40 +73,6 @@ pub(crate) async fn supervise(
     }
 }
 
-/// Connections from one address, counted; uncounted when dropped.
-struct PerIp {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    /// A quarter of all slots per address, as per uid on the Unix socket.
-    fn claim(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
-        let mut map = lock(counts);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= (max / 4).max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(PerIp {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PerIp {
-    fn drop(&mut self) {
-        let mut map = lock(&self.counts);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
@@ -125,7 +91,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(ip_slot) = PerIp::claim(&per_ip, addr.ip(), opts.max_connections) else {
+        // A quarter of all slots per address, as per uid on the Unix socket.
+        let Some(ip_slot) = PerPeer::claim(&per_ip, addr.ip(), opts.max_connections, false) else {
             log!(Warn, "connection from {addr} refused: too many open");
             continue;
         };
