@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use serde_json::{json, Value};
 use smol::io::AsyncWriteExt;
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::net::unix::{UnixListener, UnixStream};
 use smol::stream::StreamExt;
 use smol::Executor;
@@ -546,7 +548,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
         .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
-    let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
     ex.spawn(crate::remote::supervise(
         shared.clone(),
@@ -588,12 +590,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                     );
                     continue;
                 };
-                let Some(slot) = slots.try_acquire_arc() else {
-                    log!(
-                        Warn,
-                        "connection refused: {} connections already open",
-                        opts.max_connections
-                    );
+                let Some(slot) = take_slot(&slots, opts.max_connections) else {
                     continue;
                 };
                 let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
@@ -659,6 +656,16 @@ impl<K: Hash + Eq + Clone> Drop for PerPeer<K> {
     }
 }
 
+/// One of the `max` slots both listeners share, or `None`, logged, when
+/// all are taken.
+pub(crate) fn take_slot(slots: &Arc<Semaphore>, max: usize) -> Option<SemaphoreGuardArc> {
+    let slot = slots.try_acquire_arc();
+    if slot.is_none() {
+        log!(Warn, "connection refused: {max} connections already open");
+    }
+    slot
+}
+
 /// [`PerPeer::claim`] for a local uid: root is exempt.
 fn claim_uid(
     counts: &Arc<Mutex<HashMap<u32, usize>>>,
@@ -684,15 +691,39 @@ async fn connection(
     tls: TlsAcceptor,
     opts: &DaemonOptions,
 ) {
-    let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
+    let who = format!("uid {}", cred.uid);
+    let Some((mut tls_stream, cert)) = handshake(&tls, stream, opts, &who).await else {
+        return;
+    };
+    if let Some(c) = &cert {
+        shared.first_client(&cred, c);
+    }
+    serve(shared, &mut tls_stream, opts, &who, || {
+        shared.identity(&cred, &cert)
+    })
+    .await;
+}
+
+/// The TLS handshake on a new connection from `who`, bounded in time, and
+/// the client certificate if one was sent; `None`, logged, on failure.
+pub(crate) async fn handshake<S>(
+    tls: &TlsAcceptor,
+    stream: S,
+    opts: &DaemonOptions,
+    who: &str,
+) -> Option<(TlsStream<S>, Option<Cert>)>
+where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
+{
+    let tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
-            log!(Info, "TLS handshake with uid {} failed: {e}", cred.uid);
-            return;
+            log!(Info, "TLS handshake with {who} failed: {e}");
+            return None;
         }
         None => {
-            log!(Info, "TLS handshake with uid {} timed out", cred.uid);
-            return;
+            log!(Info, "TLS handshake with {who} timed out");
+            return None;
         }
     };
     let cert = tls_stream
@@ -701,14 +732,7 @@ async fn connection(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| Cert::from_der(c.as_ref()).ok());
-    if let Some(c) = &cert {
-        shared.first_client(&cred, c);
-    }
-    let who = format!("uid {}", cred.uid);
-    serve(shared, &mut tls_stream, opts, &who, || {
-        shared.identity(&cred, &cert)
-    })
-    .await;
+    Some((tls_stream, cert))
 }
 
 /// Answers requests on an established TLS stream until it closes,

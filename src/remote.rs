@@ -18,9 +18,8 @@ use smol::lock::Semaphore;
 use smol::net::{TcpListener, TcpStream};
 use smol::Executor;
 
-use crate::daemon::{serve, timed, DaemonOptions, PerPeer, Shared};
+use crate::daemon::{handshake, serve, take_slot, DaemonOptions, PerPeer, Shared};
 use crate::log::log;
-use crate::pki::Cert;
 
 /// Keeps a listener on the configured address, rebinding when it changes.
 /// `pinned` is the listener for `--https`, bound before start-up went on
@@ -96,12 +95,7 @@ async fn accept_loop(
             log!(Warn, "connection from {addr} refused: too many open");
             continue;
         };
-        let Some(slot) = slots.try_acquire_arc() else {
-            log!(
-                Warn,
-                "connection refused: {} connections already open",
-                opts.max_connections
-            );
+        let Some(slot) = take_slot(&slots, opts.max_connections) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -121,24 +115,10 @@ async fn connection(
     tls: TlsAcceptor,
     opts: &DaemonOptions,
 ) {
-    let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            log!(Info, "TLS handshake with {addr} failed: {e}");
-            return;
-        }
-        None => {
-            log!(Info, "TLS handshake with {addr} timed out");
-            return;
-        }
-    };
-    let cert = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| Cert::from_der(c.as_ref()).ok());
     let who = addr.to_string();
+    let Some((mut tls_stream, cert)) = handshake(&tls, stream, opts, &who).await else {
+        return;
+    };
     serve(shared, &mut tls_stream, opts, &who, || {
         shared.remote_identity(addr, &cert)
     })
