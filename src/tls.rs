@@ -101,6 +101,36 @@ static ECDSA: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     ],
 };
 
+/// The handshake-signature methods of a verifier, the same in all of them:
+/// a peer signs with [`ECDSA`] or not at all. `tls13` for a verifier that
+/// answers TLS 1.2 itself; `tls12 tls13` where the listener speaks both.
+macro_rules! ecdsa_signatures {
+    (tls13) => {
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &ECDSA)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            ECDSA.supported_schemes()
+        }
+    };
+    (tls12 tls13) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &ECDSA)
+        }
+        ecdsa_signatures!(tls13);
+    };
+}
+
 /// Whether the certificate's public key is on P-256 or P-384.
 fn is_ec_cert(der: &[u8]) -> bool {
     Cert::from_der(der)
@@ -122,9 +152,7 @@ fn validity_ok(der: &[u8]) -> Result<(), rustls::Error> {
 
 /// Accepts any valid self-signed EC client certificate; see the module doc.
 #[derive(Debug)]
-struct AnyEcClient {
-    algs: &'static WebPkiSupportedAlgorithms,
-}
+struct AnyEcClient;
 
 impl ClientCertVerifier for AnyEcClient {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -158,23 +186,13 @@ impl ClientCertVerifier for AnyEcClient {
             rustls::PeerIncompatible::Tls12NotOffered,
         ))
     }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    ecdsa_signatures!(tls13);
 }
 
 /// The daemon's TLS configuration: TLS 1.3, its own key and certificate, a
 /// client certificate required.
 pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let verifier = Arc::new(AnyEcClient { algs: &ECDSA });
+    let verifier = Arc::new(AnyEcClient);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -266,25 +284,7 @@ impl ClientCertVerifier for OptionalEcClient {
         }
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &ECDSA)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &ECDSA)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ECDSA.supported_schemes()
-    }
+    ecdsa_signatures!(tls12 tls13);
 }
 
 /// The TCP listener's configuration (SPEC L2): TLS 1.3 and 1.2 under
@@ -350,7 +350,6 @@ pub(crate) enum ServerTrust {
 #[derive(Debug)]
 struct ServerVerifier {
     trust: ServerTrust,
-    algs: &'static WebPkiSupportedAlgorithms,
     /// The certificate the server presented, for error messages.
     seen: Option<Arc<std::sync::Mutex<Option<Vec<u8>>>>>,
 }
@@ -402,25 +401,7 @@ impl ServerCertVerifier for ServerVerifier {
             }
         }
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    ecdsa_signatures!(tls12 tls13);
 }
 
 /// The client's TLS configuration: its certificate, and `trust` for the server.
@@ -429,11 +410,7 @@ pub(crate) fn client_config(
     key: &Key,
     trust: ServerTrust,
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let verifier = Arc::new(ServerVerifier {
-        trust,
-        algs: &ECDSA,
-        seen: None,
-    });
+    let verifier = Arc::new(ServerVerifier { trust, seen: None });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -454,7 +431,6 @@ pub(crate) fn remote_client_config(
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
     let verifier = Arc::new(ServerVerifier {
         trust,
-        algs: &ECDSA,
         seen: Some(seen),
     });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
