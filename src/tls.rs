@@ -131,11 +131,18 @@ macro_rules! ecdsa_signatures {
     };
 }
 
-/// Whether the certificate's public key is on P-256 or P-384.
-fn is_ec_cert(der: &[u8]) -> bool {
-    Cert::from_der(der)
+/// Refuses a certificate whose public key is not on P-256 or P-384.
+fn require_ec(der: &[u8]) -> Result<(), rustls::Error> {
+    let ec = Cert::from_der(der)
         .and_then(|c| c.info())
-        .is_ok_and(|i| i.key_type == "ecdsa-p256" || i.key_type == "ecdsa-p384")
+        .is_ok_and(|i| i.key_type == "ecdsa-p256" || i.key_type == "ecdsa-p384");
+    if ec {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
+        ))
+    }
 }
 
 fn validity_ok(der: &[u8]) -> Result<(), rustls::Error> {
@@ -167,11 +174,7 @@ impl ClientCertVerifier for AnyEcClient {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if !is_ec_cert(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
-            ));
-        }
+        require_ec(end_entity)?;
         validity_ok(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -265,11 +268,7 @@ impl ClientCertVerifier for OptionalEcClient {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let bad = |e: rustls::CertificateError| rustls::Error::InvalidCertificate(e);
-        if !is_ec_cert(end_entity) {
-            return Err(bad(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(NotEc),
-            ))));
-        }
+        require_ec(end_entity)?;
         let cert =
             Cert::from_der(end_entity).map_err(|_| bad(rustls::CertificateError::BadEncoding))?;
         let (from, to) = cert
@@ -363,11 +362,7 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !is_ec_cert(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
-            ));
-        }
+        require_ec(end_entity)?;
         if let Some(seen) = &self.seen {
             if let Ok(mut g) = seen.lock() {
                 *g = Some(end_entity.as_ref().to_vec());
