@@ -101,20 +101,6 @@ impl Operations {
         W: FnOnce(Progress) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        self.start(ex, description, resources, work)
-    }
-
-    fn start<F, W>(
-        &self,
-        ex: &smol::Executor<'static>,
-        description: &str,
-        resources: BTreeMap<String, Vec<String>>,
-        work: W,
-    ) -> Operation
-    where
-        W: FnOnce(Progress) -> F,
-        F: Future<Output = Result<Value, String>> + Send + 'static,
-    {
         let now = crate::trust::now();
         let op = Operation {
             id: new_id(),
