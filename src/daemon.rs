@@ -4,21 +4,20 @@
 //! bounded in size and time.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use serde_json::{json, Value};
 use smol::io::AsyncWriteExt;
-use smol::lock::{Semaphore, SemaphoreGuardArc};
+use smol::lock::Semaphore;
 use smol::net::unix::{UnixListener, UnixStream};
 use smol::stream::StreamExt;
 use smol::Executor;
 
+use crate::admission::{handshake, take_slot, PerPeer};
 use crate::api::{self, Identity, Peer};
 use crate::http::{self, Limits, ReadError};
 use crate::log::log;
@@ -614,58 +613,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// One open connection counted against its peer (a uid on the Unix socket,
-/// an address on TCP); uncounted when dropped. One peer may hold only a
-/// quarter of all slots, so it cannot lock everyone else out.
-pub(crate) struct PerPeer<K: Hash + Eq + Clone> {
-    counts: Arc<Mutex<HashMap<K, usize>>>,
-    peer: K,
-}
-
-impl<K: Hash + Eq + Clone> PerPeer<K> {
-    /// Counts a connection from `peer`, or `None` when it already holds its
-    /// share of `max` slots; an `exempt` peer is counted but never refused.
-    pub(crate) fn claim(
-        counts: &Arc<Mutex<HashMap<K, usize>>>,
-        peer: K,
-        max: usize,
-        exempt: bool,
-    ) -> Option<PerPeer<K>> {
-        let mut map = lock(counts);
-        let n = map.entry(peer.clone()).or_insert(0);
-        if !exempt && *n >= (max / 4).max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(PerPeer {
-            counts: counts.clone(),
-            peer,
-        })
-    }
-}
-
-impl<K: Hash + Eq + Clone> Drop for PerPeer<K> {
-    fn drop(&mut self) {
-        let mut map = lock(&self.counts);
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// One of the `max` slots both listeners share, or `None`, logged, when
-/// all are taken.
-pub(crate) fn take_slot(slots: &Arc<Semaphore>, max: usize) -> Option<SemaphoreGuardArc> {
-    let slot = slots.try_acquire_arc();
-    if slot.is_none() {
-        log!(Warn, "connection refused: {max} connections already open");
-    }
-    slot
-}
-
 /// [`PerPeer::claim`] for a local uid: root is exempt.
 fn claim_uid(
     counts: &Arc<Mutex<HashMap<u32, usize>>>,
@@ -702,37 +649,6 @@ async fn connection(
         shared.identity(&cred, &cert)
     })
     .await;
-}
-
-/// The TLS handshake on a new connection from `who`, bounded in time, and
-/// the client certificate if one was sent; `None`, logged, on failure.
-pub(crate) async fn handshake<S>(
-    tls: &TlsAcceptor,
-    stream: S,
-    opts: &DaemonOptions,
-    who: &str,
-) -> Option<(TlsStream<S>, Option<Cert>)>
-where
-    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
-{
-    let tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            log!(Info, "TLS handshake with {who} failed: {e}");
-            return None;
-        }
-        None => {
-            log!(Info, "TLS handshake with {who} timed out");
-            return None;
-        }
-    };
-    let cert = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| Cert::from_der(c.as_ref()).ok());
-    Some((tls_stream, cert))
 }
 
 /// Answers requests on an established TLS stream until it closes,

@@ -18,7 +18,8 @@ use smol::lock::Semaphore;
 use smol::net::{TcpListener, TcpStream};
 use smol::Executor;
 
-use crate::daemon::{handshake, serve, take_slot, DaemonOptions, PerPeer, Shared};
+use crate::admission::{handshake, take_slot, PerPeer};
+use crate::daemon::{serve, DaemonOptions, Shared};
 use crate::log::log;
 
 /// Keeps a listener on the configured address, rebinding when it changes.
