@@ -12,10 +12,12 @@ use std::time::Duration;
 use futures_rustls::TlsAcceptor;
 use serde_json::{json, Value};
 use smol::io::AsyncWriteExt;
+use smol::lock::Semaphore;
 use smol::net::unix::{UnixListener, UnixStream};
 use smol::stream::StreamExt;
 use smol::Executor;
 
+use crate::admission::{handshake, take_slot, PerPeer};
 use crate::api::{self, Identity, Peer};
 use crate::http::{self, Limits, ReadError};
 use crate::log::log;
@@ -545,7 +547,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
         .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
-    let slots = Arc::new(smol::lock::Semaphore::new(opts.max_connections));
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
     ex.spawn(crate::remote::supervise(
         shared.clone(),
@@ -579,7 +581,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                 // Once the socket is 0666 any local user can connect: one
                 // uid (root aside) may hold only a quarter of the slots, so
                 // it cannot lock everyone else out.
-                let Some(per_uid) = PerUid::claim(&per_uid, cred.uid, opts.max_connections) else {
+                let Some(per_uid) = claim_uid(&per_uid, cred.uid, opts.max_connections) else {
                     log!(
                         Warn,
                         "connection from uid {} refused: too many open",
@@ -587,12 +589,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                     );
                     continue;
                 };
-                let Some(slot) = slots.try_acquire_arc() else {
-                    log!(
-                        Warn,
-                        "connection refused: {} connections already open",
-                        opts.max_connections
-                    );
+                let Some(slot) = take_slot(&slots, opts.max_connections) else {
                     continue;
                 };
                 let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
@@ -616,37 +613,13 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// One open connection counted against its uid; uncounted when dropped.
-struct PerUid {
-    counts: Arc<Mutex<HashMap<u32, usize>>>,
+/// [`PerPeer::claim`] for a local uid: root is exempt.
+fn claim_uid(
+    counts: &Arc<Mutex<HashMap<u32, usize>>>,
     uid: u32,
-}
-
-impl PerUid {
-    fn claim(counts: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32, max: usize) -> Option<PerUid> {
-        let mut map = lock(counts);
-        let n = map.entry(uid).or_insert(0);
-        if uid != 0 && *n >= (max / 4).max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(PerUid {
-            counts: counts.clone(),
-            uid,
-        })
-    }
-}
-
-impl Drop for PerUid {
-    fn drop(&mut self) {
-        let mut map = lock(&self.counts);
-        if let Some(n) = map.get_mut(&self.uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.uid);
-            }
-        }
-    }
+    max: usize,
+) -> Option<PerPeer<u32>> {
+    PerPeer::claim(counts, uid, max, uid == 0)
 }
 
 pub(crate) async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -665,27 +638,13 @@ async fn connection(
     tls: TlsAcceptor,
     opts: &DaemonOptions,
 ) {
-    let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            log!(Info, "TLS handshake with uid {} failed: {e}", cred.uid);
-            return;
-        }
-        None => {
-            log!(Info, "TLS handshake with uid {} timed out", cred.uid);
-            return;
-        }
+    let who = format!("uid {}", cred.uid);
+    let Some((mut tls_stream, cert)) = handshake(&tls, stream, opts, &who).await else {
+        return;
     };
-    let cert = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| Cert::from_der(c.as_ref()).ok());
     if let Some(c) = &cert {
         shared.first_client(&cred, c);
     }
-    let who = format!("uid {}", cred.uid);
     serve(shared, &mut tls_stream, opts, &who, || {
         shared.identity(&cred, &cert)
     })
@@ -763,19 +722,17 @@ mod tests {
     #[test]
     fn one_uid_gets_a_quarter_of_the_slots_root_is_exempt() {
         let counts = Arc::new(Mutex::new(HashMap::new()));
-        let held: Vec<PerUid> = (0..4)
-            .filter_map(|_| PerUid::claim(&counts, 1000, 16))
+        let held: Vec<PerPeer<u32>> = (0..4)
+            .filter_map(|_| claim_uid(&counts, 1000, 16))
             .collect();
         assert_eq!(held.len(), 4);
-        assert!(PerUid::claim(&counts, 1000, 16).is_none());
-        assert!(PerUid::claim(&counts, 1001, 16).is_some());
-        let root: Vec<PerUid> = (0..10)
-            .filter_map(|_| PerUid::claim(&counts, 0, 16))
-            .collect();
+        assert!(claim_uid(&counts, 1000, 16).is_none());
+        assert!(claim_uid(&counts, 1001, 16).is_some());
+        let root: Vec<PerPeer<u32>> = (0..10).filter_map(|_| claim_uid(&counts, 0, 16)).collect();
         assert_eq!(root.len(), 10);
         drop(held);
-        assert!(PerUid::claim(&counts, 1000, 16).is_some());
-        assert!(PerUid::claim(&counts, 7, 1).is_some(), "at least one each");
+        assert!(claim_uid(&counts, 1000, 16).is_some());
+        assert!(claim_uid(&counts, 7, 1).is_some(), "at least one each");
     }
 
     #[test]

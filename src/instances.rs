@@ -33,7 +33,7 @@ use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
-pub(crate) use record::{parse_uid_range, Device, Record};
+pub(crate) use record::{new_uuid, parse_uid_range, Device, Record};
 use view::show;
 
 /// `instances.uid_range` when unset.
@@ -380,7 +380,7 @@ impl Manager {
         };
         let mut rec = Record {
             name: name.into(),
-            uuid: record::new_uuid(),
+            uuid: new_uuid(),
             created_at: crate::trust::now(),
             uid: 0,
             image,

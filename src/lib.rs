@@ -5,6 +5,7 @@
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
 mod accel;
+mod admission;
 mod api;
 mod api_instances;
 mod apparmor;

@@ -101,23 +101,10 @@ impl Operations {
         W: FnOnce(Progress) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        self.start(ex, description, resources, work)
-    }
-
-    fn start<F, W>(
-        &self,
-        ex: &smol::Executor<'static>,
-        description: &str,
-        resources: BTreeMap<String, Vec<String>>,
-        work: W,
-    ) -> Operation
-    where
-        W: FnOnce(Progress) -> F,
-        F: Future<Output = Result<Value, String>> + Send + 'static,
-    {
         let now = crate::trust::now();
         let op = Operation {
-            id: new_id(),
+            // LXD's operation ids are UUIDs, as its instances' are.
+            id: crate::instances::new_uuid(),
             class: "task",
             description: description.to_string(),
             created_at: now,
@@ -215,24 +202,6 @@ impl Progress {
             }
         }
     }
-}
-
-fn new_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    // UUID v4 layout, as LXD's operation ids.
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::pki::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..32).unwrap_or_default()
-    )
 }
 
 #[cfg(test)]

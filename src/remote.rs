@@ -9,7 +9,7 @@
 //! daemon's lifetime.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,9 +18,9 @@ use smol::lock::Semaphore;
 use smol::net::{TcpListener, TcpStream};
 use smol::Executor;
 
-use crate::daemon::{lock, serve, timed, DaemonOptions, Shared};
+use crate::admission::{handshake, take_slot, PerPeer};
+use crate::daemon::{serve, DaemonOptions, Shared};
 use crate::log::log;
-use crate::pki::Cert;
 
 /// Keeps a listener on the configured address, rebinding when it changes.
 /// `pinned` is the listener for `--https`, bound before start-up went on
@@ -73,40 +73,6 @@ pub(crate) async fn supervise(
     }
 }
 
-/// Connections from one address, counted; uncounted when dropped.
-struct PerIp {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    /// A quarter of all slots per address, as per uid on the Unix socket.
-    fn claim(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
-        let mut map = lock(counts);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= (max / 4).max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(PerIp {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PerIp {
-    fn drop(&mut self) {
-        let mut map = lock(&self.counts);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
@@ -125,16 +91,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(ip_slot) = PerIp::claim(&per_ip, addr.ip(), opts.max_connections) else {
+        // A quarter of all slots per address, as per uid on the Unix socket.
+        let Some(ip_slot) = PerPeer::claim(&per_ip, addr.ip(), opts.max_connections, false) else {
             log!(Warn, "connection from {addr} refused: too many open");
             continue;
         };
-        let Some(slot) = slots.try_acquire_arc() else {
-            log!(
-                Warn,
-                "connection refused: {} connections already open",
-                opts.max_connections
-            );
+        let Some(slot) = take_slot(&slots, opts.max_connections) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -154,24 +116,10 @@ async fn connection(
     tls: TlsAcceptor,
     opts: &DaemonOptions,
 ) {
-    let mut tls_stream = match timed(opts.timeout, tls.accept(stream)).await {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            log!(Info, "TLS handshake with {addr} failed: {e}");
-            return;
-        }
-        None => {
-            log!(Info, "TLS handshake with {addr} timed out");
-            return;
-        }
-    };
-    let cert = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| Cert::from_der(c.as_ref()).ok());
     let who = addr.to_string();
+    let Some((mut tls_stream, cert)) = handshake(&tls, stream, opts, &who).await else {
+        return;
+    };
     serve(shared, &mut tls_stream, opts, &who, || {
         shared.remote_identity(addr, &cert)
     })

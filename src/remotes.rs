@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Error, RemoteTrust};
 use crate::pki::Cert;
-use crate::store::{write_atomic, Overwrite};
+use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
 /// The name of the Unix socket "remote".
 pub const LOCAL: &str = "local";
@@ -57,11 +57,10 @@ impl Remotes {
     /// Reads `dir/config.json`; missing means no remotes.
     pub fn load(dir: &Path) -> Result<Remotes, Error> {
         let path = dir.join("config.json");
-        match std::fs::read(&path) {
-            Ok(d) => serde_json::from_slice(&d).map_err(|e| io_err(&path, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Remotes::default()),
-            Err(e) => Err(Error::ConfDir(path, e)),
-        }
+        read_json(&path).map_err(|e| match e {
+            ReadJsonError::Read(e) => Error::ConfDir(path, e),
+            ReadJsonError::Corrupt(e) => io_err(&path, e),
+        })
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), Error> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::secret;
-use crate::store::{write_atomic, Overwrite};
+use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
 /// The passphrase other local users authenticate with (seed 000).
 pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
@@ -169,19 +169,16 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn open(path: &Path) -> Result<Settings, Error> {
-        let file = match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::Corrupt {
+        let file = read_json(path).map_err(|e| match e {
+            ReadJsonError::Read(source) => Error::Read {
                 path: path.to_path_buf(),
                 source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(source) => {
-                return Err(Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
+            },
+            ReadJsonError::Corrupt(source) => Error::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
         Ok(Settings {
             path: path.to_path_buf(),
             file,

@@ -10,6 +10,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+
 /// Whether a write may replace a file that is already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overwrite {
@@ -57,6 +59,26 @@ fn write_tmp(tmp: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Why [`read_json`] failed; each caller words it in its own error enum,
+/// with the path.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadJsonError {
+    #[error("cannot read the file")]
+    Read(#[source] io::Error),
+    #[error("the file is not valid JSON")]
+    Corrupt(#[source] serde_json::Error),
+}
+
+/// Reads a JSON state file; one that does not exist yet is `T::default()`,
+/// since every state file starts out absent.
+pub(crate) fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ReadJsonError> {
+    match fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data).map_err(ReadJsonError::Corrupt),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(ReadJsonError::Read(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +108,25 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path())?.count(), 1);
         write_atomic(&path, b"new", 0o644, Overwrite::Replace)?;
         assert_eq!(fs::read(&path)?, b"new");
+        Ok(())
+    }
+
+    #[test]
+    fn read_json_absent_is_default_corrupt_and_unreadable_are_told_apart() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.json");
+        assert_eq!(read_json::<Vec<u32>>(&path).ok(), Some(Vec::new()));
+        fs::write(&path, b"[1, 2]")?;
+        assert_eq!(read_json::<Vec<u32>>(&path).ok(), Some(vec![1, 2]));
+        fs::write(&path, b"[1,")?;
+        assert!(matches!(
+            read_json::<Vec<u32>>(&path),
+            Err(ReadJsonError::Corrupt(_))
+        ));
+        assert!(matches!(
+            read_json::<Vec<u32>>(dir.path()),
+            Err(ReadJsonError::Read(_))
+        ));
         Ok(())
     }
 }

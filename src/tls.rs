@@ -101,11 +101,48 @@ static ECDSA: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     ],
 };
 
-/// Whether the certificate's public key is on P-256 or P-384.
-fn is_ec_cert(der: &[u8]) -> bool {
-    Cert::from_der(der)
+/// The handshake-signature methods of a verifier, the same in all of them:
+/// a peer signs with [`ECDSA`] or not at all. `tls13` for a verifier that
+/// answers TLS 1.2 itself; `tls12 tls13` where the listener speaks both.
+macro_rules! ecdsa_signatures {
+    (tls13) => {
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &ECDSA)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            ECDSA.supported_schemes()
+        }
+    };
+    (tls12 tls13) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &ECDSA)
+        }
+        ecdsa_signatures!(tls13);
+    };
+}
+
+/// Refuses a certificate whose public key is not on P-256 or P-384.
+fn require_ec(der: &[u8]) -> Result<(), rustls::Error> {
+    let ec = Cert::from_der(der)
         .and_then(|c| c.info())
-        .is_ok_and(|i| i.key_type == "ecdsa-p256" || i.key_type == "ecdsa-p384")
+        .is_ok_and(|i| i.key_type == "ecdsa-p256" || i.key_type == "ecdsa-p384");
+    if ec {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
+        ))
+    }
 }
 
 fn validity_ok(der: &[u8]) -> Result<(), rustls::Error> {
@@ -122,9 +159,7 @@ fn validity_ok(der: &[u8]) -> Result<(), rustls::Error> {
 
 /// Accepts any valid self-signed EC client certificate; see the module doc.
 #[derive(Debug)]
-struct AnyEcClient {
-    algs: &'static WebPkiSupportedAlgorithms,
-}
+struct AnyEcClient;
 
 impl ClientCertVerifier for AnyEcClient {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -139,11 +174,7 @@ impl ClientCertVerifier for AnyEcClient {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if !is_ec_cert(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
-            ));
-        }
+        require_ec(end_entity)?;
         validity_ok(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -158,23 +189,13 @@ impl ClientCertVerifier for AnyEcClient {
             rustls::PeerIncompatible::Tls12NotOffered,
         ))
     }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    ecdsa_signatures!(tls13);
 }
 
 /// The daemon's TLS configuration: TLS 1.3, its own key and certificate, a
 /// client certificate required.
 pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let verifier = Arc::new(AnyEcClient { algs: &ECDSA });
+    let verifier = Arc::new(AnyEcClient);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -247,11 +268,7 @@ impl ClientCertVerifier for OptionalEcClient {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let bad = |e: rustls::CertificateError| rustls::Error::InvalidCertificate(e);
-        if !is_ec_cert(end_entity) {
-            return Err(bad(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(NotEc),
-            ))));
-        }
+        require_ec(end_entity)?;
         let cert =
             Cert::from_der(end_entity).map_err(|_| bad(rustls::CertificateError::BadEncoding))?;
         let (from, to) = cert
@@ -266,25 +283,7 @@ impl ClientCertVerifier for OptionalEcClient {
         }
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &ECDSA)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &ECDSA)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ECDSA.supported_schemes()
-    }
+    ecdsa_signatures!(tls12 tls13);
 }
 
 /// The TCP listener's configuration (SPEC L2): TLS 1.3 and 1.2 under
@@ -350,7 +349,6 @@ pub(crate) enum ServerTrust {
 #[derive(Debug)]
 struct ServerVerifier {
     trust: ServerTrust,
-    algs: &'static WebPkiSupportedAlgorithms,
     /// The certificate the server presented, for error messages.
     seen: Option<Arc<std::sync::Mutex<Option<Vec<u8>>>>>,
 }
@@ -364,11 +362,7 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !is_ec_cert(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotEc))),
-            ));
-        }
+        require_ec(end_entity)?;
         if let Some(seen) = &self.seen {
             if let Ok(mut g) = seen.lock() {
                 *g = Some(end_entity.as_ref().to_vec());
@@ -402,25 +396,7 @@ impl ServerCertVerifier for ServerVerifier {
             }
         }
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    ecdsa_signatures!(tls12 tls13);
 }
 
 /// The client's TLS configuration: its certificate, and `trust` for the server.
@@ -429,11 +405,7 @@ pub(crate) fn client_config(
     key: &Key,
     trust: ServerTrust,
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let verifier = Arc::new(ServerVerifier {
-        trust,
-        algs: &ECDSA,
-        seen: None,
-    });
+    let verifier = Arc::new(ServerVerifier { trust, seen: None });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -454,7 +426,6 @@ pub(crate) fn remote_client_config(
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
     let verifier = Arc::new(ServerVerifier {
         trust,
-        algs: &ECDSA,
         seen: Some(seen),
     });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));

@@ -17,7 +17,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::pki::hex;
-use crate::store::{write_atomic, Overwrite};
+use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 use crate::trust::Role;
 
 /// How long a token is valid unless told otherwise: one day.
@@ -99,19 +99,16 @@ fn hash(secret: &str) -> String {
 
 impl Tokens {
     pub(crate) fn open(path: &Path) -> Result<Tokens, Error> {
-        let pending = match std::fs::read(path) {
-            Ok(d) => serde_json::from_slice(&d).map_err(|source| Error::Corrupt {
+        let pending = read_json(path).map_err(|e| match e {
+            ReadJsonError::Read(source) => Error::Read {
                 path: path.to_path_buf(),
                 source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
+            },
+            ReadJsonError::Corrupt(source) => Error::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
         Ok(Tokens {
             path: path.to_path_buf(),
             pending,

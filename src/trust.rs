@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::pki::Cert;
-use crate::store::{write_atomic, Overwrite};
+use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
 /// What a trusted certificate may do (SPEC L4). Ordered: each role includes
 /// everything below it.
@@ -91,23 +91,20 @@ pub(crate) struct TrustStore {
 impl TrustStore {
     /// Loads `path`; a missing file is an empty store.
     pub(crate) fn open(path: &Path) -> Result<TrustStore, Error> {
-        let entries = match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice::<Vec<Entry>>(&data)
-                .map_err(|source| Error::Corrupt {
+        let entries = read_json::<Vec<Entry>>(path)
+            .map_err(|e| match e {
+                ReadJsonError::Read(source) => Error::Read {
                     path: path.to_path_buf(),
                     source,
-                })?
-                .into_iter()
-                .map(|e| (e.fingerprint.clone(), e))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => {
-                return Err(Error::Read {
+                },
+                ReadJsonError::Corrupt(source) => Error::Corrupt {
                     path: path.to_path_buf(),
                     source,
-                })
-            }
-        };
+                },
+            })?
+            .into_iter()
+            .map(|e| (e.fingerprint.clone(), e))
+            .collect();
         Ok(TrustStore {
             path: path.to_path_buf(),
             entries,

@@ -1,9 +1,8 @@
 //! `kvmbox info` and `kvmbox list`.
 
 use argh::FromArgs;
-use serde_json::Value;
 
-use super::output::{self, Format};
+use super::output::{self, text, Format};
 use super::{Ctx, Error};
 
 /// Show the server (version, authentication, certificate, drivers), or
@@ -30,18 +29,6 @@ pub(crate) struct List {
     /// table (default), json, yaml or csv
     #[argh(option, default = "Format::Table")]
     format: Format,
-}
-
-fn text(v: &Value, path: &[&str]) -> String {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p).unwrap_or(&Value::Null);
-    }
-    match cur {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
 }
 
 pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {

@@ -515,17 +515,6 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
 pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
     let (mut c, name) = ctx.target(name)?;
     let v = c.call("GET", &format!("{}?recursion=2", path_of(&name)), None)?;
-    let text = |path: &[&str]| {
-        let mut cur = &v;
-        for p in path {
-            cur = cur.get(p).unwrap_or(&Value::Null);
-        }
-        match cur {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        }
-    };
     let mut rows: Vec<Vec<String>> = [
         ("name", &["name"][..]),
         ("status", &["status"]),
@@ -544,7 +533,7 @@ pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
         ("unconfined because", &["seclabel", "reason"]),
     ]
     .iter()
-    .map(|(k, p)| vec![k.to_string(), text(p)])
+    .map(|(k, p)| vec![k.to_string(), output::text(&v, p)])
     .collect();
     if let Some(cfg) = v.get("config").and_then(Value::as_object) {
         for (k, val) in cfg {

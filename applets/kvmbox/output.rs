@@ -28,6 +28,20 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// The value at `path` in `v` as a table cell: a string bare, anything
+/// missing or null empty.
+pub(crate) fn text(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p).unwrap_or(&Value::Null);
+    }
+    match cur {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 /// Prints `raw` as JSON or YAML, or `rows` under `headers` as a table or CSV.
 pub(crate) fn print(format: Format, raw: &Value, headers: &[&str], rows: &[Vec<String>]) {
     let text = match format {

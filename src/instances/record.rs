@@ -469,7 +469,7 @@ pub(crate) fn parse_uid_range(s: &str) -> Result<IdRange, String> {
     Ok(IdRange { first, count })
 }
 
-/// A fresh random UUID (v4), as LXD gives each instance.
+/// A fresh random UUID (v4), as LXD gives each instance and operation.
 pub(crate) fn new_uuid() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];

@@ -30,8 +30,30 @@ fn self_signed(curve: Curve, days: u32) -> (Cert, Key) {
     (spec.self_signed(&key).unwrap(), key)
 }
 
+/// A P-256 client certificate issued by a fresh CA whose key is on `ca_curve`.
+fn ca_issued_client(ca_curve: Curve) -> Cert {
+    let ca_key = Key::generate(ca_curve).unwrap();
+    let ca = CertSpec {
+        cn: "ca".into(),
+        sans: vec![],
+        days: 1,
+        profile: Profile::Ca,
+    }
+    .self_signed(&ca_key)
+    .unwrap();
+    let leaf_key = Key::generate(Curve::P256).unwrap();
+    CertSpec {
+        cn: "leaf".into(),
+        sans: vec![],
+        days: 1,
+        profile: Profile::Client,
+    }
+    .issue(&leaf_key, &ca, &ca_key)
+    .unwrap()
+}
+
 fn verify(cert: &Cert) -> Result<ClientCertVerified, rustls::Error> {
-    let v = AnyEcClient { algs: &ECDSA };
+    let v = AnyEcClient;
     v.verify_client_cert(&CertificateDer::from(cert.der()), &[], UnixTime::now())
 }
 
@@ -48,25 +70,7 @@ fn rsa_and_ca_issued_client_certificates_are_refused() {
     let err = format!("{:?}", verify(&rsa).unwrap_err());
     assert!(err.contains("NotEc"), "{err}");
     // Not self-signed: issued by some CA the daemon knows nothing about.
-    let (ca, ca_key) = {
-        let key = Key::generate(Curve::P256).unwrap();
-        let spec = CertSpec {
-            cn: "ca".into(),
-            sans: vec![],
-            days: 1,
-            profile: Profile::Ca,
-        };
-        (spec.self_signed(&key).unwrap(), key)
-    };
-    let leaf_key = Key::generate(Curve::P256).unwrap();
-    let leaf = CertSpec {
-        cn: "leaf".into(),
-        sans: vec![],
-        days: 1,
-        profile: Profile::Client,
-    }
-    .issue(&leaf_key, &ca, &ca_key)
-    .unwrap();
+    let leaf = ca_issued_client(Curve::P256);
     assert!(verify(&leaf).is_err());
 }
 
@@ -118,24 +122,7 @@ fn remote_clients_may_come_without_a_certificate_but_not_with_a_bad_one() {
     let rsa = Cert::from_pem(RSA_CERT.as_bytes()).unwrap();
     assert!(check(&rsa).is_err());
     // Any issuer will do over TCP: the trust store decides by fingerprint.
-    let ca_key = Key::generate(Curve::P384).unwrap();
-    let ca = CertSpec {
-        cn: "ca".into(),
-        sans: vec![],
-        days: 1,
-        profile: Profile::Ca,
-    }
-    .self_signed(&ca_key)
-    .unwrap();
-    let leaf_key = Key::generate(Curve::P256).unwrap();
-    let leaf = CertSpec {
-        cn: "leaf".into(),
-        sans: vec![],
-        days: 1,
-        profile: Profile::Client,
-    }
-    .issue(&leaf_key, &ca, &ca_key)
-    .unwrap();
+    let leaf = ca_issued_client(Curve::P384);
     assert!(check(&leaf).is_ok());
     // Outside its validity period: refused.
     let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
