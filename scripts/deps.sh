@@ -10,7 +10,8 @@ set -eu
 # libvirt), busybox-static for guest initramfs images, file and time.
 PACKAGES="curl musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
 qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
-libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio"
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio
+iproute2 xz-utils zstd util-linux passwd"
 
 missing=""
 for p in $PACKAGES; do
