@@ -2,7 +2,7 @@
 //! `local.passphrase` (Multipass's `multipass authenticate`).
 
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 use serde_json::json;
@@ -43,23 +43,7 @@ fn passphrase(args: &Authenticate) -> Result<String, Error> {
             ))
         }
         (Some(p), None) => p.clone(),
-        (None, Some(f)) => {
-            let mut text = String::new();
-            std::fs::File::open(f)
-                .and_then(|file| file.take(MAX_LEN).read_to_string(&mut text))
-                .map_err(|e| Error::Msg(format!("cannot read {}: {e}", f.display())))?;
-            first_line(&text)
-        }
-        (None, None) if std::io::stdin().is_terminal() => kvmbox::prompt_secret("Passphrase: ")
-            .map_err(|e| Error::Msg(format!("cannot read the passphrase: {e}")))?,
-        (None, None) => {
-            let mut text = String::new();
-            std::io::stdin()
-                .take(MAX_LEN)
-                .read_to_string(&mut text)
-                .map_err(|e| Error::Msg(format!("cannot read the passphrase from stdin: {e}")))?;
-            first_line(&text)
-        }
+        (None, file) => read_secret(file.as_deref(), "Passphrase: ")?,
     };
     if pp.is_empty() {
         return Err(Error::Msg(
@@ -68,6 +52,31 @@ fn passphrase(args: &Authenticate) -> Result<String, Error> {
         ));
     }
     Ok(pp)
+}
+
+/// A secret kept off the command line (where `ps` shows it): the first line
+/// of `file`, else typed at a terminal without echo, else the first line of
+/// stdin. Without a terminal nothing is prompted for.
+pub(crate) fn read_secret(file: Option<&Path>, prompt: &str) -> Result<String, Error> {
+    let mut text = String::new();
+    match file {
+        Some(f) => {
+            std::fs::File::open(f)
+                .and_then(|file| file.take(MAX_LEN).read_to_string(&mut text))
+                .map_err(|e| Error::Msg(format!("cannot read {}: {e}", f.display())))?;
+        }
+        None if std::io::stdin().is_terminal() => {
+            return kvmbox::prompt_secret(prompt)
+                .map_err(|e| Error::Msg(format!("cannot read the secret: {e}")));
+        }
+        None => {
+            std::io::stdin()
+                .take(MAX_LEN)
+                .read_to_string(&mut text)
+                .map_err(|e| Error::Msg(format!("cannot read the secret from stdin: {e}")))?;
+        }
+    }
+    Ok(first_line(&text))
 }
 
 pub(crate) fn authenticate(ctx: &Ctx, args: &Authenticate) -> Result<(), Error> {

@@ -39,7 +39,9 @@ struct Get {
 /// Set a configuration value: `set [REMOTE:] KEY VALUE` for the server
 /// (core.https_address IP:PORT, applied at once; core.trust_password and
 /// local.passphrase, both stored hashed), `set [REMOTE:]NAME KEY VALUE` for
-/// instance NAME (limits.cpu, limits.memory, boot.*, security.*…).
+/// instance NAME (limits.cpu, limits.memory, boot.*, security.*…). A VALUE
+/// of `-` is read from stdin, or typed without echo at a terminal, so that a
+/// secret stays out of the process list.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "set")]
 struct Set {
@@ -208,8 +210,11 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
                 }
             }
             let (remote, rest) = with_remote(args, 2, USAGE)?;
-            let [key, value] = <[String; 2]>::try_from(rest)
+            let [key, mut value] = <[String; 2]>::try_from(rest)
                 .map_err(|_| Error::Usage(format!("usage: {USAGE}")))?;
+            if value == "-" {
+                value = super::auth::read_secret(None, &format!("{key}: "))?;
+            }
             if value.is_empty() {
                 return Err(Error::Usage(format!(
                     "an empty value unsets: use `kvmbox config unset {key}`"

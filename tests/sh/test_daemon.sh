@@ -42,6 +42,25 @@ expect_fail applet kvmbox --socket "$PWD/nothing" info
 contains "$ERR" "is kvmboxd running"
 one_line "$ERR"
 
+# A secret set as `-` comes from stdin, so it never appears in argv; it is
+# stored hashed and shown only as set.
+echo stdin-secret-42 | applet kvmbox config set local.passphrase -
+[ "$(applet kvmbox config get local.passphrase)" = true ] || fail "passphrase from stdin not set"
+if grep -rqs stdin-secret-42 state; then fail "clear passphrase in the state dir"; fi
+expect_fail applet kvmbox config set local.passphrase - </dev/null
+contains "$ERR" "an empty value unsets"
+# The stored value is the one read: a member of the admin group opens the
+# socket, then another uid authenticates with it (and not with "-").
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
+    chmod 755 "$PWD" bin
+    as() { u=$1; shift; mkdir -p "c$u"; chown "$u" "c$u"; env KVMBOX_CONF="$PWD/c$u" setpriv --reuid "$u" --regid "$u" "$@"; }
+    as 52341 --groups 0 -- bin/kvmbox info >/dev/null 2>&1 || true
+    (cd bin && ln -sf "$K" kvmbox)
+    as 52341 --groups 0 -- bin/kvmbox info >/dev/null || fail "admin-group member not trusted"
+    if as 52342 --clear-groups -- bin/kvmbox authenticate - </dev/null >/dev/null 2>&1; then fail "authenticated with '-'"; fi
+    echo stdin-secret-42 | as 52342 --clear-groups -- bin/kvmbox authenticate >/dev/null || fail "the stdin passphrase does not authenticate"
+fi
+
 kill -TERM $pid
 wait $pid || fail "kvmboxd exited non-zero on SIGTERM: $(cat daemon.log)"
 [ ! -e state/unix.socket ] || fail "socket left behind"
