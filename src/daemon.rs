@@ -51,6 +51,8 @@ pub struct DaemonOptions {
     /// A stand-in for apparmor_parser given to kvmbox-aa-helper (tests on
     /// kernels without AppArmor compile profiles with it for real).
     pub aa_parser: Option<String>,
+    /// A preseed document applied at start, before connections are served.
+    pub preseed: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -64,6 +66,7 @@ impl DaemonOptions {
             limits: Limits::default(),
             https: None,
             aa_parser: None,
+            preseed: None,
         }
     }
 }
@@ -102,6 +105,8 @@ pub enum Error {
     Instances(String),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error("preseed {0}")]
+    Preseed(PathBuf, #[source] crate::preseed::Error),
 }
 
 /// State every connection shares.
@@ -481,6 +486,16 @@ fn state_dir(dir: &Path) -> Result<(), Error> {
 pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Nothing the daemon creates is readable by others unless it says so.
     sys::umask(0o077);
+    // A bad document stops the daemon before it has touched anything.
+    let preseed = match &opts.preseed {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::Read(p.clone(), e))?;
+            let plan =
+                crate::preseed::Preseed::parse(&text).map_err(|e| Error::Preseed(p.clone(), e))?;
+            Some((p, plan))
+        }
+        None => None,
+    };
     let dir = &opts.state_dir;
     state_dir(dir)?;
     let (cert, key) = server_identity(dir)?;
@@ -547,6 +562,21 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
         .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
+    // The socket is bound but nothing is accepted yet, and the TLS listener
+    // starts after: no client sees a half-applied document.
+    if let Some((path, plan)) = preseed {
+        let mut local = InProcess {
+            shared: &shared,
+            ex: &ex,
+        };
+        let applied = plan.apply_with(&mut local, |what, outcome| {
+            log!(Info, "preseed: {what}: {outcome}");
+        });
+        if let Err(e) = applied {
+            let _ = std::fs::remove_file(&socket);
+            return Err(Error::Preseed(path.clone(), e));
+        }
+    }
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
     ex.spawn(crate::remote::supervise(
@@ -611,6 +641,59 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     smol::block_on(ex.run(smol::future::or(serve, stop)));
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The preseed steps' way into the API at start-up: requests handed
+/// straight to [`api::handle`] as local root, on the daemon's executor (so
+/// operations they start make progress).
+struct InProcess<'a> {
+    shared: &'a Arc<Shared>,
+    ex: &'a Arc<Executor<'static>>,
+}
+
+impl crate::preseed::Transport for InProcess<'_> {
+    fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, crate::preseed::CallError> {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let req = http::Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            keep_alive: false,
+            websocket_key: None,
+        };
+        let id = Identity {
+            peer: Peer::Local(PeerCred {
+                pid: std::process::id(),
+                uid: sys::euid(),
+                gid: sys::egid(),
+                groups: None,
+            }),
+            cert: None,
+            role: Some(Role::Admin),
+            projects: Vec::new(),
+        };
+        let resp = smol::block_on(self.ex.run(api::handle(self.shared, &id, &req)));
+        let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+        match v.get("type").and_then(Value::as_str) {
+            Some("sync" | "async") => {
+                Ok(v.get_mut("metadata").map(Value::take).unwrap_or_default())
+            }
+            _ => Err(crate::preseed::CallError {
+                status: resp.status,
+                message: v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_string(),
+            }),
+        }
+    }
 }
 
 /// [`PerPeer::claim`] for a local uid: root is exempt.
