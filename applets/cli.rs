@@ -12,8 +12,16 @@ pub(crate) const FAILURE: u8 = 1;
 pub(crate) const USAGE: u8 = 2;
 
 /// Parses `args` for applet `name`; `--help` prints usage and exits 0.
+/// A lone `-` (standard input, POSIX utility guideline 13) is taken by argh
+/// for an unknown option: when no option follows it, `--` is put before it.
 pub(crate) fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, ExitCode> {
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Some(i) = strs.iter().position(|a| *a == "-" || *a == "--") {
+        let rest = strs.get(i + 1..).unwrap_or_default();
+        if strs.get(i) == Some(&"-") && !rest.iter().any(|a| a.starts_with('-')) {
+            strs.insert(i, "--");
+        }
+    }
     T::from_args(&[name], &strs).map_err(|early| match early.status {
         Ok(()) => {
             print!("{}", early.output);
