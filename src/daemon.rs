@@ -565,14 +565,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // The socket is bound but nothing is accepted yet, and the TLS listener
     // starts after: no client sees a half-applied document.
     if let Some((path, plan)) = preseed {
-        let mut local = InProcess {
-            shared: &shared,
-            ex: &ex,
-        };
-        let applied = plan.apply_with(&mut local, |what, outcome| {
-            log!(Info, "preseed: {what}: {outcome}");
-        });
-        if let Err(e) = applied {
+        if let Err(e) = crate::preseed::apply_locally(&plan, &shared, &ex) {
             let _ = std::fs::remove_file(&socket);
             return Err(Error::Preseed(path.clone(), e));
         }
@@ -641,59 +634,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     smol::block_on(ex.run(smol::future::or(serve, stop)));
     let _ = std::fs::remove_file(&socket);
     Ok(())
-}
-
-/// The preseed steps' way into the API at start-up: requests handed
-/// straight to [`api::handle`] as local root, on the daemon's executor (so
-/// operations they start make progress).
-struct InProcess<'a> {
-    shared: &'a Arc<Shared>,
-    ex: &'a Arc<Executor<'static>>,
-}
-
-impl crate::preseed::Transport for InProcess<'_> {
-    fn call(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, crate::preseed::CallError> {
-        let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let req = http::Request {
-            method: method.into(),
-            path: path.into(),
-            query: query.into(),
-            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
-            keep_alive: false,
-            websocket_key: None,
-        };
-        let id = Identity {
-            peer: Peer::Local(PeerCred {
-                pid: std::process::id(),
-                uid: sys::euid(),
-                gid: sys::egid(),
-                groups: None,
-            }),
-            cert: None,
-            role: Some(Role::Admin),
-            projects: Vec::new(),
-        };
-        let resp = smol::block_on(self.ex.run(api::handle(self.shared, &id, &req)));
-        let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
-        match v.get("type").and_then(Value::as_str) {
-            Some("sync" | "async") => {
-                Ok(v.get_mut("metadata").map(Value::take).unwrap_or_default())
-            }
-            _ => Err(crate::preseed::CallError {
-                status: resp.status,
-                message: v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_string(),
-            }),
-        }
-    }
 }
 
 /// [`PerPeer::claim`] for a local uid: root is exempt.

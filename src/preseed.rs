@@ -38,6 +38,9 @@ use crate::instances::{check_config, check_device, Device};
 use crate::pki::Cert;
 use crate::trust::Role;
 
+mod local;
+pub(crate) use local::apply_locally;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The document is wrong: nothing was applied.

@@ -2,7 +2,9 @@
 # config + a certificate + an instance; each took effect; a second run says
 # unchanged for every step and leaves the state files byte-identical; a
 # document with a typo'd key, a bad memory size or a malformed PEM fails
-# with one line and changes nothing; `kvmboxd --preseed` applies the same
+# with one line and changes nothing; a step only the daemon can refuse
+# fails naming itself; the same document over TLS to a REMOTE: is unchanged
+# there too; `kvmboxd --preseed` applies the same
 # document on a fresh state directory before it serves.
 . "$TESTLIB"
 
@@ -42,7 +44,7 @@ cat >doc.json <<DOC
 DOC
 
 export KVMBOX_DIR=$PWD/state
-start_daemon "$KVMBOX_DIR"
+start_daemon "$KVMBOX_DIR" --https 127.0.0.1:0
 out=$(kv admin init --preseed doc.json)
 echo "$out"
 contains "$out" "config instances.accel: created"
@@ -97,6 +99,19 @@ expect_fail kv admin init --preseed nope.json
 contains "$ERR" "cannot read nope.json"; one_line "$ERR"
 expect_fail kv admin init doc.json
 contains "$ERR" "--preseed"
+
+# Over TLS to a REMOTE: the same steps, the same answers; an instance
+# added to the document is created there.
+port=$(https_port daemon.log)
+token=$(kv config trust add --name far --role admin 2>/dev/null)
+far() { KVMBOX_CONF=$PWD/conf2 bin/kvmbox "$@"; }
+far remote add host "127.0.0.1:$port" --token "$token" >/dev/null 2>&1 || fail "remote add failed"
+out=$(far admin init --preseed doc.json host:)
+[ "$(echo "$out" | grep -vc ': unchanged$')" -eq 0 ] || fail "not all unchanged remotely: $out"
+sed 's/"name": "vm1", "config"/"name": "vm3", "config"/' doc.json >vm3.json
+out=$(far admin init --preseed - host: <vm3.json)
+contains "$out" "instance vm3: created"
+contains "$(kv list)" "vm3"
 stop_daemon
 
 # kvmboxd --preseed on a fresh state directory: the same document, applied
