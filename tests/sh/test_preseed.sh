@@ -27,10 +27,11 @@ start_daemon() { # STATE [ARGS…]
 }
 stop_daemon() { kill "$dpid"; wait "$dpid" || true; dpid=""; }
 # What preseed may change: the state files, not the runtime ones.
-digest() { (cd "$1" && sha256sum ./*.json instances/*/instance.json 2>/dev/null); }
+digest() { (cd "$1" && sha256sum ./*.json instances/*/instance.json images/*.json 2>/dev/null); }
 
 # No boot happens: a kernel file is all create checks for.
 : >vmlinuz
+truncate -s 1M base.img
 bin/kvmbox-cert gen --key alice.key --cert alice.crt --cn alice >/dev/null
 fp=$(bin/kvmbox-cert fingerprint alice.crt)
 pem=$(sed 's/$/\\n/' alice.crt | tr -d '\r\n')
@@ -38,7 +39,9 @@ cat >doc.json <<DOC
 {
   "config": {"instances.accel": "tcg", "core.trust_password": "s3cret-s3cret"},
   "certificates": [{"name": "alice", "type": "client", "certificate": "$pem", "role": "operator"}],
-  "instances": [{"name": "vm1", "config": {"boot.kernel": "$PWD/vmlinuz", "limits.memory": "256MiB"},
+  "images": [{"alias": "base", "path": "$PWD/base.img"}],
+  "instances": [{"name": "img1", "source": {"alias": "base"}, "config": {"boot.kernel": "$PWD/vmlinuz"}},
+                {"name": "vm1", "config": {"boot.kernel": "$PWD/vmlinuz", "limits.memory": "256MiB"},
                  "devices": {"eth0": {"type": "nic", "nictype": "user"}}, "state": "stopped"}]
 }
 DOC
@@ -50,12 +53,16 @@ echo "$out"
 contains "$out" "config instances.accel: created"
 contains "$out" "config core.trust_password: created"
 contains "$out" "certificate alice (${fp%"${fp#????????????}"}): created"
+contains "$out" "image base: created"
+contains "$out" "instance img1: created"
 contains "$out" "instance vm1: created"
 contains "$out" "instance vm1 stopped: unchanged"
 [ "$(kv config get instances.accel)" = tcg ] || fail "instances.accel not set"
 contains "$(kv config trust list --format csv)" "$fp"
 contains "$(kv config trust list)" "operator"
 contains "$(kv list)" "vm1"
+contains "$(kv image list)" "base"
+contains "$(kv info img1 --format json)" '"image.alias": "base"'
 contains "$(kv info vm1 --format json)" '"limits.memory": "256MiB"'
 before=$(digest state)
 
@@ -63,7 +70,7 @@ before=$(digest state)
 out=$(kv admin init --preseed - <doc.json)
 echo "$out"
 [ "$(echo "$out" | grep -vc ': unchanged$')" -eq 0 ] || fail "not all unchanged: $out"
-[ "$(echo "$out" | wc -l)" -eq 5 ] || fail "expected five steps: $out"
+[ "$(echo "$out" | wc -l)" -eq 7 ] || fail "expected seven steps: $out"
 [ "$(digest state)" = "$before" ] || fail "state changed on the second run"
 
 # A drifted value is put back, and only it.
@@ -128,7 +135,7 @@ stop_daemon
 : >daemon.log
 start_daemon "$KVMBOX_DIR" --preseed doc.json
 [ "$(digest fresh)" = "$after" ] || fail "kvmboxd --preseed changed state on a second start"
-[ "$(grep -c 'preseed: .*: unchanged' daemon.log)" -eq 5 ] || fail "expected five unchanged: $(cat daemon.log)"
+[ "$(grep -c 'preseed: .*: unchanged' daemon.log)" -eq 7 ] || fail "expected seven unchanged: $(cat daemon.log)"
 stop_daemon
 
 # A bad document stops the daemon with one line, before it serves.
