@@ -199,8 +199,14 @@ fn scalar(what: &str, v: Value) -> Result<String, Error> {
 impl Preseed {
     /// Parses and checks a whole document; nothing is applied here.
     pub fn parse(text: &str) -> Result<Preseed, Error> {
-        let doc: Document =
-            serde_json::from_str(text).map_err(|e| Error::Invalid(e.to_string()))?;
+        let doc: Document = serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                Error::Invalid(format!(
+                    "{e} (the document must be JSON, which is also YAML)"
+                ))
+            }
+            _ => Error::Invalid(e.to_string()),
+        })?;
         let mut steps = Vec::new();
         for (key, value) in doc.config {
             let value = scalar(&format!("config {key}"), value)?;

@@ -140,6 +140,8 @@ fn bad_documents_are_refused_whole() {
         &|d| d["config"]["instances.accel"] = json!(["kvm"]),
         "must be a string",
     );
+    let yaml = Preseed::parse("config:\n  instances.accel: tcg\n").unwrap_err();
+    assert!(yaml.to_string().contains("must be JSON"), "{yaml}");
     assert!(Preseed::parse("{\"config\": ").is_err());
 }
 
