@@ -18,6 +18,7 @@ use kvmbox::{Client, ClientError, ClientIdentity};
 
 use crate::cli;
 
+mod admin;
 mod auth;
 mod config;
 mod info;
@@ -51,6 +52,7 @@ struct Args {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Cmd {
+    Admin(admin::Admin),
     Info(info::Info),
     List(info::List),
     Authenticate(auth::Authenticate),
@@ -159,6 +161,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         socket: kvmbox::socket_path(args.socket.as_deref()),
     };
     let result = match args.cmd {
+        Cmd::Admin(c) => admin::admin(&ctx, c),
         Cmd::Info(c) => info::info(&ctx, &c),
         Cmd::List(c) => info::list(&ctx, &c),
         Cmd::Authenticate(c) => auth::authenticate(&ctx, &c),

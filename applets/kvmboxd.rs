@@ -38,6 +38,10 @@ struct Args {
     /// listen with TLS on this IP:PORT too (overrides core.https_address)
     #[argh(option)]
     https: Option<std::net::SocketAddr>,
+    /// apply this preseed document (JSON: config, certificates, images,
+    /// instances) before serving; a failure stops the daemon
+    #[argh(option)]
+    preseed: Option<PathBuf>,
     /// error, warn, info (default) or debug
     #[argh(option, default = "LogLevel::Info")]
     log_level: LogLevel,
@@ -70,6 +74,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     opts.socket = args.socket;
     opts.group = args.group;
     opts.https = args.https;
+    opts.preseed = args.preseed;
     opts.timeout = Duration::from_secs(args.timeout);
     opts.max_connections = args.max_connections.max(1);
     // Tests on kernels without AppArmor: profiles are compiled for real by

@@ -382,7 +382,7 @@ fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
 }
 
 /// Path parameters are names, fingerprints and uuids: nothing else gets in.
-fn is_param(seg: &str) -> bool {
+pub(crate) fn is_param(seg: &str) -> bool {
     !seg.is_empty()
         && seg.len() <= 128
         && seg

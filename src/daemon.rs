@@ -51,6 +51,8 @@ pub struct DaemonOptions {
     /// A stand-in for apparmor_parser given to kvmbox-aa-helper (tests on
     /// kernels without AppArmor compile profiles with it for real).
     pub aa_parser: Option<String>,
+    /// A preseed document applied at start, before connections are served.
+    pub preseed: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -64,6 +66,7 @@ impl DaemonOptions {
             limits: Limits::default(),
             https: None,
             aa_parser: None,
+            preseed: None,
         }
     }
 }
@@ -102,6 +105,8 @@ pub enum Error {
     Instances(String),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error("preseed {0}")]
+    Preseed(PathBuf, #[source] crate::preseed::Error),
 }
 
 /// State every connection shares.
@@ -481,6 +486,16 @@ fn state_dir(dir: &Path) -> Result<(), Error> {
 pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Nothing the daemon creates is readable by others unless it says so.
     sys::umask(0o077);
+    // A bad document stops the daemon before it has touched anything.
+    let preseed = match &opts.preseed {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::Read(p.clone(), e))?;
+            let plan =
+                crate::preseed::Preseed::parse(&text).map_err(|e| Error::Preseed(p.clone(), e))?;
+            Some((p, plan))
+        }
+        None => None,
+    };
     let dir = &opts.state_dir;
     state_dir(dir)?;
     let (cert, key) = server_identity(dir)?;
@@ -547,6 +562,14 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
         .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
+    // The socket is bound but nothing is accepted yet, and the TLS listener
+    // starts after: no client sees a half-applied document.
+    if let Some((path, plan)) = preseed {
+        if let Err(e) = crate::preseed::apply_locally(&plan, &shared, &ex) {
+            let _ = std::fs::remove_file(&socket);
+            return Err(Error::Preseed(path.clone(), e));
+        }
+    }
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let per_uid = Arc::new(Mutex::new(HashMap::new()));
     ex.spawn(crate::remote::supervise(

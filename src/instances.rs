@@ -33,7 +33,7 @@ use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
-pub(crate) use record::{new_uuid, parse_uid_range, Device, Record};
+pub(crate) use record::{check_config, check_device, new_uuid, parse_uid_range, Device, Record};
 use view::show;
 
 /// `instances.uid_range` when unset.

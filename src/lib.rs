@@ -16,6 +16,7 @@ mod instances;
 mod log;
 mod operations;
 mod pki;
+mod preseed;
 mod qemu;
 mod qmp;
 mod remote;
@@ -40,6 +41,7 @@ pub use apparmor::{
     TEMPLATE as AA_TEMPLATE,
 };
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
+pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
 pub use store::{write_atomic, Overwrite};
 pub use sys::default_sigpipe;
 

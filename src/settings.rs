@@ -82,13 +82,37 @@ enum Change {
     Set(String),
 }
 
+/// Checks one key and its value as [`prepare`] will, without hashing
+/// anything: what a client can check before it sends a change.
+pub(crate) fn check(key: &str, value: &str) -> Result<(), Error> {
+    if !KEYS.contains(&key) {
+        return Err(Error::UnknownKey(key.to_string()));
+    }
+    if value.is_empty() || SECRETS.contains(&key) {
+        return Ok(());
+    }
+    if key == HTTPS_ADDRESS {
+        return match value.parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::BadAddress(value.to_string())),
+        };
+    }
+    check_value(key, value).map_err(|why| Error::BadValue {
+        key: key.to_string(),
+        why,
+    })
+}
+
+/// Whether `key` holds a secret, which the API never shows back.
+pub(crate) fn is_secret(key: &str) -> bool {
+    SECRETS.contains(&key)
+}
+
 /// Checks `changes` (an empty value unsets a key) and hashes secrets.
 pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Error> {
     let mut out = BTreeMap::new();
     for (key, value) in changes {
-        if !KEYS.contains(&key.as_str()) {
-            return Err(Error::UnknownKey(key.clone()));
-        }
+        check(key, value)?;
         let change = if value.is_empty() {
             Change::Unset
         } else if SECRETS.contains(&key.as_str()) && value == REDACTED {
@@ -98,16 +122,7 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
                 key: key.clone(),
                 source,
             })?)
-        } else if key == HTTPS_ADDRESS {
-            if value.parse::<std::net::SocketAddr>().is_err() {
-                return Err(Error::BadAddress(value.clone()));
-            }
-            Change::Set(value.clone())
         } else {
-            check_value(key, value).map_err(|why| Error::BadValue {
-                key: key.clone(),
-                why,
-            })?;
             Change::Set(value.clone())
         };
         out.insert(key.clone(), change);

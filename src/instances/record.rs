@@ -195,30 +195,9 @@ impl Record {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         qemu::validate_name(&self.name).map_err(|e| Error::Invalid(e.to_string()))?;
         for (k, v) in &self.config {
-            if !KEYS.contains(&k.as_str()) && !k.starts_with("user.") {
-                return Err(Error::Invalid(format!("unknown configuration key {k:?}")));
-            }
-            let bad = |why: &str| Error::Invalid(format!("invalid value {v:?} for {k}: {why}"));
-            match k.as_str() {
-                "limits.cpu" => {
-                    v.parse::<u32>().map_err(|_| bad("expected a number"))?;
-                }
-                "limits.memory" => {
-                    v.parse::<MemorySize>().map_err(|e| bad(&e.to_string()))?;
-                }
-                "limits.accel" => {
-                    v.parse::<AccelMode>().map_err(|e| bad(&e.to_string()))?;
-                }
-                "security.privileged" if !["true", "false", ""].contains(&v.as_str()) => {
-                    return Err(bad("expected true or false"));
-                }
-                "security.apparmor" if !["auto", "required", "off", ""].contains(&v.as_str()) => {
-                    return Err(bad("expected auto, required or off"));
-                }
-                "boot.kernel" | "boot.initrd" if !v.is_empty() => {
-                    require_file(k, Path::new(v))?;
-                }
-                _ => {}
+            check_config(k, v)?;
+            if (k == "boot.kernel" || k == "boot.initrd") && !v.is_empty() {
+                require_file(k, Path::new(v))?;
             }
         }
         if self.get("boot.kernel").is_none()
@@ -229,28 +208,21 @@ impl Record {
             ));
         }
         for (name, dev) in &self.devices {
-            qemu::validate_id(name).map_err(|e| Error::Invalid(e.to_string()))?;
+            check_device(name, dev)?;
             match dev.get("type").map(String::as_str) {
-                Some("disk") if dev.get("path").map(String::as_str) == Some("/") => {
-                    if self.image.is_none() {
-                        return Err(Error::Invalid(format!(
-                            "device {name}: a root disk needs an image"
-                        )));
-                    }
+                Some("disk")
+                    if dev.get("path").map(String::as_str) == Some("/") && self.image.is_none() =>
+                {
+                    return Err(Error::Invalid(format!(
+                        "device {name}: a root disk needs an image"
+                    )));
                 }
+                Some("disk") if dev.get("path").map(String::as_str) == Some("/") => {}
                 Some("disk") => {
                     let d = disk_of(name, dev)?;
                     require_file(&format!("device {name}"), &d.path)?;
                 }
-                Some("nic") => {
-                    nic_of(name, dev)?;
-                }
-                other => {
-                    return Err(Error::Invalid(format!(
-                        "device {name}: unsupported type {:?} (disk or nic)",
-                        other.unwrap_or_default()
-                    )))
-                }
+                _ => {}
             }
         }
         if self.get("boot.kernel").is_none() && self.image.is_none() {
@@ -373,6 +345,48 @@ fn require_file(what: &str, p: &Path) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Checks one config key and its value without looking at the host (what
+/// a client can check before it sends anything; files are checked at create).
+pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
+    if !KEYS.contains(&k) && !k.starts_with("user.") {
+        return Err(Error::Invalid(format!("unknown configuration key {k:?}")));
+    }
+    let bad = |why: &str| Error::Invalid(format!("invalid value {v:?} for {k}: {why}"));
+    match k {
+        "limits.cpu" => {
+            v.parse::<u32>().map_err(|_| bad("expected a number"))?;
+        }
+        "limits.memory" => {
+            v.parse::<MemorySize>().map_err(|e| bad(&e.to_string()))?;
+        }
+        "limits.accel" => {
+            v.parse::<AccelMode>().map_err(|e| bad(&e.to_string()))?;
+        }
+        "security.privileged" if !["true", "false", ""].contains(&v) => {
+            return Err(bad("expected true or false"));
+        }
+        "security.apparmor" if !["auto", "required", "off", ""].contains(&v) => {
+            return Err(bad("expected auto, required or off"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks one device's name, type and properties without looking at the host.
+pub(crate) fn check_device(name: &str, dev: &Device) -> Result<(), Error> {
+    qemu::validate_id(name).map_err(|e| Error::Invalid(e.to_string()))?;
+    match dev.get("type").map(String::as_str) {
+        Some("disk") if dev.get("path").map(String::as_str) == Some("/") => Ok(()),
+        Some("disk") => disk_of(name, dev).map(|_| ()),
+        Some("nic") => nic_of(name, dev).map(|_| ()),
+        other => Err(Error::Invalid(format!(
+            "device {name}: unsupported type {:?} (disk or nic)",
+            other.unwrap_or_default()
+        ))),
+    }
 }
 
 /// A disk device: `source` (absolute path), `format` raw (default) or

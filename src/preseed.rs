@@ -1,0 +1,531 @@
+//! Preseed: a document that sets up a server non-interactively and
+//! idempotently — server config, trusted certificates, images and
+//! instances — shaped like `lxd init --preseed`
+//! (<https://documentation.ubuntu.com/lxd/en/latest/howto/initialize/#non-interactive-configuration>).
+//!
+//! Choices, and why:
+//! - The document is JSON, which is also YAML 1.2: no YAML parser is worth
+//!   its size in a 3 MiB binary. Every object refuses unknown fields, so a
+//!   typo is an error rather than a setting silently not made.
+//! - The whole document is parsed and checked first, with the same checks
+//!   the daemon makes (config keys and values, PEM, device shapes): a bad
+//!   document is refused before anything is applied. What only the host can
+//!   tell (whether a kernel file exists) is left to the daemon.
+//! - It then becomes an ordered list of [`Step`]s (config, certificates,
+//!   images, instances, instance states), each one call of the REST API
+//!   preceded by a `GET` that tells whether it is already done. Each call is
+//!   crash-safe on its own, so a failure part-way leaves consistent state,
+//!   and applying the document again carries on.
+//! - One runner, two transports: the client over the Unix socket or TLS
+//!   (`kvmbox admin init --preseed`), and the daemon itself at start-up
+//!   (`kvmboxd --preseed`, through `api::handle` with an admin identity).
+//! - Secrets (`core.trust_password`, `local.passphrase`) are write-only and
+//!   stored salted-hashed: they are set only when unset. Re-setting them on
+//!   every run would rewrite the state each time; to change one, unset it
+//!   (`kvmbox config unset`) and apply again.
+//! - Existing objects are updated, never recreated: an instance whose
+//!   declared config keys or devices differ is patched (applies at its next
+//!   start, nothing is restarted); an image that exists under its alias is
+//!   left as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::instances::{check_config, check_device, Device};
+use crate::pki::Cert;
+use crate::trust::Role;
+
+mod local;
+pub(crate) use local::apply_locally;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The document is wrong: nothing was applied.
+    #[error("invalid preseed document: {0}")]
+    Invalid(String),
+    /// A step failed; the steps before it stay applied.
+    #[error("{what}: {message}")]
+    Step { what: String, message: String },
+}
+
+fn invalid(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{what}: {why}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    config: BTreeMap<String, Value>,
+    #[serde(default)]
+    certificates: Vec<CertificateDoc>,
+    #[serde(default)]
+    images: Vec<ImageDoc>,
+    #[serde(default)]
+    instances: Vec<InstanceDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateDoc {
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    certificate: String,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    projects: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageDoc {
+    alias: String,
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceDoc {
+    name: String,
+    #[serde(default)]
+    source: Option<SourceDoc>,
+    #[serde(default)]
+    config: BTreeMap<String, Value>,
+    #[serde(default)]
+    devices: BTreeMap<String, Device>,
+    #[serde(default)]
+    state: Option<State>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceDoc {
+    alias: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum State {
+    Running,
+    Stopped,
+}
+
+/// One API call and how to tell it is already done.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step {
+    /// `PATCH /1.0` one key, unless `GET /1.0` shows it (set, for a secret).
+    Config { key: String, value: String },
+    /// `POST /1.0/certificates`, or `PUT` its name, role and projects.
+    Certificate {
+        fingerprint: String,
+        name: String,
+        role: Role,
+        projects: Vec<String>,
+        pem: String,
+    },
+    /// `POST /1.0/images` unless an image has the alias.
+    Image { alias: String, path: PathBuf },
+    /// `POST /1.0/instances`, or `PATCH` the declared keys that differ.
+    Instance {
+        name: String,
+        alias: Option<String>,
+        config: BTreeMap<String, String>,
+        devices: BTreeMap<String, Device>,
+    },
+    /// `PUT /1.0/instances/<name>/state` unless it is already so.
+    State { name: String, running: bool },
+}
+
+/// What a step found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        })
+    }
+}
+
+impl Step {
+    /// How the step is named in reports and errors.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Step::Config { key, .. } => format!("config {key}"),
+            Step::Certificate {
+                name, fingerprint, ..
+            } => format!(
+                "certificate {name} ({})",
+                fingerprint.get(..12).unwrap_or(fingerprint)
+            ),
+            Step::Image { alias, .. } => format!("image {alias}"),
+            Step::Instance { name, .. } => format!("instance {name}"),
+            Step::State { name, running } => format!(
+                "instance {name} {}",
+                if *running { "running" } else { "stopped" }
+            ),
+        }
+    }
+}
+
+/// A checked document, as the steps that apply it.
+#[derive(Debug)]
+pub struct Preseed {
+    steps: Vec<Step>,
+}
+
+/// LXD's YAML allows `true` and `2` where the API wants strings.
+fn scalar(what: &str, v: Value) -> Result<String, Error> {
+    match v {
+        Value::String(s) => Ok(s),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(invalid(what, "the value must be a string")),
+    }
+}
+
+impl Preseed {
+    /// Parses and checks a whole document; nothing is applied here.
+    pub fn parse(text: &str) -> Result<Preseed, Error> {
+        let doc: Document = serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                Error::Invalid(format!(
+                    "{e} (the document must be JSON, which is also YAML)"
+                ))
+            }
+            _ => Error::Invalid(e.to_string()),
+        })?;
+        let mut steps = Vec::new();
+        for (key, value) in doc.config {
+            let value = scalar(&format!("config {key}"), value)?;
+            crate::settings::check(&key, &value)
+                .map_err(|e| Error::Invalid(crate::error_chain(&e)))?;
+            if crate::settings::is_secret(&key) && value == crate::settings::REDACTED {
+                return Err(invalid(
+                    format!("config {key}"),
+                    "give the secret itself, not how the API shows it",
+                ));
+            }
+            steps.push(Step::Config { key, value });
+        }
+        let mut seen = BTreeSet::new();
+        for c in doc.certificates {
+            let what = format!("certificate {:?}", c.name);
+            if c.name.is_empty() || c.name.len() > 64 || c.name.chars().any(char::is_control) {
+                return Err(invalid(
+                    what,
+                    "the name must be 1 to 64 printable characters",
+                ));
+            }
+            if c.kind.as_deref().is_some_and(|k| k != "client") {
+                return Err(invalid(what, "only client certificates can be added"));
+            }
+            if c.projects.len() > 64 || !c.projects.iter().all(|p| crate::api::is_param(p)) {
+                return Err(invalid(what, "invalid project list"));
+            }
+            let cert = Cert::from_pem(c.certificate.as_bytes())
+                .map_err(|_| invalid(&what, "not a PEM X.509 certificate"))?;
+            if !cert.info().is_ok_and(|i| i.key_type.starts_with("ecdsa-")) {
+                return Err(invalid(
+                    what,
+                    "only EC (P-256, P-384) certificates can be trusted",
+                ));
+            }
+            let fingerprint = cert.fingerprint();
+            if !seen.insert(fingerprint.clone()) {
+                return Err(invalid(what, "the same certificate is listed twice"));
+            }
+            steps.push(Step::Certificate {
+                fingerprint,
+                name: c.name,
+                role: c.role.unwrap_or(Role::Admin),
+                projects: c.projects,
+                pem: c.certificate,
+            });
+        }
+        let mut aliases = BTreeSet::new();
+        for i in doc.images {
+            let what = format!("image {:?}", i.alias);
+            if !crate::api::is_param(&i.alias) {
+                return Err(invalid(what, "invalid alias"));
+            }
+            if !i.path.is_absolute() {
+                return Err(invalid(what, "the path must be absolute"));
+            }
+            if !aliases.insert(i.alias.clone()) {
+                return Err(invalid(what, "the alias is listed twice"));
+            }
+            steps.push(Step::Image {
+                alias: i.alias,
+                path: i.path,
+            });
+        }
+        let mut names = BTreeSet::new();
+        let mut states = Vec::new();
+        for i in doc.instances {
+            let what = format!("instance {:?}", i.name);
+            crate::qemu::validate_name(&i.name).map_err(|e| invalid(&what, e))?;
+            if !names.insert(i.name.clone()) {
+                return Err(invalid(what, "the name is listed twice"));
+            }
+            let mut config = BTreeMap::new();
+            for (k, v) in i.config {
+                let v = scalar(&format!("{what} config {k}"), v)?;
+                check_config(&k, &v).map_err(|e| invalid(&what, crate::error_chain(&e)))?;
+                config.insert(k, v);
+            }
+            for (n, d) in &i.devices {
+                check_device(n, d).map_err(|e| invalid(&what, crate::error_chain(&e)))?;
+            }
+            if i.source.is_none() && config.get("boot.kernel").is_none_or(String::is_empty) {
+                return Err(invalid(
+                    what,
+                    "nothing to boot: give source.alias or boot.kernel",
+                ));
+            }
+            if let Some(s) = &i.source {
+                if !crate::api::is_param(&s.alias) {
+                    return Err(invalid(what, "invalid source alias"));
+                }
+            }
+            if let Some(s) = i.state {
+                states.push(Step::State {
+                    name: i.name.clone(),
+                    running: s == State::Running,
+                });
+            }
+            steps.push(Step::Instance {
+                name: i.name,
+                alias: i.source.map(|s| s.alias),
+                config,
+                devices: i.devices,
+            });
+        }
+        // Every instance exists before any is started.
+        steps.extend(states);
+        Ok(Preseed { steps })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Applies the steps in order through a client, reporting each.
+    pub fn apply(
+        &self,
+        client: &mut crate::client::Client,
+        report: impl FnMut(&str, Outcome),
+    ) -> Result<(), Error> {
+        self.apply_with(client, report)
+    }
+
+    pub(crate) fn apply_with(
+        &self,
+        t: &mut dyn Transport,
+        mut report: impl FnMut(&str, Outcome),
+    ) -> Result<(), Error> {
+        for step in &self.steps {
+            let what = step.describe();
+            let outcome = run(step, t).map_err(|e| Error::Step {
+                what: what.clone(),
+                message: e.message,
+            })?;
+            report(&what, outcome);
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's answer to a refused call.
+#[derive(Debug)]
+pub(crate) struct CallError {
+    /// The HTTP status; 0 when the call did not get an answer.
+    pub status: u16,
+    pub message: String,
+}
+
+/// How steps reach the API: the metadata of an answer, or its error.
+pub(crate) trait Transport {
+    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError>;
+}
+
+impl Transport for crate::client::Client {
+    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
+        crate::client::Client::call(self, method, path, body).map_err(|e| CallError {
+            status: match &e {
+                crate::client::Error::Api { status, .. } => *status,
+                _ => 0,
+            },
+            message: crate::error_chain(&e),
+        })
+    }
+}
+
+/// A call whose answer, if it is an operation, is waited for.
+fn act(t: &mut dyn Transport, method: &str, path: &str, body: &Value) -> Result<(), CallError> {
+    let v = t.call(method, path, Some(body))?;
+    let Some(id) = v
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|_| v.get("class").is_some())
+    else {
+        return Ok(());
+    };
+    let done = t.call(
+        "GET",
+        &format!("/1.0/operations/{id}/wait?timeout=3600"),
+        None,
+    )?;
+    if done.get("status_code").and_then(Value::as_u64) == Some(200) {
+        return Ok(());
+    }
+    Err(CallError {
+        status: 0,
+        message: done
+            .get("err")
+            .and_then(Value::as_str)
+            .unwrap_or("the operation failed")
+            .to_string(),
+    })
+}
+
+/// `GET path`, `None` when it does not exist.
+fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> {
+    match t.call("GET", path, None) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.status == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
+    match step {
+        Step::Config { key, value } => {
+            let server = t.call("GET", "/1.0", None)?;
+            let now = server.pointer("/config").and_then(|c| c.get(key.as_str()));
+            let now = now.and_then(Value::as_str);
+            let done = if crate::settings::is_secret(key) {
+                now.is_some() != value.is_empty()
+            } else {
+                now.unwrap_or_default() == value
+            };
+            if done {
+                return Ok(Outcome::Unchanged);
+            }
+            act(t, "PATCH", "/1.0", &json!({"config": {key: value}}))?;
+            Ok(if now.is_some() {
+                Outcome::Updated
+            } else {
+                Outcome::Created
+            })
+        }
+        Step::Certificate {
+            fingerprint,
+            name,
+            role,
+            projects,
+            pem,
+        } => {
+            let path = format!("/1.0/certificates/{fingerprint}");
+            let Some(now) = probe(t, &path)? else {
+                let body = json!({"type": "client", "name": name, "certificate": pem,
+                    "role": role, "projects": projects});
+                act(t, "POST", "/1.0/certificates", &body)?;
+                return Ok(Outcome::Created);
+            };
+            let want = json!({"name": name, "role": role, "projects": projects});
+            if ["name", "role", "projects"]
+                .iter()
+                .all(|k| now.get(k) == want.get(k))
+            {
+                return Ok(Outcome::Unchanged);
+            }
+            let body = json!({"name": name, "role": role, "projects": projects,
+                "restricted": !projects.is_empty()});
+            act(t, "PUT", &path, &body)?;
+            Ok(Outcome::Updated)
+        }
+        Step::Image { alias, path } => {
+            let list = t.call("GET", "/1.0/images?recursion=1", None)?;
+            let exists = list
+                .as_array()
+                .is_some_and(|l| l.iter().any(|i| i.get("alias") == Some(&json!(alias))));
+            if exists {
+                return Ok(Outcome::Unchanged);
+            }
+            let body = json!({"source": {"type": "path", "path": path},
+                "aliases": [{"name": alias}]});
+            act(t, "POST", "/1.0/images", &body)?;
+            Ok(Outcome::Created)
+        }
+        Step::Instance {
+            name,
+            alias,
+            config,
+            devices,
+        } => {
+            let path = format!("/1.0/instances/{name}");
+            let Some(now) = probe(t, &path)? else {
+                let source = match alias {
+                    Some(a) => json!({"type": "image", "alias": a}),
+                    None => json!({"type": "none"}),
+                };
+                let body = json!({"name": name, "type": "virtual-machine", "source": source,
+                    "config": config, "devices": devices});
+                act(t, "POST", "/1.0/instances", &body)?;
+                return Ok(Outcome::Created);
+            };
+            let differs = |field: &str, k: &String, v: Value| {
+                let cur = now.get(field).and_then(|m| m.get(k.as_str()));
+                // An unset config key reads as empty, as the API sets it.
+                cur.unwrap_or(&json!("")) != &v
+            };
+            let config: BTreeMap<_, _> = config
+                .iter()
+                .filter(|(k, v)| differs("config", k, json!(v)))
+                .collect();
+            let devices: BTreeMap<_, _> = devices
+                .iter()
+                .filter(|(k, v)| differs("devices", k, json!(v)))
+                .collect();
+            if config.is_empty() && devices.is_empty() {
+                return Ok(Outcome::Unchanged);
+            }
+            act(
+                t,
+                "PATCH",
+                &path,
+                &json!({"config": config, "devices": devices}),
+            )?;
+            Ok(Outcome::Updated)
+        }
+        Step::State { name, running } => {
+            let path = format!("/1.0/instances/{name}/state");
+            let now = t.call("GET", &path, None)?;
+            let is_running = now.get("status").and_then(Value::as_str) == Some("Running");
+            if is_running == *running {
+                return Ok(Outcome::Unchanged);
+            }
+            let action = if *running { "start" } else { "stop" };
+            act(t, "PUT", &path, &json!({"action": action}))?;
+            Ok(Outcome::Updated)
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "preseed/tests.rs"]
+mod tests;
