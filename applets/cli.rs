@@ -13,7 +13,7 @@ pub(crate) const USAGE: u8 = 2;
 
 /// Parses `args` for applet `name`; `--help` prints usage and exits 0.
 pub(crate) fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, ExitCode> {
-    let strs = stdin_operand(args.iter().map(String::as_str).collect());
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     T::from_args(&[name], &strs).map_err(|early| match early.status {
         Ok(()) => {
             print!("{}", early.output);
@@ -24,18 +24,6 @@ pub(crate) fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T,
             ExitCode::from(USAGE)
         }
     })
-}
-
-/// A lone `-` (standard input, POSIX utility guideline 13) is taken by argh
-/// for an unknown option: when no option follows it, `--` is put before it.
-fn stdin_operand(mut args: Vec<&str>) -> Vec<&str> {
-    if let Some(i) = args.iter().position(|a| *a == "-" || *a == "--") {
-        let rest = args.get(i + 1..).unwrap_or_default();
-        if args.get(i) == Some(&"-") && !rest.iter().any(|a| a.starts_with('-')) {
-            args.insert(i, "--");
-        }
-    }
-    args
 }
 
 /// Prints `name: message` to stderr and returns the usage exit code.
@@ -55,23 +43,5 @@ pub(crate) fn report<E: std::error::Error>(name: &str, result: Result<(), E>) ->
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(name, &kvmbox::error_chain(&e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stdin_operand;
-
-    #[test]
-    fn a_lone_dash_is_an_operand() {
-        let v = |a: &[&'static str]| stdin_operand(a.to_vec());
-        assert_eq!(
-            v(&["init", "--preseed", "-"]),
-            ["init", "--preseed", "--", "-"]
-        );
-        assert_eq!(v(&["init", "-", "edge1:"]), ["init", "--", "-", "edge1:"]);
-        assert_eq!(v(&["--", "-"]), ["--", "-"], "already ended");
-        assert_eq!(v(&["-", "--help"]), ["-", "--help"], "an option follows");
-        assert_eq!(v(&["a", "b"]), ["a", "b"]);
     }
 }
