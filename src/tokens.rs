@@ -178,12 +178,11 @@ impl Tokens {
     }
 }
 
-pub(crate) use crate::trust::rfc3339;
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "a failed test should panic")]
 mod tests {
     use super::*;
+    use crate::trust::rfc3339;
 
     #[test]
     fn single_use_expiring_and_stored_hashed() {

@@ -14,7 +14,8 @@ use crate::daemon::Shared;
 use crate::http::{Request, Response};
 use crate::log::log;
 use crate::pki::Cert;
-use crate::tokens::{rfc3339, JoinToken, DEFAULT_TTL};
+use crate::tokens::{JoinToken, DEFAULT_TTL};
+use crate::trust::rfc3339;
 use crate::trust::{now, Role};
 
 pub(super) fn list(shared: &Arc<Shared>, recursion: bool) -> Response {
