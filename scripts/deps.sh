@@ -13,22 +13,31 @@ qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio
 iproute2 xz-utils zstd util-linux passwd"
 
-missing=""
-for p in $PACKAGES; do
-    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    case "$status" in
-        "install ok installed") ;;
-        *) missing="$missing $p" ;;
-    esac
-done
-if [ -n "$missing" ]; then
+missing_packages() {
+    for p in $PACKAGES; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        [ "$status" = "install ok installed" ] || printf ' %s' "$p"
+    done
+}
+
+# Two rounds: installing one package can remove another (Debian's QEMU 7.2
+# system emulator replaces a newer qemu-utils from backports, taking
+# qemu-img with it), so what is missing is asked again after each round.
+for round in 1 2; do
+    missing=$(missing_packages)
+    [ -n "$missing" ] || break
     if [ "$(id -u)" != 0 ]; then
         echo "deps: missing Debian packages:$missing (run as root to install them)" >&2
         exit 1
     fi
     echo "deps: installing$missing"
-    apt-get update -q >/dev/null
+    [ "$round" = 2 ] || apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+done
+missing=$(missing_packages)
+if [ -n "$missing" ]; then
+    echo "deps: still missing after installing:$missing" >&2
+    exit 1
 fi
 
 # The toolchain and targets are pinned in rust-toolchain.toml; rustup adds
