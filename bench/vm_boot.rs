@@ -80,6 +80,7 @@ fn main() {
         dir: dir.clone(),
         qemu: "qemu-system-x86_64".into(),
         identity,
+        pins: vec![],
         apparmor: None,
         start_timeout: Duration::from_secs(30),
     };

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kvmbox::{
     console_log, Accel, AccelMode, AppArmor, Boot, Disk, DiskFormat, IdRange, Identity, MemorySize,
-    Nic, Stopped, Vm, VmConfig, VmError, VmSpec,
+    Nic, Pin, Stopped, Vm, VmConfig, VmError, VmSpec,
 };
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -100,6 +100,7 @@ fn spec(dir: &Path, kernel: &Path, initrd: &Path) -> VmSpec {
         dir: dir.join("vm"),
         qemu: QEMU.into(),
         identity: identity(),
+        pins: vec![],
         apparmor: None,
         start_timeout: Duration::from_secs(20),
     }
@@ -206,14 +207,15 @@ fn guest_lifecycle() {
             "qemu-img: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let pin = Pin::of(&img).unwrap();
         let data = Disk {
             id: "data".into(),
-            path: img.clone(),
+            path: pin.real.clone(),
             format: DiskFormat::Qcow2,
             read_only: false,
         };
         let t = Instant::now();
-        vm.hotplug_disk(&data).await.unwrap();
+        vm.hotplug_disk(&data, &pin).await.unwrap();
         wait_console(&dir, "KVMBOX-DISK vda", Duration::from_secs(30));
         eprintln!("hotplug → disk seen in the guest: {:?}", t.elapsed());
 
@@ -394,12 +396,14 @@ fn disk_boot_runs_the_firmware_on_a_qcow2_root() {
         .unwrap();
     assert!(out.status.success());
     spec.config.boot = Boot::Disk;
+    let pin = Pin::of(&root).unwrap();
     spec.config.disks = vec![Disk {
         id: "root".into(),
-        path: root.clone(),
+        path: pin.real.clone(),
         format: DiskFormat::Qcow2,
         read_only: false,
     }];
+    spec.pins = vec![pin];
     smol::block_on(async {
         let mut vm = Vm::spawn(&spec).await.unwrap();
         assert!(vm.status().await.unwrap().running);

@@ -7,7 +7,6 @@
 //! Roles are checked by the route table before any of this runs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +16,12 @@ use serde_json::{json, Value};
 
 use crate::api::{error, operation, sync, Identity, Peer};
 use crate::daemon::Shared;
+use crate::hostfile::{self, Error as HostFileError, Need, Opener, Pin};
 use crate::http::{Request, Response};
 use crate::instances::{Device, Error, DEFAULT_UID_RANGE};
 use crate::log::log;
 use crate::settings::INSTANCES_UID_RANGE;
+use crate::sys::fs::Creds;
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,56 +169,103 @@ where
     operation(&op)
 }
 
-/// Host paths a caller names (kernel, disks, an image to import) are opened
-/// by the daemon as root, and disks are handed to the VM's uid: a local
-/// caller other than root may name only files it owns (disks) or can read
-/// (kernel, initrd, images). Over the network there is no uid to check
-/// against, so only an admin (LXD's "full access") may name host paths.
-fn may_use(id: &Identity, path: &Path, write: bool) -> Result<(), Response> {
-    let refused = |why: &str| {
-        Err(error(
+/// Whom the daemon opens the host paths a caller names (kernel, initrd,
+/// disks, an image to import) for. Local root and an admin of the whole
+/// server over TLS (LXD's "full access") may name any file; another local
+/// user only what the kernel lets that user open, with its own uid and
+/// groups; any other remote caller, nothing (there is no uid to act as).
+fn opener(id: &Identity) -> Result<Opener, Response> {
+    match &id.peer {
+        Peer::Local(c) if c.uid == 0 => Ok(Opener::Daemon),
+        Peer::Local(c) => {
+            let mut groups = match &c.groups {
+                Some(g) => g.clone(),
+                // No kernel list: /proc, if the pid is still the caller's.
+                None => crate::sys::proc_groups(c.pid)
+                    .ok()
+                    .filter(|(uid, _)| *uid == c.uid)
+                    .map(|(_, g)| g)
+                    .unwrap_or_default(),
+            };
+            groups.push(c.gid);
+            groups.sort_unstable();
+            groups.dedup();
+            Ok(Opener::Caller(Creds {
+                uid: c.uid,
+                gid: c.gid,
+                groups,
+            }))
+        }
+        Peer::Remote(_) if full_access(id) => Ok(Opener::Daemon),
+        Peer::Remote(_) => Err(error(
             403,
-            &format!("not authorized: {}: {why}", path.display()),
-        ))
-    };
-    let uid = match &id.peer {
-        Peer::Local(c) => c.uid,
-        Peer::Remote(_) if id.role == Some(crate::trust::Role::Admin) => return Ok(()),
-        Peer::Remote(_) => return refused("only an admin may name host paths remotely"),
-    };
-    if uid == 0 {
-        return Ok(());
-    }
-    let Ok(meta) = std::fs::metadata(path) else {
-        return refused("no such file");
-    };
-    if meta.uid() == uid || (!write && meta.mode() & 0o004 != 0) {
-        Ok(())
-    } else if write {
-        refused("a disk must belong to the calling user")
-    } else {
-        refused("the calling user cannot read it")
+            "not authorized: only an admin of all projects may name host paths remotely",
+        )),
     }
 }
 
-/// The host files a record's config and devices name: (path, written?).
-fn paths(
+/// Whether `id` may do to the host what root can: local root, or an admin
+/// whose certificate is not restricted to projects.
+fn full_access(id: &Identity) -> bool {
+    match &id.peer {
+        Peer::Local(c) => c.uid == 0,
+        Peer::Remote(_) => id.role == Some(crate::trust::Role::Admin) && id.projects.is_empty(),
+    }
+}
+
+fn refused(e: &HostFileError) -> Response {
+    if e.is_refusal() {
+        error(403, &format!("not authorized: {}", crate::error_chain(e)))
+    } else {
+        log!(Error, "{}", crate::error_chain(e));
+        error(500, &crate::error_chain(e))
+    }
+}
+
+/// Checks, as the daemon will use them, the host files that `config` and
+/// `devices` name: a kernel and initrd must be readable by the caller; a
+/// disk, which the daemon hands to the VM's uid and back, must belong to
+/// the caller (whatever `readonly` says). Disk sources in `known` were
+/// checked before and keep their pins. A caller without full access to the
+/// host may not make QEMU run as root either (`security.privileged`).
+fn check_files(
+    id: &Identity,
     config: &BTreeMap<String, String>,
     devices: &BTreeMap<String, Device>,
-) -> Vec<(PathBuf, bool)> {
-    let mut out = Vec::new();
-    for k in ["boot.kernel", "boot.initrd"] {
-        if let Some(v) = config.get(k).filter(|v| !v.is_empty()) {
-            out.push((PathBuf::from(v), false));
+    known: &[String],
+) -> Result<BTreeMap<String, Pin>, Response> {
+    if config.get("security.privileged").map(String::as_str) == Some("true") && !full_access(id) {
+        return Err(error(
+            403,
+            "not authorized: only root or an admin of all projects may set security.privileged",
+        ));
+    }
+    let mut pins = BTreeMap::new();
+    let files = ["boot.kernel", "boot.initrd"]
+        .iter()
+        .filter_map(|k| config.get(*k))
+        .filter(|v| !v.is_empty())
+        .map(|v| (v, Need::Read))
+        .chain(
+            devices
+                .values()
+                .filter(|d| d.get("type").map(String::as_str) == Some("disk"))
+                .filter_map(|d| d.get("source"))
+                .filter(|s| !known.contains(s))
+                .map(|s| (s, Need::Own)),
+        )
+        .collect::<Vec<_>>();
+    if files.is_empty() {
+        return Ok(pins);
+    }
+    let who = opener(id)?;
+    for (path, need) in files {
+        let (_, pin) = hostfile::check(Path::new(path), &who, need).map_err(|e| refused(&e))?;
+        if need == Need::Own {
+            pins.insert(path.clone(), pin);
         }
     }
-    for d in devices.values() {
-        if let Some(src) = d.get("source") {
-            let ro = d.get("readonly").map(String::as_str) == Some("true");
-            out.push((PathBuf::from(src), !ro));
-        }
-    }
-    out
+    Ok(pins)
 }
 
 /// The body of `POST /1.0/instances` (LXD's `InstancesPost`; fields LXD
@@ -290,11 +338,10 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
             )
         }
     };
-    for (p, write) in paths(&b.config, &b.devices) {
-        if let Err(r) = may_use(id, &p, write) {
-            return r;
-        }
-    }
+    let pins = match check_files(id, &b.config, &b.devices, &[]) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let range = shared
         .settings()
         .get(INSTANCES_UID_RANGE)
@@ -302,7 +349,14 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
         .to_string();
     let created = shared
         .instances
-        .create(&b.name, image.as_deref(), b.config, b.devices, &range)
+        .create(
+            &b.name,
+            image.as_deref(),
+            b.config,
+            b.devices,
+            &pins,
+            &range,
+        )
         .await;
     match created {
         Ok(v) => sync(v),
@@ -336,18 +390,24 @@ async fn update(
             .filter(|(k, _)| !k.starts_with("volatile.") && k != "image.alias")
             .collect::<BTreeMap<_, _>>()
     });
-    let empty = BTreeMap::new();
-    for (p, write) in paths(
-        config.as_ref().unwrap_or(&empty),
+    // Disks the instance has already keep the pins they were checked with:
+    // the VM's uid may own them by now.
+    let known = match shared.instances.disk_sources(name) {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let pins = match check_files(
+        id,
+        config.as_ref().unwrap_or(&BTreeMap::new()),
         b.devices.as_ref().unwrap_or(&BTreeMap::new()),
+        &known,
     ) {
-        if let Err(r) = may_use(id, &p, write) {
-            return r;
-        }
-    }
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     match shared
         .instances
-        .update(name, config, b.devices, replace)
+        .update(name, config, b.devices, replace, &pins)
         .await
     {
         Ok(()) => sync(json!({})),
@@ -437,9 +497,12 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     if !b.source.path.is_absolute() {
         return error(400, "the image path must be absolute");
     }
-    if let Err(r) = may_use(id, &b.source.path, false) {
-        return r;
-    }
+    let file = match opener(id)
+        .and_then(|who| hostfile::check(&b.source.path, &who, Need::Read).map_err(|e| refused(&e)))
+    {
+        Ok((file, _)) => file,
+        Err(r) => return r,
+    };
     let ex = match shared.instances.executor() {
         Ok(ex) => ex,
         Err(e) => return fail(&e),
@@ -448,7 +511,7 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     let op = shared
         .ops
         .spawn_reporting(&ex, "Importing image", BTreeMap::new(), |p| async move {
-            match s.instances.import_image(path, alias, p).await {
+            match s.instances.import_image(file, path, alias, p).await {
                 Ok(img) => {
                     log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
                     Ok(json!(img))

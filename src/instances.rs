@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use smol::lock::Mutex as AsyncMutex;
 
 use crate::accel::{self, Accel, AccelChoice, AccelMode};
+use crate::hostfile::Pin;
 use crate::log::log;
 use crate::store::{write_atomic, Overwrite};
 use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
@@ -56,6 +57,8 @@ pub(crate) enum Error {
     Refused(String),
     #[error(transparent)]
     Vm(#[from] vm::Error),
+    #[error(transparent)]
+    HostFile(#[from] crate::hostfile::Error),
     #[error("cannot {what}")]
     Host {
         what: String,
@@ -82,7 +85,8 @@ impl Error {
                 crate::qmp::Fault::Input => 400,
                 _ => 500,
             },
-            Error::Host { .. } => 500,
+            Error::HostFile(e) if e.is_refusal() => 403,
+            Error::Host { .. } | Error::HostFile(_) => 500,
         }
     }
 }
@@ -358,6 +362,12 @@ impl Manager {
         lock(&self.entries).keys().cloned().collect()
     }
 
+    /// The disk sources instance `name` has now (each with its pin).
+    pub(crate) fn disk_sources(&self, name: &str) -> Result<Vec<String>, Error> {
+        let rec = current(&*self.entry(name)?)?;
+        Ok(rec.pins.keys().cloned().collect())
+    }
+
     pub(crate) fn get(&self, name: &str, state: bool) -> Result<Value, Error> {
         Ok(show(&lock(&self.entry(name)?.view), state))
     }
@@ -369,6 +379,7 @@ impl Manager {
         image: Option<&str>,
         config: BTreeMap<String, String>,
         devices: BTreeMap<String, Device>,
+        pins: &BTreeMap<String, Pin>,
         uid_range: &str,
     ) -> Result<Value, Error> {
         let host = self.host()?;
@@ -386,7 +397,7 @@ impl Manager {
             image,
             config,
             devices,
-            disk_owners: BTreeMap::new(),
+            pins: BTreeMap::new(),
         };
         if rec.image.is_some() && !rec.devices.contains_key("root") {
             let mut root = Device::new();
@@ -394,8 +405,8 @@ impl Manager {
             root.insert("path".into(), "/".into());
             rec.devices.insert("root".into(), root);
         }
+        rec.take_pins(&BTreeMap::new(), pins)?;
         rec.validate()?;
-        rec.note_owners();
         {
             let entries = lock(&self.entries);
             let mut reserved = lock(&self.reserved);
@@ -645,7 +656,7 @@ impl Manager {
             }
         }
         let mut rec = rec;
-        rec.release_owners(true);
+        rec.release_pins(true);
         let dir = rec.dir(&host.state);
         // The record goes first: a crash half-way leaves a directory
         // without one, which the next start ignores and creation clears.
@@ -678,6 +689,7 @@ impl Manager {
     /// as the copy goes (`{"progress": {"percent": N, "done": B, "total": B}}`).
     pub(crate) async fn import_image(
         &self,
+        file: fs::File,
         source: PathBuf,
         alias: String,
         progress: crate::operations::Progress,
@@ -693,7 +705,7 @@ impl Manager {
                     }));
                 }
             };
-            image::import(&state, &source, &alias, &report)
+            image::import(&state, file, &source, &alias, &report)
         })
         .await
     }

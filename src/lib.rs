@@ -11,6 +11,7 @@ mod api_instances;
 mod apparmor;
 mod client;
 mod daemon;
+mod hostfile;
 mod http;
 mod instances;
 mod log;
@@ -51,6 +52,7 @@ pub use client::{
     Error as ClientError, RemoteTrust,
 };
 pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
+pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
 pub use remotes::{

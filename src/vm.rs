@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use smol::Timer;
 
+use crate::hostfile::{self, Pin};
 use crate::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
 use crate::qmp::{self, Fault, Qmp, Ready, Status};
 use crate::store::{write_atomic, Overwrite};
@@ -72,6 +73,10 @@ pub struct VmSpec {
     /// `qemu-system-x86_64`.
     pub qemu: PathBuf,
     pub identity: Identity,
+    /// Every disk's file as it was checked (see [`Pin`]): a disk is handed
+    /// to QEMU's uid only through its pin, found by its real path, which is
+    /// the disk's `path`. A disk without one is refused.
+    pub pins: Vec<Pin>,
     pub apparmor: Option<AppArmor>,
     /// Limit on QEMU coming up with its QMP socket.
     pub start_timeout: Duration,
@@ -113,6 +118,10 @@ pub enum Error {
     NoFreePort(usize),
     #[error("QEMU monitor")]
     Qmp(#[from] qmp::Error),
+    #[error("disk {} was never checked: it has no pin", .0.display())]
+    Unpinned(PathBuf),
+    #[error("cannot hand a disk to the VM")]
+    Disk(#[from] hostfile::Error),
 }
 
 impl Error {
@@ -123,7 +132,9 @@ impl Error {
             | Error::Missing { .. }
             | Error::AlreadyRunning(_)
             | Error::NotRunning
-            | Error::NoFreePort(_) => Fault::Input,
+            | Error::NoFreePort(_)
+            | Error::Unpinned(_)
+            | Error::Disk(_) => Fault::Input,
             Error::NeedRoot | Error::Host { .. } | Error::AppArmor(_) => Fault::Host,
             Error::StartFailed { .. } | Error::StartTimeout(_) | Error::NotOurs { .. } => {
                 Fault::Peer
@@ -179,6 +190,18 @@ fn give(path: &Path, identity: Identity, mode: u32) -> Result<(), Error> {
     }
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(host(what()))
+}
+
+/// Hands a disk to the VM like [`give`], through its pin: only the very file
+/// that was checked, still owned by whom it was checked for (or already by
+/// the VM), whatever its path leads to by now.
+fn give_disk(pins: &[Pin], disk: &Disk, identity: Identity) -> Result<(), Error> {
+    let pin = pins
+        .iter()
+        .find(|p| p.real == disk.path)
+        .ok_or_else(|| Error::Unpinned(disk.path.clone()))?;
+    let holder = ids(identity).map_or_else(process::euid, |(uid, _)| uid);
+    Ok(pin.chown(&[pin.uid, holder], ids(identity), 0o600)?)
 }
 
 /// Reads a file the VM's uid may control, as root: no symlinks, bounded.
@@ -398,7 +421,7 @@ impl Vm {
         }
         give(&qdir, spec.identity, 0o700)?;
         for d in &spec.config.disks {
-            give(&d.path, spec.identity, 0o600)?;
+            give_disk(&spec.pins, d, spec.identity)?;
         }
         // A fresh start: no file of an earlier run, possibly a link planted by
         // the VM's uid or owned by a uid this VM had before.
@@ -590,13 +613,14 @@ impl Vm {
         Ok(())
     }
 
-    /// Adds a virtio disk on the first free hotplug port.
-    pub async fn hotplug_disk(&mut self, disk: &Disk) -> Result<(), Error> {
+    /// Adds a virtio disk on the first free hotplug port; `pin` is its file
+    /// as checked (see [`VmSpec::pins`]).
+    pub async fn hotplug_disk(&mut self, disk: &Disk, pin: &Pin) -> Result<(), Error> {
         qemu::validate_id(&disk.id)?;
         let path = qemu::validate_path("disk", &disk.path)?;
         require_file("disk", &disk.path)?;
         let port = self.free_port().await?;
-        give(&disk.path, self.identity, 0o600)?;
+        give_disk(std::slice::from_ref(pin), disk, self.identity)?;
         let (node, dev) = qemu::disk_ids(&disk.id);
         self.qmp
             .blockdev_add(json!({

@@ -5,120 +5,16 @@
 mod common;
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/users.rs"]
+mod users;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{program, Cmd};
+use common::program;
 use daemon::Daemon;
-
-/// Users and a group made for this run, deleted when dropped.
-struct Accounts {
-    group: String,
-    member: String,
-    other: String,
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).status().unwrap();
-    assert!(st.success(), "{cmd} {args:?} failed");
-}
-
-impl Accounts {
-    fn create() -> Accounts {
-        let tag = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_micros()
-                % 1000
-        );
-        let a = Accounts {
-            group: format!("kvg{tag}"),
-            member: format!("kva{tag}"),
-            other: format!("kvb{tag}"),
-        };
-        run("groupadd", &[&a.group]);
-        run(
-            "useradd",
-            &["-M", "-s", "/bin/false", "-G", &a.group, &a.member],
-        );
-        run("useradd", &["-M", "-s", "/bin/false", &a.other]);
-        a
-    }
-}
-
-impl Drop for Accounts {
-    fn drop(&mut self) {
-        for u in [&self.member, &self.other] {
-            let _ = Command::new("userdel").arg(u).status();
-        }
-        let _ = Command::new("groupdel").arg(&self.group).status();
-    }
-}
-
-fn id_of(user: &str, flag: &str) -> u32 {
-    let out = Command::new("id").args([flag, user]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-struct Env {
-    bin: PathBuf,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Env {
-    /// `kvmbox ARGS` as `user` (None: root), with its own config dir and no HOME.
-    fn kvmbox(&self, user: Option<&str>, args: &[&str]) -> Cmd {
-        let name = user.unwrap_or("root");
-        let conf = self.dir.join(format!("conf-{name}"));
-        let cmd = match user {
-            Some(u) => program("setpriv")
-                .args(["--reuid", u, "--regid", u, "--init-groups", "--"])
-                .arg(&self.bin),
-            None => program(self.bin.to_str().unwrap()),
-        };
-        cmd.args(["--applet", "kvmbox"])
-            .args(args)
-            .env("KVMBOX_CONF", conf)
-            .env("KVMBOX_SOCKET", &self.socket)
-            .env_remove("HOME")
-            .env_remove("XDG_RUNTIME_DIR")
-    }
-
-    /// A raw request with `user`'s client key, through a real peer (openssl).
-    fn openssl_get(&self, user: &str, path: &str) -> String {
-        let conf = self.dir.join(format!("conf-{user}"));
-        let out = program("setpriv")
-            .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
-            .args(["openssl", "s_client", "-quiet", "-unix"])
-            .arg(&self.socket)
-            .arg("-cert")
-            .arg(conf.join("client.crt"))
-            .arg("-key")
-            .arg(conf.join("client.key"))
-            .stdin(format!(
-                "GET {path} HTTP/1.1\r\nHost: kvmbox\r\nConnection: close\r\n\r\n"
-            ))
-            .run();
-        out.stdout()
-    }
-}
-
-fn make_conf(dir: &Path, user: &str) {
-    let conf = dir.join(format!("conf-{user}"));
-    std::fs::create_dir(&conf).unwrap();
-    std::os::unix::fs::chown(&conf, Some(id_of(user, "-u")), Some(id_of(user, "-g"))).unwrap();
-    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
-}
+use users::{id_of, make_conf, Accounts, Env};
 
 fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

@@ -62,18 +62,26 @@ pub(crate) fn find(state: &Path, alias: &str) -> Result<ImageRef, Error> {
         .ok_or_else(|| Error::NotFound(format!("image {alias:?}")))
 }
 
-/// What `qemu-img info` says about `path`: (format, backing file).
-pub(crate) fn probe(path: &Path) -> Result<(String, Option<String>), Error> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(path)
+/// What `qemu-img info` says about the copy at `path` of the file named
+/// `source`: (format, another file it refers to — a backing or data file).
+/// qemu-img runs as `nobody` when the daemon is root: an image that refers
+/// to a device must not have root open it.
+fn probe(path: &Path, source: &Path) -> Result<(String, Option<String>), Error> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json"]).arg(path);
+    if crate::sys::euid() == 0 {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    let out = cmd
         .output()
         .map_err(|e| Error::host("run qemu-img (is qemu-utils installed?)", e))?;
     if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        let why = why.trim().replace(&path.display().to_string(), "the copy");
         return Err(Error::Invalid(format!(
-            "{} is not a disk image qemu-img can read: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{} is not a disk image qemu-img can read: {why}",
+            source.display()
         )));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -83,18 +91,31 @@ pub(crate) fn probe(path: &Path) -> Result<(String, Option<String>), Error> {
         .and_then(|f| f.as_str())
         .unwrap_or_default()
         .to_string();
-    let backing = v
+    let other = v
         .get("backing-filename")
+        .or_else(|| v.pointer("/format-specific/data/data-file"))
         .and_then(|f| f.as_str())
         .map(str::to_string);
-    Ok((format, backing))
+    Ok((format, other))
 }
 
-/// Copies `source` into the store as `alias`. The copy is hashed as it is
-/// written and only then named, so a half-copied image never appears.
+/// The uid and gid qemu-img probes imported images as.
+const NOBODY: u32 = 65534;
+
+/// Serialises the last step of imports (alias check, naming, record), so
+/// that two imports cannot both take one alias or one fingerprint.
+static COMMIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Copies `file` (opened from `source` as the caller, see
+/// [`crate::hostfile::check`]) into the store as `alias`. The copy is hashed
+/// as it is written, under a name of its own, and only then probed and
+/// named, so a half-copied image never appears and nothing the caller can
+/// swap is read. An image whose content is there already is refused, and
+/// every error path removes only what this import made.
 /// `progress(done, total)` is called as the copy goes.
 pub(crate) fn import(
     state: &Path,
+    file: fs::File,
     source: &Path,
     alias: &str,
     progress: &dyn Fn(u64, u64),
@@ -104,33 +125,54 @@ pub(crate) fn import(
     if find(state, alias).is_ok() {
         return Err(Error::Exists(format!("image {alias:?}")));
     }
-    let (format, backing) = probe(source)?;
-    if format != "raw" && format != "qcow2" {
-        return Err(Error::Invalid(format!(
-            "{} is {format:?}: only raw and qcow2 images can be imported",
-            source.display()
-        )));
-    }
-    if let Some(b) = backing {
-        return Err(Error::Invalid(format!(
-            "{} has a backing file ({b}): import a flattened image (qemu-img convert)",
-            source.display()
-        )));
-    }
     let d = dir(state);
     fs::create_dir_all(&d).map_err(|e| Error::host("create the image store", e))?;
     // VMs' uids read images (as backing files) through this directory.
     let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
-    let tmp = d.join(format!(".import-{}", std::process::id()));
-    let result = copy_hashed(source, &tmp, progress);
-    let (fingerprint, size) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::host(format!("copy {}", source.display()), e));
-        }
-    };
+    let tmp = d.join(format!(".import-{}", super::new_uuid()));
+    let result = copy_hashed(file, &tmp, progress)
+        .map_err(|e| Error::host(format!("copy {}", source.display()), e))
+        .and_then(|copied| commit(&d, &tmp, source, alias, copied));
+    // Whatever happened, the temporary name goes (after a commit it is a
+    // second link to the stored image).
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// Probes the copy at `tmp` and stores it under its fingerprint.
+fn commit(
+    d: &Path,
+    tmp: &Path,
+    source: &Path,
+    alias: &str,
+    (fingerprint, size): (String, u64),
+) -> Result<Image, Error> {
+    let (format, other) = probe(tmp, source)?;
+    let named = |what: String| Error::Invalid(format!("{}: {what}", source.display()));
+    if format != "raw" && format != "qcow2" {
+        return Err(named(format!(
+            "its format is {format:?}: only raw and qcow2 images can be imported"
+        )));
+    }
+    if let Some(b) = other {
+        return Err(named(format!(
+            "it refers to another file ({b}): import a flattened image (qemu-img convert)"
+        )));
+    }
+    let _serial = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+    let state = d.parent().unwrap_or(d);
+    if find(state, alias).is_ok() {
+        return Err(Error::Exists(format!("image {alias:?}")));
+    }
     let img_path = d.join(format!("{fingerprint}.img"));
+    // A link, not a rename: it fails rather than replace an image that
+    // instances may use as their backing file.
+    fs::hard_link(tmp, &img_path).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => {
+            Error::Exists(format!("an image with fingerprint {fingerprint}"))
+        }
+        _ => Error::host("store the image", e),
+    })?;
     let image = Image {
         alias: alias.into(),
         fingerprint: fingerprint.clone(),
@@ -139,33 +181,20 @@ pub(crate) fn import(
         created_at: crate::trust::now(),
     };
     let meta = serde_json::to_vec_pretty(&image).unwrap_or_default();
-    let done = fs::rename(&tmp, &img_path).and_then(|()| {
-        write_atomic(
-            &d.join(format!("{fingerprint}.json")),
-            &meta,
-            0o644,
-            Overwrite::Refuse,
-        )
-    });
-    if let Err(e) = done {
-        let _ = fs::remove_file(&tmp);
+    let meta_path = d.join(format!("{fingerprint}.json"));
+    if let Err(e) = write_atomic(&meta_path, &meta, 0o644, Overwrite::Refuse) {
+        // The image file is this import's own: it was linked just now.
         let _ = fs::remove_file(&img_path);
-        return Err(match e.kind() {
-            io::ErrorKind::AlreadyExists => {
-                Error::Exists(format!("an image with fingerprint {fingerprint}"))
-            }
-            _ => Error::host("store the image", e),
-        });
+        return Err(Error::host("store the image", e));
     }
     Ok(image)
 }
 
 fn copy_hashed(
-    source: &Path,
+    mut src: fs::File,
     tmp: &Path,
     progress: &dyn Fn(u64, u64),
 ) -> io::Result<(String, u64)> {
-    let mut src = fs::File::open(source)?;
     let total = src.metadata()?.len();
     let mut dst = fs::OpenOptions::new()
         .write(true)

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 use crate::accel::{Accel, AccelMode};
+use crate::hostfile::{Need, Opener, Pin};
+use crate::log::log;
 use crate::qemu::{self, Boot, Disk, DiskFormat, MemorySize, Nic, RunFiles, VmConfig};
 use crate::vm::{IdRange, Identity, VmSpec};
 
@@ -56,10 +58,12 @@ pub(crate) struct Record {
     pub image: Option<ImageRef>,
     pub config: BTreeMap<String, String>,
     pub devices: BTreeMap<String, Device>,
-    /// Owner (uid, gid) and mode of each disk source before the VM layer
-    /// handed it to the VM's uid, by path: given back when the disk leaves.
+    /// Each disk's source as it was checked when a caller named it, by
+    /// `source`: the VM layer hands the file to the VM's uid, and it is
+    /// given back when the disk leaves, only through this pin, never by
+    /// following the path again.
     #[serde(default)]
-    pub disk_owners: BTreeMap<String, (u32, u32, u32)>,
+    pub pins: BTreeMap<String, Pin>,
 }
 
 /// `security.apparmor`.
@@ -115,9 +119,23 @@ impl Record {
             if dev.get("type").map(String::as_str) != Some("disk") || dev.contains_key("path") {
                 continue;
             }
-            out.push(disk_of(name, dev)?);
+            let mut disk = disk_of(name, dev)?;
+            if let Some(pin) = dev.get("source").and_then(|s| self.pins.get(s)) {
+                disk.path.clone_from(&pin.real);
+            }
+            out.push(disk);
         }
         Ok(out)
+    }
+
+    /// The `source` of every disk device but the root.
+    pub(crate) fn disk_sources(&self) -> Vec<&str> {
+        self.devices
+            .values()
+            .filter(|d| d.get("type").map(String::as_str) == Some("disk"))
+            .filter(|d| !d.contains_key("path"))
+            .filter_map(|d| d.get("source").map(String::as_str))
+            .collect()
     }
 
     /// Bridged NICs: (tap the daemon creates, (device, bridge)). The tap is
@@ -146,47 +164,59 @@ impl Record {
             .collect()
     }
 
-    /// Notes the owner of every disk source not yet noted.
-    pub(crate) fn note_owners(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        let sources: Vec<String> = self
-            .disks()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| d.path.display().to_string())
-            .collect();
-        for src in sources {
-            if self.disk_owners.contains_key(&src) {
-                continue;
-            }
-            if let Ok(m) = std::fs::symlink_metadata(&src) {
-                self.disk_owners
-                    .insert(src, (m.uid(), m.gid(), m.mode() & 0o7777));
-            }
+    /// Takes the pin of every disk source from `old` (a source already in
+    /// use keeps the pin it was checked with) or else `checked` (what the
+    /// API checked for this change); a source with neither is refused.
+    pub(crate) fn take_pins(
+        &mut self,
+        old: &BTreeMap<String, Pin>,
+        checked: &BTreeMap<String, Pin>,
+    ) -> Result<(), Error> {
+        let mut pins = BTreeMap::new();
+        for source in self.disk_sources() {
+            let pin = old
+                .get(source)
+                .or_else(|| checked.get(source))
+                .ok_or_else(|| {
+                    Error::Invalid(format!("disk {source} was not checked for this caller"))
+                })?;
+            pins.insert(source.to_string(), pin.clone());
         }
+        // Pins of sources this record drops stay until `release_pins`.
+        for (k, v) in old {
+            pins.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.pins = pins;
+        Ok(())
     }
 
-    /// Gives disks this record no longer uses back to their owners and
-    /// forgets them (all of them with `all`).
-    pub(crate) fn release_owners(&mut self, all: bool) {
+    /// Gives the disks this record no longer uses (all of them with `all`)
+    /// back to the owners they had, through their pins, and forgets them.
+    pub(crate) fn release_pins(&mut self, all: bool) {
         let used: Vec<String> = if all {
             Vec::new()
         } else {
-            self.disks()
-                .unwrap_or_default()
+            self.disk_sources()
                 .into_iter()
-                .map(|d| d.path.display().to_string())
+                .map(str::to_string)
                 .collect()
         };
         let gone: Vec<String> = self
-            .disk_owners
+            .pins
             .keys()
             .filter(|k| !used.contains(k))
             .cloned()
             .collect();
-        for path in gone {
-            if let Some((uid, gid, mode)) = self.disk_owners.remove(&path) {
-                give_back(Path::new(&path), uid, gid, mode);
+        for source in gone {
+            if let Some(pin) = self.pins.remove(&source) {
+                if let Err(e) = pin.give_back(self.uid) {
+                    log!(
+                        Warn,
+                        "instance {}: not giving {source} back: {}",
+                        self.name,
+                        crate::error_chain(&e)
+                    );
+                }
             }
         }
     }
@@ -262,7 +292,12 @@ impl Record {
             None => Boot::Disk,
         };
         let mut disks = Vec::new();
+        let mut pins: Vec<Pin> = self.pins.values().cloned().collect();
         if let Some(root) = self.root_disk(state) {
+            // The daemon's own file, pinned like any other disk so that the
+            // VM layer hands out nothing by path.
+            let (_, pin) = crate::hostfile::check(&root, &Opener::Daemon, Need::Read)?;
+            pins.push(pin);
             disks.push(Disk {
                 id: "root".into(),
                 path: root,
@@ -304,26 +339,10 @@ impl Record {
             dir,
             qemu: PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH)),
             identity,
+            pins,
             apparmor: None,
             start_timeout: Duration::from_secs(30),
         })
-    }
-}
-
-/// Restores owner and mode through a descriptor opened without following a
-/// final symlink (the VM's uid owned the file and could have replaced it).
-fn give_back(path: &Path, uid: u32, gid: u32, mode: u32) {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return;
-    };
-    if f.metadata().is_ok_and(|m| m.is_file()) {
-        let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
-        let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
     }
 }
 
@@ -519,7 +538,7 @@ mod tests {
             image: None,
             config: BTreeMap::new(),
             devices: BTreeMap::new(),
-            disk_owners: BTreeMap::new(),
+            pins: BTreeMap::new(),
         }
     }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::record::{Device, Record};
 use super::{current, lock, save, Error, Manager};
+use crate::hostfile::Pin;
 use crate::log::log;
+use crate::vm;
 
 impl Manager {
     /// Replaces (`replace`) or merges config and devices. On a running VM,
@@ -19,6 +21,7 @@ impl Manager {
         config: Option<BTreeMap<String, String>>,
         devices: Option<BTreeMap<String, Device>>,
         replace: bool,
+        pins: &BTreeMap<String, Pin>,
     ) -> Result<(), Error> {
         let host = self.host()?;
         let e = self.entry(name)?;
@@ -45,8 +48,8 @@ impl Manager {
                 new.devices.extend(d);
             }
         }
+        new.take_pins(&old.pins, pins)?;
         new.validate()?;
-        new.note_owners();
         if let Some(vm) = guard.as_mut() {
             let nics = |r: &Record| -> Vec<(String, Device)> {
                 r.devices
@@ -69,7 +72,7 @@ impl Manager {
                     // Saved at once: the VM no longer has it.
                     let mut partial = current(&e)?;
                     partial.devices.remove(&d.id);
-                    partial.release_owners(false);
+                    partial.release_pins(false);
                     save(&partial, &partial.dir(&host.state)).await?;
                     lock(&e.view).record = partial;
                 }
@@ -86,21 +89,22 @@ impl Manager {
                     }
                     self.helper(&current(&e)?, "add-file", args).await?;
                 }
-                vm.hotplug_disk(d).await?;
+                let dev = new.devices.get(&d.id);
+                let source = dev.and_then(|dev| dev.get("source"));
+                let pin = source.and_then(|s| new.pins.get(s));
+                let (Some(dev), Some(source), Some(pin)) = (dev, source, pin) else {
+                    return Err(vm::Error::Unpinned(d.path.clone()).into());
+                };
+                vm.hotplug_disk(d, pin).await?;
                 let mut partial = current(&e)?;
-                if let Some(dev) = new.devices.get(&d.id) {
-                    partial.devices.insert(d.id.clone(), dev.clone());
-                }
-                let path = d.path.display().to_string();
-                if let Some(owner) = new.disk_owners.get(&path) {
-                    partial.disk_owners.insert(path, *owner);
-                }
+                partial.devices.insert(d.id.clone(), dev.clone());
+                partial.pins.insert(source.clone(), pin.clone());
                 save(&partial, &partial.dir(&host.state)).await?;
                 lock(&e.view).record = partial;
                 log!(Info, "instance {name}: disk {} hot-plugged", d.id);
             }
         }
-        new.release_owners(false);
+        new.release_pins(false);
         save(&new, &new.dir(&host.state)).await?;
         lock(&e.view).record = new;
         Ok(())

@@ -5,6 +5,7 @@
 //! is sound. Everything here works in a static musl binary on a host with no
 //! NSS, no passwd entries and no resolver.
 
+pub(crate) mod fs;
 mod net;
 pub(crate) mod process;
 mod tty;

@@ -1,0 +1,139 @@
+//! Real OS users for a test (made with useradd, deleted when dropped) and
+//! the kvmbox client run as one of them.
+#![allow(dead_code, unreachable_pub)] // each test file uses a different part
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a failed test should panic
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{program, Cmd};
+
+/// Users and a group made for this run, deleted when dropped.
+pub struct Accounts {
+    pub group: String,
+    pub member: String,
+    pub other: String,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).status().unwrap();
+    assert!(st.success(), "{cmd} {args:?} failed");
+}
+
+impl Accounts {
+    pub fn create() -> Accounts {
+        let tag = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_micros()
+                % 1000
+        );
+        let a = Accounts {
+            group: format!("kvg{tag}"),
+            member: format!("kva{tag}"),
+            other: format!("kvb{tag}"),
+        };
+        run("groupadd", &[&a.group]);
+        run(
+            "useradd",
+            &["-M", "-s", "/bin/false", "-G", &a.group, &a.member],
+        );
+        run("useradd", &["-M", "-s", "/bin/false", &a.other]);
+        a
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        for u in [&self.member, &self.other] {
+            let _ = Command::new("userdel").arg(u).status();
+        }
+        let _ = Command::new("groupdel").arg(&self.group).status();
+    }
+}
+
+pub fn id_of(user: &str, flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, user]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+pub struct Env {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Env {
+    /// `kvmbox ARGS` as `user` (None: root), with its own config dir and no HOME.
+    pub fn kvmbox(&self, user: Option<&str>, args: &[&str]) -> Cmd {
+        let name = user.unwrap_or("root");
+        let conf = self.dir.join(format!("conf-{name}"));
+        let cmd = match user {
+            Some(u) => program("setpriv")
+                .args(["--reuid", u, "--regid", u, "--init-groups", "--"])
+                .arg(&self.bin),
+            None => program(self.bin.to_str().unwrap()),
+        };
+        cmd.args(["--applet", "kvmbox"])
+            .args(args)
+            .env("KVMBOX_CONF", conf)
+            .env("KVMBOX_SOCKET", &self.socket)
+            .env_remove("HOME")
+            .env_remove("XDG_RUNTIME_DIR")
+    }
+
+    /// A request with `user`'s client key through a real peer (curl, TLS
+    /// inside the Unix socket), past every check the kvmbox client makes:
+    /// (status, body).
+    pub fn curl(&self, user: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+        let conf = self.dir.join(format!("conf-{user}"));
+        let out = program("setpriv")
+            .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+            .args(["curl", "-sS", "-k", "-w", "\n%{http_code}", "-X", method])
+            .arg("--unix-socket")
+            .arg(&self.socket)
+            .arg("--cert")
+            .arg(conf.join("client.crt"))
+            .arg("--key")
+            .arg(conf.join("client.key"))
+            .args(["--data-binary", body])
+            .arg(format!("https://kvmbox{path}"))
+            .succeeds()
+            .stdout();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// A raw request with `user`'s client key, through a real peer (openssl).
+    pub fn openssl_get(&self, user: &str, path: &str) -> String {
+        let conf = self.dir.join(format!("conf-{user}"));
+        let out = program("setpriv")
+            .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+            .args(["openssl", "s_client", "-quiet", "-unix"])
+            .arg(&self.socket)
+            .arg("-cert")
+            .arg(conf.join("client.crt"))
+            .arg("-key")
+            .arg(conf.join("client.key"))
+            .stdin(format!(
+                "GET {path} HTTP/1.1\r\nHost: kvmbox\r\nConnection: close\r\n\r\n"
+            ))
+            .run();
+        out.stdout()
+    }
+}
+
+pub fn make_conf(dir: &Path, user: &str) {
+    let conf = dir.join(format!("conf-{user}"));
+    std::fs::create_dir(&conf).unwrap();
+    std::os::unix::fs::chown(&conf, Some(id_of(user, "-u")), Some(id_of(user, "-g"))).unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
