@@ -22,7 +22,7 @@ use crate::http::{Request, Response};
 use crate::log::log;
 use crate::pki::Cert;
 use crate::sys::PeerCred;
-use crate::trust::Role;
+use crate::trust::{Role, DEFAULT_PROJECT};
 
 /// Who is calling.
 #[derive(Clone, Debug)]
@@ -33,8 +33,13 @@ pub(crate) struct Identity {
     pub cert: Option<Cert>,
     /// `None` means untrusted.
     pub role: Option<Role>,
-    /// Projects the role applies to; empty means all.
+    /// Projects the role applies to; empty means all. Only `default`
+    /// exists, so a list without it grants nothing inside a project.
     pub projects: Vec<String>,
+    /// Why a certificate that could have been trusted was not (in PKI mode:
+    /// no `core.pki_default_role`, an unusable CRL…): said instead of the
+    /// usual hint. Only with `role: None`.
+    pub refused: Option<String>,
 }
 
 /// Where the call comes from.
@@ -55,12 +60,19 @@ impl Identity {
         }
     }
 
-    /// What an untrusted caller is told: how to become trusted from where it is.
-    fn untrusted_hint(&self) -> &'static str {
-        match &self.peer {
-            Peer::Local(_) => UNTRUSTED_HINT,
-            Peer::Remote(_) => REMOTE_UNTRUSTED_HINT,
+    /// What an untrusted caller is told: why, or how to become trusted from
+    /// where it is.
+    fn untrusted_hint(&self) -> &str {
+        match (&self.refused, &self.peer) {
+            (Some(why), _) => why,
+            (None, Peer::Local(_)) => UNTRUSTED_HINT,
+            (None, Peer::Remote(_)) => REMOTE_UNTRUSTED_HINT,
         }
+    }
+
+    /// Whether the certificate is limited to a list of projects.
+    fn restricted(&self) -> bool {
+        !self.projects.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -317,24 +329,51 @@ pub const REMOTE_UNTRUSTED_HINT: &str = "not authorized: this client is not trus
      server (its certificate was never added, or was removed); ask an administrator for a \
      token (`kvmbox config trust add --name NAME`) and run `kvmbox remote add` again";
 
-/// Whether a route acts inside a project (`?project=`, default `default`);
-/// the others act on the whole server.
-fn project_scoped(path: &str) -> bool {
-    [
-        "/1.0/instances",
-        "/1.0/containers",
-        "/1.0/images",
-        "/1.0/operations",
-    ]
-    .iter()
-    .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+/// Whether a route acts inside a project (`?project=`) rather than on the
+/// whole server. No wildcard: a new route must be sorted here.
+fn project_scoped(route: Route) -> bool {
+    match route {
+        Route::Root
+        | Route::Server
+        | Route::ServerPut
+        | Route::ServerPatch
+        | Route::Certificates
+        | Route::CertificateAdd
+        | Route::Certificate
+        | Route::CertificateDelete
+        | Route::CertificateUpdate => false,
+        Route::Instances(_)
+        | Route::Settled(_)
+        | Route::Events
+        | Route::NotImplemented(_)
+        | Route::Operations
+        | Route::Operation
+        | Route::OperationWait => true,
+    }
 }
 
-/// Checks `id` against what the route needs: the role, then the project
-/// for project routes, and for server-wide changes an unrestricted
-/// certificate (a client limited to some projects must not reconfigure the
-/// server or the trust store they all share).
-fn authorize(id: &Identity, need: Need, path: &str, project: &str) -> Result<(), Response> {
+/// The project a request names: absent or empty is `default` (as in LXD;
+/// Ansible always sends `project=`), and that is the only one there is.
+fn project(req: &Request) -> Result<(), Response> {
+    let name = req.query_param("project").unwrap_or_default();
+    if name.is_empty() || name == DEFAULT_PROJECT {
+        return Ok(());
+    }
+    if !is_param(name) {
+        return Err(error(400, "invalid project name"));
+    }
+    Err(error(
+        404,
+        &crate::trust::Error::UnknownProject(name.to_string()).to_string(),
+    ))
+}
+
+/// Checks `id` against what the route needs: the role, then for a
+/// certificate restricted to projects, that its list names `default` on
+/// project routes, and that it does not change the server (a client limited
+/// to some projects must not reconfigure the server or the trust store
+/// they all share).
+fn authorize(id: &Identity, need: Need, route: Route) -> Result<(), Response> {
     let Need::Role(min) = need else {
         return Ok(());
     };
@@ -347,14 +386,18 @@ fn authorize(id: &Identity, need: Need, path: &str, project: &str) -> Result<(),
             &format!("not authorized: this needs the {min:?} role").to_lowercase(),
         ));
     }
-    if id.projects.is_empty() {
+    if !id.restricted() {
         return Ok(());
     }
-    if project_scoped(path) {
-        if !id.projects.iter().any(|p| p == project) {
+    if project_scoped(route) {
+        if !id.projects.iter().any(|p| p == DEFAULT_PROJECT) {
             return Err(error(
                 403,
-                &format!("not authorized: this certificate is restricted to other projects than {project:?}"),
+                &format!(
+                    "not authorized: this certificate is restricted to projects {:?}, and \
+                     kvmbox has only the default project",
+                    id.projects
+                ),
             ));
         }
     } else if min > Role::Auditor {
@@ -475,11 +518,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let project = req.query_param("project").unwrap_or("default");
-    if project.is_empty() || !is_param(project) {
-        return error(400, "invalid project name");
-    }
-    if let Err(resp) = authorize(id, need, &req.path, project) {
+    if let Err(resp) = project(req).and_then(|()| authorize(id, need, route)) {
         return resp;
     }
     let param = params.first().map(String::as_str).unwrap_or_default();
@@ -489,9 +528,9 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Server => sync(shared.server_info(id)),
         Route::ServerPut => put_config(shared, req, true).await,
         Route::ServerPatch => put_config(shared, req, false).await,
-        Route::Certificates => certificates::list(shared, recursion),
+        Route::Certificates => certificates::list(shared, id, recursion),
         Route::CertificateAdd => certificates::add(shared, id, req).await,
-        Route::Certificate => certificates::get(shared, param),
+        Route::Certificate => certificates::get(shared, id, param),
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
         Route::Instances(call) => crate::api_instances::handle(shared, id, req, call, param).await,
@@ -657,13 +696,25 @@ mod tests {
             crate::trust::TrustStore::open(&dir.join("trust.json")).unwrap(),
             crate::settings::Settings::open(&dir.join("daemon.json")).unwrap(),
             crate::tokens::Tokens::open(&dir.join("tokens.json")).unwrap(),
-            false,
+            None,
         ))
     }
 
     fn call(
         s: &Arc<Shared>,
         role: Option<Role>,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        call_in(s, role, &[], method, path, body)
+    }
+
+    /// [`call`] by a certificate restricted to `projects`.
+    fn call_in(
+        s: &Arc<Shared>,
+        role: Option<Role>,
+        projects: &[&str],
         method: &str,
         path: &str,
         body: &str,
@@ -677,7 +728,8 @@ mod tests {
             }),
             cert: None,
             role,
-            projects: Vec::new(),
+            projects: projects.iter().map(|p| p.to_string()).collect(),
+            refused: None,
         };
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let req = Request {
@@ -811,6 +863,73 @@ mod tests {
         }
         let (code, v) = call(&s, u, "PUT", "/1.0/instances/vm1/state", "{oops");
         assert_eq!(code, 400, "{v}");
+    }
+
+    #[test]
+    fn only_the_default_project_exists_and_restrictions_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let a = Some(Role::Admin);
+        for q in ["", "?project=", "?project=default", "?recursion=1&project="] {
+            let (code, v) = call(&s, a, "GET", &format!("/1.0/instances{q}"), "");
+            assert_eq!(code, 200, "{q}: {v}");
+        }
+        for path in [
+            "/1.0/instances?project=p1",
+            "/1.0/operations?project=p1",
+            "/1.0/certificates?project=p1",
+            "/1.0?project=p1",
+        ] {
+            let (code, v) = call(&s, a, "GET", path, "");
+            assert_eq!(code, 404, "{path}");
+            assert_eq!(
+                v["error"],
+                "project \"p1\" not found: kvmbox has only the default project"
+            );
+        }
+        assert_eq!(call(&s, a, "GET", "/1.0/instances?project=../x", "").0, 400);
+        // Restricted to p1 (a list from before only default existed): no
+        // project route, whatever it asks for.
+        let o = Some(Role::Operator);
+        for (m, p) in [
+            ("GET", "/1.0/instances"),
+            ("GET", "/1.0/containers?project="),
+            ("DELETE", "/1.0/instances/vm1"),
+            ("GET", "/1.0/images"),
+            ("GET", "/1.0/operations"),
+            ("GET", "/1.0/operations/x/wait"),
+            ("GET", "/1.0/events"),
+        ] {
+            let (code, v) = call_in(&s, o, &["p1"], m, p, "");
+            assert_eq!(code, 403, "{m} {p}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("only the default project"),
+                "{v}"
+            );
+        }
+        // Restricted to default: acts there, never on the server.
+        assert_eq!(
+            call_in(&s, o, &["default"], "GET", "/1.0/instances", "").0,
+            200
+        );
+        assert_eq!(
+            call_in(&s, a, &["default"], "PATCH", "/1.0", r#"{"config": {}}"#).0,
+            403
+        );
+        // Only default can be granted.
+        for body in [
+            r#"{"token": true, "name": "n", "projects": ["p1"]}"#,
+            r#"{"token": true, "name": "n", "projects": ["default", "p2"]}"#,
+        ] {
+            let (code, v) = call(&s, a, "POST", "/1.0/certificates", body);
+            assert_eq!(code, 400, "{body}");
+            assert!(v["error"].as_str().unwrap().contains("only the default"));
+        }
+        let ok = r#"{"token": true, "name": "n", "projects": ["default"]}"#;
+        assert_eq!(call(&s, a, "POST", "/1.0/certificates", ok).0, 200);
     }
 
     #[test]

@@ -29,6 +29,13 @@ use crate::sys::{self, PeerCred};
 use crate::tokens::Tokens;
 use crate::trust::{Role, TrustStore};
 
+/// What a certificate the CA signed but the trust store does not list is
+/// told while `core.pki_default_role` gives such certificates no role.
+const PKI_NO_DEFAULT_ROLE: &str = "not authorized: this certificate is signed by the \
+     server's CA but is not in the trust store, and core.pki_default_role is unset (none), so it \
+     has no role; ask an administrator to trust it (`kvmbox config trust add`) or to set \
+     core.pki_default_role";
+
 /// Groups tried, in order, when no admin group is given (SPEC M2).
 const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
 
@@ -121,9 +128,9 @@ pub(crate) struct Shared {
     limiter: Mutex<RateLimiter<String>>,
     pub(crate) ops: crate::operations::Operations,
     /// PKI mode (SPEC L7): client certificates were checked against
-    /// `server.ca` and `server.crl` during the handshake, and one that passed
-    /// is trusted even when the trust store does not list it.
-    pki: bool,
+    /// `server.ca` and `server.crl` during the handshake; one that passed and
+    /// that the trust store does not list gets `core.pki_default_role`.
+    pki: Option<Arc<crate::tls::Pki>>,
     /// Where the TLS listener is bound now, if it is.
     https: Mutex<Option<std::net::SocketAddr>>,
     /// Wakes the listener supervisor after a configuration change.
@@ -146,7 +153,7 @@ impl Shared {
         trust: TrustStore,
         settings: Settings,
         tokens: Tokens,
-        pki: bool,
+        pki: Option<Arc<crate::tls::Pki>>,
     ) -> Shared {
         Shared {
             cert,
@@ -202,28 +209,49 @@ impl Shared {
 
     /// A TCP client's identity, looked up for every request like
     /// [`Shared::identity`]: the trust store by fingerprint, else, in PKI
-    /// mode, any certificate that passed the CA check in the handshake.
+    /// mode, `core.pki_default_role` for a certificate that passes the CA
+    /// check again now (`intermediates` are the rest of the chain it sent)
+    /// and was never removed from the trust store.
     pub(crate) fn remote_identity(
         &self,
         addr: std::net::SocketAddr,
         cert: &Option<Cert>,
+        intermediates: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Identity {
-        let entry = cert.as_ref().and_then(|c| {
-            self.trust()
-                .get(&c.fingerprint())
-                .map(|e| (e.role, e.projects.clone()))
-        });
-        let (role, projects) = match entry {
-            Some((r, p)) => (Some(r), p),
-            None if self.pki && cert.is_some() => (Some(Role::Admin), Vec::new()),
-            None => (None, Vec::new()),
-        };
-        Identity {
+        let mut id = Identity {
             peer: Peer::Remote(addr),
             cert: cert.clone(),
-            role,
-            projects,
+            role: None,
+            projects: Vec::new(),
+            refused: None,
+        };
+        let Some(cert) = cert else {
+            return id;
+        };
+        let fp = cert.fingerprint();
+        {
+            let trust = self.trust();
+            if let Some(e) = trust.get(&fp) {
+                (id.role, id.projects) = (Some(e.role), e.projects.clone());
+                return id;
+            }
+            // Removed from the trust store: no role, whatever the CA says.
+            if trust.is_denied(&fp) {
+                return id;
+            }
         }
+        let Some(pki) = &self.pki else {
+            return id;
+        };
+        let Some(role) = self.settings().pki_default_role() else {
+            id.refused = Some(PKI_NO_DEFAULT_ROLE.to_string());
+            return id;
+        };
+        match pki.check(cert.der(), intermediates) {
+            Ok(()) => id.role = Some(role),
+            Err(e) => id.refused = Some(format!("not authorized: {}", crate::error_chain(&e))),
+        }
+        id
     }
 
     /// `GET /1.0`: everything for a trusted caller, the bare minimum for others.
@@ -290,6 +318,7 @@ impl Shared {
             cert: cert.clone(),
             role,
             projects,
+            refused: None,
         }
     }
 
@@ -506,12 +535,11 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     let tokens = Tokens::open(&dir.join("tokens.json"))?;
     let pki = crate::tls::Pki::load(dir)?;
     if let Some(p) = &pki {
+        let (cas, crls) = p.summary();
         log!(
             Info,
-            "PKI mode: clients are checked against {} ({} CA certificate(s), {} CRL(s))",
+            "PKI mode: clients are checked against {} ({cas} CA certificate(s), {crls} CRL(s))",
             dir.join("server.ca").display(),
-            p.ca.len(),
-            p.crls.len()
         );
     }
     let remote_tls =
@@ -528,7 +556,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         trust,
         settings,
         tokens,
-        pki.is_some(),
+        pki,
     ));
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])

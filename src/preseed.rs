@@ -232,9 +232,10 @@ impl Preseed {
             if c.kind.as_deref().is_some_and(|k| k != "client") {
                 return Err(invalid(what, "only client certificates can be added"));
             }
-            if c.projects.len() > 64 || !c.projects.iter().all(|p| crate::api::is_param(p)) {
+            if c.projects.len() > 64 {
                 return Err(invalid(what, "invalid project list"));
             }
+            crate::trust::check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
             let cert = Cert::from_pem(c.certificate.as_bytes())
                 .map_err(|_| invalid(&what, "not a PEM X.509 certificate"))?;
             if !cert.info().is_ok_and(|i| i.key_type.starts_with("ecdsa-")) {

@@ -120,8 +120,16 @@ async fn connection(
     let Some((mut tls_stream, cert)) = handshake(&tls, stream, opts, &who).await else {
         return;
     };
+    // The rest of the chain the client sent, for checking it again in PKI mode.
+    let intermediates: Vec<_> = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.get(1..))
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
     serve(shared, &mut tls_stream, opts, &who, || {
-        shared.remote_identity(addr, &cert)
+        shared.remote_identity(addr, &cert, &intermediates)
     })
     .await;
 }

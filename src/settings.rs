@@ -20,6 +20,12 @@ pub(crate) const HTTPS_ADDRESS: &str = "core.https_address";
 /// once every client is added).
 pub(crate) const TRUST_PASSWORD: &str = "core.trust_password";
 
+/// The role a client certificate gets in PKI mode when the CA signed it but
+/// the trust store does not list it: `none` (the default: no role), or one
+/// of the roles. Removing a certificate from the trust store denies it
+/// whatever this says.
+pub(crate) const PKI_DEFAULT_ROLE: &str = "core.pki_default_role";
+
 /// Keys whose values are secrets: stored hashed, shown redacted.
 const SECRETS: &[&str] = &[LOCAL_PASSPHRASE, TRUST_PASSWORD];
 
@@ -44,6 +50,7 @@ const KEYS: &[&str] = &[
     INSTANCES_ACCEL,
     INSTANCES_UID_RANGE,
     AA_PROFILE_DIR,
+    PKI_DEFAULT_ROLE,
 ];
 
 /// Checks the value of a key that is not a secret.
@@ -64,7 +71,18 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
                 Err("expected an absolute, normalised path".into())
             }
         }
+        PKI_DEFAULT_ROLE => parse_role(value).map(|_| ()),
         _ => Ok(()),
+    }
+}
+
+/// A value of [`PKI_DEFAULT_ROLE`]: `none` is no role.
+fn parse_role(value: &str) -> Result<Option<crate::trust::Role>, String> {
+    match value {
+        "none" => Ok(None),
+        _ => value.parse().map(Some).map_err(|_| {
+            format!("unknown role {value:?}: use none, auditor, user, operator or admin")
+        }),
     }
 }
 
@@ -239,6 +257,13 @@ impl Settings {
         self.file.config.get(HTTPS_ADDRESS)?.parse().ok()
     }
 
+    /// [`PKI_DEFAULT_ROLE`]; unset is `none`.
+    pub(crate) fn pki_default_role(&self) -> Option<crate::trust::Role> {
+        self.get(PKI_DEFAULT_ROLE)
+            .and_then(|v| parse_role(v).ok())
+            .flatten()
+    }
+
     pub(crate) fn local_socket_open(&self) -> bool {
         self.file.local_socket_open
     }
@@ -369,6 +394,24 @@ mod tests {
         s.apply(prepare(&map(&[(TRUST_PASSWORD, "")])).unwrap(), false)
             .unwrap();
         assert_eq!(s.trust_password_hash(), None);
+    }
+
+    #[test]
+    fn pki_default_role_is_none_unless_set_to_a_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::open(&dir.path().join("daemon.json")).unwrap();
+        assert_eq!(s.pki_default_role(), None);
+        for (v, want) in [
+            ("auditor", Some(crate::trust::Role::Auditor)),
+            ("admin", Some(crate::trust::Role::Admin)),
+            ("none", None),
+        ] {
+            s.apply(prepare(&map(&[(PKI_DEFAULT_ROLE, v)])).unwrap(), false)
+                .unwrap();
+            assert_eq!(s.pki_default_role(), want, "{v}");
+        }
+        let err = prepare(&map(&[(PKI_DEFAULT_ROLE, "root")])).unwrap_err();
+        assert!(err.to_string().contains("none, auditor"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::log::log;
 use crate::pki::{Cert, Key};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,13 @@ pub enum Error {
     Read(std::path::PathBuf, #[source] std::io::Error),
     #[error("cannot build the client certificate verifier: {0}")]
     Verifier(String),
+    #[error(
+        "the server's certificate revocation list (server.crl) is unusable ({0}), so a \
+         certificate signed by its CA is accepted only if the trust store lists it"
+    )]
+    CrlUnusable(String),
+    #[error("the certificate no longer passes the server's CA check")]
+    NotVerified(#[source] rustls::Error),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -206,17 +214,102 @@ pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::Server
 
 /// PKI mode (SPEC L7): clients must present a certificate issued by this
 /// CA, not revoked by the CRL, if they present one at all.
+///
+/// `server.crl` is read again whenever its identity (device, inode, size,
+/// times) changes, so a revocation applies without a restart. Once a CRL has
+/// been in force, a file that turns unreadable, invalid or absent does not
+/// quietly re-admit what it revoked: the CRL is then "unusable", the
+/// handshake checks the chain alone (so certificates the trust store lists
+/// keep working) and [`Pki::check`] refuses everything else.
 #[derive(Debug)]
 pub(crate) struct Pki {
-    pub ca: Vec<Cert>,
-    /// DER of each CRL in `server.crl`.
-    pub crls: Vec<Vec<u8>>,
+    ca: Vec<Cert>,
+    roots: Arc<rustls::RootCertStore>,
+    /// The CA subjects, sent as hints in the handshake.
+    hints: Vec<DistinguishedName>,
+    /// The chain check without revocation: the handshake's while the CRL
+    /// is unusable.
+    chain_only: Arc<dyn ClientCertVerifier>,
+    crl_path: std::path::PathBuf,
+    current: std::sync::Mutex<Arc<CrlState>>,
+}
+
+/// What `server.crl` said when last read.
+#[derive(Debug)]
+struct CrlState {
+    stamp: Stamp,
+    /// Checks the chain, and revocation when the CRL is usable.
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// `None` while the CRL is in force (or there is none); else why not.
+    unusable: Option<String>,
+    /// How many CRLs are in force.
+    count: usize,
+    /// A CRL has been in force at some point: its absence is then a fault.
+    seen: bool,
+}
+
+/// A file's identity: a change in any field means it must be read again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stamp {
+    Absent,
+    File([i64; 7]),
+    /// `stat` failed: read again next time.
+    Unknown,
+}
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Stamp::File([
+            i64::try_from(m.dev()).unwrap_or(-1),
+            i64::try_from(m.ino()).unwrap_or(-1),
+            i64::try_from(m.size()).unwrap_or(-1),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stamp::Absent,
+        Err(_) => Stamp::Unknown,
+    }
+}
+
+/// The DER of each CRL in a PEM file; at least one.
+fn read_crls(path: &std::path::Path) -> Result<Vec<Vec<u8>>, Error> {
+    let data = std::fs::read(path).map_err(|e| Error::Read(path.to_path_buf(), e))?;
+    let blocks = pem::parse_many(&data).map_err(|_| Error::BadCrl(path.to_path_buf()))?;
+    let crls: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "X509 CRL")
+        .map(pem::Pem::into_contents)
+        .collect();
+    if crls.is_empty() {
+        return Err(Error::BadCrl(path.to_path_buf()));
+    }
+    Ok(crls)
+}
+
+/// Checks the chain to `roots`, and revocation by `crls`.
+fn pki_verifier(
+    roots: &Arc<rustls::RootCertStore>,
+    crls: &[Vec<u8>],
+) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let crls = crls
+        .iter()
+        .map(|d| rustls::pki_types::CertificateRevocationListDer::from(d.clone()));
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), policy_provider())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Verifier(e.to_string()))
 }
 
 impl Pki {
     /// Reads `server.ca` and the optional `server.crl` (PEM) from `dir`;
-    /// `None` when there is no `server.ca`.
-    pub(crate) fn load(dir: &std::path::Path) -> Result<Option<Pki>, Error> {
+    /// `None` when there is no `server.ca`. A CRL that is there but not
+    /// usable is an error here: the daemon does not start on it.
+    pub(crate) fn load(dir: &std::path::Path) -> Result<Option<Arc<Pki>>, Error> {
         let (ca_path, crl_path) = (dir.join("server.ca"), dir.join("server.crl"));
         let ca_pem = match std::fs::read(&ca_path) {
             Ok(d) => d,
@@ -227,24 +320,151 @@ impl Pki {
         if ca.is_empty() {
             return Err(Error::BadCa(ca_path));
         }
-        let crls = match std::fs::read(&crl_path) {
-            Ok(d) => {
-                let blocks = pem::parse_many(&d).map_err(|_| Error::BadCrl(crl_path.clone()))?;
-                let crls: Vec<Vec<u8>> = blocks
-                    .into_iter()
-                    .filter(|b| b.tag() == "X509 CRL")
-                    .map(pem::Pem::into_contents)
-                    .collect();
-                if crls.is_empty() {
-                    return Err(Error::BadCrl(crl_path));
-                }
-                crls
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::Read(crl_path, e)),
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &ca {
+            roots
+                .add(CertificateDer::from(c.der().to_vec()))
+                .map_err(|e| Error::Verifier(e.to_string()))?;
+        }
+        let roots = Arc::new(roots);
+        // Stamped before it is read: a change in between is read next time.
+        let stamp = stamp(&crl_path);
+        let crls = match stamp {
+            Stamp::Absent => Vec::new(),
+            _ => read_crls(&crl_path)?,
         };
-        Ok(Some(Pki { ca, crls }))
+        let state = CrlState {
+            stamp,
+            verifier: pki_verifier(&roots, &crls)?,
+            unusable: None,
+            count: crls.len(),
+            seen: !crls.is_empty(),
+        };
+        Ok(Some(Arc::new(Pki {
+            hints: roots.subjects(),
+            chain_only: pki_verifier(&roots, &[])?,
+            ca,
+            roots,
+            crl_path,
+            current: std::sync::Mutex::new(Arc::new(state)),
+        })))
     }
+
+    /// How many CA certificates and CRLs are in force, for the log.
+    pub(crate) fn summary(&self) -> (usize, usize) {
+        (self.ca.len(), self.refresh().count)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<CrlState>> {
+        // Only whole `Arc`s are stored under it: a poisoned lock still holds one.
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The CRL state, read again first if `server.crl` changed.
+    fn refresh(&self) -> Arc<CrlState> {
+        let now = stamp(&self.crl_path);
+        let mut current = self.lock();
+        if current.stamp == now && now != Stamp::Unknown {
+            return current.clone();
+        }
+        let seen = current.seen;
+        let loaded = match &now {
+            Stamp::Absent if !seen => Ok(Vec::new()),
+            Stamp::Absent => Err("it was removed".to_string()),
+            _ => read_crls(&self.crl_path).map_err(|e| crate::error_chain(&e)),
+        };
+        let built = loaded.and_then(|crls| {
+            pki_verifier(&self.roots, &crls)
+                .map(|v| (v, crls.len()))
+                .map_err(|e| crate::error_chain(&e))
+        });
+        let next = match built {
+            Ok((verifier, count)) => {
+                log!(
+                    Info,
+                    "{} loaded: {count} certificate revocation list(s) in force",
+                    self.crl_path.display()
+                );
+                CrlState {
+                    stamp: now,
+                    verifier,
+                    unusable: None,
+                    count,
+                    seen: seen || count > 0,
+                }
+            }
+            Err(why) => {
+                // Only a change is logged, not every handshake after it.
+                if current.unusable.as_deref() != Some(why.as_str()) {
+                    log!(
+                        Error,
+                        "{} is unusable ({why}): certificates signed by the CA are refused \
+                         unless the trust store lists them, until it is fixed",
+                        self.crl_path.display()
+                    );
+                }
+                CrlState {
+                    stamp: now,
+                    verifier: self.chain_only.clone(),
+                    unusable: Some(why),
+                    count: 0,
+                    seen: true,
+                }
+            }
+        };
+        *current = Arc::new(next);
+        current.clone()
+    }
+
+    /// Checks `end_entity` (with the `intermediates` it sent) again now:
+    /// the chain, validity and the CRL as it is at this moment. What lets a
+    /// certificate the trust store does not list in on the CA's word alone.
+    pub(crate) fn check(
+        &self,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<(), Error> {
+        let state = self.refresh();
+        if let Some(why) = &state.unusable {
+            return Err(Error::CrlUnusable(why.clone()));
+        }
+        state
+            .verifier
+            .verify_client_cert(
+                &CertificateDer::from(end_entity),
+                intermediates,
+                UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(Error::NotVerified)
+    }
+}
+
+/// The handshake's view of [`Pki`]: the current CRL state's verifier.
+#[derive(Debug)]
+struct PkiClients(Arc<Pki>);
+
+impl ClientCertVerifier for PkiClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.0.hints
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .refresh()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+    ecdsa_signatures!(tls12 tls13);
 }
 
 /// Accepts, if the client sends one, an EC certificate within its validity
@@ -293,32 +513,12 @@ impl ClientCertVerifier for OptionalEcClient {
 pub(crate) fn remote_server_config(
     cert: &Cert,
     key: &Key,
-    pki: Option<&Pki>,
+    pki: Option<&Arc<Pki>>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = policy_provider();
     let verifier: Arc<dyn ClientCertVerifier> = match pki {
         None => Arc::new(OptionalEcClient),
-        Some(pki) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in &pki.ca {
-                roots
-                    .add(CertificateDer::from(ca.der().to_vec()))
-                    .map_err(|e| Error::Verifier(e.to_string()))?;
-            }
-            let crls = pki
-                .crls
-                .iter()
-                .map(|d| rustls::pki_types::CertificateRevocationListDer::from(d.clone()));
-            rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider.clone(),
-            )
-            .with_crls(crls)
-            .only_check_end_entity_revocation()
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| Error::Verifier(e.to_string()))?
-        }
+        Some(pki) => Arc::new(PkiClients(pki.clone())),
     };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -1,8 +1,10 @@
 //! The trust store: which client certificates may use the daemon, and with
-//! which role. Shared by the Unix socket and the later TCP listener; kept as
-//! one JSON file written atomically (`store::write_atomic`).
+//! which role, and which were removed from it (in PKI mode a certificate the
+//! CA signed would otherwise get in again unlisted). Shared by the Unix
+//! socket and the TCP listener; kept as one JSON file written atomically
+//! (`store::write_atomic`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +80,46 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("project {0:?} not found: kvmbox has only the default project")]
+    UnknownProject(String),
+}
+
+/// The one project kvmbox has: LXD's `default`, where every instance,
+/// image and operation lives. A certificate's project list may name only it.
+pub(crate) const DEFAULT_PROJECT: &str = "default";
+
+/// Refuses a project list that names anything but [`DEFAULT_PROJECT`].
+pub(crate) fn check_projects(projects: &[String]) -> Result<(), Error> {
+    match projects.iter().find(|p| *p != DEFAULT_PROJECT) {
+        Some(p) => Err(Error::UnknownProject(p.clone())),
+        None => Ok(()),
+    }
+}
+
+/// The file as written. A plain list of entries is what kvmbox wrote before
+/// it remembered removals, and what it still writes while nothing is
+/// denied; with denials it is an object, which an older kvmboxd refuses as
+/// corrupt rather than letting a removed certificate back in.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnDisk {
+    Entries(Vec<Entry>),
+    Store(StoreFile),
+}
+
+impl Default for OnDisk {
+    fn default() -> Self {
+        OnDisk::Entries(Vec::new())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    certificates: Vec<Entry>,
+    /// Fingerprints removed from the store and not added again since.
+    #[serde(default)]
+    denied: BTreeSet<String>,
 }
 
 /// The trust store, in memory, mirrored to its file on every change.
@@ -86,29 +128,44 @@ pub(crate) struct TrustStore {
     path: PathBuf,
     /// By fingerprint; the file holds the values in this order.
     entries: BTreeMap<String, Entry>,
+    /// Fingerprints removed and not added again: never trusted by default
+    /// (see [`TrustStore::is_denied`]). Never also a key of `entries`.
+    denied: BTreeSet<String>,
 }
 
 impl TrustStore {
     /// Loads `path`; a missing file is an empty store.
     pub(crate) fn open(path: &Path) -> Result<TrustStore, Error> {
-        let entries = read_json::<Vec<Entry>>(path)
-            .map_err(|e| match e {
-                ReadJsonError::Read(source) => Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                },
-                ReadJsonError::Corrupt(source) => Error::Corrupt {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            })?
+        let file = read_json::<OnDisk>(path).map_err(|e| match e {
+            ReadJsonError::Read(source) => Error::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+            ReadJsonError::Corrupt(source) => Error::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let (list, mut denied) = match file {
+            OnDisk::Entries(list) => (list, BTreeSet::new()),
+            OnDisk::Store(f) => (f.certificates, f.denied),
+        };
+        let entries: BTreeMap<String, Entry> = list
             .into_iter()
             .map(|e| (e.fingerprint.clone(), e))
             .collect();
+        denied.retain(|fp| !entries.contains_key(fp));
         Ok(TrustStore {
             path: path.to_path_buf(),
             entries,
+            denied,
         })
+    }
+
+    /// Whether `fingerprint` was removed from the store and not added again:
+    /// such a certificate gets no role, even if a CA vouches for it.
+    pub(crate) fn is_denied(&self, fingerprint: &str) -> bool {
+        self.denied.contains(fingerprint)
     }
 
     pub(crate) fn get(&self, fingerprint: &str) -> Option<&Entry> {
@@ -146,8 +203,12 @@ impl TrustStore {
             };
             let mut next = self.entries.clone();
             next.insert(fingerprint.clone(), entry);
-            self.save(&next)?;
+            // Adding it explicitly is what lifts a denial.
+            let mut denied = self.denied.clone();
+            denied.remove(&fingerprint);
+            self.save(&next, &denied)?;
             self.entries = next;
+            self.denied = denied;
         }
         self.entries.get(&fingerprint).ok_or_else(|| Error::Write {
             path: self.path.clone(),
@@ -174,27 +235,43 @@ impl TrustStore {
         };
         let mut next = self.entries.clone();
         next.insert(fingerprint.to_string(), entry);
-        self.save(&next)?;
+        self.save(&next, &self.denied)?;
         self.entries = next;
         Ok(true)
     }
 
-    /// Removes the entry whose fingerprint is `fingerprint`; false if none.
+    /// Removes the entry whose fingerprint is `fingerprint` and denies it
+    /// from then on, in one write; false if there is none.
     pub(crate) fn remove(&mut self, fingerprint: &str) -> Result<bool, Error> {
         if !self.entries.contains_key(fingerprint) {
             return Ok(false);
         }
         let mut next = self.entries.clone();
         next.remove(fingerprint);
-        self.save(&next)?;
+        let mut denied = self.denied.clone();
+        denied.insert(fingerprint.to_string());
+        self.save(&next, &denied)?;
         self.entries = next;
+        self.denied = denied;
         Ok(true)
     }
 
     /// Writes first, then changes memory: a failed write changes nothing.
-    fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), Error> {
-        let list: Vec<&Entry> = entries.values().collect();
-        let data = serde_json::to_vec_pretty(&list).map_err(|e| Error::Write {
+    fn save(
+        &self,
+        entries: &BTreeMap<String, Entry>,
+        denied: &BTreeSet<String>,
+    ) -> Result<(), Error> {
+        let list: Vec<Entry> = entries.values().cloned().collect();
+        let data = if denied.is_empty() {
+            serde_json::to_vec_pretty(&list)
+        } else {
+            serde_json::to_vec_pretty(&StoreFile {
+                certificates: list,
+                denied: denied.clone(),
+            })
+        };
+        let data = data.map_err(|e| Error::Write {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
@@ -273,6 +350,42 @@ mod tests {
         assert!(store.remove(&a.fingerprint()).unwrap());
         assert!(!store.remove(&a.fingerprint()).unwrap());
         assert_eq!(TrustStore::open(&path).unwrap().entries().count(), 1);
+    }
+
+    #[test]
+    fn a_removed_certificate_stays_denied_until_added_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trust.json");
+        let mut store = TrustStore::open(&path).unwrap();
+        let (a, b) = (cert("a"), cert("b"));
+        store.add(&a, "a", Role::Admin).unwrap();
+        store.add(&b, "b", Role::User).unwrap();
+        // Nothing denied yet: the list older versions read.
+        let disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(disk.is_array(), "{disk}");
+        assert!(store.remove(&a.fingerprint()).unwrap());
+        assert!(store.is_denied(&a.fingerprint()));
+        assert!(!store.is_denied(&b.fingerprint()));
+        let again = TrustStore::open(&path).unwrap();
+        assert!(again.is_denied(&a.fingerprint()), "the denial is on disk");
+        assert_eq!(again.entries().count(), 1);
+        store.add(&a, "a", Role::Auditor).unwrap();
+        assert!(!store.is_denied(&a.fingerprint()));
+        let again = TrustStore::open(&path).unwrap();
+        assert!(!again.is_denied(&a.fingerprint()));
+        assert_eq!(again.get(&a.fingerprint()).unwrap().role, Role::Auditor);
+    }
+
+    #[test]
+    fn only_the_default_project_exists() {
+        assert!(check_projects(&[]).is_ok());
+        assert!(check_projects(&["default".into()]).is_ok());
+        let e = check_projects(&["default".into(), "p1".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "project \"p1\" not found: kvmbox has only the default project"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod common;
 #[path = "support/daemon.rs"]
 mod daemon;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -228,34 +229,148 @@ fn each_role_against_each_class_of_endpoint() {
     assert_eq!(code, 403, "an untrusted client cannot make tokens");
 }
 
+/// What naming any project but `default` gets, on every route.
+const NO_P1: &str = "project \"p1\" not found: kvmbox has only the default project";
+
+#[test]
+fn only_the_default_project_exists_and_a_certificate_restricted_elsewhere_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A trust store from before kvmbox said it has one project: an operator
+    // restricted to p1, and a bystander.
+    let entry = |name: &str, projects: Value| {
+        let c = ClientIdentity::load_or_create(&tmp.path().join(name))
+            .unwrap()
+            .cert;
+        json!({"fingerprint": c.fingerprint(), "name": name, "type": "client",
+            "certificate": c.to_pem(), "role": "operator", "projects": projects, "added": 0})
+    };
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let store = json!([
+        entry("p1-only", json!(["p1"])),
+        entry("bystander", json!([]))
+    ]);
+    std::fs::write(state.join("trust.json"), store.to_string()).unwrap();
+    let s = Server::start(tmp.path(), ANY_PORT);
+    let mut p = s.client("p1-only");
+    // Naming its project gets it nowhere: p1 does not exist.
+    for (m, path) in [
+        ("GET", "/1.0/instances?project=p1"),
+        ("DELETE", "/1.0/instances/x?project=p1"),
+        ("GET", "/1.0/operations?project=p1"),
+        ("GET", "/1.0/events?project=p1"),
+    ] {
+        let (code, v) = p.request(m, path, None).unwrap();
+        assert_eq!(
+            (code, v["error"].as_str()),
+            (404, Some(NO_P1)),
+            "{m} {path}"
+        );
+    }
+    // And in default, where everything is, it is not allowed.
+    for (m, path) in [
+        ("GET", "/1.0/instances"),
+        ("GET", "/1.0/instances?project="),
+        ("DELETE", "/1.0/instances/x?project=default"),
+        ("GET", "/1.0/operations"),
+        ("GET", "/1.0/operations/x"),
+        ("GET", "/1.0/images"),
+    ] {
+        let (code, v) = p.request(m, path, None).unwrap();
+        assert_eq!(code, 403, "{m} {path}: {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(
+            e.contains("restricted to projects [\"p1\"]")
+                && e.contains("kvmbox has only the default project"),
+            "{e}"
+        );
+    }
+    // It sees its own certificate only, as in LXD.
+    let seen = p
+        .call("GET", "/1.0/certificates?recursion=1", None)
+        .unwrap();
+    let names: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["p1-only"]);
+
+    // An empty ?project= is default (Ansible sends it); p1 is not found.
+    let mut o = s.trusted("op", "operator", &[]);
+    for path in ["/1.0/instances?project=", "/1.0/operations?project="] {
+        assert_eq!(status(&mut o, "GET", path, None), 200, "{path}");
+    }
+    let (code, v) = o.request("GET", "/1.0/instances?project=p1", None).unwrap();
+    assert_eq!((code, v["error"].as_str()), (404, Some(NO_P1)));
+    assert_eq!(
+        status(&mut o, "GET", "/1.0/instances?project=../x", None),
+        400
+    );
+
+    // Only default can be granted: by token, by certificate, by an edit.
+    let mut admin = s.admin();
+    let stranger = ClientIdentity::load_or_create(&tmp.path().join("stranger"))
+        .unwrap()
+        .cert
+        .to_pem();
+    let count = |admin: &mut Client| {
+        let list = admin.call("GET", "/1.0/certificates", None).unwrap();
+        list.as_array().unwrap().len()
+    };
+    let before = count(&mut admin);
+    let fp = store[0]["fingerprint"].as_str().unwrap();
+    for (m, path, body) in [
+        (
+            "POST",
+            "/1.0/certificates".to_string(),
+            json!({"token": true, "name": "t", "projects": ["p1"]}),
+        ),
+        (
+            "POST",
+            "/1.0/certificates".to_string(),
+            json!({"certificate": stranger, "projects": ["default", "p1"]}),
+        ),
+        (
+            "PATCH",
+            format!("/1.0/certificates/{fp}"),
+            json!({"projects": ["p1"], "restricted": true}),
+        ),
+    ] {
+        let (code, v) = admin.request(m, &path, Some(&body)).unwrap();
+        assert_eq!(
+            (code, v["error"].as_str()),
+            (400, Some(NO_P1)),
+            "{m} {body}"
+        );
+    }
+    assert_eq!(count(&mut admin), before, "nothing was added");
+    // Restricted to default: the certificate works there, as before.
+    admin
+        .call(
+            "PATCH",
+            &format!("/1.0/certificates/{fp}"),
+            Some(&json!({"projects": ["default"]})),
+        )
+        .unwrap();
+    assert_eq!(status(&mut p, "GET", "/1.0/instances?project=", None), 200);
+}
+
 #[test]
 fn projects_scope_a_role_and_revocation_bites_on_an_open_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(tmp.path(), ANY_PORT);
-    let mut p = s.trusted("scoped", "operator", &["p1"]);
+    let mut p = s.trusted("scoped", "operator", &["default"]);
+    assert_eq!(status(&mut p, "GET", "/1.0/instances", None), 200);
     assert_eq!(
-        status(&mut p, "GET", "/1.0/instances", None),
-        403,
-        "default project"
-    );
-    assert_eq!(
-        status(&mut p, "GET", "/1.0/instances?project=p1", None),
+        status(&mut p, "GET", "/1.0/operations?project=default", None),
         200
     );
-    assert_eq!(
-        status(&mut p, "DELETE", "/1.0/instances/x?project=p1", None),
-        404
-    );
-    assert_eq!(
-        status(&mut p, "DELETE", "/1.0/instances/x?project=p2", None),
-        403
-    );
-    assert_eq!(
-        status(&mut p, "GET", "/1.0/instances?project=../x", None),
-        400
-    );
+    assert_eq!(status(&mut p, "DELETE", "/1.0/instances/x", None), 404);
     // Server-wide changes need an unrestricted certificate, even as admin.
-    let mut a = s.trusted("scoped-admin", "admin", &["p1"]);
+    let mut a = s.trusted("scoped-admin", "admin", &["default"]);
     assert_eq!(
         status(&mut a, "PATCH", "/1.0", Some(json!({"config": {}}))),
         403
@@ -512,19 +627,24 @@ fn trust_add_a_file_then_edit_and_remove_it_from_the_command_line() {
         .succeeds();
     let pem = alice.join("client.crt");
     let pem = pem.to_str().unwrap();
-    cli(&[
-        "config",
-        "trust",
-        "add",
-        pem,
-        "--name",
-        "alice",
-        "--role",
-        "auditor",
-        "--projects",
-        "p1,p2",
-    ])
-    .succeeds();
+    let add = |projects: &str| {
+        cli(&[
+            "config",
+            "trust",
+            "add",
+            pem,
+            "--name",
+            "alice",
+            "--role",
+            "auditor",
+            "--projects",
+            projects,
+        ])
+    };
+    add("default,p2")
+        .fails()
+        .stderr_contains("project \"p2\" not found: kvmbox has only the default project");
+    add("default").succeeds();
     cli(&["config", "trust", "add", pem])
         .fails()
         .stderr_contains("already trusted");
@@ -533,13 +653,13 @@ fn trust_add_a_file_then_edit_and_remove_it_from_the_command_line() {
         .stderr_contains("cannot read");
     cli(&["config", "trust", "list", "--format", "csv"])
         .succeeds()
-        .stdout_contains("alice,client,auditor,\"p1,p2\"");
+        .stdout_contains("alice,client,auditor,default");
     let mut a = s.client("alice");
+    assert_eq!(status(&mut a, "GET", "/1.0/instances?project=", None), 200);
     assert_eq!(
         status(&mut a, "GET", "/1.0/instances?project=p2", None),
-        200
+        404
     );
-    assert_eq!(status(&mut a, "GET", "/1.0/instances", None), 403);
     let fp = a.call("GET", "/1.0", None).unwrap();
     assert_eq!(fp["auth_role"], "auditor");
     let fp = applet("kvmbox-cert")

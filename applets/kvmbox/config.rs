@@ -37,7 +37,8 @@ struct Get {
 }
 
 /// Set a configuration value: `set [REMOTE:] KEY VALUE` for the server
-/// (core.https_address IP:PORT, applied at once; core.trust_password and
+/// (core.https_address IP:PORT, applied at once; core.pki_default_role
+/// none|auditor|user|operator|admin; core.trust_password and
 /// local.passphrase, both stored hashed), `set [REMOTE:]NAME KEY VALUE` for
 /// instance NAME (limits.cpu, limits.memory, boot.*, security.*…). A VALUE
 /// of `-` is read from stdin, or typed without echo at a terminal, so that a

@@ -18,22 +18,32 @@ use crate::tokens::{JoinToken, DEFAULT_TTL};
 use crate::trust::rfc3339;
 use crate::trust::{now, Role};
 
-pub(super) fn list(shared: &Arc<Shared>, recursion: bool) -> Response {
+/// Whether `id` may see the entry `e`: a certificate restricted to
+/// projects sees only its own, as in LXD.
+fn visible(id: &Identity, e: &crate::trust::Entry) -> bool {
+    !id.restricted()
+        || id
+            .cert
+            .as_ref()
+            .is_some_and(|c| c.fingerprint() == e.fingerprint)
+}
+
+pub(super) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Response {
     let trust = shared.trust();
+    let entries = trust.entries().filter(|e| visible(id, e));
     if recursion {
-        let list: Vec<Value> = trust.entries().map(entry_json).collect();
+        let list: Vec<Value> = entries.map(entry_json).collect();
         sync(Value::Array(list))
     } else {
-        let urls: Vec<String> = trust
-            .entries()
+        let urls: Vec<String> = entries
             .map(|e| format!("/1.0/certificates/{}", e.fingerprint))
             .collect();
         sync(json!(urls))
     }
 }
 
-pub(super) fn get(shared: &Arc<Shared>, fp: &str) -> Response {
-    match shared.trust().get(fp) {
+pub(super) fn get(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
+    match shared.trust().get(fp).filter(|e| visible(id, e)) {
         Some(e) => sync(entry_json(e)),
         None => error(404, "certificate not found"),
     }
@@ -69,12 +79,13 @@ pub(super) fn delete(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response 
     }
 }
 
-/// Project names as the API accepts them.
+/// A project list as the API accepts it: only `default` exists, and the
+/// daemon is where that is enforced, whichever client asks.
 fn check_projects(projects: &[String]) -> Result<(), Response> {
-    if projects.len() > 64 || projects.iter().any(|p| !super::is_param(p)) {
+    if projects.len() > 64 {
         return Err(error(400, "invalid project list"));
     }
-    Ok(())
+    crate::trust::check_projects(projects).map_err(|e| error(400, &e.to_string()))
 }
 
 fn check_name(name: &str) -> Result<(), Response> {

@@ -53,6 +53,7 @@ impl Transport for InProcess<'_> {
             cert: None,
             role: Some(Role::Admin),
             projects: Vec::new(),
+            refused: None,
         };
         let resp = smol::block_on(self.ex.run(api::handle(self.shared, &id, &req)));
         let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_default();

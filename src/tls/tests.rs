@@ -32,6 +32,11 @@ fn self_signed(curve: Curve, days: u32) -> (Cert, Key) {
 
 /// A P-256 client certificate issued by a fresh CA whose key is on `ca_curve`.
 fn ca_issued_client(ca_curve: Curve) -> Cert {
+    ca_and_client(ca_curve).1
+}
+
+/// A fresh CA and a P-256 client certificate it issued.
+fn ca_and_client(ca_curve: Curve) -> (Cert, Cert) {
     let ca_key = Key::generate(ca_curve).unwrap();
     let ca = CertSpec {
         cn: "ca".into(),
@@ -42,14 +47,15 @@ fn ca_issued_client(ca_curve: Curve) -> Cert {
     .self_signed(&ca_key)
     .unwrap();
     let leaf_key = Key::generate(Curve::P256).unwrap();
-    CertSpec {
+    let leaf = CertSpec {
         cn: "leaf".into(),
         sans: vec![],
         days: 1,
         profile: Profile::Client,
     }
     .issue(&leaf_key, &ca, &ca_key)
-    .unwrap()
+    .unwrap();
+    (ca, leaf)
 }
 
 fn verify(cert: &Cert) -> Result<ClientCertVerified, rustls::Error> {
@@ -139,11 +145,50 @@ fn remote_clients_may_come_without_a_certificate_but_not_with_a_bad_one() {
 fn remote_configurations_build_with_and_without_pki() {
     let (cert, key) = self_signed(Curve::P256, 1);
     assert!(remote_server_config(&cert, &key, None).is_ok());
-    let pki = Pki {
-        ca: vec![cert.clone()],
-        crls: vec![],
-    };
+    let dir = tempfile::tempdir().unwrap();
+    assert!(Pki::load(dir.path()).unwrap().is_none(), "no server.ca");
+    std::fs::write(dir.path().join("server.ca"), cert.to_pem()).unwrap();
+    let pki = Pki::load(dir.path()).unwrap().unwrap();
     assert!(remote_server_config(&cert, &key, Some(&pki)).is_ok());
     let seen = Arc::new(std::sync::Mutex::new(None));
     assert!(remote_client_config(&cert, &key, ServerTrust::Probe, seen).is_ok());
+}
+
+#[test]
+fn a_crl_that_turns_unusable_fails_closed_for_the_ca_path_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf) = ca_and_client(Curve::P256);
+    let (_, stranger) = ca_and_client(Curve::P256);
+    std::fs::write(dir.path().join("server.ca"), ca.to_pem()).unwrap();
+    let pki = Pki::load(dir.path()).unwrap().unwrap();
+    let handshake = PkiClients(pki.clone());
+    let der = |c: &Cert| CertificateDer::from(c.der().to_vec());
+    let shake = |c: &Cert| handshake.verify_client_cert(&der(c), &[], UnixTime::now());
+    assert!(pki.check(leaf.der(), &[]).is_ok());
+    assert!(matches!(
+        pki.check(stranger.der(), &[]),
+        Err(Error::NotVerified(_))
+    ));
+    // A CRL written while the daemon runs is read at the next check, and
+    // garbage in it refuses the CA path, while the chain still passes the
+    // handshake (for certificates the trust store lists).
+    let crl = dir.path().join("server.crl");
+    std::fs::write(&crl, "not a crl").unwrap();
+    assert!(matches!(
+        pki.check(leaf.der(), &[]),
+        Err(Error::CrlUnusable(_))
+    ));
+    assert!(shake(&leaf).is_ok());
+    assert!(shake(&stranger).is_err());
+    // Removed after it was seen: still unusable, not "no CRL".
+    std::fs::remove_file(&crl).unwrap();
+    let err = pki.check(leaf.der(), &[]).unwrap_err();
+    assert!(err.to_string().contains("removed"), "{err}");
+    // A CRL present at start that is not one stops the start.
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    assert!(Pki::load(dir.path()).is_err());
 }

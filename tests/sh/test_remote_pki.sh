@@ -3,6 +3,9 @@
 # client's client.ca is accepted without a prompt; client certificates are
 # checked against server.ca and server.crl during the handshake; a client
 # certificate from another CA, a revoked one and an expired one are refused.
+# A CA-signed certificate the trust store does not list gets
+# core.pki_default_role (none unless set); one removed from the trust store
+# stays refused, across restarts; server.crl is read again when it changes.
 . "$TESTLIB"
 command -v openssl >/dev/null || { echo "openssl not installed: skipped"; exit 0; }
 C="applet kvmbox-cert"
@@ -24,6 +27,7 @@ client() {
     cp ca.crt "$1/client.ca"
 }
 client good ca
+client second ca
 client foreign other
 client revoked ca
 
@@ -43,16 +47,58 @@ trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true' EXIT
 start
 contains "$(cat daemon.log)" "PKI mode"
 
-kv() { KVMBOX_CONF=$PWD/$1 applet kvmbox "$@"; }
 kv_as() { d=$1; shift; KVMBOX_CONF=$PWD/$d applet kvmbox "$@"; }
+# The local administrator, over the Unix socket.
+adm() { kv_as local "$@"; }
 
+# Signed by the CA but not in the trust store, with core.pki_default_role
+# unset: no role, and told why.
+expect_fail kv_as good remote add pki "localhost:$port" </dev/null
+contains "$ERR" "does not trust this client yet"
+code=$(curl -sS -o body.json -w '%{http_code}' --cacert ca.crt --cert good/client.crt \
+    --key good/client.key "https://localhost:$port/1.0/instances") || fail "curl"
+[ "$code" = 403 ] || fail "unlisted CA-signed client got $code: $(cat body.json)"
+contains "$(cat body.json)" "signed by the server's CA but is not in the trust store, and core.pki_default_role is unset"
+expect_fail adm config set core.pki_default_role root
+contains "$ERR" "none, auditor, user, operator or admin"
+
+# As auditor: it reads, it does not start anything.
+adm config set core.pki_default_role auditor
 # No terminal, no flag, no password: client.ca vouches for the server and
 # server.ca for the client.
 out=$(kv_as good remote add pki "localhost:$port" </dev/null) || fail "remote add in PKI mode"
 contains "$out" "signed by client.ca"
 [ ! -e good/servercerts/pki.crt ] || fail "a CA-checked remote was pinned"
 [ "$(kv_as good list pki: --format json)" = "[]" ] || fail "list over PKI"
+contains "$(kv_as good info pki:)" "auditor"
+expect_fail kv_as good start pki:vm1
+contains "$ERR" "needs the user role"
+# With the setting unset again, the kvmbox client says why too.
+adm config unset core.pki_default_role
+expect_fail kv_as good list pki:
+contains "$ERR" "core.pki_default_role is unset"
+adm config set core.pki_default_role auditor
+
+# Trusted as admin, then removed: refused, not promoted to a default
+# role, and still after a restart; adding it again lifts that.
+adm config trust add good/client.crt --name good --role admin
 contains "$(kv_as good info pki:)" "admin"
+good_fp=$($C fingerprint good/client.crt)
+adm config trust remove "$good_fp"
+expect_fail kv_as good list pki:
+contains "$ERR" "not authorized"
+stop
+start
+expect_fail kv_as good list pki:
+contains "$ERR" "its certificate was never added, or was removed"
+code=$(curl -sS -o body.json -w '%{http_code}' --cacert ca.crt --cert good/client.crt \
+    --key good/client.key "https://localhost:$port/1.0") || fail "curl"
+contains "$(cat body.json)" '"auth":"untrusted"'
+adm config trust add good/client.crt --name good --role admin
+contains "$(kv_as good info pki:)" "admin"
+# Unlisted clients still get the default role.
+kv_as second remote add pki "localhost:$port" </dev/null >/dev/null || fail "second client"
+contains "$(kv_as second info pki:)" "auditor"
 
 # A client whose certificate another CA issued: the handshake is refused.
 expect_fail kv_as foreign remote add pki "127.0.0.1:$port"
@@ -88,26 +134,34 @@ authorityKeyIdentifier = keyid:always
 commonName = supplied
 CNF
 openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -revoke revoked/client.crt >/dev/null 2>&1 || fail "openssl ca -revoke"
-openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out state/server.crl >/dev/null 2>&1 || fail "openssl ca -gencrl"
 mkdir -p expired; cp ca.crt expired/client.ca
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout expired/client.key \
     -out e.csr -subj /CN=expired 2>/dev/null
 openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in e.csr -out expired/client.crt \
     -startdate 20200101000000Z -enddate 20200102000000Z >/dev/null 2>&1 || fail "openssl ca (expired)"
 
-# Before the restart the CRL is not read: the revoked client still gets in.
-kv_as revoked remote add before "127.0.0.1:$port" </dev/null >/dev/null || fail "revoked before the CRL was loaded"
-stop
-start
+# A CRL written while the daemon runs applies at once, no restart.
+kv_as revoked remote add before "127.0.0.1:$port" </dev/null >/dev/null || fail "revoked before the CRL was written"
+[ "$(kv_as revoked list before: --format json)" = "[]" ] || fail "revoked before the CRL was written"
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out state/server.crl >/dev/null 2>&1 || fail "openssl ca -gencrl"
 expect_fail kv_as revoked list before:
 grep -qi "revoked" daemon.log || fail "revocation not the reason: $(cat daemon.log)"
+grep -q "server.crl loaded: 1 certificate revocation list" daemon.log || fail "CRL not reloaded: $(cat daemon.log)"
 expect_fail kv_as expired remote add pki "127.0.0.1:$port"
 grep -qi "expired" daemon.log || fail "expiry not the reason: $(cat daemon.log)"
-# The good client is unaffected by the CRL.
+# The other clients are unaffected by the CRL.
 [ "$(kv_as good list pki: --format json)" = "[]" ] || fail "good client after CRL"
+[ "$(kv_as second list pki: --format json)" = "[]" ] || fail "second client after CRL"
 
-# An unreadable CRL stops the daemon rather than being ignored.
+# A CRL that turns invalid while the daemon runs fails closed: a client the
+# trust store does not list is refused, saying why; a listed one goes on.
 echo "not a crl" >state/server.crl
+expect_fail kv_as second list pki:
+contains "$ERR" "server.crl) is unusable"
+grep -q "server.crl is unusable" daemon.log || fail "no log line for the bad CRL: $(cat daemon.log)"
+[ "$(kv_as good list pki: --format json)" = "[]" ] || fail "listed client with a bad CRL"
+
+# At start, an unreadable CRL stops the daemon rather than being ignored.
 stop
 if bin/kvmboxd $group_args --https "127.0.0.1:$port" 2>err.txt; then fail "started with a bad CRL"; fi
 contains "$(cat err.txt)" "server.crl"
