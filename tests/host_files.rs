@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use daemon::Daemon;
-use users::{id_of, make_conf, Accounts, Env};
+use users::{can_make_users, id_of, make_conf, shared_scratch, Accounts, Env};
 
 /// Attempts at each race; the issue of a won race is checked after all.
 const ROUNDS: usize = 200;
@@ -31,17 +31,12 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
-    if !daemon::is_root() || Command::new("useradd").arg("--help").output().is_err() {
-        eprintln!("skipped: needs root and useradd");
+    if !can_make_users() {
         return None;
     }
     let acct = Accounts::create();
-    let scratch = common::scratch();
+    let (scratch, bin) = shared_scratch();
     let dir = scratch.path().to_path_buf();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let bin = dir.join("kvmbox");
-    std::fs::copy(common::bin(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     make_conf(&dir, &acct.member);
     let d = Daemon::start(&bin, &dir, &["--group", &acct.group]);
     let env = Env {

@@ -10,11 +10,10 @@ mod users;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::program;
 use daemon::Daemon;
-use users::{id_of, make_conf, Accounts, Env};
+use users::{can_make_users, id_of, make_conf, shared_scratch, Accounts, Env};
 
 fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -29,18 +28,13 @@ fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn multipass_local_authentication_with_real_users() {
-    if !daemon::is_root() || Command::new("useradd").arg("--help").output().is_err() {
-        eprintln!("skipped: needs root and useradd");
+    if !can_make_users() {
         return;
     }
     let acct = Accounts::create();
-    let scratch = common::scratch();
-    let dir = scratch.path().to_path_buf();
     // Other users must reach the socket and run the binary, not read anything.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let bin = dir.join("kvmbox");
-    std::fs::copy(common::bin(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (scratch, bin) = shared_scratch();
+    let dir = scratch.path().to_path_buf();
     for u in [&acct.member, &acct.other] {
         make_conf(&dir, u);
     }

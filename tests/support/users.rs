@@ -137,3 +137,24 @@ pub fn make_conf(dir: &Path, user: &str) {
     std::os::unix::fs::chown(&conf, Some(id_of(user, "-u")), Some(id_of(user, "-g"))).unwrap();
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// Whether this test can make real users (it runs as root, with useradd).
+pub fn can_make_users() -> bool {
+    if crate::daemon::is_root() && Command::new("useradd").arg("--help").output().is_ok() {
+        return true;
+    }
+    eprintln!("skipped: needs root and useradd");
+    false
+}
+
+/// A scratch directory other users can enter but not list, holding a copy
+/// of the binary under test that they can run: (the directory, the copy).
+pub fn shared_scratch() -> (tempfile::TempDir, PathBuf) {
+    let scratch = crate::common::scratch();
+    let dir = scratch.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let bin = dir.join("kvmbox");
+    std::fs::copy(crate::common::bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (scratch, bin)
+}
