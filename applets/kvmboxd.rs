@@ -48,6 +48,9 @@ struct Args {
     /// seconds a client has to send a request, and that an idle connection stays open
     #[argh(option, default = "30", hidden_help)]
     timeout: u64,
+    /// seconds a new connection has to complete its TLS handshake
+    #[argh(option, default = "10", hidden_help)]
+    handshake_timeout: u64,
     /// connections served at once
     #[argh(option, default = "128", hidden_help)]
     max_connections: usize,
@@ -58,8 +61,8 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    if args.timeout == 0 {
-        return cli::usage_error(NAME, "--timeout must be at least 1 second");
+    if args.timeout == 0 || args.handshake_timeout == 0 {
+        return cli::usage_error(NAME, "a timeout must be at least 1 second");
     }
     kvmbox::set_log_level(args.log_level);
     let state_dir = args
@@ -76,6 +79,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     opts.https = args.https;
     opts.preseed = args.preseed;
     opts.timeout = Duration::from_secs(args.timeout);
+    opts.handshake_timeout = Duration::from_secs(args.handshake_timeout);
     opts.max_connections = args.max_connections.max(1);
     // Tests on kernels without AppArmor: profiles are compiled for real by
     // this program (e.g. a wrapper around `apparmor_parser -Q -K -T`).

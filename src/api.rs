@@ -52,11 +52,12 @@ pub(crate) enum Peer {
 }
 
 impl Identity {
-    /// The key failed passphrase attempts are counted under.
+    /// The key failed passphrase attempts are counted under: a uid, or a
+    /// network peer as connection slots count it (an IPv6 peer by its /64).
     fn limiter_key(&self) -> String {
         match &self.peer {
             Peer::Local(c) => format!("uid:{}", c.uid),
-            Peer::Remote(a) => format!("ip:{}", a.ip()),
+            Peer::Remote(a) => format!("ip:{}", crate::admission::network_peer(a.ip())),
         }
     }
 
@@ -941,5 +942,37 @@ mod tests {
             );
             assert_eq!(*need == Need::Anyone, open, "{m} {p}");
         }
+    }
+
+    #[test]
+    fn guesses_count_per_uid_ipv4_address_and_ipv6_64() {
+        let key = |peer| {
+            Identity {
+                peer,
+                cert: None,
+                role: None,
+                projects: Vec::new(),
+                refused: None,
+            }
+            .limiter_key()
+        };
+        let remote = |a: &str| key(Peer::Remote(a.parse().unwrap()));
+        assert_eq!(
+            remote("[2001:db8:0:1::5]:40000"),
+            remote("[2001:db8:0:1:ffff::9]:40001")
+        );
+        assert_ne!(
+            remote("[2001:db8:0:1::5]:40000"),
+            remote("[2001:db8:0:2::5]:40000")
+        );
+        assert_eq!(remote("192.0.2.1:1"), remote("192.0.2.1:2"));
+        assert_ne!(remote("192.0.2.1:1"), remote("192.0.2.2:1"));
+        let local = key(Peer::Local(crate::sys::PeerCred {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+            groups: None,
+        }));
+        assert_ne!(local, remote("0.0.0.0:1"));
     }
 }

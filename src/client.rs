@@ -163,8 +163,30 @@ impl ClientIdentity {
 
 /// A byte stream TLS runs over: the Unix socket or TCP.
 trait Transport: Read + Write + Send + std::fmt::Debug {}
-impl Transport for UnixStream {}
-impl Transport for TcpStream {}
+impl Transport for NoSigPipe<UnixStream> {}
+impl Transport for NoSigPipe<TcpStream> {}
+
+/// A socket written with MSG_NOSIGNAL. The applets keep SIGPIPE's default
+/// action so that `kvmbox … | head -1` ends quietly; without this, a daemon
+/// that closes the connection mid-request (it refused the connection, or a
+/// request too large) would kill the client with SIGPIPE and no message.
+#[derive(Debug)]
+struct NoSigPipe<S>(S);
+
+impl<S: Read> Read for NoSigPipe<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: std::os::fd::AsRawFd> Write for NoSigPipe<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::sys::send_nosignal(&self.0, buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, Box<dyn Transport>>;
 
@@ -251,7 +273,8 @@ impl Client {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
-        let mut stream = rustls::StreamOwned::new(conn, Box::new(sock) as Box<dyn Transport>);
+        let mut stream =
+            rustls::StreamOwned::new(conn, Box::new(NoSigPipe(sock)) as Box<dyn Transport>);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
@@ -303,7 +326,8 @@ impl Client {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
-        let mut stream = rustls::StreamOwned::new(conn, Box::new(sock) as Box<dyn Transport>);
+        let mut stream =
+            rustls::StreamOwned::new(conn, Box::new(NoSigPipe(sock)) as Box<dyn Transport>);
         while stream.conn.is_handshaking() {
             if let Err(source) = stream.conn.complete_io(&mut stream.sock) {
                 let presented: Option<Vec<u8>> = seen.lock().ok().and_then(|g| g.clone());
@@ -358,14 +382,22 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<(u16, Value), Error> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        self.stream
-            .write_all(&http::request_bytes(method, path, body.as_deref()))?;
-        self.stream.flush()?;
         let limits = Limits {
             max_head: 64 * 1024,
             max_body: 64 * 1024 * 1024,
         };
-        let (status, body) = http::read_response(&mut self.stream, limits)?;
+        let sent = self
+            .stream
+            .write_all(&http::request_bytes(method, path, body.as_deref()))
+            .and_then(|()| self.stream.flush());
+        let (status, body) = match sent {
+            Ok(()) => http::read_response(&mut self.stream, limits)?,
+            // The daemon may have answered and hung up before reading all
+            // of the request (a body over its limit): its answer says why.
+            Err(e) if hung_up(&e) => http::read_response(&mut ReadOnly(&mut self.stream), limits)
+                .map_err(|_| Error::Io(e))?,
+            Err(e) => return Err(e.into()),
+        };
         let value: Value = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("body is not JSON ({e})")))?;
         Ok((status, value))
@@ -393,6 +425,37 @@ impl Client {
             ))),
         }
     }
+}
+
+/// What is left to read on a TLS stream whose writing side has failed:
+/// `StreamOwned::read` would first try to send what is still queued, and
+/// fail again, so records are read and decrypted here directly.
+struct ReadOnly<'a>(&'a mut TlsStream);
+
+impl Read for ReadOnly<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.conn.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if self.0.conn.read_tls(&mut self.0.sock)? == 0 {
+                return Ok(0);
+            }
+            self.0
+                .conn
+                .process_new_packets()
+                .map_err(io::Error::other)?;
+        }
+    }
+}
+
+/// Whether a write failed because the peer closed the connection.
+fn hung_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 #[cfg(test)]

@@ -50,7 +50,13 @@ pub struct DaemonOptions {
     /// A request (or TLS handshake) must arrive within this time, and an idle
     /// keep-alive connection is closed after it.
     pub timeout: Duration,
-    /// Connections served at once; more are closed at accept.
+    /// A new connection must complete its TLS handshake within this time
+    /// (and within `timeout`): a peer that connects and stays silent holds
+    /// a slot no longer than this.
+    pub handshake_timeout: Duration,
+    /// Connections served at once on each listener (the Unix socket and
+    /// TCP each have this many); more are closed at accept. Root on the
+    /// Unix socket is never refused.
     pub max_connections: usize,
     pub limits: Limits,
     /// The TLS listener's address; overrides `core.https_address`.
@@ -69,6 +75,7 @@ impl DaemonOptions {
             socket: None,
             group: None,
             timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             max_connections: 128,
             limits: Limits::default(),
             https: None,
@@ -605,7 +612,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         ex.clone(),
         remote_tls,
         opts.clone(),
-        slots.clone(),
         pinned,
     ))
     .detach();
@@ -640,8 +646,16 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                     );
                     continue;
                 };
-                let Some(slot) = take_slot(&slots, opts.max_connections) else {
-                    continue;
+                // Root is not counted and never refused: it must always be
+                // able to reach the daemon, to see and mend what the others
+                // are doing.
+                let slot = if cred.uid == 0 {
+                    None
+                } else {
+                    match take_slot(&slots, opts.max_connections, "the Unix socket") {
+                        Some(s) => Some(s),
+                        None => continue,
+                    }
                 };
                 let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
                 ex.spawn(async move {
@@ -751,11 +765,9 @@ pub(crate) async fn serve<S>(
         })
         .await;
         if resp.status == 101 && matches!(written, Some(Ok(()))) {
-            // An accepted event websocket: nothing is sent on it yet, so
-            // hold it until the peer hangs up (or sends a close frame, or
-            // anything at all: no frames are parsed).
-            let mut sink = [0u8; 512];
-            let _ = smol::io::AsyncReadExt::read(tls_stream, &mut sink).await;
+            // An accepted event websocket: held, and pinged when silent,
+            // until the peer closes it or stops answering.
+            crate::websocket::hold(tls_stream, opts.timeout, who).await;
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }

@@ -31,6 +31,7 @@ mod tls;
 mod tokens;
 mod trust;
 mod vm;
+mod websocket;
 
 pub use apparmor::{
     check as check_instance, files_list as aa_files_list,

@@ -1,9 +1,15 @@
 //! Long work as LXD operations: `POST …` answers 202 with an operation,
 //! `GET /1.0/operations/<id>` shows it, `…/wait` blocks until it is done.
+//!
+//! A finished operation is kept for a while (LXD keeps them seconds; five
+//! minutes leaves a slow client time to look), and at most so many are: a
+//! client starting operations in a loop must not grow the daemon for ever.
+//! Running operations are always kept.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -49,16 +55,35 @@ fn as_rfc3339<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error>
     s.serialize_str(&crate::trust::rfc3339(*secs))
 }
 
+/// How long a finished operation is kept.
+const KEEP_FINISHED: Duration = Duration::from_secs(300);
+/// How many finished operations are kept at most; the oldest go first.
+const MAX_FINISHED: usize = 1000;
+
 struct Slot {
     op: Operation,
     /// Closed when the operation ends, which wakes every waiter at once.
     done: smol::channel::Receiver<()>,
+    /// The operation as it ended, for a waiter that wakes after it was
+    /// pruned.
+    last: Arc<OnceLock<Operation>>,
+    /// When it ended.
+    finished: Option<Instant>,
 }
 
-/// Every operation since the daemon started (they are not persisted).
-#[derive(Clone, Default)]
+/// The operations running and those finished recently (they are not
+/// persisted).
+#[derive(Clone)]
 pub(crate) struct Operations {
     slots: Arc<Mutex<BTreeMap<String, Slot>>>,
+    keep: Duration,
+    max_finished: usize,
+}
+
+impl Default for Operations {
+    fn default() -> Operations {
+        Operations::with_retention(KEEP_FINISHED, MAX_FINISHED)
+    }
 }
 
 impl std::fmt::Debug for Operations {
@@ -68,10 +93,48 @@ impl std::fmt::Debug for Operations {
 }
 
 impl Operations {
+    /// Keeps finished operations for `keep`, and at most `max_finished` of them.
+    pub(crate) fn with_retention(keep: Duration, max_finished: usize) -> Operations {
+        Operations {
+            slots: Arc::default(),
+            keep,
+            max_finished,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (every change is one insert or field write), so poison is ignored.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.prune(&mut map, Instant::now());
+        map
+    }
+
+    /// Forgets what finished more than `keep` before `now`, then the oldest
+    /// finished beyond `max_finished`.
+    fn prune(&self, map: &mut BTreeMap<String, Slot>, now: Instant) {
+        map.retain(|_, s| {
+            s.finished
+                .is_none_or(|t| now.saturating_duration_since(t) < self.keep)
+        });
+        let mut finished: Vec<(Instant, String)> = map
+            .iter()
+            .filter_map(|(id, s)| s.finished.map(|t| (t, id.clone())))
+            .collect();
+        if finished.len() > self.max_finished {
+            finished.sort();
+            let excess = finished.len() - self.max_finished;
+            for (_, id) in finished.into_iter().take(excess) {
+                map.remove(&id);
+            }
+        }
+    }
+
+    /// [`Operations::prune`] as if it were `now` (tests move the clock).
+    #[cfg(test)]
+    fn prune_at(&self, now: Instant) {
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.prune(&mut map, now);
     }
 
     /// Starts `work` on `ex` as a new operation and returns its description.
@@ -122,6 +185,8 @@ impl Operations {
             Slot {
                 op: op.clone(),
                 done: rx,
+                last: Arc::default(),
+                finished: None,
             },
         );
         let work = work(Progress {
@@ -146,6 +211,8 @@ impl Operations {
                     }
                 }
                 op.status_code = op.status.code();
+                slot.finished = Some(Instant::now());
+                let _ = slot.last.set(op.clone());
             }
             tx.close();
         })
@@ -171,7 +238,11 @@ impl Operations {
 
     /// Waits until operation `id` ends or `timeout` passes, then shows it.
     pub(crate) async fn wait(&self, id: &str, timeout: std::time::Duration) -> Option<Operation> {
-        let done = self.lock().get(id)?.done.clone();
+        let (done, last) = {
+            let map = self.lock();
+            let slot = map.get(id)?;
+            (slot.done.clone(), slot.last.clone())
+        };
         let _ = smol::future::or(
             async {
                 let _ = done.recv().await;
@@ -181,7 +252,7 @@ impl Operations {
             },
         )
         .await;
-        self.get(id)
+        self.get(id).or_else(|| last.get().cloned())
     }
 }
 
@@ -246,5 +317,64 @@ mod tests {
             vec![format!("/1.0/operations/{}", op.id)]
         );
         assert_eq!(listed["failure"].len(), 1);
+    }
+
+    #[test]
+    fn finished_operations_are_kept_a_while_and_a_few() {
+        let ex = smol::Executor::new();
+        let keep = Duration::from_secs(300);
+        let ops = Operations::with_retention(keep, 2);
+        let (tx, rx) = smol::channel::bounded::<()>(1);
+        let running = ops.spawn(&ex, "long", BTreeMap::new(), async move {
+            let _ = rx.recv().await;
+            Ok(Value::Null)
+        });
+        let done: Vec<Operation> = (0..3)
+            .map(|_| ops.spawn(&ex, "quick", BTreeMap::new(), async { Ok(Value::Null) }))
+            .collect();
+        smol::block_on(ex.run(async {
+            for op in &done {
+                // Waiting on one that has just finished still answers.
+                let seen = ops.wait(&op.id, Duration::from_secs(10)).await.unwrap();
+                assert_eq!(seen.status, Status::Success);
+                // Finishing times are told apart.
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        }));
+        // Only two finished ones are kept: the oldest went first.
+        assert!(ops.get(&done[0].id).is_none());
+        assert!(ops.get(&done[1].id).is_some());
+        assert!(ops.get(&done[2].id).is_some());
+        // After `keep` the others go too; the running one stays.
+        let now = Instant::now();
+        ops.prune_at(now + keep / 2);
+        assert!(ops.get(&done[2].id).is_some());
+        ops.prune_at(now + keep);
+        assert!(ops.get(&done[1].id).is_none());
+        assert!(ops.get(&done[2].id).is_none());
+        ops.prune_at(now + keep * 1000);
+        assert_eq!(ops.get(&running.id).unwrap().status, Status::Running);
+        assert_eq!(ops.by_status().get("running").map(Vec::len), Some(1));
+        assert_eq!(ops.by_status().get("success"), None);
+        tx.close();
+        smol::block_on(ex.run(async {
+            let seen = ops.wait(&running.id, Duration::from_secs(10)).await;
+            assert_eq!(seen.unwrap().status, Status::Success);
+        }));
+    }
+
+    #[test]
+    fn a_waiter_sees_the_end_even_if_it_was_pruned_meanwhile() {
+        let ex = smol::Executor::new();
+        // Nothing finished is kept at all.
+        let ops = Operations::with_retention(Duration::ZERO, 0);
+        let op = ops.spawn(&ex, "quick", BTreeMap::new(), async {
+            Ok(serde_json::json!({"x": 2}))
+        });
+        smol::block_on(ex.run(async {
+            let seen = ops.wait(&op.id, Duration::from_secs(10)).await.unwrap();
+            assert_eq!(seen.metadata["x"], 2);
+        }));
+        assert!(ops.get(&op.id).is_none());
     }
 }

@@ -18,7 +18,7 @@ use smol::lock::Semaphore;
 use smol::net::{TcpListener, TcpStream};
 use smol::Executor;
 
-use crate::admission::{handshake, take_slot, PerPeer};
+use crate::admission::{handshake, network_peer, take_slot, PerPeer};
 use crate::daemon::{serve, DaemonOptions, Shared};
 use crate::log::log;
 
@@ -26,14 +26,20 @@ use crate::log::log;
 /// `pinned` is the listener for `--https`, bound before start-up went on
 /// so that a bad address stops the daemon; a bad `core.https_address` is
 /// only logged, since the API call that set it has already succeeded.
+/// TCP has slots of its own, kept across rebinds (connections to the old
+/// address stay counted): however many the network holds, the Unix socket
+/// keeps all of its slots.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
     tls: TlsAcceptor,
     opts: DaemonOptions,
-    slots: Arc<Semaphore>,
     mut pinned: Option<TcpListener>,
 ) {
+    let admission = Admission {
+        slots: Arc::new(Semaphore::new(opts.max_connections)),
+        per_peer: Arc::new(Mutex::new(HashMap::new())),
+    };
     let mut current: Option<(SocketAddr, smol::Task<()>)> = None;
     loop {
         let want = opts.https.or_else(|| shared.settings().https_address());
@@ -59,7 +65,7 @@ pub(crate) async fn supervise(
                             listener,
                             tls.clone(),
                             opts.clone(),
-                            slots.clone(),
+                            admission.clone(),
                         ));
                         // Remember what was asked for, so an unchanged
                         // setting with port 0 does not rebind.
@@ -73,15 +79,22 @@ pub(crate) async fn supervise(
     }
 }
 
+/// The TCP listener's slots, and how many each network peer holds.
+#[derive(Clone)]
+struct Admission {
+    slots: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
     tls: TlsAcceptor,
     opts: DaemonOptions,
-    slots: Arc<Semaphore>,
+    admission: Admission,
 ) {
-    let per_ip = Arc::new(Mutex::new(HashMap::new()));
+    let Admission { slots, per_peer } = admission;
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -91,12 +104,17 @@ async fn accept_loop(
                 continue;
             }
         };
-        // A quarter of all slots per address, as per uid on the Unix socket.
-        let Some(ip_slot) = PerPeer::claim(&per_ip, addr.ip(), opts.max_connections, false) else {
-            log!(Warn, "connection from {addr} refused: too many open");
+        // A quarter of the slots per address (per /64 for IPv6), as per
+        // uid on the Unix socket.
+        let peer = network_peer(addr.ip());
+        let Some(ip_slot) = PerPeer::claim(&per_peer, peer, opts.max_connections, false) else {
+            log!(
+                Warn,
+                "connection from {addr} refused: too many open from {peer}"
+            );
             continue;
         };
-        let Some(slot) = take_slot(&slots, opts.max_connections) else {
+        let Some(slot) = take_slot(&slots, opts.max_connections, "TCP") else {
             continue;
         };
         let _ = stream.set_nodelay(true);

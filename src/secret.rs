@@ -92,39 +92,117 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Failed attempts per peer (a uid on the Unix socket). A few mistakes cost
-/// nothing; after that each failure doubles the wait before the next attempt
-/// is even looked at, up to `max_delay`. One attempt per peer is in flight
-/// at a time, so parallel connections do not multiply the guessing rate.
+/// Peers the limiter remembers at most: each costs about a hundred bytes, so
+/// a flood of source addresses costs a bounded amount of memory.
+const LIMITER_CAPACITY: usize = 4096;
+
+/// A peer quiet this long after its last wait is forgotten: long enough
+/// that forgetting does not help a patient guesser much (a few free
+/// mistakes a day), short enough that the map does not fill with the past.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Failed attempts per peer (a uid on the Unix socket, an address or IPv6
+/// /64 over TCP). A few mistakes cost nothing; after that each failure
+/// doubles the wait before the next attempt is even looked at, up to
+/// `max_delay`. One attempt per peer is in flight at a time, so parallel
+/// connections do not multiply the guessing rate. A peer quiet for a day
+/// after its last wait is forgotten; when the map is full the peer heard
+/// from least recently is.
 #[derive(Debug)]
 pub(crate) struct RateLimiter<K> {
     free: u32,
     base: Duration,
     max_delay: Duration,
+    capacity: usize,
     peers: HashMap<K, Peer>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Peer {
     failures: u32,
     not_before: Option<Instant>,
     in_flight: bool,
+    /// When this peer last began or failed an attempt.
+    seen: Instant,
 }
 
-impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+impl Peer {
+    fn new(now: Instant) -> Peer {
+        Peer {
+            failures: 0,
+            not_before: None,
+            in_flight: false,
+            seen: now,
+        }
+    }
+
+    /// Whether nothing about this peer needs remembering at `now`. An
+    /// attempt takes a second at most, so one still in flight after a day
+    /// was lost, and is forgotten too.
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.not_before.unwrap_or(self.seen).max(self.seen) + FORGET_AFTER
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
     /// `free` failures without delay, then `base`, 2×`base`, … up to `max_delay`.
     pub(crate) fn new(free: u32, base: Duration, max_delay: Duration) -> RateLimiter<K> {
         RateLimiter {
             free,
             base,
             max_delay,
+            capacity: LIMITER_CAPACITY,
             peers: HashMap::new(),
+        }
+    }
+
+    /// Remember at most `n` peers (tests use a small map).
+    #[cfg(test)]
+    fn with_capacity(mut self, n: usize) -> RateLimiter<K> {
+        self.capacity = n.max(1);
+        self
+    }
+
+    /// How many peers are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Makes room for one more peer: the expired go first, then, if the
+    /// map is still full, the one heard from least recently (never one with
+    /// an attempt in flight, whose `finish` is still to come).
+    fn make_room(&mut self, now: Instant) {
+        if self.peers.len() < self.capacity {
+            return;
+        }
+        self.peers.retain(|_, p| !p.expired(now));
+        while self.peers.len() >= self.capacity {
+            let Some(oldest) = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.in_flight)
+                .min_by_key(|(_, p)| p.seen)
+                .map(|(k, _)| k.clone())
+            else {
+                // Every remembered peer is mid-attempt: at most one each,
+                // so this is bounded by the connection slots.
+                return;
+            };
+            self.peers.remove(&oldest);
         }
     }
 
     /// Claims an attempt for `peer` at `now`, or says how long to wait.
     pub(crate) fn begin(&mut self, peer: K, now: Instant) -> Result<(), Duration> {
-        let p = self.peers.entry(peer).or_default();
+        if !self.peers.contains_key(&peer) {
+            self.make_room(now);
+        }
+        let p = self.peers.entry(peer).or_insert_with(|| Peer::new(now));
+        if p.expired(now) {
+            *p = Peer::new(now);
+        }
+        p.seen = p.seen.max(now);
         if p.in_flight {
             return Err(self.base.max(Duration::from_secs(1)));
         }
@@ -144,8 +222,13 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
             return;
         }
         let (free, base, max) = (self.free, self.base, self.max_delay);
-        let p = self.peers.entry(peer).or_default();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            // Only an attempt `begin` allowed is finished, and its entry is
+            // never evicted while in flight.
+            return;
+        };
         p.in_flight = false;
+        p.seen = p.seen.max(now);
         p.failures = p.failures.saturating_add(1);
         if p.failures > free {
             let exp = (p.failures - free - 1).min(20);
@@ -231,5 +314,47 @@ mod tests {
         }
         let t = t0 + Duration::from_secs(4000);
         assert_eq!(rl.begin(1, t), Err(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn the_map_is_bounded_and_the_quiet_are_forgotten() {
+        let s = Duration::from_secs(1);
+        let ms = Duration::from_millis(1);
+        let mut rl = RateLimiter::new(0, s, Duration::from_secs(60)).with_capacity(3);
+        let t0 = Instant::now();
+        for peer in 0..3u32 {
+            rl.begin(peer, t0 + peer * ms).unwrap();
+            rl.finish(peer, false, t0 + peer * ms);
+        }
+        // Peer 1 tries again later, so peer 0 is the least recent.
+        rl.begin(1, t0 + 2 * s).unwrap();
+        rl.finish(1, false, t0 + 2 * s);
+        rl.begin(3, t0 + 2 * s).unwrap();
+        assert_eq!(rl.len(), 3);
+        assert!(rl.begin(0, t0 + 2 * s).is_ok(), "evicted, so forgotten");
+        assert!(rl.begin(1, t0 + 2 * s).is_err(), "still remembered");
+        // Peers 0 and 3 have attempts in flight: they stay, and a flood of
+        // new peers never grows the map.
+        for peer in 100..1000 {
+            let _ = rl.begin(peer, t0 + 3 * s);
+            rl.finish(peer, false, t0 + 3 * s);
+            assert!(rl.len() <= 3);
+        }
+        assert!(rl.begin(3, t0 + 3 * s).is_err(), "in flight: kept");
+        // Quiet for a day after the last wait: a fresh start.
+        let mut rl = RateLimiter::new(1, s, Duration::from_secs(60));
+        for t in [0, 0, 1, 3] {
+            rl.begin(9, t0 + t * s).unwrap();
+            rl.finish(9, false, t0 + t * s);
+        }
+        assert_eq!(rl.begin(9, t0 + 5 * s), Err(2 * s));
+        let later = t0 + 7 * s + FORGET_AFTER;
+        assert!(rl.begin(9, later - s).is_ok());
+        rl.finish(9, false, later - s);
+        assert!(rl.begin(9, later - s).is_err(), "remembered until then");
+        let later = later - s + 8 * s + FORGET_AFTER;
+        assert!(rl.begin(9, later).is_ok());
+        rl.finish(9, false, later);
+        assert!(rl.begin(9, later).is_ok(), "one free mistake again");
     }
 }

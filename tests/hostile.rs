@@ -262,23 +262,88 @@ fn hostile_input_is_refused_and_the_daemon_survives() {
     assert!(status.success());
 }
 
+/// Holds one idle connection to `socket` as `uid` (gid 0, the admin group
+/// of these daemons) through a real peer (perl) that never says a word.
+fn hold_as(uid: u32, socket: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            "0",
+            "--clear-groups",
+        ])
+        .args(["perl", "-MIO::Socket::UNIX", "-e"])
+        .arg(
+            "$| = 1; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"$!\\n\"; \
+             print \"open\\n\"; sysread($s, my $b, 1); sleep 60",
+        )
+        .arg(socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "open\n");
+    child
+}
+
 #[test]
 fn connection_count_is_bounded() {
     let scratch = common::scratch();
     let dir = scratch.path();
     let conf = dir.join("conf");
-    let mut d = start(dir, &["--max-connections", "3"]);
-    // Three idle connections hold every slot…
-    let held: Vec<UnixStream> = (0..3)
-        .map(|_| UnixStream::connect(&d.socket).unwrap())
-        .collect();
+    if !daemon::is_root() {
+        // Unprivileged, every connection is this uid's: it may hold a
+        // quarter of the slots (one of three), and the next is closed at
+        // once instead of queueing without bound.
+        let mut d = start(dir, &["--max-connections", "3"]);
+        let held = UnixStream::connect(&d.socket).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let id = ClientIdentity::load_or_create(&conf).unwrap();
+        assert!(Client::connect_unix(&d.socket, &id).is_err());
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        still_serves(&mut d, &conf);
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // Default timeouts, so that the silent holders stay for the test.
+    let mut d = Daemon::start(
+        &common::bin(),
+        dir,
+        &["--group", "root", "--max-connections", "4"],
+    );
+    // Four uids hold a slot each (a quarter of four): all are taken…
+    let mut held: Vec<_> = (0..4).map(|i| hold_as(61_300 + i, &d.socket)).collect();
     std::thread::sleep(Duration::from_millis(200));
-    // …so a fourth is closed at once instead of queueing without bound.
-    let id = ClientIdentity::load_or_create(&conf).unwrap();
-    assert!(Client::connect_unix(&d.socket, &id).is_err());
-    drop(held);
-    std::thread::sleep(Duration::from_millis(200));
+    // …so a fifth uid is closed at once, and told so on one line.
+    let other = dir.join("conf-other");
+    std::fs::create_dir(&other).unwrap();
+    std::os::unix::fs::chown(&other, Some(61_304), Some(0)).unwrap();
+    let socket = d.socket.clone();
+    let as_other = || {
+        program("setpriv")
+            .args(["--reuid", "61304", "--regid", "0", "--clear-groups"])
+            .arg(common::bin())
+            .args(["--applet", "kvmbox", "info"])
+            .env("KVMBOX_CONF", &other)
+            .env("KVMBOX_SOCKET", &socket)
+    };
+    as_other().fails().code_is(1).stderr_one_line();
+    // Root is never refused.
     still_serves(&mut d, &conf);
+    for h in &mut held {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    held.clear();
+    std::thread::sleep(Duration::from_millis(200));
+    as_other().succeeds();
     assert!(d.log_text().contains("connections already open"));
 }
 

@@ -11,7 +11,7 @@ mod daemon;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{applet, bin};
 use daemon::Daemon;
@@ -31,22 +31,7 @@ impl Server {
     fn start(dir: &Path, port: u16) -> Server {
         let want = format!("127.0.0.1:{port}");
         let daemon = Daemon::start(&bin(), dir, &["--group", "root", "--https", &want]);
-        let start = Instant::now();
-        let addr = loop {
-            let log = daemon.log_text();
-            if let Some(a) = log
-                .lines()
-                .rev()
-                .find_map(|l| l.split("listening on https://").nth(1))
-            {
-                break a.trim().to_string();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no TCP listener: {log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let addr = daemon.https_address();
         Server {
             daemon,
             addr,

@@ -11,7 +11,7 @@ pub(crate) mod process;
 mod tty;
 mod user;
 
-pub(crate) use net::{peer_cred, PeerCred};
+pub(crate) use net::{peer_cred, send_nosignal, PeerCred};
 pub(crate) use tty::read_secret;
 pub(crate) use user::{group_gid, proc_groups};
 
@@ -52,7 +52,9 @@ pub(crate) fn kernel_release() -> String {
 /// Restores the default SIGPIPE action, so that a command-line applet whose
 /// reader went away (`kvmbox-cert show … | head -1`) ends quietly like any
 /// Unix tool instead of failing on EPIPE. Never call it in the daemon, which
-/// must see EPIPE on a closed socket rather than die.
+/// must see EPIPE on a closed socket rather than die; the client writes to
+/// its socket with [`send_nosignal`], so a daemon that hangs up is an error
+/// it reports, not a silent death.
 pub fn default_sigpipe() {
     // SAFETY: signal() with SIG_DFL installs no handler code; it only changes
     // this process's disposition for SIGPIPE and has no memory effects.

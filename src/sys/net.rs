@@ -79,6 +79,23 @@ fn peer_groups(fd: libc::c_int) -> Option<Vec<u32>> {
     None
 }
 
+/// Writes to a connected socket with MSG_NOSIGNAL: a peer that has gone
+/// is reported as EPIPE instead of killing this process with SIGPIPE,
+/// which the command-line applets leave at its default for their output.
+pub(crate) fn send_nosignal(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole
+    // call, and send(2) only reads from it; a bad descriptor is an error.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,10 +19,24 @@ impl Daemon {
     /// Starts `bin --applet kvmboxd --state-dir DIR/state` with `extra`
     /// arguments and waits for its socket.
     pub fn start(bin: &Path, dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_in(&[], bin, dir, extra)
+    }
+
+    /// [`Daemon::start`] under `wrapper` (a program and its arguments that
+    /// end by running the rest, such as `unshare --net …`).
+    pub fn start_in(wrapper: &[&str], bin: &Path, dir: &Path, extra: &[&str]) -> Daemon {
         let state = dir.join("state");
         let socket = state.join("unix.socket");
         let log = dir.join("kvmboxd.log");
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(["--applet", "kvmboxd", "--state-dir"])
             .arg(&state)
             .args(extra)
@@ -47,6 +61,27 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         d
+    }
+
+    /// Where the TLS listener is bound (`HOST:PORT` as the daemon logs it),
+    /// waiting up to 10 s for it to listen.
+    pub fn https_address(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log_text();
+            if let Some(a) = log
+                .lines()
+                .rev()
+                .find_map(|l| l.split("listening on https://").nth(1))
+            {
+                return a.trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no TCP listener: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,265 @@
+//! The server side of an accepted websocket (RFC 6455), as much as
+//! `/1.0/events` needs: nothing is sent on it yet but pings, which tell a
+//! live peer from one that vanished without closing (a dead TCP peer sends
+//! no FIN, and an idle one would otherwise hold its slot for ever).
+//!
+//! A peer is pinged after `every` of silence and dropped if it sends no
+//! complete frame within `every` again. Pings are answered with pongs, a
+//! close frame with a close frame; data frames are read and ignored.
+
+use std::time::Duration;
+
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::daemon::timed;
+use crate::log::log;
+
+/// The largest frame a peer may send; a client has nothing to say on the
+/// events socket, so this only bounds the buffer.
+const MAX_FRAME: usize = 64 * 1024;
+
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Close codes (RFC 6455 §7.4.1).
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("a client frame was not masked")]
+    Unmasked,
+    #[error("a frame of {0} bytes is larger than allowed")]
+    TooBig(u64),
+    #[error("unknown opcode {0:#x}")]
+    Opcode(u8),
+    #[error("a control frame was fragmented or longer than 125 bytes")]
+    BadControl,
+}
+
+impl Error {
+    fn close_code(&self) -> u16 {
+        match self {
+            Error::TooBig(_) => CLOSE_TOO_BIG,
+            _ => CLOSE_PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// A frame from the peer, unmasked.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Close(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong,
+    Data,
+}
+
+/// The first complete frame in `buf` and its length on the wire, or `None`
+/// when more bytes are needed.
+fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, Error> {
+    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
+    if b1 & 0x80 == 0 {
+        return Err(Error::Unmasked);
+    }
+    let (len, mut at) = match b1 & 0x7F {
+        126 => match buf.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
+            Some(b) => (u64::from(u16::from_be_bytes(b)), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (u64::from_be_bytes(b), 10),
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    let is_control = opcode & 0x8 != 0;
+    if is_control && (!fin || len > 125) {
+        return Err(Error::BadControl);
+    }
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_FRAME)
+        .ok_or(Error::TooBig(len))?;
+    let Some(mask) = buf.get(at..at + 4) else {
+        return Ok(None);
+    };
+    at += 4;
+    let Some(payload) = buf.get(at..at + len) else {
+        return Ok(None);
+    };
+    let unmasked = || {
+        payload
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect()
+    };
+    let frame = match opcode {
+        0x0..=0x2 => Frame::Data,
+        OP_CLOSE => Frame::Close(unmasked()),
+        OP_PING => Frame::Ping(unmasked()),
+        OP_PONG => Frame::Pong,
+        op => return Err(Error::Opcode(op)),
+    };
+    Ok(Some((frame, at + len)))
+}
+
+/// A server frame (never masked) carrying at most 125 bytes.
+fn control(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let payload = payload.get(..125).unwrap_or(payload);
+    let mut out = vec![0x80 | opcode, payload.len() as u8];
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Serves an accepted websocket until the peer closes it, breaks the
+/// protocol, or stays silent for `every` after being pinged.
+pub(crate) async fn hold<S>(stream: &mut S, every: Duration, who: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut pinged = false;
+    loop {
+        // A read is cancelled by the timer only before it returns data, so
+        // nothing is lost between iterations: partial frames wait in `buf`.
+        let n = match timed(every, stream.read(&mut chunk)).await {
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(n)) => n,
+            None if pinged => {
+                log!(Info, "websocket of {who} dropped: no answer to a ping");
+                return;
+            }
+            None => {
+                pinged = true;
+                if !send(stream, &control(OP_PING, b""), every).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        loop {
+            let (frame, used) = match parse(&buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    log!(Info, "websocket of {who} closed: {e}");
+                    let code = e.close_code().to_be_bytes();
+                    let _ = send(stream, &control(OP_CLOSE, &code), every).await;
+                    return;
+                }
+            };
+            buf.drain(..used);
+            // Any complete frame shows the peer is there.
+            pinged = false;
+            match frame {
+                Frame::Close(payload) => {
+                    // Echo the status code, as RFC 6455 §5.5.1 asks.
+                    let code = payload.get(..2).unwrap_or_default();
+                    let _ = send(stream, &control(OP_CLOSE, code), every).await;
+                    return;
+                }
+                Frame::Ping(payload) => {
+                    if !send(stream, &control(OP_PONG, &payload), every).await {
+                        return;
+                    }
+                }
+                Frame::Pong | Frame::Data => {}
+            }
+        }
+    }
+}
+
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], limit: Duration) -> bool {
+    matches!(
+        timed(limit, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await,
+        Some(Ok(()))
+    )
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+    use super::*;
+
+    /// A client frame: masked, as RFC 6455 requires.
+    fn client(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    #[test]
+    fn frames_are_unmasked_and_partial_ones_wait() {
+        let ping = client(OP_PING, b"hi");
+        assert_eq!(
+            parse(&ping).unwrap(),
+            Some((Frame::Ping(b"hi".to_vec()), ping.len()))
+        );
+        for cut in 0..ping.len() {
+            assert_eq!(parse(&ping[..cut]).unwrap(), None, "{cut}");
+        }
+        let mut two = client(OP_CLOSE, &1000u16.to_be_bytes());
+        two.extend(client(0x1, b"ignored"));
+        let (frame, used) = parse(&two).unwrap().unwrap();
+        assert_eq!(frame, Frame::Close(vec![0x03, 0xE8]));
+        assert_eq!(parse(&two[used..]).unwrap().unwrap().0, Frame::Data);
+        let long = client(0x2, &[7u8; 300]);
+        assert_eq!(parse(&long).unwrap(), Some((Frame::Data, long.len())));
+        assert_eq!(
+            parse(&client(OP_PONG, b"")).unwrap().unwrap().0,
+            Frame::Pong
+        );
+    }
+
+    #[test]
+    fn broken_frames_are_refused() {
+        let mut unmasked = client(OP_PING, b"");
+        unmasked[1] &= 0x7F;
+        assert_eq!(parse(&unmasked), Err(Error::Unmasked));
+        assert_eq!(parse(&client(0x3, b"")), Err(Error::Opcode(3)));
+        assert_eq!(parse(&client(OP_PING, &[0; 126])), Err(Error::BadControl));
+        let mut fragmented = client(OP_PING, b"");
+        fragmented[0] &= 0x7F;
+        assert_eq!(parse(&fragmented), Err(Error::BadControl));
+        // Refused from the header alone: nothing that large is buffered.
+        let huge = [0x82, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(parse(&huge), Err(Error::TooBig(1 << 32)));
+        assert_eq!(Error::TooBig(1).close_code(), 1009);
+    }
+
+    #[test]
+    fn server_control_frames_are_unmasked_and_short() {
+        assert_eq!(control(OP_PING, b""), [0x89, 0x00]);
+        assert_eq!(control(OP_CLOSE, &[3, 0xE8]), [0x88, 0x02, 3, 0xE8]);
+        assert_eq!(control(OP_PONG, &[1; 200]).len(), 127);
+    }
+}
