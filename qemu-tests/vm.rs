@@ -11,7 +11,7 @@
     reason = "a failed test should panic"
 )]
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -186,7 +186,6 @@ fn guest_lifecycle() {
                 "QEMU kept supplementary groups"
             );
             let meta = std::fs::metadata(dir.join("qemu")).unwrap();
-            use std::os::unix::fs::MetadataExt;
             assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o700));
         }
         let st = vm.status().await.unwrap();
@@ -218,6 +217,26 @@ fn guest_lifecycle() {
         vm.hotplug_disk(&data, &pin).await.unwrap();
         wait_console(&dir, "KVMBOX-DISK vda", Duration::from_secs(30));
         eprintln!("hotplug → disk seen in the guest: {:?}", t.elapsed());
+
+        // A disk QEMU refuses (raw, said to be qcow2) goes back to its owner
+        // at once: no record will name it.
+        let raw = tmp.path().join("raw.img");
+        std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let bad_pin = Pin::of(&raw).unwrap();
+        let bad = Disk {
+            id: "bad".into(),
+            path: bad_pin.real.clone(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        };
+        assert!(vm.hotplug_disk(&bad, &bad_pin).await.is_err());
+        let meta = std::fs::metadata(&raw).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777),
+            (bad_pin.uid, 0o640),
+            "a refused disk stays with the VM"
+        );
 
         // The daemon "restarts": the handle goes, the VM stays and is adopted.
         drop(vm);
@@ -408,7 +427,6 @@ fn disk_boot_runs_the_firmware_on_a_qcow2_root() {
         let mut vm = Vm::spawn(&spec).await.unwrap();
         assert!(vm.status().await.unwrap().running);
         if let Identity::Isolated { uid, .. } = spec.identity {
-            use std::os::unix::fs::MetadataExt;
             let meta = std::fs::metadata(&root).unwrap();
             assert_eq!(
                 (meta.uid(), meta.mode() & 0o777),

@@ -7,7 +7,7 @@
 //! Roles are checked by the route table before any of this runs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::api::{error, operation, sync, Identity, Peer};
 use crate::daemon::Shared;
 use crate::hostfile::{self, Error as HostFileError, Need, Opener, Pin};
 use crate::http::{Request, Response};
-use crate::instances::{Device, Error, DEFAULT_UID_RANGE};
+use crate::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
 use crate::log::log;
 use crate::settings::INSTANCES_UID_RANGE;
 use crate::sys::fs::Creds;
@@ -222,50 +222,99 @@ fn refused(e: &HostFileError) -> Response {
     }
 }
 
-/// Checks, as the daemon will use them, the host files that `config` and
-/// `devices` name: a kernel and initrd must be readable by the caller; a
-/// disk, which the daemon hands to the VM's uid and back, must belong to
-/// the caller (whatever `readonly` says). Disk sources in `known` were
-/// checked before and keep their pins. A caller without full access to the
-/// host may not make QEMU run as root either (`security.privileged`).
-fn check_files(
+/// Values that turn a protection off: only a caller with full access to
+/// the host sets them (a privileged QEMU opens every path as root).
+const LOOSENING: &[(&str, &str)] = &[
+    ("security.privileged", "true"),
+    ("security.apparmor", "off"),
+];
+
+/// How long opening the host files of one request may take: a path on a
+/// filesystem the caller controls (FUSE) could otherwise hold it for ever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks what a change to an instance (`current`, none when it is made)
+/// may do for a caller without full access to the host: not turn a
+/// protection off, not touch an instance that runs privileged; then opens,
+/// as the daemon will use them, the host files `config` and `devices` name.
+/// A kernel and initrd must be readable by the caller; a disk, which the
+/// daemon hands to the VM's uid and back, must belong to the caller
+/// (whatever `readonly` says). Disk sources `current` has keep the pins
+/// they were checked with.
+async fn check_files(
     id: &Identity,
     config: &BTreeMap<String, String>,
     devices: &BTreeMap<String, Device>,
-    known: &[String],
+    current: Option<&Record>,
 ) -> Result<BTreeMap<String, Pin>, Response> {
-    if config.get("security.privileged").map(String::as_str) == Some("true") && !full_access(id) {
-        return Err(error(
-            403,
-            "not authorized: only root or an admin of all projects may set security.privileged",
-        ));
+    if !full_access(id) {
+        if let Some(r) = current.filter(|r| r.privileged()) {
+            return Err(error(
+                403,
+                &format!(
+                    "not authorized: instance {:?} runs privileged: only root or an admin of \
+                     all projects may change it",
+                    r.name
+                ),
+            ));
+        }
+        for (k, v) in LOOSENING {
+            let now = current.and_then(|r| r.config.get(*k)).map(String::as_str);
+            if config.get(*k).map(String::as_str) == Some(v) && now != Some(v) {
+                return Err(error(
+                    403,
+                    &format!(
+                        "not authorized: only root or an admin of all projects may set {k}={v}"
+                    ),
+                ));
+            }
+        }
     }
-    let mut pins = BTreeMap::new();
+    let known: Vec<&String> = current.map(|r| r.pins.keys().collect()).unwrap_or_default();
     let files = ["boot.kernel", "boot.initrd"]
         .iter()
         .filter_map(|k| config.get(*k))
         .filter(|v| !v.is_empty())
-        .map(|v| (v, Need::Read))
+        .map(|v| (PathBuf::from(v), Need::Read))
         .chain(
             devices
                 .values()
                 .filter(|d| d.get("type").map(String::as_str) == Some("disk"))
                 .filter_map(|d| d.get("source"))
                 .filter(|s| !known.contains(s))
-                .map(|s| (s, Need::Own)),
+                .map(|s| (PathBuf::from(s), Need::Own)),
         )
         .collect::<Vec<_>>();
     if files.is_empty() {
-        return Ok(pins);
+        return Ok(BTreeMap::new());
     }
     let who = opener(id)?;
-    for (path, need) in files {
-        let (_, pin) = hostfile::check(Path::new(path), &who, need).map_err(|e| refused(&e))?;
-        if need == Need::Own {
-            pins.insert(path.clone(), pin);
-        }
+    let checked = crate::daemon::timed(
+        OPEN_TIMEOUT,
+        smol::unblock(move || {
+            let mut pins = BTreeMap::new();
+            for (path, need) in files {
+                let (_, pin) = hostfile::check(&path, &who, need)?;
+                if need == Need::Own {
+                    pins.insert(path.display().to_string(), pin);
+                }
+            }
+            Ok(pins)
+        }),
+    )
+    .await;
+    match checked {
+        Some(Ok(pins)) => Ok(pins),
+        Some(Err(e)) => Err(refused(&e)),
+        None => Err(too_slow()),
     }
-    Ok(pins)
+}
+
+fn too_slow() -> Response {
+    error(
+        400,
+        &format!("opening the host files named took longer than {OPEN_TIMEOUT:?}"),
+    )
 }
 
 /// The body of `POST /1.0/instances` (LXD's `InstancesPost`; fields LXD
@@ -338,7 +387,7 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
             )
         }
     };
-    let pins = match check_files(id, &b.config, &b.devices, &[]) {
+    let pins = match check_files(id, &b.config, &b.devices, None).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -392,16 +441,18 @@ async fn update(
     });
     // Disks the instance has already keep the pins they were checked with:
     // the VM's uid may own them by now.
-    let known = match shared.instances.disk_sources(name) {
-        Ok(k) => k,
+    let current = match shared.instances.record(name) {
+        Ok(r) => r,
         Err(e) => return fail(&e),
     };
     let pins = match check_files(
         id,
         config.as_ref().unwrap_or(&BTreeMap::new()),
         b.devices.as_ref().unwrap_or(&BTreeMap::new()),
-        &known,
-    ) {
+        Some(&current),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -497,11 +548,20 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     if !b.source.path.is_absolute() {
         return error(400, "the image path must be absolute");
     }
-    let file = match opener(id)
-        .and_then(|who| hostfile::check(&b.source.path, &who, Need::Read).map_err(|e| refused(&e)))
-    {
-        Ok((file, _)) => file,
+    let who = match opener(id) {
+        Ok(w) => w,
         Err(r) => return r,
+    };
+    let source = b.source.path.clone();
+    let opened = crate::daemon::timed(
+        OPEN_TIMEOUT,
+        smol::unblock(move || hostfile::check(&source, &who, Need::Read)),
+    )
+    .await;
+    let file = match opened {
+        Some(Ok((file, _))) => file,
+        Some(Err(e)) => return refused(&e),
+        None => return too_slow(),
     };
     let ex = match shared.instances.executor() {
         Ok(ex) => ex,

@@ -66,6 +66,10 @@ pub enum Error {
     NotOwner(PathBuf),
     #[error("{}: only the daemon's own user may name host paths while it does not run as root", .0.display())]
     Unprivileged(PathBuf),
+    #[error("{}: a link loop, or a link of /proc or /dev/fd, is on its path", .0.display())]
+    Loop(PathBuf),
+    #[error("{}: this kernel cannot open files as another user safely (openat2 needs Linux 5.6); only root may name host paths", .0.display())]
+    OldKernel(PathBuf),
     #[error("{} is no longer the file that was checked ({why}); remove the device and add it again", path.display())]
     Changed { path: PathBuf, why: &'static str },
     #[error("cannot open {}", path.display())]
@@ -87,10 +91,8 @@ fn opened(path: &Path, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR) => Error::Missing(path.into()),
         Some(libc::EACCES | libc::EPERM) => Error::Denied(path.into()),
-        Some(libc::ELOOP) => Error::Changed {
-            path: path.into(),
-            why: "a link is in its path",
-        },
+        Some(libc::ELOOP) => Error::Loop(path.into()),
+        Some(libc::ENOSYS) => Error::OldKernel(path.into()),
         _ => Error::Io {
             path: path.into(),
             source: e,
@@ -185,23 +187,43 @@ impl Pin {
         ids: Option<(u32, u32)>,
         mode: u32,
     ) -> Result<(), Error> {
+        self.set(owners, ids, mode, false)
+    }
+
+    /// Gives the file back to the owner and mode it had when checked, if it
+    /// is still the pinned file and belongs to `holder` (the VM's uid it was
+    /// handed to) or already to its owner. Whatever the holder granted
+    /// itself in an access ACL goes first: owner and mode alone would leave
+    /// it that access.
+    pub(crate) fn give_back(&self, holder: u32) -> Result<(), Error> {
+        self.set(
+            &[holder, self.uid],
+            Some((self.uid, self.gid)),
+            self.mode,
+            true,
+        )
+    }
+
+    fn set(
+        &self,
+        owners: &[u32],
+        ids: Option<(u32, u32)>,
+        mode: u32,
+        drop_acl: bool,
+    ) -> Result<(), Error> {
         let file = self.open(owners)?;
         let io = |source| Error::Io {
             path: self.real.clone(),
             source,
         };
+        if drop_acl {
+            sysfs::remove_acl(&file).map_err(io)?;
+        }
         if let Some((uid, gid)) = ids {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io)?;
         }
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io)
-    }
-
-    /// Gives the file back to the owner and mode it had when checked, if it
-    /// is still the pinned file and belongs to `holder` (the VM's uid it was
-    /// handed to) or already to its owner.
-    pub(crate) fn give_back(&self, holder: u32) -> Result<(), Error> {
-        self.chown(&[holder, self.uid], Some((self.uid, self.gid)), self.mode)
     }
 }
 
@@ -209,6 +231,7 @@ impl Pin {
 #[allow(clippy::unwrap_used, reason = "a failed test should panic")]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn a_pin_refuses_what_replaced_its_file() {
@@ -239,6 +262,30 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::rename(d.path().join("moved"), &dir).unwrap();
         pin.open(&[me]).unwrap();
+    }
+
+    #[test]
+    fn what_the_holder_granted_itself_goes_with_the_file() {
+        if crate::sys::euid() != 0 {
+            eprintln!("skipped: handing a file to another uid needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("disk");
+        std::fs::write(&f, b"disk").unwrap();
+        let (_, pin) = check(&f, &Opener::Daemon, Need::Own).unwrap();
+        let vm = 4_000_000;
+        pin.chown(&[pin.uid], Some((vm, vm)), 0o600).unwrap();
+        let file = std::fs::File::open(&f).unwrap();
+        if let Err(e) = sysfs::grant_acl(&file, vm) {
+            eprintln!("skipped: no ACLs here ({e})");
+            return;
+        }
+        assert!(sysfs::has_acl(&file));
+        pin.give_back(vm).unwrap();
+        assert!(!sysfs::has_acl(&file), "the ACL outlived the hand-back");
+        let m = file.metadata().unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (pin.uid, pin.mode));
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl Manager {
             let path = e.path().join("instance.json");
             let rec: Record = match fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .and_then(|b| Record::from_json(&b))
             {
                 Ok(r) => r,
                 Err(why) => {
@@ -362,10 +362,9 @@ impl Manager {
         lock(&self.entries).keys().cloned().collect()
     }
 
-    /// The disk sources instance `name` has now (each with its pin).
-    pub(crate) fn disk_sources(&self, name: &str) -> Result<Vec<String>, Error> {
-        let rec = current(&*self.entry(name)?)?;
-        Ok(rec.pins.keys().cloned().collect())
+    /// Instance `name` as stored now.
+    pub(crate) fn record(&self, name: &str) -> Result<Record, Error> {
+        current(&*self.entry(name)?)
     }
 
     pub(crate) fn get(&self, name: &str, state: bool) -> Result<Value, Error> {

@@ -174,6 +174,11 @@ fn ids(identity: Identity) -> Option<(u32, u32)> {
     }
 }
 
+/// The uid that owns what is handed to a VM running as `identity`.
+fn holder(identity: Identity) -> u32 {
+    ids(identity).map_or_else(process::euid, |(uid, _)| uid)
+}
+
 /// Makes `path` the VM's own: owned by its uid, closed to everyone else.
 /// The change goes through a descriptor opened without following a final
 /// symlink: the VM's uid can plant links in its own directory, and root
@@ -200,8 +205,7 @@ fn give_disk(pins: &[Pin], disk: &Disk, identity: Identity) -> Result<(), Error>
         .iter()
         .find(|p| p.real == disk.path)
         .ok_or_else(|| Error::Unpinned(disk.path.clone()))?;
-    let holder = ids(identity).map_or_else(process::euid, |(uid, _)| uid);
-    Ok(pin.chown(&[pin.uid, holder], ids(identity), 0o600)?)
+    Ok(pin.chown(&[pin.uid, holder(identity)], ids(identity), 0o600)?)
 }
 
 /// Reads a file the VM's uid may control, as root: no symlinks, bounded.
@@ -622,22 +626,27 @@ impl Vm {
         let port = self.free_port().await?;
         give_disk(std::slice::from_ref(pin), disk, self.identity)?;
         let (node, dev) = qemu::disk_ids(&disk.id);
-        self.qmp
-            .blockdev_add(json!({
-                "driver": disk.format.driver(),
-                "node-name": node,
-                "read-only": disk.read_only,
-                "file": { "driver": "file", "filename": path },
-            }))
-            .await?;
-        if let Err(e) = self
-            .qmp
-            .device_add(
-                json!({ "driver": "virtio-blk-pci", "id": dev, "drive": node, "bus": port }),
-            )
-            .await
-        {
-            let _ = self.qmp.blockdev_del(&node).await;
+        let added = async {
+            self.qmp
+                .blockdev_add(json!({
+                    "driver": disk.format.driver(),
+                    "node-name": node,
+                    "read-only": disk.read_only,
+                    "file": { "driver": "file", "filename": path },
+                }))
+                .await?;
+            let device =
+                json!({ "driver": "virtio-blk-pci", "id": dev, "drive": node, "bus": port });
+            if let Err(e) = self.qmp.device_add(device).await {
+                let _ = self.qmp.blockdev_del(&node).await;
+                return Err(e);
+            }
+            Ok(())
+        };
+        if let Err(e) = added.await {
+            // QEMU did not take the disk: it goes back to its owner now, as
+            // no record will name it.
+            let _ = pin.give_back(holder(self.identity));
             return Err(e.into());
         }
         Ok(())

@@ -173,11 +173,33 @@ fn a_disk_is_handed_over_and_back_only_as_checked() {
     ])
     .fails()
     .stderr_contains("must belong to the calling user");
-    // Nor may the user make QEMU run as root.
-    kvmbox(&["config", "set", "x0", "security.privileged", "true"])
-        .fails()
-        .stderr_contains("not authorized");
+    // Nor may the user make QEMU run as root, or unconfined, nor change an
+    // instance root made privileged (its QEMU opens every path as root).
+    for (k, v) in [
+        ("security.privileged", "true"),
+        ("security.apparmor", "off"),
+    ] {
+        kvmbox(&["config", "set", "x0", k, v])
+            .fails()
+            .stderr_contains(&format!("may set {k}={v}"));
+    }
     kvmbox(&["delete", "x0"]).succeeds();
+    env.kvmbox(
+        None,
+        &[
+            "init",
+            "p0",
+            "--kernel",
+            k,
+            "-c",
+            "security.privileged=true",
+        ],
+    )
+    .succeeds();
+    kvmbox(&["config", "set", "p0", "boot.initrd", k])
+        .fails()
+        .stderr_contains("runs privileged");
+    env.kvmbox(None, &["delete", "p0"]).succeeds();
 
     // The user's own disk under a directory the user then swaps for a link
     // to the root-only one: neither start nor delete touches root's file.
@@ -266,13 +288,21 @@ fn an_image_is_read_as_the_caller_would_read_it() {
     let secret: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
     let victim_dir = s.env.dir.join("victim");
     let victim = root_only(&victim_dir, "img", &secret, 0o644);
-    let body = serde_json::json!({
-        "source": {"type": "path", "path": victim},
-        "aliases": [{"name": "v"}],
-    });
-    let (code, text) = env.curl(user, "POST", "/1.0/images", &body.to_string());
-    assert_eq!(code, 403, "{text}");
-    assert!(text.contains("cannot read it"), "{text}");
+    let import = |path: &str, why: &str| {
+        let body = serde_json::json!({
+            "source": {"type": "path", "path": path},
+            "aliases": [{"name": "v"}],
+        });
+        let (code, text) = env.curl(user, "POST", "/1.0/images", &body.to_string());
+        assert_eq!(code, 403, "{path}: {text}");
+        assert!(text.contains(why), "{path}: {text}");
+    };
+    import(victim.to_str().unwrap(), "cannot read it");
+    // The daemon's own open files (its log, here) are not reached through
+    // the links of /proc and /dev/fd, which would skip the directories.
+    for p in ["/proc/self/fd/2", "/dev/fd/2", "/proc/thread-self/fd/2"] {
+        import(p, "link of /proc or /dev/fd");
+    }
 
     // The user's own image under a directory that flips to that one.
     let e = home.join("e");

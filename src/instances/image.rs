@@ -129,6 +129,20 @@ pub(crate) fn import(
     fs::create_dir_all(&d).map_err(|e| Error::host("create the image store", e))?;
     // VMs' uids read images (as backing files) through this directory.
     let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
+    // A sparse file of many TiB reads fast: it must not fill the state dir.
+    let size = file
+        .metadata()
+        .map_err(|e| Error::host(format!("read {}", source.display()), e))?
+        .len();
+    let free = fs::File::open(&d)
+        .and_then(|dir| crate::sys::fs::free_space(&dir))
+        .map_err(|e| Error::host("measure the image store's free space", e))?;
+    if size > free {
+        return Err(Error::Refused(format!(
+            "{}: its {size} bytes do not fit in the {free} bytes free in the image store",
+            source.display()
+        )));
+    }
     let tmp = d.join(format!(".import-{}", super::new_uuid()));
     let result = copy_hashed(file, &tmp, progress)
         .map_err(|e| Error::host(format!("copy {}", source.display()), e))

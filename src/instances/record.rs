@@ -75,6 +75,62 @@ pub(crate) enum AaMode {
 }
 
 impl Record {
+    /// Reads a stored record. One written before disks were pinned has their
+    /// first owners (`disk_owners`: uid, gid, mode by source) instead: each
+    /// such disk is pinned now, if its path has no link on the way and the
+    /// file belongs to that owner or to the instance's uid; a disk that
+    /// cannot be is left without a pin, and the VM then refuses it until it
+    /// is added again.
+    pub(crate) fn from_json(bytes: &[u8]) -> Result<Record, String> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let legacy = v.as_object_mut().and_then(|o| o.remove("disk_owners"));
+        let mut rec: Record = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        if let Some(owners) = legacy {
+            let owners: BTreeMap<String, (u32, u32, u32)> =
+                serde_json::from_value(owners).map_err(|e| e.to_string())?;
+            rec.pin_legacy(&owners);
+        }
+        Ok(rec)
+    }
+
+    fn pin_legacy(&mut self, owners: &BTreeMap<String, (u32, u32, u32)>) {
+        let sources: Vec<String> = self
+            .disk_sources()
+            .into_iter()
+            .filter(|s| !self.pins.contains_key(*s))
+            .map(str::to_string)
+            .collect();
+        for source in sources {
+            let path = Path::new(&source);
+            let pinned = crate::hostfile::check(path, &Opener::Daemon, Need::Read)
+                .ok()
+                .map(|(_, pin)| pin)
+                .filter(|pin| pin.real == path);
+            let Some(mut pin) = pinned else {
+                log!(
+                    Warn,
+                    "instance {}: disk {source} cannot be pinned",
+                    self.name
+                );
+                continue;
+            };
+            let first = owners.get(&source).copied();
+            let first_uid = first.map_or(pin.uid, |(uid, _, _)| uid);
+            if pin.uid != first_uid && pin.uid != self.uid {
+                log!(
+                    Warn,
+                    "instance {}: disk {source} has another owner now",
+                    self.name
+                );
+                continue;
+            }
+            if let Some((uid, gid, mode)) = first {
+                (pin.uid, pin.gid, pin.mode) = (uid, gid, mode);
+            }
+            self.pins.insert(source, pin);
+        }
+    }
+
     pub(crate) fn dir(&self, state: &Path) -> PathBuf {
         instance_dir(state, &self.name)
     }
@@ -525,7 +581,11 @@ pub(crate) fn new_uuid() -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
 mod tests {
     use super::*;
 
@@ -566,6 +626,40 @@ mod tests {
         r.devices.insert("data".into(), dev);
         let e = r.validate().unwrap_err().to_string();
         assert!(e.contains("source=PATH"), "{e}");
+    }
+
+    #[test]
+    fn a_record_from_before_pins_has_its_disks_pinned_or_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.img");
+        std::fs::write(&disk, b"disk").unwrap();
+        let link = d.path().join("link.img");
+        std::os::unix::fs::symlink(&disk, &link).unwrap();
+        let mut r = record();
+        for (name, path) in [("a", &disk), ("b", &link)] {
+            let mut dev = Device::new();
+            dev.insert("type".into(), "disk".into());
+            dev.insert("source".into(), path.display().to_string());
+            r.devices.insert(name.into(), dev);
+        }
+        let mut v = serde_json::to_value(&r).unwrap();
+        let owners = serde_json::json!({
+            disk.display().to_string(): [crate::sys::euid(), 7, 0o640],
+            link.display().to_string(): [crate::sys::euid(), 7, 0o640],
+        });
+        v.as_object_mut().unwrap().remove("pins");
+        v.as_object_mut()
+            .unwrap()
+            .insert("disk_owners".into(), owners);
+        let old = serde_json::to_vec(&v).unwrap();
+        let back = Record::from_json(&old).unwrap();
+        let pin = &back.pins[&disk.display().to_string()];
+        assert_eq!((pin.gid, pin.mode), (7, 0o640), "the first owner is kept");
+        assert!(
+            !back.pins.contains_key(&link.display().to_string()),
+            "a path through a link is not pinned after the fact"
+        );
+        assert!(Record::from_json(b"{\"disk_owners\": 1}").is_err());
     }
 
     #[test]

@@ -91,6 +91,11 @@ pub(crate) fn reopen(fd: &OwnedFd) -> io::Result<File> {
 /// Every component is checked by the kernel for the caller, symbolic links
 /// are followed only as far as the caller could follow them, and dropping
 /// root clears the thread's capabilities (no `CAP_DAC_OVERRIDE`).
+///
+/// No "magic" link (`/proc/self/fd/N`, `/dev/fd/N`) is followed: the thread
+/// is the daemon's, so through them it would reach the daemon's own open
+/// files past the directories that shut the caller out. That takes
+/// `openat2` (Linux 5.6); without it, this fails rather than guess.
 pub(crate) fn open_as(creds: &Creds, path: &Path) -> io::Result<File> {
     let c_path = cstr(path.as_os_str().as_bytes())?;
     let creds = creds.clone();
@@ -98,10 +103,69 @@ pub(crate) fn open_as(creds: &Creds, path: &Path) -> io::Result<File> {
         .name("open-as".into())
         .spawn(move || {
             become_caller(&creds)?;
-            openat(libc::AT_FDCWD, &c_path, libc::O_RDONLY | SAFE).map(File::from)
+            openat2_no_magic(&c_path, libc::O_RDONLY | SAFE).map(File::from)
         })?
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the thread opening the file failed")))
+}
+
+fn openat2_no_magic(path: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data (three u64s); all-zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::try_from(flags).unwrap_or_default();
+    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `path` is NUL-terminated and `how` a fully initialised
+    // open_how whose size is passed along; openat2(2) only reads both.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::other("openat2: bad descriptor"))?;
+    // SAFETY: `fd` was just returned by openat2(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes the file's access ACL, if it has one: a uid that owned the file
+/// for a while may have granted itself access there, which giving the file
+/// back (owner and mode) would not take away.
+pub(crate) fn remove_acl(file: &File) -> io::Result<()> {
+    let name = cstr(b"system.posix_acl_access")?;
+    // SAFETY: `name` is NUL-terminated and outlives the call; the descriptor
+    // is open for the duration of the borrow.
+    let r = unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // No ACL there, or a filesystem without them: nothing to remove.
+        Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `file`.
+pub(crate) fn free_space(file: &File) -> io::Result<u64> {
+    // SAFETY: statvfs is plain data; all-zero is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable statvfs and the descriptor is open.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The field types differ between targets (c_ulong on 32-bit ones).
+    #[allow(
+        clippy::useless_conversion,
+        reason = "not the same type on every target"
+    )]
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
 // 32-bit Arm's plain set*id calls take 16-bit ids; its 32-bit ones are these.
@@ -144,6 +208,52 @@ fn become_caller(creds: &Creds) -> io::Result<()> {
             creds.uid,
         ))
     }
+}
+
+/// Grants `uid` read-write access through an access ACL, as a uid that owns
+/// the file could (tests of [`remove_acl`]'s callers).
+#[cfg(test)]
+pub(crate) fn grant_acl(file: &File, uid: u32) -> io::Result<()> {
+    // The kernel's xattr form of an ACL: version 2, then (tag, perm, id)
+    // entries for the owner, `uid`, the group, the mask and others.
+    let mut blob = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 6, uid),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        blob.extend_from_slice(&tag.to_le_bytes());
+        blob.extend_from_slice(&perm.to_le_bytes());
+        blob.extend_from_slice(&id.to_le_bytes());
+    }
+    let name = cstr(b"system.posix_acl_access")?;
+    // SAFETY: `name` and `blob` are live for the call, which only reads them.
+    let r = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            blob.as_ptr().cast(),
+            blob.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the file has an access ACL.
+#[cfg(test)]
+pub(crate) fn has_acl(file: &File) -> bool {
+    let Ok(name) = cstr(b"system.posix_acl_access") else {
+        return false;
+    };
+    // SAFETY: a size query: no buffer is written with a length of 0.
+    unsafe { libc::fgetxattr(file.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
 #[cfg(test)]
