@@ -559,6 +559,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
             .unwrap_or(crate::accel::AccelMode::Auto),
         aa_parser: opts.aa_parser.clone(),
     };
+    // Whichever way this function returns, the accelerator probe `open`
+    // starts is ended and reaped (VMs are left running, to be re-adopted).
+    let _probe = shared.instances.probe_guard();
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
         .map_err(|e| Error::Instances(crate::error_chain(&e)))?;

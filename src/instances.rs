@@ -137,6 +137,8 @@ struct Host {
 pub(crate) struct Manager {
     host: OnceLock<Host>,
     accel: smol::lock::OnceCell<AccelChoice>,
+    /// The accelerator probe's QEMU while it runs.
+    probe: Arc<accel::Probe>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Names and uids taken by creations under way.
     reserved: Mutex<BTreeMap<String, u32>>,
@@ -264,12 +266,13 @@ impl Manager {
             .get()
             .map(|h| h.state.join("accel-probe"))
             .unwrap_or_default();
+        let probe = self.probe.clone();
         self.accel
             .get_or_init(|| async move {
                 let qemu = PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH));
                 let choice = smol::unblock(move || {
                     let _ = fs::DirBuilder::new().mode(0o700).create(&scratch);
-                    accel::choose(mode, &qemu, &scratch)
+                    probe.choose(mode, &qemu, &scratch)
                 })
                 .await;
                 log!(Info, "accelerator: {} ({})", choice.accel, choice.reason);
@@ -277,6 +280,12 @@ impl Manager {
             })
             .await
             .clone()
+    }
+
+    /// Ends a running accelerator probe when dropped: the daemon holds it
+    /// while it runs, so that no way out leaves the probe QEMU behind.
+    pub(crate) fn probe_guard(&self) -> accel::StopOnDrop {
+        accel::StopOnDrop(self.probe.clone())
     }
 
     /// What `GET /1.0` adds to `environment`.
