@@ -33,7 +33,9 @@ use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
-pub(crate) use record::{check_config, check_device, new_uuid, parse_uid_range, Device, Record};
+pub(crate) use record::{
+    check_config, check_device, new_uuid, parse_uid_range, uid_range_unused, Device, Record,
+};
 use view::show;
 
 /// `instances.uid_range` when unset.
@@ -382,6 +384,13 @@ impl Manager {
     ) -> Result<Value, Error> {
         let host = self.host()?;
         let range = parse_uid_range(uid_range).map_err(Error::Invalid)?;
+        // Again here, not only when the range was set: accounts come later.
+        uid_range_unused(range).map_err(|e| {
+            Error::Refused(format!(
+                "instances.uid_range {uid_range} cannot be used: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
         crate::qemu::validate_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
         let image = match image {
             Some(alias) => Some(image::find(&host.state, alias)?),
