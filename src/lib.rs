@@ -63,7 +63,7 @@ pub use trust::Role;
 pub use accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
 pub use qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
-    MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
+    Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
 pub use qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
 pub use vm::{

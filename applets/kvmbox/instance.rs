@@ -36,7 +36,8 @@ pub(crate) struct Launch {
     /// memory, e.g. 256MiB or 2GiB (limits.memory, default 1GiB)
     memory: Option<String>,
     #[argh(option)]
-    /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
+    /// forward a host TCP port to the guest: [ADDR:]HOSTPORT:GUESTPORT,
+    /// listening on 127.0.0.1 unless ADDR (IPv4) says where; repeatable
     forward: Vec<String>,
     #[argh(option)]
     /// put eth0 on this existing bridge instead of user-mode NAT
@@ -72,7 +73,8 @@ pub(crate) struct Init {
     /// memory, e.g. 256MiB or 2GiB (limits.memory, default 1GiB)
     memory: Option<String>,
     #[argh(option)]
-    /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
+    /// forward a host TCP port to the guest: [ADDR:]HOSTPORT:GUESTPORT,
+    /// listening on 127.0.0.1 unless ADDR (IPv4) says where; repeatable
     forward: Vec<String>,
     #[argh(option)]
     /// put eth0 on this existing bridge instead of user-mode NAT
