@@ -31,6 +31,8 @@ use crate::trust::{Role, TrustStore};
 
 /// Groups tried, in order, when no admin group is given (SPEC M2).
 const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
+/// At most this much of a `--preseed` document is read.
+const PRESEED_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// How the daemon is started.
 #[derive(Clone, Debug)]
@@ -489,7 +491,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // A bad document stops the daemon before it has touched anything.
     let preseed = match &opts.preseed {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::Read(p.clone(), e))?;
+            // `-`: standard input, as for every file operand.
+            let text = crate::operand::read_to_string(p, PRESEED_LIMIT)
+                .map_err(|e| Error::Read(p.clone(), e))?;
             let plan =
                 crate::preseed::Preseed::parse(&text).map_err(|e| Error::Preseed(p.clone(), e))?;
             Some((p, plan))

@@ -14,6 +14,7 @@ mod daemon;
 mod http;
 mod instances;
 mod log;
+mod operand;
 mod operations;
 mod pki;
 mod preseed;
@@ -39,6 +40,9 @@ pub use apparmor::{
     Parser as AaParser, ProfileState as AaProfileState, Rule as AaRule, RuleKind as AaRuleKind,
     Uuid as AaUuid, Validated as AaValidated, ABSTRACTION as AA_ABSTRACTION,
     TEMPLATE as AA_TEMPLATE,
+};
+pub use operand::{
+    is_stdio, read as read_operand, read_to_string as read_operand_string, write as write_operand,
 };
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};

@@ -295,6 +295,11 @@ fn finish(c: &mut Client, op: &Value) -> Result<Value, Error> {
 }
 
 fn absolute(p: &Path) -> Result<String, Error> {
+    if kvmbox::is_stdio(p) {
+        return Err(Error::Usage(
+            "- (stdin) cannot be used here: the daemon opens this file by its path".into(),
+        ));
+    }
     std::fs::canonicalize(p)
         .map(|p| p.display().to_string())
         .map_err(|e| match e.kind() {
