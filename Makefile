@@ -46,7 +46,15 @@ test: deps
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory all ARCH=aarch64
-	@$(MAKE) --no-print-directory unit shtest
+	@# This run's scratch files all go under one directory, and its processes
+	@# carry a marker in their environment: the closing check finds what the
+	@# run left running by either, and never another run's processes.
+	@run=$$(od -An -N8 -tx8 /dev/urandom | tr -d ' \n'); \
+	dir=$$(mktemp -d "$${TMPDIR:-/tmp}/kvmbox-test.XXXXXX") || exit 1; \
+	chmod 711 "$$dir"; \
+	KVMBOX_TEST_RUN=$$run TMPDIR=$$dir $(MAKE) --no-print-directory unit shtest; rc=$$?; \
+	sh scripts/strays.sh "$$run" "$$dir" || rc=1; \
+	rm -rf "$$dir"; exit $$rc
 
 check:
 	$(CARGO) fmt --check

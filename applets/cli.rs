@@ -14,7 +14,11 @@ pub(crate) const USAGE: u8 = 2;
 /// Parses `args` for applet `name`; `--help` prints usage and exits 0.
 pub(crate) fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T, ExitCode> {
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    T::from_args(&[name], &strs).map_err(|early| match early.status {
+    let parsed = match T::from_args(&[name], &strs) {
+        Err(early) if early.status.is_err() => dash_operands(name, &strs).ok_or(early),
+        other => other,
+    };
+    parsed.map_err(|early| match early.status {
         Ok(()) => {
             print!("{}", early.output);
             ExitCode::SUCCESS
@@ -24,6 +28,51 @@ pub(crate) fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T,
             ExitCode::from(USAGE)
         }
     })
+}
+
+/// argh takes a lone `-` that no option takes as its value for an unknown
+/// option, where POSIX (Utility Syntax Guidelines, 13) makes it an operand:
+/// standard input, or output (see `kvmbox::read_operand`). A command line
+/// that failed is parsed again with such `-` operands moved behind a `--` at
+/// the end, where argh takes them as positionals: first those that follow
+/// no option, then each that follows one (a switch: `--preseed -`). One that
+/// parsed the first time is left alone, so an option's value `-` and a
+/// greedy positional's (`config set KEY -`) stay as they are.
+fn dash_operands<T: argh::FromArgs>(name: &str, args: &[&str]) -> Option<T> {
+    if args.contains(&"--") {
+        return None;
+    }
+    let dashes: Vec<usize> = (0..args.len())
+        .filter(|&i| args.get(i) == Some(&"-"))
+        .collect();
+    let after_option = |i: &usize| {
+        i.checked_sub(1)
+            .and_then(|p| args.get(p))
+            .is_some_and(|p| p.len() > 1 && p.starts_with('-'))
+    };
+    let free: Vec<usize> = dashes
+        .iter()
+        .copied()
+        .filter(|i| !after_option(i))
+        .collect();
+    let mut tries = vec![free.clone()];
+    for &j in dashes.iter().filter(|i| after_option(i)) {
+        let mut t = free.clone();
+        t.push(j);
+        tries.push(t);
+    }
+    tries
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .find_map(|moved| {
+            let mut v: Vec<&str> = (0..args.len())
+                .filter(|i| !moved.contains(i))
+                .filter_map(|i| args.get(i).copied())
+                .collect();
+            v.push("--");
+            v.extend(moved.iter().map(|_| "-"));
+            T::from_args(&[name], &v).ok()
+        })
 }
 
 /// Prints `name: message` to stderr and returns the usage exit code.
@@ -43,5 +92,80 @@ pub(crate) fn report<E: std::error::Error>(name: &str, result: Result<(), E>) ->
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(name, &kvmbox::error_chain(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a failed test should panic")]
+    use argh::FromArgs;
+
+    use super::dash_operands;
+
+    /// One file operand, an option with a value, a switch.
+    #[derive(FromArgs, Debug, PartialEq)]
+    struct Cmd {
+        #[argh(option)]
+        /// a file
+        ca: Option<String>,
+        #[argh(option)]
+        /// a value
+        format: Option<String>,
+        #[argh(switch)]
+        /// a switch
+        force: bool,
+        #[argh(positional)]
+        file: Option<String>,
+    }
+
+    /// A greedy positional, as `config set KEY VALUE…`.
+    #[derive(FromArgs, Debug, PartialEq)]
+    struct Greedy {
+        #[argh(positional, greedy)]
+        rest: Vec<String>,
+    }
+
+    fn parse<T: FromArgs>(args: &[&str]) -> Result<T, ()> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        super::parse("t", &args).map_err(|_| ())
+    }
+
+    #[test]
+    fn a_lone_dash_is_an_operand_wherever_it_stands() {
+        let cmd = |ca: Option<&str>, file: Option<&str>, force| Cmd {
+            ca: ca.map(Into::into),
+            format: None,
+            force,
+            file: file.map(Into::into),
+        };
+        assert_eq!(parse::<Cmd>(&["-"]), Ok(cmd(None, Some("-"), false)));
+        assert_eq!(
+            parse::<Cmd>(&["--ca", "-"]),
+            Ok(cmd(Some("-"), None, false))
+        );
+        assert_eq!(
+            parse::<Cmd>(&["--ca", "-", "-"]),
+            Ok(cmd(Some("-"), Some("-"), false))
+        );
+        assert_eq!(
+            parse::<Cmd>(&["--force", "-"]),
+            Ok(cmd(None, Some("-"), true))
+        );
+        let c = parse::<Cmd>(&["-", "--format", "json"]).unwrap();
+        assert_eq!(
+            (c.file.as_deref(), c.format.as_deref()),
+            (Some("-"), Some("json"))
+        );
+        // Still an error: two operands where one is taken.
+        assert!(dash_operands::<Cmd>("t", &["-", "-"]).is_none());
+        assert!(parse::<Cmd>(&["x", "-"]).is_err());
+        // The user's own `--` is left as it is.
+        assert_eq!(parse::<Cmd>(&["--", "-"]), Ok(cmd(None, Some("-"), false)));
+        assert_eq!(
+            parse::<Greedy>(&["k", "-"]),
+            Ok(Greedy {
+                rest: vec!["k".into(), "-".into()]
+            })
+        );
     }
 }

@@ -153,7 +153,7 @@ impl Ctx {
 
 pub(crate) fn main(args: &[String]) -> ExitCode {
     kvmbox::default_sigpipe();
-    let args = match cli::parse::<Args>(NAME, &admin::stdin_operand(args)) {
+    let args = match cli::parse::<Args>(NAME, args) {
         Ok(a) => a,
         Err(code) => return code,
     };

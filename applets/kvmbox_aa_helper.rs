@@ -48,21 +48,20 @@
 //! `--no-load`); `show` and `--dry-run` print the files instead. Exit codes:
 //! 0 ok, 1 refused or failed (one line on stderr), 2 bad command line.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use argh::FromArgs;
 use kvmbox::{
     aa_files_list, aa_granted_by_others, aa_kernel, aa_profile_from_template, aa_profile_state,
-    check_instance, write_atomic, AaDisk, AaError, AaHost, AaInstance, AaKernel, AaParser,
-    AaProfileState, AaUuid, Overwrite, AA_ABSTRACTION, AA_TEMPLATE,
+    check_instance, is_stdio, read_operand_string, write_atomic, AaDisk, AaError, AaHost,
+    AaInstance, AaKernel, AaParser, AaProfileState, AaUuid, Overwrite, AA_ABSTRACTION, AA_TEMPLATE,
 };
 
 use crate::cli;
 
 const NAME: &str = "kvmbox-aa-helper";
-/// The definition is small; anything bigger is not one.
+/// The definition and the template are small; anything bigger is not one.
 const STDIN_LIMIT: u64 = 1 << 20;
 /// Where installed abstractions live (`make install` copies profiles/ there).
 const SYSTEM_POLICY: &str = "/etc/apparmor.d";
@@ -95,7 +94,7 @@ struct Args {
     #[argh(option, default = "PathBuf::from(\"/var/lib/kvmbox\")")]
     state_dir: PathBuf,
     /// profile template (default PROFILE_DIR/TEMPLATE.qemu, else TEMPLATE.qemu
-    /// beside PROFILE_DIR, else the built-in one)
+    /// beside PROFILE_DIR, else the built-in one); not -, stdin is the VM
     #[argh(option)]
     template: Option<PathBuf>,
     /// the apparmor_parser to run (default apparmor_parser from /usr/sbin or /sbin)
@@ -154,6 +153,12 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     };
     if !["auto", "required", "always"].contains(&args.apparmor.as_str()) {
         return cli::usage_error(NAME, "--apparmor takes auto, required or always");
+    }
+    if args.template.as_deref().is_some_and(is_stdio) {
+        return cli::usage_error(
+            NAME,
+            "--template cannot be -: stdin carries the VM definition",
+        );
     }
     if matches!(mode, Mode::Remove | Mode::Delete) && args.uuid.is_none() {
         return cli::usage_error(NAME, &format!("{} needs --uuid", args.mode));
@@ -329,15 +334,11 @@ fn remove(
 }
 
 fn read_instance() -> Result<AaInstance, AaError> {
-    let mut text = String::new();
-    std::io::stdin()
-        .take(STDIN_LIMIT)
-        .read_to_string(&mut text)
-        .map_err(|source| AaError::Io {
-            action: "read",
-            path: PathBuf::from("stdin"),
-            source,
-        })?;
+    let text = read_operand_string(Path::new("-"), STDIN_LIMIT).map_err(|source| AaError::Io {
+        action: "read",
+        path: PathBuf::from("stdin"),
+        source,
+    })?;
     serde_json::from_str(&text)
         .map_err(|e| AaError::Invalid(format!("invalid VM definition on stdin: {e}")))
 }
@@ -357,7 +358,7 @@ fn template(args: &Args) -> Result<(String, String), AaError> {
             None => return Ok((AA_TEMPLATE.to_string(), "built-in TEMPLATE.qemu".into())),
         },
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| AaError::Io {
+    let text = read_operand_string(&path, STDIN_LIMIT).map_err(|source| AaError::Io {
         action: "read",
         path: path.clone(),
         source,

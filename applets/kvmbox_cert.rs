@@ -4,12 +4,17 @@
 //! identity), the CA and leaves of PKI mode (SPEC L7), and prints SHA-256
 //! fingerprints the way LXD shows them (RFC 5280 for the format; LXD's
 //! security documentation for how they are used).
+//!
+//! A file operand `-` is standard input, or standard output for an output
+//! (what is printed is written last, once every file is in place).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use kvmbox::{write_atomic, Cert, CertProfile, CertSpec, Curve, Key, Overwrite};
+use kvmbox::{
+    is_stdio, read_operand, write_operand, Cert, CertProfile, CertSpec, Curve, Key, Overwrite,
+};
 
 use crate::cli;
 
@@ -17,7 +22,10 @@ const NAME: &str = "kvmbox-cert";
 
 /// Make EC keys and certificates, run a small CA, show and check certificates.
 #[derive(FromArgs)]
-#[argh(note = "Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version.")]
+#[argh(
+    note = "A file operand - is standard input, or standard output for --key and --cert.
+Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version."
+)]
 struct Args {
     #[argh(subcommand)]
     cmd: Cmd,
@@ -274,7 +282,7 @@ fn make(
 ) -> Result<(), Error> {
     if key_path == cert_path {
         return Err(Error::Usage(
-            "--key and --cert must be different files".into(),
+            "--key and --cert must be different files (only one can be -)".into(),
         ));
     }
     let overwrite = if force {
@@ -284,29 +292,42 @@ fn make(
     };
     if !force {
         for p in [key_path, cert_path] {
-            if p.symlink_metadata().is_ok() {
+            if !is_stdio(p) && p.symlink_metadata().is_ok() {
                 return Err(Error::Exists(p.display().to_string()));
             }
         }
     }
     let key = Key::generate(curve)?;
     let cert = build(&key)?;
-    let write = |p: &Path, data: &str, mode| {
-        write_atomic(p, data.as_bytes(), mode, overwrite).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Exists(p.display().to_string()),
-            _ => Error::Write(p.display().to_string(), e),
-        })
-    };
-    write(key_path, &key.to_pem(), 0o600)?;
-    if let Err(e) = write(cert_path, &cert.to_pem(), 0o644) {
-        let _ = std::fs::remove_file(key_path);
-        return Err(e);
+    let mut outputs = [
+        (key_path, key.to_pem(), 0o600),
+        (cert_path, cert.to_pem(), 0o644),
+    ];
+    // Files first, stdout last: what is printed cannot be taken back.
+    outputs.sort_by_key(|(p, ..)| is_stdio(p));
+    let mut written = Vec::new();
+    for (p, data, mode) in &outputs {
+        if let Err(e) = write_operand(p, data.as_bytes(), *mode, overwrite) {
+            for w in written {
+                let _ = std::fs::remove_file(w);
+            }
+            return Err(match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(p.display().to_string()),
+                _ => Error::Write(p.display().to_string(), e),
+            });
+        }
+        if !is_stdio(p) {
+            written.push(*p);
+        }
     }
     Ok(())
 }
 
+/// At most this much of an input file is read (a CA bundle fits).
+const INPUT_LIMIT: u64 = 16 * 1024 * 1024;
+
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Read(path.display().to_string(), e))
+    read_operand(path, INPUT_LIMIT).map_err(|e| Error::Read(path.display().to_string(), e))
 }
 
 fn read_cert(path: &Path) -> Result<Cert, Error> {

@@ -39,7 +39,7 @@ struct Args {
     #[argh(option)]
     https: Option<std::net::SocketAddr>,
     /// apply this preseed document (JSON: config, certificates, images,
-    /// instances) before serving; a failure stops the daemon
+    /// instances; - for stdin) before serving; a failure stops the daemon
     #[argh(option)]
     preseed: Option<PathBuf>,
     /// error, warn, info (default) or debug

@@ -5,7 +5,7 @@
 # restart → graceful stop (ACPI button) → delete leaves nothing. Failure cases: missing
 # kernel, bad memory size, duplicate name, a kernel that is not one (profile
 # unloaded), security.apparmor=required without AppArmor, deleting a running
-# VM without --force.
+# VM without --force, a port forward on an IPv6 address.
 #
 # This kernel has no AppArmor, so the helper is given a parser wrapper that
 # logs its arguments and compiles with the real `apparmor_parser -Q -K -T`.
@@ -186,10 +186,17 @@ pids="$pids $(field v1 pid)"
 kv stop v1 --force
 
 # --- security.privileged: QEMU as root, and the daemon says what that costs.
-kv init p1 $boot -c security.privileged=true -c security.apparmor=off >/dev/null
+# Its port forwards listen on loopback unless an address is given.
+free_port() { p=$1; while [ -n "$(ss -Hltn "sport = :$p")" ]; do p=$((p + 1)); done; echo $p; }
+fa=$(free_port $((20000 + $$ % 20000))); fb=$(free_port $((fa + 1)))
+kv init p1 $boot -c security.privileged=true -c security.apparmor=off --forward "$fa:22" --forward "127.0.0.2:$fb:23" >/dev/null
 kv start p1
 pp=$(field p1 pid); pids="$pids $pp"
 [ "$(sed -n 's/^Uid:\s*\([0-9]*\).*/\1/p' /proc/$pp/status)" = 0 ] || fail "a privileged VM does not run as root"
+[ "$(ss -Hltn "sport = :$fa" | awk '{print $4}')" = "127.0.0.1:$fa" ] || fail "--forward $fa:22 listens on: $(ss -Hltn "sport = :$fa")"
+[ "$(ss -Hltn "sport = :$fb" | awk '{print $4}')" = "127.0.0.2:$fb" ] || fail "--forward 127.0.0.2:$fb:23 listens on: $(ss -Hltn "sport = :$fb")"
+expect_fail kv init p2 $boot --forward "[::1]:$fa:22"
+contains "$ERR" "IPv4 addresses only"; one_line "$ERR"
 grep -q "security.privileged is set: QEMU runs as root" daemon.log || fail "no warning for a privileged VM"
 kv delete --force p1
 

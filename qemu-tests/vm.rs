@@ -138,6 +138,22 @@ fn processes_with(needle: &str) -> Vec<u32> {
     found
 }
 
+/// The local addresses (as /proc/net/tcp writes them: hex, host byte
+/// order) of the IPv4 sockets listening on `port`.
+fn listeners(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = format!("{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, p) = f.get(1)?.split_once(':')?;
+            (p == port && f.get(3) == Some(&"0A")).then(|| addr.to_string())
+        })
+        .collect()
+}
+
 #[test]
 fn guest_lifecycle() {
     let Some((kernel, initrd)) = assets() else {
@@ -154,7 +170,7 @@ fn guest_lifecycle() {
     spec.config.nics = vec![Nic::User {
         id: "eth0".into(),
         mac: None,
-        forwards: vec![(port, 22)],
+        forwards: vec![kvmbox::parse_forward(&format!("{port}:22")).unwrap()],
     }];
     let dir = spec.dir.clone();
     smol::block_on(async {
@@ -192,6 +208,11 @@ fn guest_lifecycle() {
         assert!(st.running, "{st:?}");
         std::net::TcpStream::connect(("127.0.0.1", port))
             .expect("the port forward is not listening");
+        assert_eq!(
+            listeners(port),
+            ["0100007F"],
+            "a forward without an address listens on 127.0.0.1 only"
+        );
 
         // Hotplug: a fresh qcow2 shows up in the guest.
         let img = tmp.path().join("data.qcow2");
@@ -599,8 +620,11 @@ fn auto_acceleration_is_probed_for_real() {
         c.reason
     );
     assert!(!c.reason.is_empty());
+    // This probe's own firmware path only: probes of daemons that other
+    // tests run at the same time are not this test's business.
+    let rom = tmp.path().join("kvm-probe.rom");
     assert!(
-        processes_with("kvm-probe.rom").is_empty(),
+        processes_with(&rom.to_string_lossy()).is_empty(),
         "the probe QEMU was left running"
     );
 }

@@ -9,8 +9,10 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::log::log;
 use crate::sys::process::{self, State};
 
 /// An accelerator QEMU is started with.
@@ -72,27 +74,107 @@ const PROBE_EXIT: i32 = 3;
 /// to [`PROBE_TIMEOUT`]); call it from a blocking thread (`smol::unblock`).
 /// `scratch` is a private directory for the probe's firmware file.
 pub fn choose(mode: AccelMode, qemu: &Path, scratch: &Path) -> AccelChoice {
-    match mode {
-        AccelMode::Kvm => AccelChoice {
-            accel: Accel::Kvm,
-            reason: "kvm requested by configuration".into(),
-        },
-        AccelMode::Tcg => AccelChoice {
-            accel: Accel::Tcg,
-            reason: "tcg requested by configuration".into(),
-        },
-        AccelMode::Auto => match probe_kvm(qemu, scratch, PROBE_TIMEOUT) {
-            Ok(()) => AccelChoice {
-                accel: Accel::Kvm,
-                reason: "auto: a KVM test guest reached 64-bit mode and finished".into(),
-            },
-            Err(why) => AccelChoice {
-                accel: Accel::Tcg,
-                reason: format!("auto: {why}; using TCG emulation"),
-            },
-        },
+    Probe::default().choose(mode, qemu, scratch)
+}
+
+/// The daemon's probe QEMU while it runs, so that shutdown can end it.
+///
+/// The probe QEMU is tied to the thread that spawns it (`PR_SET_PDEATHSIG`,
+/// which alone covers the daemon being SIGKILLed): that thread waits in
+/// [`run_probe`] until the QEMU is reaped or killed, so it never ends
+/// first. A clean shutdown calls [`Probe::stop`], which kills and waits.
+#[derive(Debug, Default)]
+pub(crate) struct Probe {
+    running: Mutex<Running>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    /// The probe QEMU, until its thread has reaped it (so the pid cannot
+    /// have been reused while it is here).
+    pid: Option<u32>,
+    /// Set by [`Probe::stop`]: no probe starts after it.
+    stopped: bool,
+}
+
+/// Calls [`Probe::stop`] when dropped: whichever way the daemon's `run`
+/// returns, the probe is ended and reaped first.
+#[derive(Debug)]
+pub(crate) struct StopOnDrop(pub(crate) Arc<Probe>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
+
+impl Probe {
+    fn running(&self) -> MutexGuard<'_, Running> {
+        // Each change under the lock is one assignment: a poisoned lock
+        // still holds a consistent value.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`choose`], with a probe that [`Probe::stop`] can end.
+    pub(crate) fn choose(&self, mode: AccelMode, qemu: &Path, scratch: &Path) -> AccelChoice {
+        match mode {
+            AccelMode::Kvm => AccelChoice {
+                accel: Accel::Kvm,
+                reason: "kvm requested by configuration".into(),
+            },
+            AccelMode::Tcg => AccelChoice {
+                accel: Accel::Tcg,
+                reason: "tcg requested by configuration".into(),
+            },
+            AccelMode::Auto => match self.probe_kvm(qemu, scratch, PROBE_TIMEOUT) {
+                Ok(()) => AccelChoice {
+                    accel: Accel::Kvm,
+                    reason: "auto: a KVM test guest reached 64-bit mode and finished".into(),
+                },
+                Err(why) => AccelChoice {
+                    accel: Accel::Tcg,
+                    reason: format!("auto: {why}; using TCG emulation"),
+                },
+            },
+        }
+    }
+
+    /// Kills a running probe QEMU and waits (up to [`STOP_WAIT`]) until its
+    /// thread has reaped it; no probe starts afterwards.
+    pub(crate) fn stop(&self) {
+        let pid = {
+            let mut r = self.running();
+            r.stopped = true;
+            // Under the lock: the pid is still our unreaped child, not a
+            // stranger that reused the number.
+            if let Some(pid) = r.pid {
+                let _ = process::kill(pid, libc::SIGKILL);
+            }
+            r.pid
+        };
+        let Some(pid) = pid else { return };
+        let started = Instant::now();
+        while self.running().pid.is_some() && started.elapsed() < STOP_WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        log!(Info, "stopping: ended the accelerator probe (pid {pid})");
+    }
+
+    /// Runs the throwaway KVM guest; `Err` says why KVM is not usable.
+    fn probe_kvm(&self, qemu: &Path, scratch: &Path, timeout: Duration) -> Result<(), String> {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+        {
+            return Err(format!("cannot open /dev/kvm ({e})"));
+        }
+        run_probe(self, qemu, scratch, Accel::Kvm, timeout)
+    }
+}
+
+/// How long [`Probe::stop`] waits for the probe's thread to reap it.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// `probe.S` assembled: real mode → protected mode → long mode with paging,
 /// a 20M-iteration loop, then `out 0xf4`. A host whose vCPUs run only real
@@ -128,30 +210,39 @@ fn probe_firmware() -> Vec<u8> {
     rom
 }
 
-/// Runs the throwaway KVM guest; `Err` says why KVM is not usable.
-pub(crate) fn probe_kvm(qemu: &Path, scratch: &Path, timeout: Duration) -> Result<(), String> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return Err(format!("cannot open /dev/kvm ({e})"));
-    }
-    run_probe(qemu, scratch, Accel::Kvm, timeout)
+/// Boots the probe firmware under `accel`, as `probe`'s running QEMU, and
+/// removes its files afterwards.
+fn run_probe(
+    probe: &Probe,
+    qemu: &Path,
+    scratch: &Path,
+    accel: Accel,
+    timeout: Duration,
+) -> Result<(), String> {
+    let rom = scratch.join("kvm-probe.rom");
+    let log_path = scratch.join("kvm-probe.log");
+    let result = boot_probe(probe, qemu, &rom, &log_path, accel, timeout);
+    let _ = std::fs::remove_file(&rom);
+    let _ = std::fs::remove_file(&log_path);
+    result
 }
 
-/// Boots the probe firmware under `accel`.
-fn run_probe(qemu: &Path, scratch: &Path, accel: Accel, timeout: Duration) -> Result<(), String> {
-    let rom = scratch.join("kvm-probe.rom");
+fn boot_probe(
+    probe: &Probe,
+    qemu: &Path,
+    rom: &Path,
+    log_path: &Path,
+    accel: Accel,
+    timeout: Duration,
+) -> Result<(), String> {
     crate::store::write_atomic(
-        &rom,
+        rom,
         &probe_firmware(),
         0o600,
         crate::store::Overwrite::Replace,
     )
     .map_err(|e| format!("cannot write the KVM probe firmware ({e})"))?;
-    let log_path = scratch.join("kvm-probe.log");
-    let log = std::fs::File::create(&log_path)
+    let log = std::fs::File::create(log_path)
         .map_err(|e| format!("cannot create {} ({e})", log_path.display()))?;
     let accel_name = accel.to_string();
     let accel_name = accel_name.as_str();
@@ -171,29 +262,38 @@ fn run_probe(qemu: &Path, scratch: &Path, accel: Accel, timeout: Duration) -> Re
         "-bios",
     ];
     let mut argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    argv.push(rom.clone().into_os_string());
+    argv.push(rom.as_os_str().to_owned());
     if accel == Accel::Kvm {
         // The CPU model VMs get (see qemu.rs): it must work too.
         argv.extend(["-cpu".into(), "host".into()]);
     }
-    let spawned = process::spawn(process::Spawn {
-        program: qemu.to_path_buf(),
-        args: argv,
-        ids: None,
-        log,
-        apparmor: None,
-        fds: vec![],
-    });
-    let pid = match spawned {
-        Ok(pid) => pid,
-        Err(e) => return Err(format!("cannot run {} ({e})", qemu.display())),
+    let pid = {
+        // Spawned under the lock, so that a concurrent stop either comes
+        // first (and nothing starts) or finds the pid.
+        let mut running = probe.running();
+        if running.stopped {
+            return Err("the daemon is stopping".into());
+        }
+        let pid = process::spawn(process::Spawn {
+            program: qemu.to_path_buf(),
+            args: argv,
+            ids: None,
+            log,
+            apparmor: None,
+            fds: vec![],
+            // This thread waits for the QEMU below, so it outlives it.
+            dies_with_thread: true,
+        })
+        .map_err(|e| format!("cannot run {} ({e})", qemu.display()))?;
+        running.pid = Some(pid);
+        pid
     };
     let started = Instant::now();
     let result = loop {
         match process::state(pid) {
             State::Exited(Some(PROBE_EXIT)) => break Ok(()),
             State::Exited(code) => {
-                let msg = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let msg = std::fs::read_to_string(log_path).unwrap_or_default();
                 let last = msg.lines().last().unwrap_or("no message").to_string();
                 break Err(format!(
                     "the {accel} test guest failed ({}: {last})",
@@ -220,8 +320,7 @@ fn run_probe(qemu: &Path, scratch: &Path, accel: Accel, timeout: Duration) -> Re
             State::Running => std::thread::sleep(Duration::from_millis(10)),
         }
     };
-    let _ = std::fs::remove_file(&rom);
-    let _ = std::fs::remove_file(&log_path);
+    probe.running().pid = None;
     result
 }
 
@@ -255,7 +354,53 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        run_probe(qemu, dir.path(), Accel::Tcg, Duration::from_secs(20)).unwrap();
+        let probe = Probe::default();
+        run_probe(
+            &probe,
+            qemu,
+            dir.path(),
+            Accel::Tcg,
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    }
+
+    /// A stop ends the probe QEMU at once and reaps it, and no probe
+    /// starts after it. The stand-in "QEMU" just sleeps.
+    #[test]
+    fn stop_ends_and_reaps_a_running_probe() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = dir.path().join("qemu");
+        std::fs::write(&qemu, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let probe = Arc::new(Probe::default());
+        let (p, q, d) = (probe.clone(), qemu.clone(), dir.path().to_path_buf());
+        let t =
+            std::thread::spawn(move || run_probe(&p, &q, &d, Accel::Tcg, Duration::from_secs(20)));
+        let started = Instant::now();
+        let pid = loop {
+            if let Some(pid) = probe.running().pid {
+                break pid;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "no probe");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        probe.stop();
+        assert!(probe.running().pid.is_none());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "not reaped");
+        let err = t.join().unwrap().unwrap_err();
+        assert!(err.contains("killed by a signal"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let err = run_probe(
+            &probe,
+            &qemu,
+            dir.path(),
+            Accel::Tcg,
+            Duration::from_secs(20),
+        );
+        assert_eq!(err, Err("the daemon is stopping".into()));
+        assert!(!dir.path().join("kvm-probe.rom").exists());
     }
 
     #[test]

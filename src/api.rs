@@ -618,6 +618,7 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
             e @ (crate::settings::Error::UnknownKey(_)
             | crate::settings::Error::Invalid { .. }
             | crate::settings::Error::BadValue { .. }
+            | crate::settings::Error::IdsInUse { .. }
             | crate::settings::Error::Redacted(_)
             | crate::settings::Error::BadAddress(_)),
         ) => error(400, &crate::error_chain(&e)),

@@ -38,6 +38,8 @@ const PKI_NO_DEFAULT_ROLE: &str = "not authorized: this certificate is signed by
 
 /// Groups tried, in order, when no admin group is given (SPEC M2).
 const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
+/// At most this much of a `--preseed` document is read.
+const PRESEED_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// How the daemon is started.
 #[derive(Clone, Debug)]
@@ -525,7 +527,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // A bad document stops the daemon before it has touched anything.
     let preseed = match &opts.preseed {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::Read(p.clone(), e))?;
+            // `-`: standard input, as for every file operand.
+            let text = crate::operand::read_to_string(p, PRESEED_LIMIT)
+                .map_err(|e| Error::Read(p.clone(), e))?;
             let plan =
                 crate::preseed::Preseed::parse(&text).map_err(|e| Error::Preseed(p.clone(), e))?;
             Some((p, plan))
@@ -594,6 +598,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
             .unwrap_or(crate::accel::AccelMode::Auto),
         aa_parser: opts.aa_parser.clone(),
     };
+    // Whichever way this function returns, the accelerator probe `open`
+    // starts is ended and reaped (VMs are left running, to be re-adopted).
+    let _probe = shared.instances.probe_guard();
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
         .map_err(|e| Error::Instances(crate::error_chain(&e)))?;

@@ -34,7 +34,9 @@ use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
-pub(crate) use record::{check_config, check_device, new_uuid, parse_uid_range, Device, Record};
+pub(crate) use record::{
+    check_config, check_device, new_uuid, parse_uid_range, uid_range_unused, Device, Record,
+};
 use view::show;
 
 /// `instances.uid_range` when unset.
@@ -141,6 +143,8 @@ struct Host {
 pub(crate) struct Manager {
     host: OnceLock<Host>,
     accel: smol::lock::OnceCell<AccelChoice>,
+    /// The accelerator probe's QEMU while it runs.
+    probe: Arc<accel::Probe>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Names and uids taken by creations under way.
     reserved: Mutex<BTreeMap<String, u32>>,
@@ -268,12 +272,13 @@ impl Manager {
             .get()
             .map(|h| h.state.join("accel-probe"))
             .unwrap_or_default();
+        let probe = self.probe.clone();
         self.accel
             .get_or_init(|| async move {
                 let qemu = PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH));
                 let choice = smol::unblock(move || {
                     let _ = fs::DirBuilder::new().mode(0o700).create(&scratch);
-                    accel::choose(mode, &qemu, &scratch)
+                    probe.choose(mode, &qemu, &scratch)
                 })
                 .await;
                 log!(Info, "accelerator: {} ({})", choice.accel, choice.reason);
@@ -281,6 +286,12 @@ impl Manager {
             })
             .await
             .clone()
+    }
+
+    /// Ends a running accelerator probe when dropped: the daemon holds it
+    /// while it runs, so that no way out leaves the probe QEMU behind.
+    pub(crate) fn probe_guard(&self) -> accel::StopOnDrop {
+        accel::StopOnDrop(self.probe.clone())
     }
 
     /// What `GET /1.0` adds to `environment`.
@@ -383,6 +394,13 @@ impl Manager {
     ) -> Result<Value, Error> {
         let host = self.host()?;
         let range = parse_uid_range(uid_range).map_err(Error::Invalid)?;
+        // Again here, not only when the range was set: accounts come later.
+        uid_range_unused(range).map_err(|e| {
+            Error::Refused(format!(
+                "instances.uid_range {uid_range} cannot be used: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
         crate::qemu::validate_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
         let image = match image {
             Some(alias) => Some(image::find(&host.state, alias)?),

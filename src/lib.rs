@@ -15,6 +15,7 @@ mod hostfile;
 mod http;
 mod instances;
 mod log;
+mod operand;
 mod operations;
 mod pki;
 mod preseed;
@@ -42,6 +43,9 @@ pub use apparmor::{
     Uuid as AaUuid, Validated as AaValidated, ABSTRACTION as AA_ABSTRACTION,
     TEMPLATE as AA_TEMPLATE,
 };
+pub use operand::{
+    is_stdio, read as read_operand, read_to_string as read_operand_string, write as write_operand,
+};
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
 pub use store::{write_atomic, Overwrite};
@@ -66,7 +70,7 @@ pub use trust::Role;
 pub use accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
 pub use qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
-    MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
+    Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
 pub use qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
 pub use vm::{

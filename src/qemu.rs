@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -42,8 +43,12 @@ pub enum Error {
     },
     #[error("invalid {what} {value:?}")]
     Value { what: &'static str, value: String },
-    #[error("invalid port forward {0:?}: expected HOSTPORT:GUESTPORT")]
+    #[error(
+        "invalid port forward {0:?}: expected [ADDR:]HOSTPORT:GUESTPORT, ADDR an IPv4 address"
+    )]
     Forward(String),
+    #[error("invalid port forward {0:?}: QEMU's user-mode network listens on IPv4 addresses only")]
+    ForwardV6(String),
     #[error("duplicate device id {0:?}")]
     DuplicateId(String),
     #[error("kernel boot options (initrd, cmdline) need a kernel")]
@@ -143,11 +148,11 @@ pub struct Disk {
 /// A network interface.
 #[derive(Clone, Debug)]
 pub enum Nic {
-    /// QEMU's user-mode NAT with `(host, guest)` TCP port forwards.
+    /// QEMU's user-mode NAT with TCP port forwards.
     User {
         id: String,
         mac: Option<String>,
-        forwards: Vec<(u16, u16)>,
+        forwards: Vec<Forward>,
     },
     /// An existing tap device, already on its bridge. The daemon opens it
     /// (QEMU's uid has no access to /dev/net/tun) and QEMU inherits the
@@ -159,16 +164,39 @@ pub enum Nic {
     },
 }
 
-/// Parses `HOSTPORT:GUESTPORT` as given to `--forward`.
-pub fn parse_forward(s: &str) -> Result<(u16, u16), Error> {
+/// A host TCP port that QEMU's user-mode NAT forwards to a guest port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// Where QEMU listens. Loopback unless the forward names an address:
+    /// a VM's port is not offered to the whole network by default.
+    pub addr: Ipv4Addr,
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// Parses `[ADDR:]HOSTPORT:GUESTPORT` as given to `--forward`. ADDR is an
+/// IPv4 address (QEMU's `hostfwd` takes no other, see the `-netdev user`
+/// documentation) and defaults to 127.0.0.1.
+pub fn parse_forward(s: &str) -> Result<Forward, Error> {
     let bad = || Error::Forward(s.to_string());
-    let (h, g) = s.split_once(':').ok_or_else(bad)?;
-    let h: u16 = h.parse().map_err(|_| bad())?;
-    let g: u16 = g.parse().map_err(|_| bad())?;
-    if h == 0 || g == 0 {
+    let (rest, g) = s.rsplit_once(':').ok_or_else(bad)?;
+    let (addr, h) = match rest.rsplit_once(':') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let addr = match addr {
+        None => Ipv4Addr::LOCALHOST,
+        Some(a) if a.starts_with('[') || a.contains(':') => {
+            return Err(Error::ForwardV6(s.to_string()))
+        }
+        Some(a) => a.parse().map_err(|_| bad())?,
+    };
+    let host: u16 = h.parse().map_err(|_| bad())?;
+    let guest: u16 = g.parse().map_err(|_| bad())?;
+    if host == 0 || guest == 0 {
         return Err(bad());
     }
-    Ok((h, g))
+    Ok(Forward { addr, host, guest })
 }
 
 /// Everything QEMU is told about one VM.
@@ -443,7 +471,7 @@ pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, E
             Nic::User { id, mac, forwards } => {
                 let fwd: String = forwards
                     .iter()
-                    .map(|(h, g)| format!(",hostfwd=tcp::{h}-:{g}"))
+                    .map(|f| format!(",hostfwd=tcp:{}:{}-:{}", f.addr, f.host, f.guest))
                     .collect();
                 (id, mac, format!("user,id=net-{id}{fwd}"))
             }

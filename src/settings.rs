@@ -131,6 +131,19 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
     let mut out = BTreeMap::new();
     for (key, value) in changes {
         check(key, value)?;
+        if key == INSTANCES_UID_RANGE && !value.is_empty() {
+            // Here and not in `check`, which clients run too: the accounts
+            // that matter are the daemon host's.
+            let range =
+                crate::instances::parse_uid_range(value).map_err(|why| Error::BadValue {
+                    key: key.clone(),
+                    why,
+                })?;
+            crate::instances::uid_range_unused(range).map_err(|source| Error::IdsInUse {
+                key: key.clone(),
+                source,
+            })?;
+        }
         let change = if value.is_empty() {
             Change::Unset
         } else if SECRETS.contains(&key.as_str()) && value == REDACTED {
@@ -165,6 +178,12 @@ pub enum Error {
     BadAddress(String),
     #[error("invalid value for {key}: {why}")]
     BadValue { key: String, why: String },
+    #[error("invalid value for {key}")]
+    IdsInUse {
+        key: String,
+        #[source]
+        source: crate::sys::IdInUse,
+    },
     #[error("{0} is shown as \"true\" when set and cannot be set to that")]
     Redacted(String),
     #[error("invalid value for {key}")]

@@ -461,6 +461,8 @@ impl Vm {
                 required: a.required,
             }),
             fds,
+            // Re-adopted after a daemon restart, so never tied to it.
+            dies_with_thread: false,
         })
         .map_err(host(format!("start {}", spec.qemu.display())))?;
         let started = async {

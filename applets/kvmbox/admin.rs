@@ -4,8 +4,6 @@
 //! The document and its steps are `src/preseed.rs`; this file reads it and
 //! prints what each step did.
 
-use std::io::Read;
-
 use argh::FromArgs;
 
 use super::{remote_only, split_remote, Ctx, Error};
@@ -48,19 +46,6 @@ struct Init {
     args: Vec<String>,
 }
 
-/// argh takes a lone `-` (standard input, POSIX utility guideline 13) for
-/// an unknown option, so `--preseed -` gets a `--` before its `-`. Only
-/// there: elsewhere (`config set KEY -`) a greedy positional already takes it.
-pub(crate) fn stdin_operand(args: &[String]) -> Vec<String> {
-    let mut out = args.to_vec();
-    if let Some(i) = args.windows(2).position(|w| w == ["--preseed", "-"]) {
-        if !args.iter().take(i).any(|a| a == "--") {
-            out.insert(i + 1, "--".to_string());
-        }
-    }
-    out
-}
-
 /// At most this much of a document is read.
 const MAX_LEN: u64 = 16 * 1024 * 1024;
 
@@ -81,35 +66,12 @@ pub(crate) fn admin(ctx: &Ctx, a: Admin) -> Result<(), Error> {
             _ => return Err(Error::Usage(format!("unexpected argument {arg:?}"))),
         }
     }
-    let mut text = String::new();
-    let read = match file {
-        None | Some("-") => std::io::stdin().take(MAX_LEN).read_to_string(&mut text),
-        Some(f) => std::fs::File::open(f).and_then(|h| h.take(MAX_LEN).read_to_string(&mut text)),
-    };
-    read.map_err(|e| Error::Msg(format!("cannot read {}: {e}", file.unwrap_or("stdin"))))?;
+    let path = std::path::Path::new(file.unwrap_or("-"));
+    let text = kvmbox::read_operand_string(path, MAX_LEN)
+        .map_err(|e| Error::Msg(format!("cannot read {}: {e}", file.unwrap_or("stdin"))))?;
     // Checked whole before connecting: a bad document reaches no server.
     let plan = kvmbox::Preseed::parse(&text).map_err(|e| Error::Msg(kvmbox::error_chain(&e)))?;
     let mut client = ctx.connect_to(remote.as_deref())?;
     plan.apply(&mut client, |what, outcome| println!("{what}: {outcome}"))
         .map_err(|e| Error::Msg(kvmbox::error_chain(&e)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stdin_operand;
-
-    #[test]
-    fn a_lone_dash_after_preseed_is_an_operand() {
-        let v = |a: &[&str]| stdin_operand(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(
-            v(&["admin", "init", "--preseed", "-"]),
-            ["admin", "init", "--preseed", "--", "-"]
-        );
-        assert_eq!(
-            v(&["admin", "init", "--preseed", "-", "edge1:"]),
-            ["admin", "init", "--preseed", "--", "-", "edge1:"]
-        );
-        assert_eq!(v(&["config", "set", "k", "-"]), ["config", "set", "k", "-"]);
-        assert_eq!(v(&["--", "--preseed", "-"]), ["--", "--preseed", "-"]);
-    }
 }

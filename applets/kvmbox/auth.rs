@@ -1,7 +1,7 @@
 //! `kvmbox authenticate`: trust this client with the server's
 //! `local.passphrase` (Multipass's `multipass authenticate`).
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
@@ -23,7 +23,7 @@ pub(crate) struct Authenticate {
     /// the passphrase
     #[argh(positional)]
     passphrase: Option<String>,
-    /// read the passphrase from this file (its first line)
+    /// read the passphrase from this file (its first line; - for stdin)
     #[argh(option)]
     passphrase_file: Option<PathBuf>,
 }
@@ -55,27 +55,27 @@ fn passphrase(args: &Authenticate) -> Result<String, Error> {
 }
 
 /// A secret kept off the command line (where `ps` shows it): the first line
-/// of `file`, else typed at a terminal without echo, else the first line of
-/// stdin. Without a terminal nothing is prompted for.
+/// of `file` (`-` is stdin), else typed at a terminal without echo, else the
+/// first line of stdin. Without a terminal nothing is prompted for.
 pub(crate) fn read_secret(file: Option<&Path>, prompt: &str) -> Result<String, Error> {
-    let mut text = String::new();
     match file {
-        Some(f) => {
-            std::fs::File::open(f)
-                .and_then(|file| file.take(MAX_LEN).read_to_string(&mut text))
-                .map_err(|e| Error::Msg(format!("cannot read {}: {e}", f.display())))?;
-        }
-        None if std::io::stdin().is_terminal() => {
-            return kvmbox::prompt_secret(prompt)
-                .map_err(|e| Error::Msg(format!("cannot read the secret: {e}")));
-        }
-        None => {
-            std::io::stdin()
-                .take(MAX_LEN)
-                .read_to_string(&mut text)
-                .map_err(|e| Error::Msg(format!("cannot read the secret from stdin: {e}")))?;
-        }
+        Some(f) => secret_from(f),
+        None if std::io::stdin().is_terminal() => kvmbox::prompt_secret(prompt)
+            .map_err(|e| Error::Msg(format!("cannot read the secret: {e}"))),
+        None => secret_from(Path::new("-")),
     }
+}
+
+/// The first line of `file`, or of stdin for `-`.
+pub(crate) fn secret_from(file: &Path) -> Result<String, Error> {
+    let text = kvmbox::read_operand_string(file, MAX_LEN).map_err(|e| {
+        let what = if kvmbox::is_stdio(file) {
+            "the secret from stdin".to_string()
+        } else {
+            file.display().to_string()
+        };
+        Error::Msg(format!("cannot read {what}: {e}"))
+    })?;
     Ok(first_line(&text))
 }
 

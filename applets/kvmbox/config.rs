@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 use super::output::{self, Format};
 use super::{Ctx, Error};
 
+/// At most this much of a certificate file is read.
+const CERT_LIMIT: u64 = 1 << 20;
+
 /// Show and change the server's configuration and trust store.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "config")]
@@ -92,7 +95,7 @@ enum TrustCmd {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "add")]
 struct TrustAdd {
-    /// the certificate (PEM), as [REMOTE:]FILE; leave out for a token
+    /// the certificate (PEM), as [REMOTE:]FILE (- for stdin); leave out for a token
     #[argh(positional)]
     file: Option<String>,
     /// the name to show for the client (required for a token)
@@ -279,7 +282,7 @@ fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
     let mut client = ctx.connect_to(remote.as_deref())?;
     match file {
         Some(f) => {
-            let pem = std::fs::read_to_string(&f)
+            let pem = kvmbox::read_operand_string(std::path::Path::new(&f), CERT_LIMIT)
                 .map_err(|e| Error::Msg(format!("cannot read {f}: {e}")))?;
             body.insert("certificate".into(), json!(pem));
             client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;

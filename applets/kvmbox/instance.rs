@@ -36,7 +36,8 @@ pub(crate) struct Launch {
     /// memory, e.g. 256MiB or 2GiB (limits.memory, default 1GiB)
     memory: Option<String>,
     #[argh(option)]
-    /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
+    /// forward a host TCP port to the guest: [ADDR:]HOSTPORT:GUESTPORT,
+    /// listening on 127.0.0.1 unless ADDR (IPv4) says where; repeatable
     forward: Vec<String>,
     #[argh(option)]
     /// put eth0 on this existing bridge instead of user-mode NAT
@@ -72,7 +73,8 @@ pub(crate) struct Init {
     /// memory, e.g. 256MiB or 2GiB (limits.memory, default 1GiB)
     memory: Option<String>,
     #[argh(option)]
-    /// forward a host TCP port to the guest: HOSTPORT:GUESTPORT; repeatable
+    /// forward a host TCP port to the guest: [ADDR:]HOSTPORT:GUESTPORT,
+    /// listening on 127.0.0.1 unless ADDR (IPv4) says where; repeatable
     forward: Vec<String>,
     #[argh(option)]
     /// put eth0 on this existing bridge instead of user-mode NAT
@@ -293,6 +295,11 @@ fn finish(c: &mut Client, op: &Value) -> Result<Value, Error> {
 }
 
 fn absolute(p: &Path) -> Result<String, Error> {
+    if kvmbox::is_stdio(p) {
+        return Err(Error::Usage(
+            "- (stdin) cannot be used here: the daemon opens this file by its path".into(),
+        ));
+    }
     std::fs::canonicalize(p)
         .map(|p| p.display().to_string())
         .map_err(|e| match e.kind() {

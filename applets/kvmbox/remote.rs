@@ -8,7 +8,7 @@
 //! and pin the certificate. Nothing secret is sent before the server's
 //! certificate is accepted, and nothing is ever asked without a terminal.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use argh::FromArgs;
@@ -61,7 +61,7 @@ struct Add {
     /// the server certificate's SHA-256 fingerprint, to check it without asking
     #[argh(option)]
     fingerprint: Option<String>,
-    /// read the server's trust password from this file (its first line)
+    /// read the server's trust password from this file (its first line; - for stdin)
     #[argh(option)]
     password_file: Option<PathBuf>,
     /// a one-time token from `kvmbox config trust add --name NAME`
@@ -150,14 +150,6 @@ fn normalise_fp(fp: &str) -> Result<String, Error> {
         )));
     }
     Ok(fp)
-}
-
-fn read_first_line(path: &PathBuf) -> Result<String, Error> {
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(4096).read_to_string(&mut text))
-        .map_err(|e| Error::Msg(format!("cannot read {}: {e}", path.display())))?;
-    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 fn ask(prompt: &str) -> Result<String, Error> {
@@ -271,7 +263,7 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
         let body = if let Some(t) = &a.token {
             json!({"type": "client", "trust_token": t.trim()})
         } else if let Some(f) = &a.password_file {
-            json!({"type": "client", "password": read_first_line(f)?})
+            json!({"type": "client", "password": super::auth::secret_from(f)?})
         } else if std::io::stdin().is_terminal() {
             let secret = kvmbox::prompt_secret(&format!("Password or token for {}: ", a.name))
                 .map_err(|e| Error::Msg(format!("cannot read the password: {e}")))?;

@@ -545,17 +545,35 @@ fn nic_of(name: &str, dev: &Device) -> Result<Nic, Error> {
     }
 }
 
-/// Parses `instances.uid_range` (`FIRST:COUNT`). uid 0 and ranges that wrap
-/// are refused.
+/// The lowest uid `instances.uid_range` may start at: below it are the
+/// host's own accounts (system users, people, `nobody` at 65534).
+const MIN_UID_RANGE: u32 = 65536;
+
+/// Parses `instances.uid_range` (`FIRST:COUNT`). Ranges that start below
+/// [`MIN_UID_RANGE`] or wrap are refused. Pure syntax: see [`uid_range_unused`]
+/// for the host's accounts.
 pub(crate) fn parse_uid_range(s: &str) -> Result<IdRange, String> {
     let bad = || format!("{s:?} is not FIRST:COUNT (e.g. 1000000:65536)");
     let (f, c) = s.split_once(':').ok_or_else(bad)?;
     let first: u32 = f.parse().map_err(|_| bad())?;
     let count: u32 = c.parse().map_err(|_| bad())?;
-    if first == 0 || count == 0 || first.checked_add(count).is_none() {
+    if count == 0 || first.checked_add(count).is_none() {
         return Err(bad());
     }
+    if first < MIN_UID_RANGE {
+        return Err(format!(
+            "{s:?} starts below {MIN_UID_RANGE}, among the host's own accounts"
+        ));
+    }
     Ok(IdRange { first, count })
+}
+
+/// Refuses a range holding the uid of a user or the gid of a group of this
+/// host: a VM's QEMU runs as that id and could use the account's files.
+pub(crate) fn uid_range_unused(range: IdRange) -> Result<(), crate::sys::IdInUse> {
+    // `parse_uid_range` made sure first + count does not wrap.
+    let last = range.first.saturating_add(range.count - 1);
+    crate::sys::ids_unused(range.first..=last)
 }
 
 /// A fresh random UUID (v4), as LXD gives each instance and operation.
@@ -671,9 +689,21 @@ mod tests {
                 count: 65536
             }
         );
-        for bad in ["0:10", "1:0", "x", "4294967295:2", "1:-1"] {
+        for bad in [
+            "0:10",
+            "1:0",
+            "x",
+            "4294967295:2",
+            "1:-1",
+            "1000:10",
+            "65535:10",
+        ] {
             assert!(parse_uid_range(bad).is_err(), "{bad}");
         }
+        assert!(parse_uid_range("1000:10")
+            .unwrap_err()
+            .contains("below 65536"));
+        assert!(parse_uid_range("65536:1").is_ok());
         assert_eq!(new_uuid().len(), 36);
     }
 }

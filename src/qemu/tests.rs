@@ -137,7 +137,10 @@ fn disks_and_nics() {
         Nic::User {
             id: "eth0".into(),
             mac: Some("52:54:00:12:34:56".into()),
-            forwards: vec![(2222, 22), (8080, 80)],
+            forwards: vec![
+                parse_forward("2222:22").unwrap(),
+                parse_forward("0.0.0.0:8080:80").unwrap(),
+            ],
         },
         Nic::Tap {
             id: "eth1".into(),
@@ -156,7 +159,7 @@ fn disks_and_nics() {
     assert_eq!(
         after(&a, "-netdev"),
         [
-            "user,id=net-eth0,hostfwd=tcp::2222-:22,hostfwd=tcp::8080-:80",
+            "user,id=net-eth0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:0.0.0.0:8080-:80",
             "tap,id=net-eth1,fd=3",
         ]
     );
@@ -243,8 +246,33 @@ fn bad_input_is_refused() {
 
 #[test]
 fn forwards() {
-    assert_eq!(parse_forward("2222:22"), Ok((2222, 22)));
-    for bad in ["22", "0:22", "22:0", "a:b", "70000:1", "1:2:3"] {
-        assert!(parse_forward(bad).is_err(), "{bad}");
+    let f = |addr: [u8; 4], host, guest| Forward {
+        addr: addr.into(),
+        host,
+        guest,
+    };
+    // Loopback unless an address is given.
+    assert_eq!(parse_forward("2222:22"), Ok(f([127, 0, 0, 1], 2222, 22)));
+    assert_eq!(
+        parse_forward("192.0.2.7:8080:80"),
+        Ok(f([192, 0, 2, 7], 8080, 80))
+    );
+    assert_eq!(parse_forward("0.0.0.0:1:2"), Ok(f([0, 0, 0, 0], 1, 2)));
+    for bad in [
+        "22",
+        "0:22",
+        "22:0",
+        "a:b",
+        "70000:1",
+        "1:2:3",
+        ":1:2",
+        "host:1:2",
+        "1.2.3.4:5",
+    ] {
+        assert_eq!(parse_forward(bad), Err(Error::Forward(bad.into())), "{bad}");
+    }
+    for v6 in ["[::1]:2222:22", "::1:2222:22"] {
+        let e = parse_forward(v6).unwrap_err();
+        assert!(e.to_string().contains("IPv4 addresses only"), "{e}");
     }
 }

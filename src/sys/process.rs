@@ -2,8 +2,9 @@
 //! new session, with an optional AppArmor label applied on exec, and the
 //! liveness checks and signals the VM layer needs afterwards.
 //!
-//! The child is not tied to the daemon (no `PR_SET_PDEATHSIG`): a VM must
-//! outlive a daemon restart and be adopted again.
+//! A VM is not tied to the daemon: it must outlive a daemon restart and be
+//! adopted again. A helper the daemon runs for itself (the KVM probe) is
+//! tied to it with `PR_SET_PDEATHSIG` instead: see [`Spawn::dies_with_thread`].
 
 use std::ffi::{CString, OsString};
 use std::fs::{File, OpenOptions};
@@ -16,6 +17,9 @@ use std::process::{Command, Stdio};
 /// Exit code of a child that could not enter its required AppArmor profile.
 /// Chosen outside QEMU's own codes (0, 1) and the shell's (126, 127).
 pub(crate) const EXIT_APPARMOR: i32 = 97;
+/// Exit code of a [`Spawn::dies_with_thread`] child whose parent was gone
+/// before it could tie itself to it.
+const EXIT_ORPHANED: i32 = 98;
 
 /// What to run and as whom.
 #[derive(Debug)]
@@ -30,6 +34,11 @@ pub(crate) struct Spawn {
     pub(crate) apparmor: Option<Label>,
     /// Descriptors the child inherits, as fds 3, 4, … in this order.
     pub(crate) fds: Vec<OwnedFd>,
+    /// The child is SIGKILLed when the THREAD that spawns it ends (prctl(2):
+    /// the parent is the creating thread), which includes the daemon being
+    /// SIGKILLed. So set it only where the calling thread outlives the
+    /// child's useful life, and never for a VM.
+    pub(crate) dies_with_thread: bool,
 }
 
 /// Where inherited descriptors are parked before they are moved to 3, 4, …:
@@ -94,15 +103,30 @@ pub(crate) fn spawn(spec: Spawn) -> io::Result<u32> {
         )),
         None => None,
     };
+    let dies_with_thread = spec.dies_with_thread;
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (setsid, open, write, close, _exit) on memory
-    // prepared before the fork; it allocates nothing.
+    // async-signal-safe calls (setsid, prctl, getppid, open, write, close,
+    // _exit) on memory prepared before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // A session of its own: the daemon's terminal or process group
             // being signalled must not reach the VM.
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if dies_with_thread {
+                // Kept across exec (QEMU is not set-uid), and set after std
+                // changed uid/gid, which would clear it.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The daemon died between fork and prctl: the signal will
+                // never come, so do not run at all.
+                if libc::getppid() != parent {
+                    libc::_exit(EXIT_ORPHANED);
+                }
             }
             // dup2 leaves the new descriptor without FD_CLOEXEC: it survives exec.
             for &(from, to) in &moves {
@@ -377,6 +401,7 @@ mod tests {
             log,
             apparmor: None,
             fds: vec![],
+            dies_with_thread: false,
         })
         .unwrap();
         let mut st = state(pid);
@@ -400,6 +425,7 @@ mod tests {
             log,
             apparmor: None,
             fds: vec![],
+            dies_with_thread: false,
         })
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -423,6 +449,7 @@ mod tests {
             log: File::create(&out).unwrap(),
             apparmor: None,
             fds,
+            dies_with_thread: false,
         })
         .unwrap();
         while state(pid) == State::Running {
@@ -433,6 +460,52 @@ mod tests {
         assert!(text.contains(" 3 -> ") && text.contains(" 4 -> "), "{text}");
         // cargo's jobserver pipe, inherited by this test, must not get through.
         assert!(!text.contains("pipe:"), "a descriptor leaked: {text}");
+    }
+
+    /// PDEATHSIG follows the spawning thread: when it ends, so does the
+    /// child; without the flag the child lives on (as a VM must).
+    #[test]
+    fn a_tied_child_dies_with_its_thread() {
+        let start = |tied| {
+            std::thread::spawn(move || {
+                spawn(Spawn {
+                    program: "/bin/sleep".into(),
+                    args: vec!["30".into()],
+                    ids: None,
+                    log: tempfile::tempfile().unwrap(),
+                    apparmor: None,
+                    fds: vec![],
+                    dies_with_thread: tied,
+                })
+                .unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        let (tied, free) = (start(true), start(false));
+        let mut st = state(tied);
+        for _ in 0..200 {
+            if st != State::Running {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            st = state(tied);
+        }
+        let free_st = state(free);
+        kill(free, libc::SIGKILL).unwrap();
+        while state(free) == State::Running {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            st,
+            State::Exited(None),
+            "the tied child outlived its thread"
+        );
+        assert_eq!(
+            free_st,
+            State::Running,
+            "the untied child died with the thread"
+        );
     }
 
     #[test]

@@ -1,8 +1,55 @@
-//! Groups without a user database: /etc/group read directly (what musl's
-//! static getgrnam does too) and a process's groups from /proc.
+//! Users and groups without a user database: /etc/passwd and /etc/group
+//! read directly (what musl's static getgrnam does too) and a process's
+//! groups from /proc.
 
 use std::io;
+use std::ops::RangeInclusive;
 use std::path::Path;
+
+/// A uid or gid some account already has.
+#[derive(Debug, thiserror::Error)]
+pub enum IdInUse {
+    #[error("uid {id} belongs to user {name:?} in /etc/passwd")]
+    User { name: String, id: u32 },
+    #[error("gid {id} belongs to group {name:?} in /etc/group")]
+    Group { name: String, id: u32 },
+    #[error("cannot read {path}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Refuses `ids` when a user in /etc/passwd or a group in /etc/group has a
+/// uid or gid in it. A missing file holds no account.
+pub(crate) fn ids_unused(ids: RangeInclusive<u32>) -> Result<(), IdInUse> {
+    let read = |path: &'static str| match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(IdInUse::Read { path, source }),
+    };
+    if let Some((name, id)) = entry_in(&read("/etc/passwd")?, &ids) {
+        return Err(IdInUse::User { name, id });
+    }
+    if let Some((name, id)) = entry_in(&read("/etc/group")?, &ids) {
+        return Err(IdInUse::Group { name, id });
+    }
+    Ok(())
+}
+
+/// The first `name:x:id:…` line (passwd and group files alike) whose id is in `ids`.
+fn entry_in(text: &str, ids: &RangeInclusive<u32>) -> Option<(String, u32)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let _password = fields.next()?;
+            let id: u32 = fields.next()?.trim().parse().ok()?;
+            ids.contains(&id).then(|| (name.to_string(), id))
+        })
+}
 
 /// The gid of group `name` in the group file at `path` (normally /etc/group).
 pub(crate) fn group_gid(path: &Path, name: &str) -> io::Result<Option<u32>> {
@@ -61,6 +108,19 @@ mod tests {
         assert_eq!(parse_group(text, "wheel"), None);
         assert_eq!(parse_group(text, "su"), None);
         assert_eq!(parse_group("garbage", "garbage"), None);
+    }
+
+    #[test]
+    fn accounts_in_a_range() {
+        let passwd =
+            "root:x:0:0::/root:/bin/sh\n# x:x:70000:\nbad:x:nan:1\nkb:x:70000:70000::/:/bin/sh\n";
+        assert_eq!(entry_in(passwd, &(65536..=69999)), None);
+        assert_eq!(
+            entry_in(passwd, &(65536..=70000)),
+            Some(("kb".into(), 70000))
+        );
+        assert_eq!(entry_in(passwd, &(0..=0)), Some(("root".into(), 0)));
+        assert_eq!(entry_in("", &(0..=u32::MAX)), None);
     }
 
     #[test]
