@@ -460,18 +460,17 @@ fn find(method: &str, path: &str) -> Result<(Route, Need, Vec<String>), Response
 
 /// LXD's synchronous response.
 pub(crate) fn sync(metadata: Value) -> Response {
-    envelope(
-        200,
-        json!({
-            "type": "sync",
-            "status": "Success",
-            "status_code": 200,
-            "operation": "",
-            "error_code": 0,
-            "error": "",
-            "metadata": metadata,
-        }),
-    )
+    sync_json(&serde_json::to_vec(&metadata).unwrap_or_default())
+}
+
+/// [`sync`] with metadata that is JSON already (a list served from memory).
+pub(crate) fn sync_json(metadata: &[u8]) -> Response {
+    const HEAD: &str = r#"{"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":"#;
+    let mut body = Vec::with_capacity(HEAD.len() + metadata.len() + 1);
+    body.extend_from_slice(HEAD.as_bytes());
+    body.extend_from_slice(metadata);
+    body.push(b'}');
+    Response { status: 200, body }
 }
 
 /// LXD's error response.

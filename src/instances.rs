@@ -37,7 +37,7 @@ use record::AaMode;
 pub(crate) use record::{
     check_config, check_device, new_uuid, parse_uid_range, uid_range_unused, Device, Record,
 };
-use view::show;
+use view::{show, Shown};
 
 /// `instances.uid_range` when unset.
 pub(crate) const DEFAULT_UID_RANGE: &str = "1000000:65536";
@@ -120,7 +120,7 @@ struct View {
 struct Entry {
     /// Serialises operations; holds the running QEMU.
     vm: AsyncMutex<Option<Vm>>,
-    view: Mutex<View>,
+    view: Shown,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,7 +206,7 @@ impl Manager {
             };
             let entry = Arc::new(Entry {
                 vm: AsyncMutex::new(None),
-                view: Mutex::new(View {
+                view: Shown::new(View {
                     record: rec.clone(),
                     pid: None,
                     orphan: None,
@@ -226,11 +226,10 @@ impl Manager {
                         vm.pid()
                     );
                     let label = self.label_of_running(&rec, vm.pid());
-                    {
-                        let mut v = lock(&entry.view);
+                    entry.view.change(|v| {
                         v.pid = Some(vm.pid());
                         v.seclabel = label;
-                    }
+                    });
                     *entry.vm.lock().await = Some(vm);
                 }
                 Err(vm::Error::NotRunning) => {
@@ -248,7 +247,7 @@ impl Manager {
                         "instance {}: cannot take over its QEMU: {why}",
                         rec.name
                     );
-                    lock(&entry.view).orphan = Some(why);
+                    entry.view.change(|v| v.orphan = Some(why));
                 }
             }
             lock(&self.entries).insert(rec.name.clone(), entry);
@@ -329,15 +328,14 @@ impl Manager {
                     // Nothing to wait for: this only tidies its run files.
                     let _ = vm.stop(Duration::ZERO).await;
                 }
-                let rec = {
-                    let mut v = lock(&e.view);
+                let rec = e.view.change(|v| {
                     v.pid = None;
                     v.record.clone()
-                };
+                });
                 log!(Info, "instance {}: QEMU exited", rec.name);
                 remove_taps(&rec);
                 self.unload(&rec).await;
-                lock(&e.view).seclabel = SecLabel::default();
+                e.view.change(|v| v.seclabel = SecLabel::default());
             }
         }
     }
@@ -365,8 +363,15 @@ impl Manager {
         let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
         entries
             .iter()
-            .map(|e| show(&lock(&e.view), state))
+            .map(|e| e.view.read(|v| show(v, state)))
             .collect()
+    }
+
+    /// Every instance's JSON as `GET /1.0/instances?recursion=1` shows it,
+    /// as rendered at its last change.
+    pub(crate) fn list_json(&self) -> Vec<Arc<[u8]>> {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        entries.iter().map(|e| e.view.json()).collect()
     }
 
     pub(crate) fn names(&self) -> Vec<String> {
@@ -379,7 +384,7 @@ impl Manager {
     }
 
     pub(crate) fn get(&self, name: &str, state: bool) -> Result<Value, Error> {
-        Ok(show(&lock(&self.entry(name)?.view), state))
+        Ok(self.entry(name)?.view.read(|v| show(v, state)))
     }
 
     /// Creates an instance (stopped). Nothing is left behind on failure.
@@ -432,7 +437,7 @@ impl Manager {
             }
             let used: Vec<u32> = entries
                 .values()
-                .map(|e| lock(&e.view).record.uid)
+                .map(|e| e.view.read(|v| v.record.uid))
                 .chain(reserved.values().copied())
                 .collect();
             rec.uid = match range.pick(&used) {
@@ -465,7 +470,7 @@ impl Manager {
             rec.name.clone(),
             Arc::new(Entry {
                 vm: AsyncMutex::new(None),
-                view: Mutex::new(view),
+                view: Shown::new(view),
             }),
         );
         log!(Info, "instance {name} created (uid {})", rec.uid);
@@ -512,7 +517,7 @@ impl Manager {
                 vm.pid()
             )));
         }
-        if let Some(why) = lock(&e.view).orphan.clone() {
+        if let Some(why) = e.view.read(|v| v.orphan.clone()) {
             return Err(Error::Conflict(format!(
                 "instance {:?} has a QEMU the daemon could not take over ({why}); end it first",
                 rec.name
@@ -561,11 +566,11 @@ impl Manager {
         }
         match Vm::spawn(&spec).await {
             Ok(vm) => {
-                let mut v = lock(&e.view);
-                v.pid = Some(vm.pid());
-                v.accel = Some(accel);
-                v.seclabel = label;
-                drop(v);
+                e.view.change(|v| {
+                    v.pid = Some(vm.pid());
+                    v.accel = Some(accel);
+                    v.seclabel = label;
+                });
                 log!(
                     Info,
                     "instance {} started (pid {}, {accel})",
@@ -620,10 +625,10 @@ impl Manager {
                 vm::Stopped::Forced => "forced after the timeout",
             })
         };
-        lock(&e.view).pid = None;
+        e.view.change(|v| v.pid = None);
         remove_taps(&rec);
         self.unload(&rec).await;
-        lock(&e.view).seclabel = SecLabel::default();
+        e.view.change(|v| v.seclabel = SecLabel::default());
         let how = how?;
         log!(Info, "instance {} stopped ({how})", rec.name);
         Ok(())
@@ -681,7 +686,7 @@ impl Manager {
         smol::unblock(move || fs::remove_dir_all(&dir))
             .await
             .map_err(|e| Error::host("remove the instance's directory", e))?;
-        lock(&e.view).deleted = true;
+        e.view.change(|v| v.deleted = true);
         lock(&self.entries).remove(name);
         log!(Info, "instance {name} deleted");
         Ok(())
@@ -757,11 +762,12 @@ fn profile_name(uuid: &str) -> String {
 }
 
 fn current(e: &Entry) -> Result<Record, Error> {
-    let v = lock(&e.view);
-    if v.deleted {
-        return Err(Error::NotFound(format!("instance {:?}", v.record.name)));
-    }
-    Ok(v.record.clone())
+    e.view.read(|v| {
+        if v.deleted {
+            return Err(Error::NotFound(format!("instance {:?}", v.record.name)));
+        }
+        Ok(v.record.clone())
+    })
 }
 
 fn mkdir(dir: &Path, mode: u32) -> Result<(), Error> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::record::{Device, Record};
-use super::{current, lock, save, Error, Manager};
+use super::{current, save, Error, Manager};
 use crate::hostfile::Pin;
 use crate::log::log;
 use crate::vm;
@@ -74,14 +74,14 @@ impl Manager {
                     partial.devices.remove(&d.id);
                     partial.release_pins(false);
                     save(&partial, &partial.dir(&host.state)).await?;
-                    lock(&e.view).record = partial;
+                    e.view.change(|v| v.record = partial);
                 }
             }
             for d in &after {
                 if before.iter().any(|b| b.id == d.id && b.path == d.path) {
                     continue;
                 }
-                if lock(&e.view).seclabel.loaded {
+                if e.view.read(|v| v.seclabel.loaded) {
                     // The profile must grant the disk before QEMU opens it.
                     let mut args = vec![d.path.display().to_string()];
                     if d.read_only {
@@ -100,13 +100,13 @@ impl Manager {
                 partial.devices.insert(d.id.clone(), dev.clone());
                 partial.pins.insert(source.clone(), pin.clone());
                 save(&partial, &partial.dir(&host.state)).await?;
-                lock(&e.view).record = partial;
+                e.view.change(|v| v.record = partial);
                 log!(Info, "instance {name}: disk {} hot-plugged", d.id);
             }
         }
         new.release_pins(false);
         save(&new, &new.dir(&host.state)).await?;
-        lock(&e.view).record = new;
+        e.view.change(|v| v.record = new);
         Ok(())
     }
 }

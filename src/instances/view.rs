@@ -1,10 +1,12 @@
 //! How an instance is shown: LXD's instance object (`GET /1.0/instances/<name>`).
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::{json, Value};
 
 use super::confine;
 use super::record::AaMode;
-use super::{profile_name, View};
+use super::{lock, profile_name, View};
 
 use crate::trust::rfc3339;
 
@@ -75,4 +77,42 @@ pub(super) fn show(v: &View, with_state: bool) -> Value {
         );
     }
     out
+}
+
+/// An instance's [`View`] and its JSON as `GET` shows it (without `state`),
+/// rendered again at every change and only then: listing a thousand
+/// instances copies their bytes instead of building and serialising a
+/// thousand JSON objects for every request.
+#[derive(Debug)]
+pub(super) struct Shown(Mutex<(View, Arc<[u8]>)>);
+
+fn render(v: &View) -> Arc<[u8]> {
+    serde_json::to_vec(&show(v, false))
+        .unwrap_or_default()
+        .into()
+}
+
+impl Shown {
+    pub(super) fn new(v: View) -> Shown {
+        let json = render(&v);
+        Shown(Mutex::new((v, json)))
+    }
+
+    /// Reads the view.
+    pub(super) fn read<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+        f(&lock(&self.0).0)
+    }
+
+    /// Changes the view; its JSON follows.
+    pub(super) fn change<R>(&self, f: impl FnOnce(&mut View) -> R) -> R {
+        let mut g = lock(&self.0);
+        let r = f(&mut g.0);
+        g.1 = render(&g.0);
+        r
+    }
+
+    /// The JSON of the view as it is now.
+    pub(super) fn json(&self) -> Arc<[u8]> {
+        lock(&self.0).1.clone()
+    }
 }
