@@ -381,6 +381,17 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), Error> {
+        self.request_as(method, path, body)
+    }
+
+    /// [`Client::request`], with the body decoded into `T`: a caller that
+    /// needs a few fields of a large answer skips building the rest.
+    fn request_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, T), Error> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let limits = Limits {
             max_head: 64 * 1024,
@@ -398,7 +409,7 @@ impl Client {
                 .map_err(|_| Error::Io(e))?,
             Err(e) => return Err(e.into()),
         };
-        let value: Value = serde_json::from_slice(&body)
+        let value = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("body is not JSON ({e})")))?;
         Ok((status, value))
     }
@@ -406,25 +417,41 @@ impl Client {
     /// A request whose envelope is unwrapped: the metadata of a sync
     /// response, the operation of an async one, or the error.
     pub fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
-        let (status, mut v) = self.request(method, path, body)?;
-        match v.get("type").and_then(Value::as_str) {
-            Some("sync") | Some("async") => Ok(v
-                .get_mut("metadata")
-                .map(Value::take)
-                .unwrap_or(Value::Null)),
-            Some("error") => Err(Error::Api {
+        self.call_as(method, path, body)
+    }
+
+    /// [`Client::call`], with the metadata decoded into `T` (fields it does
+    /// not name are skipped, not built).
+    pub fn call_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, Error> {
+        let (status, e): (u16, Envelope<T>) = self.request_as(method, path, body)?;
+        match (e.kind.as_deref(), e.metadata) {
+            (Some("sync" | "async"), Some(m)) => Ok(m),
+            // `null` metadata: only a type that takes null (a Value) fits.
+            (Some("sync" | "async"), None) => serde_json::from_value(Value::Null)
+                .map_err(|e| Error::Protocol(format!("no metadata ({e})"))),
+            (Some("error"), _) => Err(Error::Api {
                 status,
-                message: v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_string(),
+                message: e.error.unwrap_or_else(|| "unknown error".into()),
             }),
             _ => Err(Error::Protocol(format!(
                 "status {status} without an envelope"
             ))),
         }
     }
+}
+
+/// LXD's response envelope, as far as a client reads it.
+#[derive(serde::Deserialize)]
+struct Envelope<T> {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    error: Option<String>,
+    metadata: Option<T>,
 }
 
 /// What is left to read on a TLS stream whose writing side has failed:

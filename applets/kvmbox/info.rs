@@ -74,19 +74,32 @@ pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a table of instances shows of each: the rest of the object is
+/// skipped while reading, not built.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct Row {
+    name: String,
+    status: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
 pub(crate) fn list(ctx: &Ctx, args: &List) -> Result<(), Error> {
     let remote = super::remote_only(args.remote.as_deref())?;
-    let list =
-        ctx.connect_to(remote.as_deref())?
-            .call("GET", "/1.0/instances?recursion=1", None)?;
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| vec![text(i, &["name"]), text(i, &["status"]), text(i, &["type"])])
-                .collect()
-        })
-        .unwrap_or_default();
-    output::print(args.format, &list, &["NAME", "STATE", "TYPE"], &rows);
+    let mut client = ctx.connect_to(remote.as_deref())?;
+    const PATH: &str = "/1.0/instances?recursion=1";
+    const HEADERS: [&str; 3] = ["NAME", "STATE", "TYPE"];
+    if matches!(args.format, Format::Json | Format::Yaml) {
+        let list = client.call("GET", PATH, None)?;
+        output::print(args.format, &list, &HEADERS, &[]);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = client
+        .call_as::<Vec<Row>>("GET", PATH, None)?
+        .into_iter()
+        .map(|r| vec![r.name, r.status, r.kind])
+        .collect();
+    output::print(args.format, &serde_json::Value::Null, &HEADERS, &rows);
     Ok(())
 }
