@@ -35,7 +35,8 @@ cross:
 deps:
 	@sh scripts/deps.sh
 
-# Builds and starts the daemon in the foreground on a scratch state dir.
+# Builds, prepares a demo guest and starts the daemon in the foreground on a
+# scratch state dir, printing the command that boots the guest.
 run: deps
 	@$(MAKE) --no-print-directory all
 	@sh scripts/run.sh
