@@ -38,17 +38,24 @@ pub(crate) fn ids_unused(ids: RangeInclusive<u32>) -> Result<(), IdInUse> {
     Ok(())
 }
 
-/// The first `name:x:id:…` line (passwd and group files alike) whose id is in `ids`.
-fn entry_in(text: &str, ids: &RangeInclusive<u32>) -> Option<(String, u32)> {
+/// The (name, id) of every `name:x:id:…` line of a passwd or group file
+/// whose id is a number.
+fn entries(text: &str) -> impl Iterator<Item = (&str, u32)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
+        .filter_map(|line| {
             let mut fields = line.split(':');
             let name = fields.next()?;
             let _password = fields.next()?;
-            let id: u32 = fields.next()?.trim().parse().ok()?;
-            ids.contains(&id).then(|| (name.to_string(), id))
+            Some((name, fields.next()?.trim().parse().ok()?))
         })
+}
+
+/// The first entry (passwd and group files alike) whose id is in `ids`.
+fn entry_in(text: &str, ids: &RangeInclusive<u32>) -> Option<(String, u32)> {
+    entries(text)
+        .find(|(_, id)| ids.contains(id))
+        .map(|(name, id)| (name.to_string(), id))
 }
 
 /// The gid of group `name` in the group file at `path` (normally /etc/group).
@@ -62,15 +69,7 @@ pub(crate) fn group_gid(path: &Path, name: &str) -> io::Result<Option<u32>> {
 }
 
 fn parse_group(text: &str, name: &str) -> Option<u32> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let mut fields = line.split(':');
-            let n = fields.next()?;
-            let _password = fields.next()?;
-            let gid = fields.next()?;
-            (n == name).then(|| gid.trim().parse().ok()).flatten()
-        })
+    entries(text).find(|(n, _)| *n == name).map(|(_, gid)| gid)
 }
 
 /// The real uid and all groups (primary and supplementary) of process `pid`,
