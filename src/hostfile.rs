@@ -58,6 +58,8 @@ pub struct Pin {
 pub enum Error {
     #[error("{}: no such file", .0.display())]
     Missing(PathBuf),
+    #[error("{}: not an absolute path", .0.display())]
+    Relative(PathBuf),
     #[error("{}: the calling user cannot read it", .0.display())]
     Denied(PathBuf),
     #[error("{}: not a regular file", .0.display())]
@@ -105,7 +107,7 @@ fn opened(path: &Path, e: io::Error) -> Error {
 /// returned file is the one checked: read from it, never from the path.
 pub(crate) fn check(path: &Path, who: &Opener, need: Need) -> Result<(File, Pin), Error> {
     if !path.is_absolute() {
-        return Err(Error::Missing(path.into()));
+        return Err(Error::Relative(path.into()));
     }
     let file = match who {
         Opener::Caller(c) if crate::sys::euid() == 0 => sysfs::open_as(c, path),
