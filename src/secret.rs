@@ -107,7 +107,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// `max_delay`. One attempt per peer is in flight at a time, so parallel
 /// connections do not multiply the guessing rate. A peer quiet for a day
 /// after its last wait is forgotten; when the map is full the peer heard
-/// from least recently is.
+/// from least recently is, unless it is waiting out a delay: a map full of
+/// those makes new peers wait instead.
 #[derive(Debug)]
 pub(crate) struct RateLimiter<K> {
     free: u32,
@@ -170,33 +171,38 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Makes room for one more peer: the expired go first, then, if the
-    /// map is still full, the one heard from least recently (never one with
-    /// an attempt in flight, whose `finish` is still to come).
-    fn make_room(&mut self, now: Instant) {
+    /// map is still full, the one heard from least recently among those
+    /// that are not waiting out a delay (evicting one would let a flood of
+    /// other addresses wipe its backoff) nor mid-attempt (its `finish` is
+    /// still to come). Without such a peer the map stays full, and the
+    /// earliest end of a delay is returned: new peers wait until then.
+    fn make_room(&mut self, now: Instant) -> Result<(), Duration> {
         if self.peers.len() < self.capacity {
-            return;
+            return Ok(());
         }
         self.peers.retain(|_, p| !p.expired(now));
         while self.peers.len() >= self.capacity {
+            let waiting = |p: &Peer| p.in_flight || p.not_before.is_some_and(|t| t > now);
             let Some(oldest) = self
                 .peers
                 .iter()
-                .filter(|(_, p)| !p.in_flight)
+                .filter(|(_, p)| !waiting(p))
                 .min_by_key(|(_, p)| p.seen)
                 .map(|(k, _)| k.clone())
             else {
-                // Every remembered peer is mid-attempt: at most one each,
-                // so this is bounded by the connection slots.
-                return;
+                let until = self.peers.values().filter_map(|p| p.not_before).min();
+                let wait = until.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                return Err(wait.max(Duration::from_secs(1)));
             };
             self.peers.remove(&oldest);
         }
+        Ok(())
     }
 
     /// Claims an attempt for `peer` at `now`, or says how long to wait.
     pub(crate) fn begin(&mut self, peer: K, now: Instant) -> Result<(), Duration> {
         if !self.peers.contains_key(&peer) {
-            self.make_room(now);
+            self.make_room(now)?;
         }
         let p = self.peers.entry(peer).or_insert_with(|| Peer::new(now));
         if p.expired(now) {
@@ -314,6 +320,39 @@ mod tests {
         }
         let t = t0 + Duration::from_secs(4000);
         assert_eq!(rl.begin(1, t), Err(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_flood_of_new_peers_does_not_wipe_a_backoff() {
+        let s = Duration::from_secs(1);
+        let mut rl = RateLimiter::new(0, s, Duration::from_secs(60)).with_capacity(4);
+        let (t0, mut t) = (Instant::now(), Instant::now());
+        for _ in 0..3 {
+            if let Err(wait) = rl.begin(7u32, t) {
+                t += wait;
+                rl.begin(7, t).unwrap();
+            }
+            rl.finish(7, false, t);
+        }
+        let t0 = t0.max(t);
+        let limited = rl.begin(7, t0 + s).unwrap_err();
+        // Thousands of other peers fail once each; 7 is waiting, so it stays.
+        let mut refused = 0;
+        for peer in 100..5000 {
+            match rl.begin(peer, t0 + s) {
+                Ok(()) => rl.finish(peer, false, t0 + s),
+                Err(_) => refused += 1,
+            }
+            assert!(rl.len() <= 4);
+        }
+        assert!(
+            refused > 0,
+            "a map full of waiting peers makes new ones wait"
+        );
+        assert!(
+            rl.begin(7, t0 + s).unwrap_err() >= limited - s,
+            "the backoff survived the flood"
+        );
     }
 
     #[test]
