@@ -36,6 +36,10 @@ const PKI_NO_DEFAULT_ROLE: &str = "not authorized: this certificate is signed by
      has no role; ask an administrator to trust it (`kvmbox config trust add`) or to set \
      core.pki_default_role";
 
+/// Descriptors kept for what is not a connection: VMs' QMP sockets and
+/// logs, taps, the helper's pipes, state files.
+const FD_RESERVE: usize = 256;
+
 /// Groups tried, in order, when no admin group is given (SPEC M2).
 const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
 /// At most this much of a `--preseed` document is read.
@@ -524,6 +528,23 @@ fn state_dir(dir: &Path) -> Result<(), Error> {
 pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Nothing the daemon creates is readable by others unless it says so.
     sys::umask(0o077);
+    // Each listener may hold max_connections, and VMs, the helper and the
+    // state files need descriptors besides: running out would leave even
+    // root's connections waiting in the backlog.
+    let want = opts
+        .max_connections
+        .saturating_mul(2)
+        .saturating_add(FD_RESERVE);
+    match sys::raise_fd_limit() {
+        Ok(n) if n < u64::try_from(want).unwrap_or(u64::MAX) => log!(
+            Warn,
+            "only {n} open files allowed: {} connections per listener need about {want} \
+             (raise LimitNOFILE, or lower --max-connections)",
+            opts.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => log!(Warn, "cannot raise the open-file limit: {e}"),
+    }
     // A bad document stops the daemon before it has touched anything.
     let preseed = match &opts.preseed {
         Some(p) => {
@@ -736,6 +757,7 @@ pub(crate) async fn serve<S>(
     S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
+    let opened = std::time::Instant::now();
     loop {
         let (resp, keep_alive) = match timed(
             opts.timeout,
@@ -762,7 +784,12 @@ pub(crate) async fn serve<S>(
                     req.path,
                     resp.status
                 );
-                (resp, req.keep_alive)
+                // A client nobody trusts gets what a client needs to become
+                // trusted (a few requests in a row), not a slot to hold:
+                // once the connection is older than a request may take,
+                // it is closed after each answer.
+                let held = id.role.is_none() && opened.elapsed() >= opts.timeout;
+                (resp, req.keep_alive && !held)
             }
         };
         let bytes = resp.to_bytes(keep_alive);

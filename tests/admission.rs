@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{applet, bin, program, Cmd};
 use daemon::Daemon;
-use kvmbox::{Client, ClientIdentity};
+use kvmbox::{Client, ClientIdentity, RemoteTrust};
 
 /// A peer that opens idle TCP connections and never says a word, then
 /// reports how many the daemon closed, and when.
@@ -219,6 +219,38 @@ fn the_network_cannot_crowd_out_the_unix_socket_and_silent_peers_go() {
     let log = d.log_text();
     assert!(log.contains("connections already open on TCP"), "{log}");
     assert!(log.contains("TLS handshake with 127.0.0.2"), "{log}");
+}
+
+#[test]
+fn an_untrusted_client_cannot_keep_its_connection_alive() {
+    let scratch = common::scratch();
+    let dir = scratch.path();
+    let d = Daemon::start(&bin(), dir, &["--https", "127.0.0.1:0", "--timeout", "2"]);
+    let addr = d.https_address();
+    let id = ClientIdentity::load_or_create(&dir.join("stranger")).unwrap();
+    let (mut c, _) = Client::connect_tcp(&addr, "kvmbox", &id, &RemoteTrust::Probe).unwrap();
+    // Asking who the server is, again and again on one connection: served
+    // while the connection is young, then closed after an answer.
+    let start = Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(8) {
+        match c.request("GET", "/1.0", None) {
+            Ok((200, v)) => {
+                assert_eq!(v["metadata"]["auth"], "untrusted");
+                answered += 1;
+            }
+            Ok((code, v)) => panic!("{code}: {v}"),
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let held = start.elapsed();
+    eprintln!("{answered} answers on one untrusted connection, closed after {held:?}");
+    assert!(
+        answered >= 2,
+        "a client becoming trusted needs a few requests"
+    );
+    assert!(held < Duration::from_secs(6), "held for {held:?}");
 }
 
 /// Addresses in the namespace the daemon runs in: two /64s on loopback.

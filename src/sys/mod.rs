@@ -33,6 +33,26 @@ pub(crate) fn egid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (a
+/// service manager often leaves it at 1024) and returns the limit now in
+/// force.
+pub(crate) fn raise_fd_limit() -> std::io::Result<u64> {
+    // SAFETY: rlimit is plain data; all-zero is a valid value for it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit only reads `lim`, a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// The host name, read from the kernel (no resolver involved).
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

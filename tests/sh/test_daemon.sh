@@ -64,3 +64,14 @@ fi
 kill -TERM $pid
 wait $pid || fail "kvmboxd exited non-zero on SIGTERM: $(cat daemon.log)"
 [ ! -e state/unix.socket ] || fail "socket left behind"
+
+# The open-file limit: a low soft limit is raised to the hard one, and a
+# hard limit too low for the connection slots is said in the log.
+(ulimit -Sn 100 && ulimit -Hn 400 && exec bin/kvmboxd $group_args --state-dir "$PWD/lim" 2>lim.log) &
+pid=$!
+i=0; while [ ! -S lim/unix.socket ]; do i=$((i + 1)); [ $i -lt 200 ] || fail "no socket: $(cat lim.log)"; sleep 0.05; done
+soft=$(awk '/^Max open files/ { print $4 }' "/proc/$pid/limits")
+[ "$soft" = 400 ] || fail "open-file soft limit $soft, not raised to 400"
+contains "$(cat lim.log)" "only 400 open files allowed"
+kill -TERM $pid
+wait $pid || fail "kvmboxd exited non-zero on SIGTERM: $(cat lim.log)"
