@@ -16,7 +16,7 @@ endif
 
 # Rebuild when any source changes; cargo itself decides what is stale.
 SOURCES := Cargo.toml Cargo.lock rust-toolchain.toml $(wildcard cross/*.toml) \
-           $(shell find src applets profiles -type f 2>/dev/null)
+           $(shell find src aa applets profiles -type f 2>/dev/null)
 
 .PHONY: all cross deps run test check unit shtest qemu-test bench install clean
 

@@ -4,7 +4,7 @@
 //! <https://gitlab.com/apparmor/apparmor/-/wikis/AppArmor_Core_Policy_Reference>.
 //!
 //! It starts by clearing its environment, reads only its arguments and stdin,
-//! and checks everything (see `kvmbox::check_instance`) before it writes or
+//! and checks everything (see `kvmbox_aa::check`) before it writes or
 //! loads anything: a refused input leaves the profile directory untouched.
 //!
 //! # Interface for the daemon
@@ -52,11 +52,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use kvmbox::{
-    aa_files_list, aa_granted_by_others, aa_kernel, aa_profile_from_template, aa_profile_state,
-    check_instance, is_stdio, read_operand_string, write_atomic, AaDisk, AaError, AaHost,
-    AaInstance, AaKernel, AaParser, AaProfileState, AaUuid, Overwrite, AA_ABSTRACTION, AA_TEMPLATE,
-};
+use kvmbox::{is_stdio, read_operand_string, write_atomic, Overwrite};
+use kvmbox_aa as aa;
 
 use crate::cli;
 
@@ -175,31 +172,31 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
 }
 
 /// Whether to run the parser, or why not.
-fn load_decision(args: &Args) -> Result<Option<String>, AaError> {
+fn load_decision(args: &Args) -> Result<Option<String>, aa::Error> {
     if args.no_load {
         return Ok(Some("--no-load".into()));
     }
-    match (args.apparmor.as_str(), aa_kernel()) {
-        ("always", _) | (_, AaKernel::Enabled) => Ok(None),
-        ("required", AaKernel::Absent(why)) => Err(AaError::NoAppArmor(why)),
-        (_, AaKernel::Absent(why)) => Ok(Some(format!("the kernel has no AppArmor ({why})"))),
+    match (args.apparmor.as_str(), aa::kernel_apparmor()) {
+        ("always", _) | (_, aa::Kernel::Enabled) => Ok(None),
+        ("required", aa::Kernel::Absent(why)) => Err(aa::Error::NoAppArmor(why)),
+        (_, aa::Kernel::Absent(why)) => Ok(Some(format!("the kernel has no AppArmor ({why})"))),
     }
 }
 
-fn parser(args: &Args, include_dirs: Vec<PathBuf>) -> AaParser {
-    AaParser {
+fn parser(args: &Args, include_dirs: Vec<PathBuf>) -> aa::Parser {
+    aa::Parser {
         program: args.parser.clone(),
         cache_dir: Some(args.cache_dir.clone()),
         include_dirs,
     }
 }
 
-fn run(mode: Mode, args: &Args) -> Result<String, AaError> {
+fn run(mode: Mode, args: &Args) -> Result<String, aa::Error> {
     let dry = args.dry_run || mode == Mode::Show;
     let skip_load = if dry { None } else { load_decision(args)? };
     match mode {
         Mode::Remove | Mode::Delete => {
-            let uuid = AaUuid::parse(args.uuid.as_deref().unwrap_or_default())?;
+            let uuid = aa::Uuid::parse(args.uuid.as_deref().unwrap_or_default())?;
             return remove(mode, args, &uuid, skip_load, dry);
         }
         Mode::Create | Mode::Replace | Mode::AddFile | Mode::Show => {}
@@ -207,36 +204,36 @@ fn run(mode: Mode, args: &Args) -> Result<String, AaError> {
 
     let inst = read_instance()?;
     if let Some(given) = &args.uuid {
-        AaUuid::parse(given)?;
+        aa::Uuid::parse(given)?;
         if *given != inst.uuid {
-            return Err(AaError::Invalid(format!(
+            return Err(aa::Error::Invalid(format!(
                 "--uuid {given} does not match the definition's uuid {:?}",
                 inst.uuid
             )));
         }
     }
-    let host = AaHost {
+    let host = aa::Host {
         profile_dir: args.profile_dir.clone(),
         state_dir: args.state_dir.clone(),
     };
-    let extra = args.path.as_ref().map(|p| AaDisk {
+    let extra = args.path.as_ref().map(|p| aa::Disk {
         path: p.clone(),
         readonly: args.readonly,
     });
-    let others = aa_granted_by_others(&args.profile_dir, &inst.uuid);
-    let v = check_instance(&inst, &host, extra.as_ref(), &others)?;
+    let others = aa::granted_by_others(&args.profile_dir, &inst.uuid);
+    let v = aa::check(&inst, &host, extra.as_ref(), &others)?;
 
     let name = v.uuid.profile_name();
     let profile_path = args.profile_dir.join(&name);
     let files_path = args.profile_dir.join(format!("{name}.files"));
-    // The profile directory passed the plain-characters check in check_instance.
-    let files_text = aa_files_list(&v);
+    // The profile directory passed the plain-characters check in aa::check.
+    let files_text = aa::files_list(&v);
     let (template, template_name) = template(args)?;
     let generated =
-        aa_profile_from_template(&template, &template_name, &v, &files_path.to_string_lossy())?;
+        aa::profile_from_template(&template, &template_name, &v, &files_path.to_string_lossy())?;
     let existing = read_optional(&profile_path)?;
-    let state = aa_profile_state(existing.as_deref());
-    let keep = state == AaProfileState::Edited;
+    let state = aa::profile_state(existing.as_deref());
+    let keep = state == aa::ProfileState::Edited;
 
     if dry {
         let shown = if keep {
@@ -253,7 +250,7 @@ fn run(mode: Mode, args: &Args) -> Result<String, AaError> {
         return Ok(String::new());
     }
 
-    std::fs::create_dir_all(&args.profile_dir).map_err(|source| AaError::Io {
+    std::fs::create_dir_all(&args.profile_dir).map_err(|source| aa::Error::Io {
         action: "create",
         path: args.profile_dir.clone(),
         source,
@@ -289,10 +286,10 @@ fn run(mode: Mode, args: &Args) -> Result<String, AaError> {
 fn remove(
     mode: Mode,
     args: &Args,
-    uuid: &AaUuid,
+    uuid: &aa::Uuid,
     skip_load: Option<String>,
     dry: bool,
-) -> Result<String, AaError> {
+) -> Result<String, aa::Error> {
     let name = uuid.profile_name();
     let files = [
         args.profile_dir.join(format!("{name}.files")),
@@ -320,7 +317,7 @@ fn remove(
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(AaError::Io {
+                    return Err(aa::Error::Io {
                         action: "remove",
                         path: f.clone(),
                         source,
@@ -333,20 +330,21 @@ fn remove(
     Ok(line)
 }
 
-fn read_instance() -> Result<AaInstance, AaError> {
-    let text = read_operand_string(Path::new("-"), STDIN_LIMIT).map_err(|source| AaError::Io {
-        action: "read",
-        path: PathBuf::from("stdin"),
-        source,
-    })?;
+fn read_instance() -> Result<aa::Instance, aa::Error> {
+    let text =
+        read_operand_string(Path::new("-"), STDIN_LIMIT).map_err(|source| aa::Error::Io {
+            action: "read",
+            path: PathBuf::from("stdin"),
+            source,
+        })?;
     serde_json::from_str(&text)
-        .map_err(|e| AaError::Invalid(format!("invalid VM definition on stdin: {e}")))
+        .map_err(|e| aa::Error::Invalid(format!("invalid VM definition on stdin: {e}")))
 }
 
 /// The template text and a name for messages: `--template`, else
 /// PROFILE_DIR/TEMPLATE.qemu, else the one beside PROFILE_DIR (where
 /// `make install` puts it: /etc/apparmor.d/TEMPLATE.qemu), else built-in.
-fn template(args: &Args) -> Result<(String, String), AaError> {
+fn template(args: &Args) -> Result<(String, String), aa::Error> {
     let installed = [
         Some(args.profile_dir.join("TEMPLATE.qemu")),
         args.profile_dir.parent().map(|d| d.join("TEMPLATE.qemu")),
@@ -355,10 +353,10 @@ fn template(args: &Args) -> Result<(String, String), AaError> {
         Some(p) => p.clone(),
         None => match installed.into_iter().flatten().find(|p| p.is_file()) {
             Some(p) => p,
-            None => return Ok((AA_TEMPLATE.to_string(), "built-in TEMPLATE.qemu".into())),
+            None => return Ok((aa::TEMPLATE.to_string(), "built-in TEMPLATE.qemu".into())),
         },
     };
-    let text = read_operand_string(&path, STDIN_LIMIT).map_err(|source| AaError::Io {
+    let text = read_operand_string(&path, STDIN_LIMIT).map_err(|source| aa::Error::Io {
         action: "read",
         path: path.clone(),
         source,
@@ -369,7 +367,7 @@ fn template(args: &Args) -> Result<(String, String), AaError> {
 /// Without an installed abstraction (only the binary is on this host), the
 /// built-in one is written once to PROFILE_DIR/abstractions/ and that
 /// directory is searched too; an existing copy there is never overwritten.
-fn abstraction_fallback(profile_dir: &Path) -> Result<Vec<PathBuf>, AaError> {
+fn abstraction_fallback(profile_dir: &Path) -> Result<Vec<PathBuf>, aa::Error> {
     if Path::new(SYSTEM_POLICY)
         .join("abstractions/kvmbox-qemu")
         .is_file()
@@ -379,21 +377,21 @@ fn abstraction_fallback(profile_dir: &Path) -> Result<Vec<PathBuf>, AaError> {
     let local = profile_dir.join("abstractions/kvmbox-qemu");
     if !local.is_file() {
         let dir = profile_dir.join("abstractions");
-        std::fs::create_dir_all(&dir).map_err(|source| AaError::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| aa::Error::Io {
             action: "create",
             path: dir,
             source,
         })?;
-        write(&local, AA_ABSTRACTION)?;
+        write(&local, aa::ABSTRACTION)?;
     }
     Ok(vec![profile_dir.to_path_buf()])
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>, AaError> {
+fn read_optional(path: &Path) -> Result<Option<String>, aa::Error> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(AaError::Io {
+        Err(source) => Err(aa::Error::Io {
             action: "read",
             path: path.to_path_buf(),
             source,
@@ -401,8 +399,8 @@ fn read_optional(path: &Path) -> Result<Option<String>, AaError> {
     }
 }
 
-fn write(path: &Path, text: &str) -> Result<(), AaError> {
-    write_atomic(path, text.as_bytes(), 0o644, Overwrite::Replace).map_err(|source| AaError::Io {
+fn write(path: &Path, text: &str) -> Result<(), aa::Error> {
+    write_atomic(path, text.as_bytes(), 0o644, Overwrite::Replace).map_err(|source| aa::Error::Io {
         action: "write",
         path: path.to_path_buf(),
         source,

@@ -8,7 +8,6 @@ mod accel;
 mod admission;
 mod api;
 mod api_instances;
-mod apparmor;
 mod client;
 mod daemon;
 mod hostfile;
@@ -34,15 +33,6 @@ mod trust;
 mod vm;
 mod websocket;
 
-pub use apparmor::{
-    check as check_instance, files_list as aa_files_list,
-    granted_by_others as aa_granted_by_others, kernel_apparmor as aa_kernel,
-    profile_from_template as aa_profile_from_template, profile_state as aa_profile_state,
-    Disk as AaDisk, Error as AaError, Host as AaHost, Instance as AaInstance, Kernel as AaKernel,
-    Parser as AaParser, ProfileState as AaProfileState, Rule as AaRule, RuleKind as AaRuleKind,
-    Uuid as AaUuid, Validated as AaValidated, ABSTRACTION as AA_ABSTRACTION,
-    TEMPLATE as AA_TEMPLATE,
-};
 pub use operand::{
     is_stdio, read as read_operand, read_to_string as read_operand_string, write as write_operand,
 };

@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 
 use super::record::{AaMode, Record};
 use super::{lock, profile_name, Error, Manager, SecLabel};
-use crate::apparmor::{self, Kernel};
 use crate::log::log;
 use crate::qemu::RunFiles;
+use kvmbox_aa::{self as apparmor, Kernel};
 
 /// Where the helper lives and how it is told to work.
 #[derive(Clone, Debug)]
@@ -130,25 +130,25 @@ impl Manager {
     }
 
     /// What the helper is told about `rec`.
-    fn definition(&self, rec: &Record) -> Result<crate::apparmor::Instance, Error> {
+    fn definition(&self, rec: &Record) -> Result<kvmbox_aa::Instance, Error> {
         let host = self.host()?;
         let dir = rec.dir(&host.state);
         let files = RunFiles::in_dir(&dir.join("vm").join("qemu"));
         let s = |p: &Path| p.display().to_string();
         let mut disks = Vec::new();
         if let (Some(root), Some(img)) = (rec.root_disk(&host.state), &rec.image) {
-            disks.push(crate::apparmor::Disk {
+            disks.push(kvmbox_aa::Disk {
                 path: s(&root),
                 readonly: false,
             });
             // The overlay's backing file: QEMU opens it read-only.
-            disks.push(crate::apparmor::Disk {
+            disks.push(kvmbox_aa::Disk {
                 path: s(&img.path),
                 readonly: true,
             });
         }
         for d in rec.disks()? {
-            disks.push(crate::apparmor::Disk {
+            disks.push(kvmbox_aa::Disk {
                 path: s(&d.path),
                 readonly: d.read_only,
             });
@@ -161,7 +161,7 @@ impl Manager {
                 .filter_map(|d| d.get("host_name").cloned()),
         );
         let get = |k: &str| rec.config.get(k).filter(|v| !v.is_empty()).cloned();
-        Ok(crate::apparmor::Instance {
+        Ok(kvmbox_aa::Instance {
             uuid: rec.uuid.clone(),
             name: rec.name.clone(),
             dir: s(&dir),

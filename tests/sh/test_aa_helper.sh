@@ -2,6 +2,14 @@
 # profile the real apparmor_parser compiles, keeps /./, /../ and symlinks out
 # of it, and refuses a rule injected through a disk path with nothing written.
 . "$TESTLIB"
+
+# The policy code the helper runs is a crate of its own that reaches no
+# network, async or QMP code (the main crate does, as the check shows).
+deps() { cargo tree --locked --offline -q --manifest-path "$REPO/Cargo.toml" -p "$1" -e normal --prefix none; }
+forbidden='^(rustls|futures-rustls|smol|async-[a-z-]+|httparse|serde_json|rcgen|x509-parser) '
+deps kvmbox | grep -Eq "$forbidden" || fail "the check would not see the network code"
+if deps kvmbox-aa | grep -E "$forbidden"; then fail "kvmbox-aa reaches the crates above"; fi
+
 P=/usr/sbin/apparmor_parser
 [ -x "$P" ] || { echo "skipped: $P not installed"; exit 0; }
 

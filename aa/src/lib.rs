@@ -11,9 +11,11 @@
 //! is written, and paths holding anything beyond a small set of plain
 //! characters are refused rather than escaped (see [`check`]).
 //!
-//! This module deliberately depends on nothing but std, serde and ring's
-//! digest: it runs in the privileged helper, which must not reach the TLS,
-//! HTTP or QMP code.
+//! This crate deliberately depends on nothing but std, serde, thiserror and
+//! ring's digest: it runs in the privileged helper, which must not reach
+//! the TLS, HTTP or QMP code; being a crate of its own makes that a fact of
+//! the build (a `use` of such code would not compile), checked by
+//! `tests/sh/test_aa_helper.sh`.
 
 mod check;
 mod load;
@@ -30,7 +32,7 @@ pub use render::{
 
 /// The QEMU abstraction shipped in `profiles/`, for hosts where only the
 /// binary is installed.
-pub const ABSTRACTION: &str = include_str!("../profiles/abstractions/kvmbox-qemu");
+pub const ABSTRACTION: &str = include_str!("../../profiles/abstractions/kvmbox-qemu");
 
 /// What can go wrong, split by who is at fault.
 #[derive(Debug, thiserror::Error)]

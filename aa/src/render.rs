@@ -155,7 +155,7 @@ fn hex_sha256(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apparmor::{Rule, Uuid};
+    use crate::{Rule, Uuid};
 
     fn validated() -> Validated {
         Validated {
