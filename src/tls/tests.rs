@@ -170,8 +170,8 @@ fn a_crl_that_turns_unusable_fails_closed_for_the_ca_path_only() {
         Err(Error::NotVerified(_))
     ));
     // A CRL written while the daemon runs is read at the next check, and
-    // garbage in it refuses the CA path, while the chain still passes the
-    // handshake (for certificates the trust store lists).
+    // garbage in it refuses the CA path, while the CRLs last read (none
+    // here) stay in force for the handshake and for listed certificates.
     let crl = dir.path().join("server.crl");
     std::fs::write(&crl, "not a crl").unwrap();
     assert!(matches!(
