@@ -435,6 +435,16 @@ impl Pki {
         Self::verify(&state, end_entity, intermediates)
     }
 
+    /// [`Pki::check`] for a certificate the trust store lists: against the
+    /// last CRLs that could be read, whatever state the file is in now.
+    pub(crate) fn check_listed(
+        &self,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<(), Error> {
+        Self::verify(&self.refresh(), end_entity, intermediates)
+    }
+
     fn verify(
         state: &CrlState,
         end_entity: &[u8],

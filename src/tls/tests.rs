@@ -179,6 +179,7 @@ fn a_crl_that_turns_unusable_fails_closed_for_the_ca_path_only() {
         Err(Error::CrlUnusable(_))
     ));
     assert!(shake(&leaf).is_ok());
+    assert!(pki.check_listed(leaf.der(), &[]).is_ok());
     assert!(shake(&stranger).is_err());
     // Removed after it was seen: still unusable, not "no CRL".
     std::fs::remove_file(&crl).unwrap();
