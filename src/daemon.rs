@@ -27,7 +27,7 @@ use crate::settings::Settings;
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::{self, PeerCred};
 use crate::tokens::Tokens;
-use crate::trust::{Role, TrustStore};
+use crate::trust::{Role, Standing, TrustStore};
 
 /// What a certificate the CA signed but the trust store does not list is
 /// told while `core.pki_default_role` gives such certificates no role.
@@ -222,9 +222,11 @@ impl Shared {
 
     /// A TCP client's identity, looked up for every request like
     /// [`Shared::identity`]: the trust store by fingerprint, else, in PKI
-    /// mode, `core.pki_default_role` for a certificate that passes the CA
-    /// check again now (`intermediates` are the rest of the chain it sent)
-    /// and was never removed from the trust store.
+    /// mode, by public key (a re-signed copy of a listed or removed
+    /// certificate is that certificate), else `core.pki_default_role`. In
+    /// PKI mode every certificate passes the CA check again now
+    /// (`intermediates` are the rest of the chain it sent), so a revocation
+    /// reaches connections already open.
     pub(crate) fn remote_identity(
         &self,
         addr: std::net::SocketAddr,
@@ -241,27 +243,33 @@ impl Shared {
         let Some(cert) = cert else {
             return id;
         };
-        let fp = cert.fingerprint();
-        {
-            let trust = self.trust();
-            if let Some(e) = trust.get(&fp) {
-                (id.role, id.projects) = (Some(e.role), e.projects.clone());
-                return id;
-            }
+        let listed = match self.trust().lookup(cert, self.pki.is_some()) {
+            Standing::Listed(e) => Some((e.role, e.projects.clone())),
             // Removed from the trust store: no role, whatever the CA says.
-            if trust.is_denied(&fp) {
-                return id;
-            }
-        }
+            Standing::Denied => return id,
+            Standing::Unknown => None,
+        };
         let Some(pki) = &self.pki else {
+            if let Some((role, projects)) = listed {
+                (id.role, id.projects) = (Some(role), projects);
+            }
             return id;
         };
-        let Some(role) = self.settings().pki_default_role() else {
-            id.refused = Some(PKI_NO_DEFAULT_ROLE.to_string());
-            return id;
+        let checked = match listed {
+            // A listed certificate rests on the last CRLs that could be
+            // read, whatever state server.crl is in now.
+            Some(grant) => pki.check_listed(cert.der(), intermediates).map(|()| grant),
+            None => {
+                let Some(role) = self.settings().pki_default_role() else {
+                    id.refused = Some(PKI_NO_DEFAULT_ROLE.to_string());
+                    return id;
+                };
+                pki.check(cert.der(), intermediates)
+                    .map(|()| (role, Vec::new()))
+            }
         };
-        match pki.check(cert.der(), intermediates) {
-            Ok(()) => id.role = Some(role),
+        match checked {
+            Ok((role, projects)) => (id.role, id.projects) = (Some(role), projects),
             Err(e) => id.refused = Some(format!("not authorized: {}", crate::error_chain(&e))),
         }
         id
@@ -800,8 +808,10 @@ pub(crate) async fn serve<S>(
         .await;
         if resp.status == 101 && matches!(written, Some(Ok(()))) {
             // An accepted event websocket: held, and pinged when silent,
-            // until the peer closes it or stops answering.
-            crate::websocket::hold(tls_stream, opts.timeout, who).await;
+            // until the peer closes it, stops answering or is no longer
+            // trusted.
+            crate::websocket::hold(tls_stream, opts.timeout, who, || identity().role.is_some())
+                .await;
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }

@@ -385,6 +385,17 @@ impl Cert {
         Ok(self.parsed()?.public_key().raw.to_vec())
     }
 
+    /// SHA-256 of the SubjectPublicKeyInfo, lowercase hex: the same for
+    /// every certificate of one key. An ECDSA signature (r, s) is as valid
+    /// as (r, n−s), so anyone can turn a CA-signed certificate into another
+    /// with a new fingerprint; its key is what stays.
+    pub(crate) fn key_fingerprint(&self) -> Result<String, Error> {
+        let spki = self.public_key_der()?;
+        Ok(hex(
+            ring::digest::digest(&ring::digest::SHA256, &spki).as_ref()
+        ))
+    }
+
     /// The fields `show` prints.
     pub fn info(&self) -> Result<CertInfo, Error> {
         let c = self.parsed()?;

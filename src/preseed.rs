@@ -147,6 +147,9 @@ pub enum Outcome {
     Created,
     Updated,
     Unchanged,
+    /// Not added: an administrator removed the certificate (the daemon's
+    /// start-up run only; see [`Transport::keeps_removed`]).
+    Denied,
 }
 
 impl std::fmt::Display for Outcome {
@@ -155,6 +158,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Created => "created",
             Outcome::Updated => "updated",
             Outcome::Unchanged => "unchanged",
+            Outcome::Denied => "denied",
         })
     }
 }
@@ -361,6 +365,15 @@ pub(crate) struct CallError {
 /// How steps reach the API: the metadata of an answer, or its error.
 pub(crate) trait Transport {
     fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError>;
+
+    /// Whether the certificate `pem`, which an administrator removed from
+    /// the trust store, stays out. A document an administrator sends is an
+    /// explicit act and adds it back (false); the daemon applying its
+    /// `--preseed` file at every start is not, or a removal would last only
+    /// until the next restart.
+    fn keeps_removed(&mut self, _pem: &str) -> bool {
+        false
+    }
 }
 
 impl Transport for crate::client::Client {
@@ -442,6 +455,9 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
         } => {
             let path = format!("/1.0/certificates/{fingerprint}");
             let Some(now) = probe(t, &path)? else {
+                if t.keeps_removed(pem) {
+                    return Ok(Outcome::Denied);
+                }
                 let body = json!({"type": "client", "name": name, "certificate": pem,
                     "role": role, "projects": projects});
                 act(t, "POST", "/1.0/certificates", &body)?;

@@ -216,20 +216,20 @@ pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::Server
 /// CA, not revoked by the CRL, if they present one at all.
 ///
 /// `server.crl` is read again whenever its identity (device, inode, size,
-/// times) changes, so a revocation applies without a restart. Once a CRL has
-/// been in force, a file that turns unreadable, invalid or absent does not
-/// quietly re-admit what it revoked: the CRL is then "unusable", the
-/// handshake checks the chain alone (so certificates the trust store lists
-/// keep working) and [`Pki::check`] refuses everything else.
+/// times) changes, so a revocation applies without a restart. Revocation is
+/// checked for every certificate of the chain, so the file must hold the
+/// CRL of each CA in it (a status that cannot be told is a refusal), and an
+/// expired CRL refuses what its CA signed. Once a CRL has been in force, a
+/// file that turns unreadable, invalid or absent does not quietly re-admit
+/// what it revoked: the CRL is then "unusable", the last CRLs that were
+/// read stay in force (for the handshake and for certificates the trust
+/// store lists) and [`Pki::check`] refuses everything else.
 #[derive(Debug)]
 pub(crate) struct Pki {
     ca: Vec<Cert>,
     roots: Arc<rustls::RootCertStore>,
     /// The CA subjects, sent as hints in the handshake.
     hints: Vec<DistinguishedName>,
-    /// The chain check without revocation: the handshake's while the CRL
-    /// is unusable.
-    chain_only: Arc<dyn ClientCertVerifier>,
     crl_path: std::path::PathBuf,
     current: std::sync::Mutex<Arc<CrlState>>,
 }
@@ -238,9 +238,9 @@ pub(crate) struct Pki {
 #[derive(Debug)]
 struct CrlState {
     stamp: Stamp,
-    /// Checks the chain, and revocation when the CRL is usable.
+    /// Checks the chain, and revocation by the last CRLs that were read.
     verifier: Arc<dyn ClientCertVerifier>,
-    /// `None` while the CRL is in force (or there is none); else why not.
+    /// `None` while the file is in force (or there is none); else why not.
     unusable: Option<String>,
     /// How many CRLs are in force.
     count: usize,
@@ -299,7 +299,7 @@ fn pki_verifier(
         .map(|d| rustls::pki_types::CertificateRevocationListDer::from(d.clone()));
     rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), policy_provider())
         .with_crls(crls)
-        .only_check_end_entity_revocation()
+        .enforce_revocation_expiration()
         .allow_unauthenticated()
         .build()
         .map_err(|e| Error::Verifier(e.to_string()))
@@ -342,7 +342,6 @@ impl Pki {
         };
         Ok(Some(Arc::new(Pki {
             hints: roots.subjects(),
-            chain_only: pki_verifier(&roots, &[])?,
             ca,
             roots,
             crl_path,
@@ -400,16 +399,18 @@ impl Pki {
                 if current.unusable.as_deref() != Some(why.as_str()) {
                     log!(
                         Error,
-                        "{} is unusable ({why}): certificates signed by the CA are refused \
-                         unless the trust store lists them, until it is fixed",
-                        self.crl_path.display()
+                        "{} is unusable ({why}): the {} revocation list(s) last read stay in \
+                         force, and certificates signed by the CA are refused unless the trust \
+                         store lists them, until it is fixed",
+                        self.crl_path.display(),
+                        current.count
                     );
                 }
                 CrlState {
                     stamp: now,
-                    verifier: self.chain_only.clone(),
+                    verifier: current.verifier.clone(),
                     unusable: Some(why),
-                    count: 0,
+                    count: current.count,
                     seen: true,
                 }
             }
@@ -420,7 +421,8 @@ impl Pki {
 
     /// Checks `end_entity` (with the `intermediates` it sent) again now:
     /// the chain, validity and the CRL as it is at this moment. What lets a
-    /// certificate the trust store does not list in on the CA's word alone.
+    /// certificate the trust store does not list in on the CA's word alone,
+    /// so an unusable CRL refuses it.
     pub(crate) fn check(
         &self,
         end_entity: &[u8],
@@ -430,6 +432,24 @@ impl Pki {
         if let Some(why) = &state.unusable {
             return Err(Error::CrlUnusable(why.clone()));
         }
+        Self::verify(&state, end_entity, intermediates)
+    }
+
+    /// [`Pki::check`] for a certificate the trust store lists: against the
+    /// last CRLs that could be read, whatever state the file is in now.
+    pub(crate) fn check_listed(
+        &self,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<(), Error> {
+        Self::verify(&self.refresh(), end_entity, intermediates)
+    }
+
+    fn verify(
+        state: &CrlState,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<(), Error> {
         state
             .verifier
             .verify_client_cert(

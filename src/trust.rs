@@ -120,6 +120,10 @@ struct StoreFile {
     /// Fingerprints removed from the store and not added again since.
     #[serde(default)]
     denied: BTreeSet<String>,
+    /// The public keys of those certificates ([`Cert::key_fingerprint`]);
+    /// absent from stores written before keys were recorded.
+    #[serde(default)]
+    denied_keys: BTreeSet<String>,
 }
 
 /// The trust store, in memory, mirrored to its file on every change.
@@ -131,6 +135,41 @@ pub(crate) struct TrustStore {
     /// Fingerprints removed and not added again: never trusted by default
     /// (see [`TrustStore::is_denied`]). Never also a key of `entries`.
     denied: BTreeSet<String>,
+    /// Their public keys, unless a listed certificate still has the key.
+    /// Never also a key of `keys`.
+    denied_keys: BTreeSet<String>,
+    /// The fingerprints of the listed certificates, by public key: a
+    /// certificate is re-signed without its key (see
+    /// [`Cert::key_fingerprint`]).
+    keys: BTreeMap<String, Vec<String>>,
+}
+
+/// What the store says about a certificate.
+#[derive(Debug)]
+pub(crate) enum Standing<'a> {
+    Listed(&'a Entry),
+    /// Removed by an administrator and not added again: no role, whatever
+    /// a CA or `core.pki_default_role` say.
+    Denied,
+    Unknown,
+}
+
+/// The public key of an entry's certificate; `None` if it does not parse
+/// (nothing then matches it by key).
+fn entry_key(e: &Entry) -> Option<String> {
+    Cert::from_pem(e.certificate.as_bytes())
+        .and_then(|c| c.key_fingerprint())
+        .ok()
+}
+
+fn key_index(entries: &BTreeMap<String, Entry>) -> BTreeMap<String, Vec<String>> {
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in entries.values() {
+        if let Some(k) = entry_key(e) {
+            keys.entry(k).or_default().push(e.fingerprint.clone());
+        }
+    }
+    keys
 }
 
 impl TrustStore {
@@ -146,26 +185,63 @@ impl TrustStore {
                 source,
             },
         })?;
-        let (list, mut denied) = match file {
-            OnDisk::Entries(list) => (list, BTreeSet::new()),
-            OnDisk::Store(f) => (f.certificates, f.denied),
+        let (list, mut denied, mut denied_keys) = match file {
+            OnDisk::Entries(list) => (list, BTreeSet::new(), BTreeSet::new()),
+            OnDisk::Store(f) => (f.certificates, f.denied, f.denied_keys),
         };
         let entries: BTreeMap<String, Entry> = list
             .into_iter()
             .map(|e| (e.fingerprint.clone(), e))
             .collect();
+        let keys = key_index(&entries);
         denied.retain(|fp| !entries.contains_key(fp));
+        denied_keys.retain(|k| !keys.contains_key(k));
         Ok(TrustStore {
             path: path.to_path_buf(),
             entries,
             denied,
+            denied_keys,
+            keys,
         })
     }
 
-    /// Whether `fingerprint` was removed from the store and not added again:
-    /// such a certificate gets no role, even if a CA vouches for it.
-    pub(crate) fn is_denied(&self, fingerprint: &str) -> bool {
-        self.denied.contains(fingerprint)
+    /// Whether `cert`, or a certificate of its public key, was removed from
+    /// the store and not added again: such a certificate gets no role, even
+    /// if a CA vouches for it, and cannot add itself back.
+    pub(crate) fn is_denied(&self, cert: &Cert) -> bool {
+        self.denied.contains(&cert.fingerprint())
+            || cert
+                .key_fingerprint()
+                .is_ok_and(|k| self.denied_keys.contains(&k))
+    }
+
+    /// `cert`'s standing: by its fingerprint, then, with `by_key` (PKI mode,
+    /// where a CA's signature and not the exact bytes let it in), by its
+    /// public key. A key listed under several certificates gives the least
+    /// of their grants.
+    pub(crate) fn lookup(&self, cert: &Cert, by_key: bool) -> Standing<'_> {
+        let fp = cert.fingerprint();
+        if let Some(e) = self.entries.get(&fp) {
+            return Standing::Listed(e);
+        }
+        if self.denied.contains(&fp) {
+            return Standing::Denied;
+        }
+        let Some(key) = cert.key_fingerprint().ok().filter(|_| by_key) else {
+            return Standing::Unknown;
+        };
+        let least = self
+            .keys
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|fp| self.entries.get(fp))
+            .min_by_key(|e| (e.role, e.projects.is_empty()));
+        match least {
+            Some(e) => Standing::Listed(e),
+            None if self.denied_keys.contains(&key) => Standing::Denied,
+            None => Standing::Unknown,
+        }
     }
 
     pub(crate) fn get(&self, fingerprint: &str) -> Option<&Entry> {
@@ -203,12 +279,18 @@ impl TrustStore {
             };
             let mut next = self.entries.clone();
             next.insert(fingerprint.clone(), entry);
-            // Adding it explicitly is what lifts a denial.
+            // Adding it explicitly is what lifts a denial, of the key too.
             let mut denied = self.denied.clone();
             denied.remove(&fingerprint);
-            self.save(&next, &denied)?;
+            let mut denied_keys = self.denied_keys.clone();
+            if let Ok(k) = cert.key_fingerprint() {
+                denied_keys.remove(&k);
+            }
+            self.save(&next, &denied, &denied_keys)?;
+            self.keys = key_index(&next);
             self.entries = next;
             self.denied = denied;
+            self.denied_keys = denied_keys;
         }
         self.entries.get(&fingerprint).ok_or_else(|| Error::Write {
             path: self.path.clone(),
@@ -235,24 +317,31 @@ impl TrustStore {
         };
         let mut next = self.entries.clone();
         next.insert(fingerprint.to_string(), entry);
-        self.save(&next, &self.denied)?;
+        self.save(&next, &self.denied, &self.denied_keys)?;
         self.entries = next;
         Ok(true)
     }
 
     /// Removes the entry whose fingerprint is `fingerprint` and denies it
-    /// from then on, in one write; false if there is none.
+    /// from then on, in one write; false if there is none. Its public key
+    /// is denied too, unless another listed certificate has it.
     pub(crate) fn remove(&mut self, fingerprint: &str) -> Result<bool, Error> {
-        if !self.entries.contains_key(fingerprint) {
+        let Some(old) = self.entries.get(fingerprint) else {
             return Ok(false);
-        }
+        };
+        let key = entry_key(old);
         let mut next = self.entries.clone();
         next.remove(fingerprint);
         let mut denied = self.denied.clone();
         denied.insert(fingerprint.to_string());
-        self.save(&next, &denied)?;
+        let keys = key_index(&next);
+        let mut denied_keys = self.denied_keys.clone();
+        denied_keys.extend(key.filter(|k| !keys.contains_key(k)));
+        self.save(&next, &denied, &denied_keys)?;
         self.entries = next;
         self.denied = denied;
+        self.denied_keys = denied_keys;
+        self.keys = keys;
         Ok(true)
     }
 
@@ -261,14 +350,16 @@ impl TrustStore {
         &self,
         entries: &BTreeMap<String, Entry>,
         denied: &BTreeSet<String>,
+        denied_keys: &BTreeSet<String>,
     ) -> Result<(), Error> {
         let list: Vec<Entry> = entries.values().cloned().collect();
-        let data = if denied.is_empty() {
+        let data = if denied.is_empty() && denied_keys.is_empty() {
             serde_json::to_vec_pretty(&list)
         } else {
             serde_json::to_vec_pretty(&StoreFile {
                 certificates: list,
                 denied: denied.clone(),
+                denied_keys: denied_keys.clone(),
             })
         };
         let data = data.map_err(|e| Error::Write {
@@ -365,16 +456,68 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert!(disk.is_array(), "{disk}");
         assert!(store.remove(&a.fingerprint()).unwrap());
-        assert!(store.is_denied(&a.fingerprint()));
-        assert!(!store.is_denied(&b.fingerprint()));
+        assert!(store.is_denied(&a));
+        assert!(!store.is_denied(&b));
         let again = TrustStore::open(&path).unwrap();
-        assert!(again.is_denied(&a.fingerprint()), "the denial is on disk");
+        assert!(again.is_denied(&a), "the denial is on disk");
         assert_eq!(again.entries().count(), 1);
         store.add(&a, "a", Role::Auditor).unwrap();
-        assert!(!store.is_denied(&a.fingerprint()));
+        assert!(!store.is_denied(&a));
         let again = TrustStore::open(&path).unwrap();
-        assert!(!again.is_denied(&a.fingerprint()));
+        assert!(!again.is_denied(&a));
         assert_eq!(again.get(&a.fingerprint()).unwrap().role, Role::Auditor);
+    }
+
+    #[test]
+    fn a_certificate_stands_as_its_key_when_asked_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trust.json");
+        let mut store = TrustStore::open(&path).unwrap();
+        let key = Key::generate(Curve::P256).unwrap();
+        let of_key = || {
+            CertSpec {
+                cn: "k".into(),
+                sans: vec![],
+                days: 1,
+                profile: Profile::SelfSigned,
+            }
+            .self_signed(&key)
+            .unwrap()
+        };
+        let (a, b, c) = (of_key(), of_key(), of_key());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let role = |s: Standing<'_>| match s {
+            Standing::Listed(e) => Some(e.role),
+            Standing::Denied => None,
+            Standing::Unknown => panic!("unknown"),
+        };
+        let p = vec!["default".to_string()];
+        store.add_scoped(&a, "a", Role::Auditor, &p).unwrap();
+        store.add(&b, "b", Role::Admin).unwrap();
+        assert!(matches!(store.lookup(&c, false), Standing::Unknown));
+        // Several entries of one key: the least of them.
+        assert_eq!(role(store.lookup(&c, true)), Some(Role::Auditor));
+        assert_eq!(
+            role(store.lookup(&b, true)),
+            Some(Role::Admin),
+            "its own entry"
+        );
+        // Removed while another entry keeps the key: only its fingerprint.
+        store.remove(&a.fingerprint()).unwrap();
+        assert_eq!(role(store.lookup(&c, true)), Some(Role::Admin));
+        assert_eq!(role(store.lookup(&a, true)), None);
+        store.remove(&b.fingerprint()).unwrap();
+        assert_eq!(role(store.lookup(&c, true)), None);
+        assert!(store.is_denied(&c));
+        let again = TrustStore::open(&path).unwrap();
+        assert_eq!(role(again.lookup(&c, true)), None, "on disk");
+        assert!(matches!(again.lookup(&c, false), Standing::Unknown));
+        // An administrator adding one certificate of the key lifts the key.
+        store.add(&c, "c", Role::User).unwrap();
+        assert!(!store.is_denied(&c));
+        let other = of_key();
+        assert_eq!(role(store.lookup(&other, true)), Some(Role::User));
+        assert_eq!(role(store.lookup(&a, true)), None, "a's own removal stands");
     }
 
     #[test]

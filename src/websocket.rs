@@ -5,7 +5,10 @@
 //!
 //! A peer is pinged after `every` of silence and dropped if it sends no
 //! complete frame within `every` again. Pings are answered with pongs, a
-//! close frame with a close frame; data frames are read and ignored.
+//! close frame with a close frame; data frames are read and ignored. Each
+//! time `every` has passed the caller's identity is looked up again, and
+//! the socket is closed once it is no longer trusted (removed from the
+//! trust store, or revoked by the CA in PKI mode), as a request would be.
 
 use std::time::Duration;
 
@@ -24,6 +27,7 @@ const OP_PONG: u8 = 0xA;
 
 /// Close codes (RFC 6455 §7.4.1).
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_POLICY_VIOLATION: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -118,15 +122,28 @@ fn control(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Serves an accepted websocket until the peer closes it, breaks the
-/// protocol, or stays silent for `every` after being pinged.
-pub(crate) async fn hold<S>(stream: &mut S, every: Duration, who: &str)
+/// protocol, stays silent for `every` after being pinged, or `trusted`
+/// (asked again before a read once `every` has passed since it last was)
+/// says it may no longer have it.
+pub(crate) async fn hold<S>(stream: &mut S, every: Duration, who: &str, trusted: impl Fn() -> bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut pinged = false;
+    let mut checked = std::time::Instant::now();
     loop {
+        // Timed by the clock, not by silence: a chatty peer is checked too.
+        if checked.elapsed() >= every {
+            if !trusted() {
+                log!(Info, "websocket of {who} closed: no longer trusted");
+                let code = CLOSE_POLICY_VIOLATION.to_be_bytes();
+                let _ = send(stream, &control(OP_CLOSE, &code), every).await;
+                return;
+            }
+            checked = std::time::Instant::now();
+        }
         // A read is cancelled by the timer only before it returns data, so
         // nothing is lost between iterations: partial frames wait in `buf`.
         let n = match timed(every, stream.read(&mut chunk)).await {

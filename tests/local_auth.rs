@@ -196,6 +196,14 @@ fn multipass_local_authentication_with_real_users() {
     assert!(env
         .openssl_get(&acct.other, "/1.0/instances")
         .starts_with("HTTP/1.1 403"));
+    // Nor does the passphrase add it back: only an administrator can. A
+    // new key pair is a new client, which may authenticate.
+    env.kvmbox(Some(&acct.other), &["authenticate", pass])
+        .fails()
+        .stderr_contains("an administrator removed this certificate");
+    let conf = dir.join(format!("conf-{}", acct.other));
+    std::fs::remove_file(conf.join("client.crt")).unwrap();
+    std::fs::remove_file(conf.join("client.key")).unwrap();
 
     // Brute force bites: after three free mistakes every failure costs a
     // growing wait, and during it even the right passphrase is not looked at.

@@ -402,6 +402,124 @@ fn projects_scope_a_role_and_revocation_bites_on_an_open_connection() {
 }
 
 #[test]
+fn restricted_to_no_project_is_refused_not_widened_to_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), ANY_PORT);
+    let mut admin = s.admin();
+    let other = ClientIdentity::load_or_create(&tmp.path().join("other"))
+        .unwrap()
+        .cert;
+    let empty = json!({"restricted": true, "projects": []});
+    let mut token = json!({"token": true, "name": "t", "role": "operator"});
+    token
+        .as_object_mut()
+        .unwrap()
+        .extend(empty.as_object().unwrap().clone());
+    let mut add = json!({"type": "client", "certificate": other.to_pem(), "role": "operator"});
+    add.as_object_mut()
+        .unwrap()
+        .extend(empty.as_object().unwrap().clone());
+    for body in [&token, &add] {
+        let (code, v) = admin
+            .request("POST", "/1.0/certificates", Some(body))
+            .unwrap();
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("at least one project"),
+            "{v}"
+        );
+    }
+    let list = admin.call("GET", "/1.0/certificates", None).unwrap();
+    assert!(!list.to_string().contains(&other.fingerprint()), "{list}");
+    // An entry restricted to default cannot be edited to "restricted to
+    // nothing" either, by PUT or PATCH (lxc edit sends the whole entry).
+    let mut p = s.trusted("scoped", "operator", &["default"]);
+    let fp = ClientIdentity::load_or_create(&tmp.path().join("scoped"))
+        .unwrap()
+        .cert
+        .fingerprint();
+    let path = format!("/1.0/certificates/{fp}");
+    for method in ["PUT", "PATCH"] {
+        let (code, v) = admin.request(method, &path, Some(&empty)).unwrap();
+        assert_eq!(code, 400, "{method}: {v}");
+    }
+    let entry = admin.call("GET", &path, None).unwrap();
+    assert_eq!(
+        (entry["restricted"].clone(), entry["projects"].clone()),
+        (json!(true), json!(["default"]))
+    );
+    // Server-wide changes stay out of its reach.
+    assert_eq!(
+        status(&mut p, "PATCH", "/1.0", Some(json!({"config": {}}))),
+        403
+    );
+}
+
+#[test]
+fn a_removed_certificate_cannot_add_itself_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), ANY_PORT);
+    let mut admin = s.admin();
+    admin
+        .call(
+            "PATCH",
+            "/1.0",
+            Some(&json!({"config": {"core.trust_password": "open-sesame"}})),
+        )
+        .unwrap();
+    let mut p = s.trusted("gone", "operator", &[]);
+    let fp = ClientIdentity::load_or_create(&tmp.path().join("gone"))
+        .unwrap()
+        .cert
+        .fingerprint();
+    admin
+        .call("DELETE", &format!("/1.0/certificates/{fp}"), None)
+        .unwrap();
+    // Neither the trust password nor a fresh token brings it back.
+    let token = s.token("again", "admin", &[], 600);
+    for body in [
+        json!({"type": "client", "password": "open-sesame"}),
+        json!({"type": "client", "trust_token": token}),
+    ] {
+        let (code, v) = p.request("POST", "/1.0/certificates", Some(&body)).unwrap();
+        assert_eq!(code, 403, "{body}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("an administrator removed this certificate"),
+            "{v}"
+        );
+        assert_eq!(p.call("GET", "/1.0", None).unwrap()["auth"], "untrusted");
+    }
+    // The refused token was not spent: another client redeems it.
+    let mut q = s.client("other");
+    q.call(
+        "POST",
+        "/1.0/certificates",
+        Some(&json!({"type": "client", "trust_token": token})),
+    )
+    .unwrap();
+    assert_eq!(q.call("GET", "/1.0", None).unwrap()["auth_role"], "admin");
+    // An administrator's add is what lifts the removal.
+    let pem = ClientIdentity::load_or_create(&tmp.path().join("gone"))
+        .unwrap()
+        .cert
+        .to_pem();
+    admin
+        .call(
+            "POST",
+            "/1.0/certificates",
+            Some(&json!({"type": "client", "certificate": pem, "role": "user"})),
+        )
+        .unwrap();
+    assert_eq!(p.call("GET", "/1.0", None).unwrap()["auth_role"], "user");
+}
+
+#[test]
 fn tokens_are_single_use_expire_and_guessing_is_rate_limited() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(tmp.path(), ANY_PORT);

@@ -88,6 +88,20 @@ fn check_projects(projects: &[String]) -> Result<(), Response> {
     crate::trust::check_projects(projects).map_err(|e| error(400, &e.to_string()))
 }
 
+/// LXD's `restricted` flag against the list it comes with: restricted to
+/// no project at all would read as "all projects" (an empty list), so it
+/// is refused rather than widened.
+fn check_restricted(restricted: Option<bool>, projects: &[String]) -> Result<(), Response> {
+    if restricted == Some(true) && projects.is_empty() {
+        return Err(error(
+            400,
+            "restricted needs at least one project (kvmbox has only \"default\"): give \
+             projects, or restricted: false for all projects",
+        ));
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), Response> {
     if name.len() > 64 || name.chars().any(char::is_control) {
         return Err(error(
@@ -126,7 +140,10 @@ pub(super) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Reques
     if body.restricted == Some(false) {
         projects.clear();
     }
-    if let Err(r) = check_name(&name).and_then(|()| check_projects(&projects)) {
+    if let Err(r) = check_name(&name)
+        .and_then(|()| check_projects(&projects))
+        .and_then(|()| check_restricted(body.restricted, &projects))
+    {
         return r;
     }
     match trust.update(fp, &name, role, &projects) {
@@ -164,9 +181,16 @@ struct CertificatesPost {
     token: bool,
     role: Option<Role>,
     projects: Option<Vec<String>>,
+    /// LXD's flag: false means all projects, whatever `projects` says.
+    restricted: Option<bool>,
     /// Token lifetime in seconds (default one day).
     expires_in: Option<u64>,
 }
+
+/// What a removed certificate is told when it tries to add itself back.
+const DENIED_SELF_ADD: &str = "not authorized: an administrator removed this certificate (or \
+     another of its key) from the trust store; no password or token adds it back, only an \
+     administrator can (`kvmbox config trust add`)";
 
 fn is_admin(id: &Identity) -> bool {
     id.role == Some(Role::Admin) && id.projects.is_empty()
@@ -185,8 +209,14 @@ pub(super) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
     {
         return error(400, "only client certificates can be added");
     }
-    let projects = body.projects.clone().unwrap_or_default();
-    if let Err(r) = check_name(&body.name).and_then(|()| check_projects(&projects)) {
+    let mut projects = body.projects.clone().unwrap_or_default();
+    if body.restricted == Some(false) {
+        projects.clear();
+    }
+    if let Err(r) = check_name(&body.name)
+        .and_then(|()| check_projects(&projects))
+        .and_then(|()| check_restricted(body.restricted, &projects))
+    {
         return r;
     }
     if body.token || !body.certificate.is_empty() {
@@ -212,6 +242,17 @@ pub(super) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
     };
     if id.role.is_some() {
         return sync(json!({}));
+    }
+    // No secret lifts an administrator's removal: only an administrator
+    // adding it again does.
+    if shared.trust().is_denied(&cert) {
+        log!(
+            Warn,
+            "{} tried to add its removed certificate {} back",
+            id.describe(),
+            cert.fingerprint()
+        );
+        return error(403, DENIED_SELF_ADD);
     }
     self_add(shared, id, &cert, body).await
 }

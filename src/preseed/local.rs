@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use smol::Executor;
 
-use super::{CallError, Error, Preseed, Transport};
+use super::{CallError, Error, Outcome, Preseed, Transport};
 use crate::api::{self, Identity, Peer};
 use crate::daemon::Shared;
 use crate::http::Request;
@@ -28,7 +28,15 @@ pub(crate) fn apply_locally(
     ex: &Arc<Executor<'static>>,
 ) -> Result<(), Error> {
     plan.apply_with(&mut InProcess { shared, ex }, |what, outcome| {
-        log!(Info, "preseed: {what}: {outcome}");
+        if outcome == Outcome::Denied {
+            log!(
+                Warn,
+                "preseed: {what}: denied: an administrator removed it from the trust store, so \
+                 it is not added back at start; `kvmbox config trust add` trusts it again"
+            );
+        } else {
+            log!(Info, "preseed: {what}: {outcome}");
+        }
     })
 }
 
@@ -70,5 +78,9 @@ impl Transport for InProcess<'_> {
                     .to_string(),
             }),
         }
+    }
+
+    fn keeps_removed(&mut self, pem: &str) -> bool {
+        crate::pki::Cert::from_pem(pem.as_bytes()).is_ok_and(|c| self.shared.trust().is_denied(&c))
     }
 }

@@ -5,7 +5,8 @@
 # with one line and changes nothing; a step only the daemon can refuse
 # fails naming itself; the same document over TLS to a REMOTE: is unchanged
 # there too; `kvmboxd --preseed` applies the same
-# document on a fresh state directory before it serves.
+# document on a fresh state directory before it serves, and does not add
+# back a certificate an administrator removed.
 . "$TESTLIB"
 
 [ "$(id -u)" -eq 0 ] || { echo "SKIPPED: instances get their own uid, which needs root"; exit 0; }
@@ -136,6 +137,18 @@ stop_daemon
 start_daemon "$KVMBOX_DIR" --preseed doc.json
 [ "$(digest fresh)" = "$after" ] || fail "kvmboxd --preseed changed state on a second start"
 [ "$(grep -c 'preseed: .*: unchanged' daemon.log)" -eq 7 ] || fail "expected seven unchanged: $(cat daemon.log)"
+# A certificate an administrator removed is not added back at the next
+# start, which says so; an administrator's own preseed adds it back.
+kv config trust remove "$fp" >/dev/null
+stop_daemon
+: >daemon.log
+start_daemon "$KVMBOX_DIR" --preseed doc.json
+contains "$(cat daemon.log)" "preseed: certificate alice (${fp%"${fp#????????????}"}): denied"
+contains "$(cat daemon.log)" "kvmbox config trust add"
+case "$(kv config trust list --format csv)" in *"$fp"*) fail "kvmboxd --preseed added a removed certificate back" ;; esac
+out=$(kv admin init --preseed doc.json)
+contains "$out" "certificate alice (${fp%"${fp#????????????}"}): created"
+contains "$(kv config trust list --format csv)" "$fp"
 stop_daemon
 
 # A bad document stops the daemon with one line, before it serves.

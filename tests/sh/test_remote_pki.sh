@@ -6,6 +6,9 @@
 # A CA-signed certificate the trust store does not list gets
 # core.pki_default_role (none unless set); one removed from the trust store
 # stays refused, across restarts; server.crl is read again when it changes.
+# Revocation is checked along the whole chain (an intermediate CA revoked
+# by the root refuses what it signed), an expired CRL refuses what its CA
+# signed, and a CRL that turns unusable keeps the last one read in force.
 . "$TESTLIB"
 command -v openssl >/dev/null || { echo "openssl not installed: skipped"; exit 0; }
 C="applet kvmbox-cert"
@@ -30,6 +33,7 @@ client good ca
 client second ca
 client foreign other
 client revoked ca
+client listedrev ca
 
 port=0
 group_args=""
@@ -134,18 +138,23 @@ authorityKeyIdentifier = keyid:always
 commonName = supplied
 CNF
 openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -revoke revoked/client.crt >/dev/null 2>&1 || fail "openssl ca -revoke"
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -revoke listedrev/client.crt >/dev/null 2>&1 || fail "openssl ca -revoke"
 mkdir -p expired; cp ca.crt expired/client.ca
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout expired/client.key \
     -out e.csr -subj /CN=expired 2>/dev/null
 openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in e.csr -out expired/client.crt \
     -startdate 20200101000000Z -enddate 20200102000000Z >/dev/null 2>&1 || fail "openssl ca (expired)"
 
-# A CRL written while the daemon runs applies at once, no restart.
+# A CRL written while the daemon runs applies at once, no restart, to
+# listed certificates too.
+adm config trust add listedrev/client.crt --name listedrev --role user
+kv_as listedrev remote add lr "127.0.0.1:$port" </dev/null >/dev/null || fail "listed, before the CRL was written"
 kv_as revoked remote add before "127.0.0.1:$port" </dev/null >/dev/null || fail "revoked before the CRL was written"
 [ "$(kv_as revoked list before: --format json)" = "[]" ] || fail "revoked before the CRL was written"
 openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out state/server.crl >/dev/null 2>&1 || fail "openssl ca -gencrl"
 expect_fail kv_as revoked list before:
 grep -qi "revoked" daemon.log || fail "revocation not the reason: $(cat daemon.log)"
+expect_fail kv_as listedrev list lr:
 grep -q "server.crl loaded: 1 certificate revocation list" daemon.log || fail "CRL not reloaded: $(cat daemon.log)"
 expect_fail kv_as expired remote add pki "127.0.0.1:$port"
 grep -qi "expired" daemon.log || fail "expiry not the reason: $(cat daemon.log)"
@@ -153,13 +162,67 @@ grep -qi "expired" daemon.log || fail "expiry not the reason: $(cat daemon.log)"
 [ "$(kv_as good list pki: --format json)" = "[]" ] || fail "good client after CRL"
 [ "$(kv_as second list pki: --format json)" = "[]" ] || fail "second client after CRL"
 
+# An expired CRL (past its next update) refuses what its CA signed, listed
+# or not; a current one lets them in again.
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out state/server.crl \
+    -crl_lastupdate 20200101000000Z -crl_nextupdate 20200102000000Z >/dev/null 2>&1 || fail "openssl ca -gencrl (expired)"
+expect_fail kv_as good list pki:
+grep -q "revocation list expired" daemon.log || fail "CRL expiry not the reason: $(cat daemon.log)"
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out root.crl >/dev/null 2>&1 || fail "openssl ca -gencrl"
+cp root.crl state/server.crl
+[ "$(kv_as good list pki: --format json)" = "[]" ] || fail "good client after a current CRL"
+
+# An intermediate CA signed by ours, and a client it issued that sends the
+# chain (curl): server.crl must hold both CAs' CRLs, and revoking the
+# intermediate refuses its client.
+mkdir -p sub/db/new; : >sub/db/index.txt; echo 2000 >sub/db/serial; echo 01 >sub/db/crlnumber
+sed 's|db/|sub/db/|' ca.cnf >sub/ca.cnf
+cat >>ca.cnf <<CNF
+[inter]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign,digitalSignature
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+CNF
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout sub/ca.key \
+    -out sub/ca.csr -subj "/CN=Intermediate CA" 2>/dev/null
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -extensions inter -notext -days 30 \
+    -in sub/ca.csr -out sub/ca.crt >/dev/null 2>&1 || fail "openssl ca (intermediate)"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout sub/client.key \
+    -out sub/client.csr -subj /CN=sub 2>/dev/null
+openssl ca -batch -config sub/ca.cnf -cert sub/ca.crt -keyfile sub/ca.key -notext -days 30 \
+    -in sub/client.csr -out sub/client.crt >/dev/null 2>&1 || fail "openssl ca (sub client)"
+cat sub/client.crt sub/ca.crt >sub/chain.pem
+openssl ca -batch -config sub/ca.cnf -cert sub/ca.crt -keyfile sub/ca.key -gencrl \
+    -out sub/ca.crl >/dev/null 2>&1 || fail "openssl ca -gencrl (intermediate)"
+sub_get() {
+    curl -sS -o body.json --cacert ca.crt --cert sub/chain.pem --key sub/client.key \
+        "https://localhost:$port/1.0" 2>curl.err
+}
+# Only the root's CRL: nothing tells the client's status, so it is refused.
+sub_get && fail "a client whose status no CRL tells got in: $(cat body.json)"
+cat root.crl sub/ca.crl >state/server.crl
+sub_get || fail "client of the intermediate CA: $(cat curl.err) $(cat daemon.log)"
+contains "$(cat body.json)" '"auth_role":"auditor"'
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -revoke sub/ca.crt >/dev/null 2>&1 || fail "openssl ca -revoke (intermediate)"
+openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -gencrl -out root.crl >/dev/null 2>&1 || fail "openssl ca -gencrl"
+cat root.crl sub/ca.crl >state/server.crl
+sub_get && fail "the client of a revoked intermediate CA got in: $(cat body.json)"
+[ "$(kv_as good list pki: --format json)" = "[]" ] || fail "good client after revoking the intermediate"
+
 # A CRL that turns invalid while the daemon runs fails closed: a client the
-# trust store does not list is refused, saying why; a listed one goes on.
+# trust store does not list is refused, saying why; a listed one goes on,
+# checked against the last CRL read, which still refuses a revoked one.
 echo "not a crl" >state/server.crl
 expect_fail kv_as second list pki:
 contains "$ERR" "server.crl) is unusable"
 grep -q "server.crl is unusable" daemon.log || fail "no log line for the bad CRL: $(cat daemon.log)"
 [ "$(kv_as good list pki: --format json)" = "[]" ] || fail "listed client with a bad CRL"
+expect_fail kv_as listedrev list lr:
+rm state/server.crl
+expect_fail kv_as listedrev list lr:
+[ "$(kv_as good list pki: --format json)" = "[]" ] || fail "listed client with the CRL deleted"
+echo "not a crl" >state/server.crl
 
 # At start, an unreadable CRL stops the daemon rather than being ignored.
 stop
