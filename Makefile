@@ -54,7 +54,7 @@ test: deps
 	dir=$$(mktemp -d "$${TMPDIR:-/tmp}/kvmbox-test.XXXXXX") || exit 1; \
 	chmod 711 "$$dir"; \
 	KVMBOX_TEST_RUN=$$run TMPDIR=$$dir $(MAKE) --no-print-directory unit shtest; rc=$$?; \
-	sh scripts/strays.sh "$$run" "$$dir" || rc=1; \
+	KVMBOX_TEST_RUN=$$run sh scripts/strays.sh "$$dir" || rc=1; \
 	rm -rf "$$dir"; exit $$rc
 
 check:

@@ -33,46 +33,36 @@ pub(crate) fn parse<T: argh::FromArgs>(name: &str, args: &[String]) -> Result<T,
 /// argh takes a lone `-` that no option takes as its value for an unknown
 /// option, where POSIX (Utility Syntax Guidelines, 13) makes it an operand:
 /// standard input, or output (see `kvmbox::read_operand`). A command line
-/// that failed is parsed again with such `-` operands moved behind a `--` at
-/// the end, where argh takes them as positionals: first those that follow
-/// no option, then each that follows one (a switch: `--preseed -`). One that
-/// parsed the first time is left alone, so an option's value `-` and a
-/// greedy positional's (`config set KEY -`) stay as they are.
+/// that failed is parsed again with a `--` put just before the `-` argh
+/// stopped at, where nothing moves: every operand keeps its place. Only when
+/// every argument after it is an operand too (none starts with `-` but a
+/// lone `-`), since `--` would make operands of options; otherwise the first
+/// error stands. A `-` that parsed the first time is left alone, so an
+/// option's value `-` and a greedy positional's (`config set KEY -`) stay as
+/// they are.
 fn dash_operands<T: argh::FromArgs>(name: &str, args: &[&str]) -> Option<T> {
     if args.contains(&"--") {
         return None;
     }
-    let dashes: Vec<usize> = (0..args.len())
-        .filter(|&i| args.get(i) == Some(&"-"))
-        .collect();
-    let after_option = |i: &usize| {
-        i.checked_sub(1)
-            .and_then(|p| args.get(p))
-            .is_some_and(|p| p.len() > 1 && p.starts_with('-'))
-    };
-    let free: Vec<usize> = dashes
-        .iter()
-        .copied()
-        .filter(|i| !after_option(i))
-        .collect();
-    let mut tries = vec![free.clone()];
-    for &j in dashes.iter().filter(|i| after_option(i)) {
-        let mut t = free.clone();
-        t.push(j);
-        tries.push(t);
+    // The `-` argh stopped at: the first it reads as an argument of its own,
+    // not as an option's value. A `--help` in its place tells which: argh
+    // takes it for help there, and for the value after an option that takes
+    // one.
+    let at = (0..args.len()).find(|&i| {
+        args.get(i) == Some(&"-") && {
+            let mut probe: Vec<&str> = args.get(..i).unwrap_or_default().to_vec();
+            probe.push("--help");
+            matches!(T::from_args(&[name], &probe), Err(e) if e.status.is_ok())
+        }
+    })?;
+    let rest = args.get(at..).unwrap_or_default();
+    if rest.iter().any(|a| a.starts_with('-') && *a != "-") {
+        return None;
     }
-    tries
-        .into_iter()
-        .filter(|t| !t.is_empty())
-        .find_map(|moved| {
-            let mut v: Vec<&str> = (0..args.len())
-                .filter(|i| !moved.contains(i))
-                .filter_map(|i| args.get(i).copied())
-                .collect();
-            v.push("--");
-            v.extend(moved.iter().map(|_| "-"));
-            T::from_args(&[name], &v).ok()
-        })
+    let mut v: Vec<&str> = args.get(..at).unwrap_or_default().to_vec();
+    v.push("--");
+    v.extend_from_slice(rest);
+    T::from_args(&[name], &v).ok()
 }
 
 /// Prints `name: message` to stderr and returns the usage exit code.
@@ -125,6 +115,32 @@ mod tests {
         rest: Vec<String>,
     }
 
+    /// Two operands, as `remote rename OLD NEW`.
+    #[derive(FromArgs, Debug, PartialEq)]
+    struct Rename {
+        #[argh(positional)]
+        old: String,
+        #[argh(positional)]
+        new: String,
+    }
+
+    /// Three operands and a greedy rest, as `config device add NAME DEV
+    /// KIND PROPS…`.
+    #[derive(FromArgs, Debug, PartialEq)]
+    struct DeviceAdd {
+        #[argh(switch)]
+        /// a switch
+        force: bool,
+        #[argh(positional)]
+        name: String,
+        #[argh(positional)]
+        device: String,
+        #[argh(positional)]
+        kind: String,
+        #[argh(positional, greedy)]
+        props: Vec<String>,
+    }
+
     fn parse<T: FromArgs>(args: &[&str]) -> Result<T, ()> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         super::parse("t", &args).map_err(|_| ())
@@ -151,7 +167,10 @@ mod tests {
             parse::<Cmd>(&["--force", "-"]),
             Ok(cmd(None, Some("-"), true))
         );
-        let c = parse::<Cmd>(&["-", "--format", "json"]).unwrap();
+        // Options after the `-` would become operands behind a `--`: the
+        // first error stands (options go first, as POSIX has them).
+        assert!(parse::<Cmd>(&["-", "--format", "json"]).is_err());
+        let c = parse::<Cmd>(&["--format", "json", "-"]).unwrap();
         assert_eq!(
             (c.file.as_deref(), c.format.as_deref()),
             (Some("-"), Some("json"))
@@ -167,5 +186,35 @@ mod tests {
                 rest: vec!["k".into(), "-".into()]
             })
         );
+    }
+
+    /// A `-` operand keeps its place among the others.
+    #[test]
+    fn a_lone_dash_does_not_move() {
+        let rename = |old: &str, new: &str| Rename {
+            old: old.into(),
+            new: new.into(),
+        };
+        assert_eq!(parse::<Rename>(&["-", "foo"]), Ok(rename("-", "foo")));
+        assert_eq!(parse::<Rename>(&["foo", "-"]), Ok(rename("foo", "-")));
+        assert_eq!(parse::<Rename>(&["-", "-"]), Ok(rename("-", "-")));
+        let add = |force, name: &str, device: &str, kind: &str, props: &[&str]| DeviceAdd {
+            force,
+            name: name.into(),
+            device: device.into(),
+            kind: kind.into(),
+            props: props.iter().map(|p| p.to_string()).collect(),
+        };
+        assert_eq!(
+            parse::<DeviceAdd>(&["vm", "-", "disk", "source=/x"]),
+            Ok(add(false, "vm", "-", "disk", &["source=/x"]))
+        );
+        assert_eq!(
+            parse::<DeviceAdd>(&["--force", "-", "d", "disk", "-"]),
+            Ok(add(true, "-", "d", "disk", &["-"]))
+        );
+        // An option after the `-` is not made an operand.
+        assert!(parse::<DeviceAdd>(&["vm", "-", "disk", "--force"]).is_err());
+        assert!(parse::<DeviceAdd>(&["vm", "-", "disk", "a", "--force"]).is_err());
     }
 }

@@ -52,11 +52,12 @@ pub(crate) enum Peer {
 }
 
 impl Identity {
-    /// The key failed passphrase attempts are counted under: a uid, or a
-    /// network peer as connection slots count it (an IPv6 peer by its /64).
+    /// The key failed passphrase attempts are counted under: a uid (a
+    /// subordinate one as its owner's), or a network peer as connection
+    /// slots count it (an IPv6 peer by its /64).
     fn limiter_key(&self) -> String {
         match &self.peer {
-            Peer::Local(c) => format!("uid:{}", c.uid),
+            Peer::Local(c) => format!("uid:{}", crate::sys::subuid_owner(c.uid)),
             Peer::Remote(a) => format!("ip:{}", crate::admission::network_peer(a.ip())),
         }
     }

@@ -714,13 +714,14 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// [`PerPeer::claim`] for a local uid: root is exempt.
+/// [`PerPeer::claim`] for a local uid, counted as the user it stands for
+/// (see [`sys::subuid_owner`]): root is exempt.
 fn claim_uid(
     counts: &Arc<Mutex<HashMap<u32, usize>>>,
     uid: u32,
     max: usize,
 ) -> Option<PerPeer<u32>> {
-    PerPeer::claim(counts, uid, max, uid == 0)
+    PerPeer::claim(counts, sys::subuid_owner(uid), max, uid == 0)
 }
 
 pub(crate) async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {

@@ -524,6 +524,17 @@ impl Manager {
             )));
         }
         let identity = self.identity(&rec);
+        if let Identity::Isolated { uid, .. } = identity {
+            // Again at each start, not only at creation: an account or a
+            // subordinate range given out since then owns the id now.
+            crate::sys::ids_unused(uid..=uid).map_err(|e| {
+                Error::Refused(format!(
+                    "instance {:?} cannot run as uid {uid}: {}",
+                    rec.name,
+                    crate::error_chain(&e)
+                ))
+            })?;
+        }
         let accel = match rec.accel_mode() {
             AccelMode::Kvm => Accel::Kvm,
             AccelMode::Tcg => Accel::Tcg,

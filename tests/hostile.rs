@@ -262,35 +262,6 @@ fn hostile_input_is_refused_and_the_daemon_survives() {
     assert!(status.success());
 }
 
-/// Holds one idle connection to `socket` as `uid` (gid 0, the admin group
-/// of these daemons) through a real peer (perl) that never says a word.
-fn hold_as(uid: u32, socket: &Path) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            "0",
-            "--clear-groups",
-        ])
-        .args(["perl", "-MIO::Socket::UNIX", "-e"])
-        .arg(
-            "$| = 1; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"$!\\n\"; \
-             print \"open\\n\"; sysread($s, my $b, 1); sleep 60",
-        )
-        .arg(socket)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "open\n");
-    child
-}
-
 #[test]
 fn connection_count_is_bounded() {
     let scratch = common::scratch();
@@ -319,7 +290,9 @@ fn connection_count_is_bounded() {
         &["--group", "root", "--max-connections", "4"],
     );
     // Four uids hold a slot each (a quarter of four): all are taken…
-    let mut held: Vec<_> = (0..4).map(|i| hold_as(61_300 + i, &d.socket)).collect();
+    let mut held: Vec<_> = (0..4)
+        .map(|i| daemon::hold_as(61_300 + i, &d.socket))
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     // …so a fifth uid is closed at once, and told so on one line.
     let other = dir.join("conf-other");

@@ -569,7 +569,8 @@ pub(crate) fn parse_uid_range(s: &str) -> Result<IdRange, String> {
 }
 
 /// Refuses a range holding the uid of a user or the gid of a group of this
-/// host: a VM's QEMU runs as that id and could use the account's files.
+/// host, or a subordinate id of one: a VM's QEMU runs as that id and could
+/// use the account's files, or the account could signal and trace the VM.
 pub(crate) fn uid_range_unused(range: IdRange) -> Result<(), crate::sys::IdInUse> {
     // `parse_uid_range` made sure first + count does not wrap.
     let last = range.first.saturating_add(range.count - 1);

@@ -49,8 +49,12 @@ expect_fail bin/kvmbox-cert gen --key - --cert -
 contains "$ERR" "only one can be -"
 
 # config trust add - : the certificate from stdin.
-bin/kvmbox config trust add - --name piped <c.pem >/dev/null || fail "config trust add -"
+bin/kvmbox config trust add --name piped - <c.pem >/dev/null || fail "config trust add -"
 contains "$(bin/kvmbox config trust list --format csv)" "piped,client"
+
+# A `-` operand keeps its place among the others.
+expect_fail bin/kvmbox remote rename - nosuch
+contains "$ERR" 'no remote named "-"'
 
 # Refused where stdin cannot stand in for the file.
 set +e; bin/kvmbox init vm1 --kernel - </dev/null >/dev/null 2>err.txt; rc=$?; set -e

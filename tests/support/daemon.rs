@@ -139,3 +139,32 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Holds one idle connection to `socket` as `uid` (gid 0, the admin group
+/// of these daemons) through a real peer (perl) that never says a word.
+pub fn hold_as(uid: u32, socket: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            "0",
+            "--clear-groups",
+        ])
+        .args(["perl", "-MIO::Socket::UNIX", "-e"])
+        .arg(
+            "$| = 1; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"$!\\n\"; \
+             print \"open\\n\"; sysread($s, my $b, 1); sleep 60",
+        )
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "open\n");
+    child
+}

@@ -21,6 +21,23 @@ fn run(cmd: &str, args: &[&str]) {
     assert!(st.success(), "{cmd} {args:?} failed");
 }
 
+/// `useradd` for a throwaway user: no home, no shell, and no subordinate
+/// ids (useradd hands out 65,536 of each where /etc/subuid exists; enough
+/// users at once would reach the default `instances.uid_range`, which the
+/// daemon then refuses).
+pub fn useradd(args: &[&str]) {
+    let base = [
+        "-M",
+        "-s",
+        "/bin/false",
+        "-K",
+        "SUB_UID_COUNT=0",
+        "-K",
+        "SUB_GID_COUNT=0",
+    ];
+    run("useradd", &[&base[..], args].concat());
+}
+
 impl Accounts {
     pub fn create() -> Accounts {
         let tag = format!(
@@ -38,11 +55,8 @@ impl Accounts {
             other: format!("kvb{tag}"),
         };
         run("groupadd", &[&a.group]);
-        run(
-            "useradd",
-            &["-M", "-s", "/bin/false", "-G", &a.group, &a.member],
-        );
-        run("useradd", &["-M", "-s", "/bin/false", &a.other]);
+        useradd(&["-G", &a.group, &a.member]);
+        useradd(&[&a.other]);
         a
     }
 }
