@@ -34,9 +34,7 @@ use crate::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
-pub(crate) use record::{
-    check_config, check_device, new_uuid, parse_uid_range, uid_range_unused, Device, Record,
-};
+pub(crate) use record::{check_config, check_device, Device, Record};
 use view::{show, Shown};
 
 /// `instances.uid_range` when unset.
@@ -398,9 +396,11 @@ impl Manager {
         uid_range: &str,
     ) -> Result<Value, Error> {
         let host = self.host()?;
-        let range = parse_uid_range(uid_range).map_err(Error::Invalid)?;
+        let range: vm::IdRange = uid_range
+            .parse()
+            .map_err(|e: vm::InvalidIdRange| Error::Invalid(e.to_string()))?;
         // Again here, not only when the range was set: accounts come later.
-        uid_range_unused(range).map_err(|e| {
+        range.unused().map_err(|e| {
             Error::Refused(format!(
                 "instances.uid_range {uid_range} cannot be used: {}",
                 crate::error_chain(&e)
@@ -413,7 +413,7 @@ impl Manager {
         };
         let mut rec = Record {
             name: name.into(),
-            uuid: new_uuid(),
+            uuid: crate::uuid::new(),
             created_at: crate::trust::now(),
             uid: 0,
             image,

@@ -30,6 +30,7 @@ mod sys;
 mod tls;
 mod tokens;
 mod trust;
+mod uuid;
 mod vm;
 mod websocket;
 

@@ -167,7 +167,7 @@ impl Operations {
         let now = crate::trust::now();
         let op = Operation {
             // LXD's operation ids are UUIDs, as its instances' are.
-            id: crate::instances::new_uuid(),
+            id: crate::uuid::new(),
             class: "task",
             description: description.to_string(),
             created_at: now,

@@ -60,7 +60,10 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
             .parse::<crate::accel::AccelMode>()
             .map(|_| ())
             .map_err(|e| e.to_string()),
-        INSTANCES_UID_RANGE => crate::instances::parse_uid_range(value).map(|_| ()),
+        INSTANCES_UID_RANGE => value
+            .parse::<crate::vm::IdRange>()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         AA_PROFILE_DIR => {
             let ok = value.starts_with('/')
                 && !value.chars().any(char::is_control)
@@ -134,12 +137,14 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
         if key == INSTANCES_UID_RANGE && !value.is_empty() {
             // Here and not in `check`, which clients run too: the accounts
             // that matter are the daemon host's.
-            let range =
-                crate::instances::parse_uid_range(value).map_err(|why| Error::BadValue {
-                    key: key.clone(),
-                    why,
-                })?;
-            crate::instances::uid_range_unused(range).map_err(|source| Error::IdsInUse {
+            let range: crate::vm::IdRange =
+                value
+                    .parse()
+                    .map_err(|e: crate::vm::InvalidIdRange| Error::BadValue {
+                        key: key.clone(),
+                        why: e.to_string(),
+                    })?;
+            range.unused().map_err(|source| Error::IdsInUse {
                 key: key.clone(),
                 source,
             })?;

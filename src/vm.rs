@@ -45,7 +45,49 @@ pub struct IdRange {
     pub count: u32,
 }
 
+/// An `instances.uid_range` that cannot be one.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidIdRange {
+    #[error("{0:?} is not FIRST:COUNT (e.g. 1000000:65536)")]
+    Syntax(String),
+    #[error("{0:?} starts below {MIN_ID}, among the host's own accounts")]
+    Low(String),
+}
+
+/// The lowest id a range may start at: below it are the host's own
+/// accounts (system users, people, `nobody` at 65534).
+const MIN_ID: u32 = 65536;
+
+/// `FIRST:COUNT`; a range that starts below [`MIN_ID`] or wraps is refused.
+/// Pure syntax: see [`IdRange::unused`] for the host's accounts.
+impl std::str::FromStr for IdRange {
+    type Err = InvalidIdRange;
+    fn from_str(s: &str) -> Result<IdRange, InvalidIdRange> {
+        let bad = || InvalidIdRange::Syntax(s.to_string());
+        let (f, c) = s.split_once(':').ok_or_else(bad)?;
+        let first: u32 = f.parse().map_err(|_| bad())?;
+        let count: u32 = c.parse().map_err(|_| bad())?;
+        if count == 0 || first.checked_add(count).is_none() {
+            return Err(bad());
+        }
+        if first < MIN_ID {
+            return Err(InvalidIdRange::Low(s.to_string()));
+        }
+        Ok(IdRange { first, count })
+    }
+}
+
 impl IdRange {
+    /// Refuses a range holding the uid of a user or the gid of a group of
+    /// this host, or a subordinate id of one: a VM's QEMU runs as that id
+    /// and could use the account's files, or the account could signal and
+    /// trace the VM.
+    pub(crate) fn unused(&self) -> Result<(), crate::sys::IdInUse> {
+        // Parsing made sure first + count does not wrap.
+        let last = self.first.saturating_add(self.count.saturating_sub(1));
+        crate::sys::ids_unused(self.first..=last)
+    }
+
     /// The lowest id of the range not in `in_use`.
     pub fn pick(&self, in_use: &[u32]) -> Option<Identity> {
         (0..self.count)
@@ -707,6 +749,31 @@ impl Vm {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "a failed test should panic")]
     use super::*;
+
+    #[test]
+    fn id_ranges_parse_and_refuse() {
+        assert_eq!(
+            "1000000:65536".parse::<IdRange>().unwrap(),
+            IdRange {
+                first: 1_000_000,
+                count: 65536
+            }
+        );
+        for bad in [
+            "0:10",
+            "1:0",
+            "x",
+            "4294967295:2",
+            "1:-1",
+            "1000:10",
+            "65535:10",
+        ] {
+            assert!(bad.parse::<IdRange>().is_err(), "{bad}");
+        }
+        let low = "1000:10".parse::<IdRange>().unwrap_err().to_string();
+        assert!(low.contains("below 65536"), "{low}");
+        assert!("65536:1".parse::<IdRange>().is_ok());
+    }
 
     #[test]
     fn id_range_picks_the_lowest_free() {

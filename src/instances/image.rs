@@ -143,7 +143,7 @@ pub(crate) fn import(
             source.display()
         )));
     }
-    let tmp = d.join(format!(".import-{}", super::new_uuid()));
+    let tmp = d.join(format!(".import-{}", crate::uuid::new()));
     let result = copy_hashed(file, &tmp, progress)
         .map_err(|e| Error::host(format!("copy {}", source.display()), e))
         .and_then(|copied| commit(&d, &tmp, source, alias, copied));

@@ -13,7 +13,7 @@ use crate::accel::{Accel, AccelMode};
 use crate::hostfile::{Need, Opener, Pin};
 use crate::log::log;
 use crate::qemu::{self, Boot, Disk, DiskFormat, MemorySize, Nic, RunFiles, VmConfig};
-use crate::vm::{IdRange, Identity, VmSpec};
+use crate::vm::{Identity, VmSpec};
 
 /// Config keys an instance may have (besides `user.*`).
 const KEYS: &[&str] = &[
@@ -545,60 +545,6 @@ fn nic_of(name: &str, dev: &Device) -> Result<Nic, Error> {
     }
 }
 
-/// The lowest uid `instances.uid_range` may start at: below it are the
-/// host's own accounts (system users, people, `nobody` at 65534).
-const MIN_UID_RANGE: u32 = 65536;
-
-/// Parses `instances.uid_range` (`FIRST:COUNT`). Ranges that start below
-/// [`MIN_UID_RANGE`] or wrap are refused. Pure syntax: see [`uid_range_unused`]
-/// for the host's accounts.
-pub(crate) fn parse_uid_range(s: &str) -> Result<IdRange, String> {
-    let bad = || format!("{s:?} is not FIRST:COUNT (e.g. 1000000:65536)");
-    let (f, c) = s.split_once(':').ok_or_else(bad)?;
-    let first: u32 = f.parse().map_err(|_| bad())?;
-    let count: u32 = c.parse().map_err(|_| bad())?;
-    if count == 0 || first.checked_add(count).is_none() {
-        return Err(bad());
-    }
-    if first < MIN_UID_RANGE {
-        return Err(format!(
-            "{s:?} starts below {MIN_UID_RANGE}, among the host's own accounts"
-        ));
-    }
-    Ok(IdRange { first, count })
-}
-
-/// Refuses a range holding the uid of a user or the gid of a group of this
-/// host, or a subordinate id of one: a VM's QEMU runs as that id and could
-/// use the account's files, or the account could signal and trace the VM.
-pub(crate) fn uid_range_unused(range: IdRange) -> Result<(), crate::sys::IdInUse> {
-    // `parse_uid_range` made sure first + count does not wrap.
-    let last = range.first.saturating_add(range.count - 1);
-    crate::sys::ids_unused(range.first..=last)
-}
-
-/// A fresh random UUID (v4), as LXD gives each instance and operation.
-pub(crate) fn new_uuid() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    if let Some(x) = b.get_mut(6) {
-        *x = (*x & 0x0f) | 0x40;
-    }
-    if let Some(x) = b.get_mut(8) {
-        *x = (*x & 0x3f) | 0x80;
-    }
-    let h = crate::pki::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..32).unwrap_or_default()
-    )
-}
-
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -611,7 +557,7 @@ mod tests {
     fn record() -> Record {
         Record {
             name: "vm1".into(),
-            uuid: new_uuid(),
+            uuid: crate::uuid::new(),
             created_at: 0,
             uid: 1_000_000,
             image: None,
@@ -679,32 +625,5 @@ mod tests {
             "a path through a link is not pinned after the fact"
         );
         assert!(Record::from_json(b"{\"disk_owners\": 1}").is_err());
-    }
-
-    #[test]
-    fn uid_ranges() {
-        assert_eq!(
-            parse_uid_range("1000000:65536").unwrap(),
-            IdRange {
-                first: 1_000_000,
-                count: 65536
-            }
-        );
-        for bad in [
-            "0:10",
-            "1:0",
-            "x",
-            "4294967295:2",
-            "1:-1",
-            "1000:10",
-            "65535:10",
-        ] {
-            assert!(parse_uid_range(bad).is_err(), "{bad}");
-        }
-        assert!(parse_uid_range("1000:10")
-            .unwrap_err()
-            .contains("below 65536"));
-        assert!(parse_uid_range("65536:1").is_ok());
-        assert_eq!(new_uuid().len(), 36);
     }
 }
