@@ -411,8 +411,17 @@ mod tests {
 
     /// A stop ends the probe QEMU at once and reaps it, and no probe
     /// starts after it. The stand-in "QEMU" just sleeps.
-    #[test]
-    fn stop_ends_and_reaps_a_running_probe() {
+    /// A probe under way in a thread, its "QEMU" a script that sleeps.
+    struct Running {
+        dir: tempfile::TempDir,
+        qemu: std::path::PathBuf,
+        probe: Arc<Probe>,
+        thread: std::thread::JoinHandle<Result<(), String>>,
+        pid: u32,
+        started: Instant,
+    }
+
+    fn start_probe(accel: Accel, timeout: Duration) -> Running {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let qemu = dir.path().join("qemu");
@@ -420,8 +429,7 @@ mod tests {
         std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
         let probe = Arc::new(Probe::default());
         let (p, q, d) = (probe.clone(), qemu.clone(), dir.path().to_path_buf());
-        let t =
-            std::thread::spawn(move || run_probe(&p, &q, &d, Accel::Tcg, Duration::from_secs(20)));
+        let thread = std::thread::spawn(move || run_probe(&p, &q, &d, accel, timeout));
         let started = Instant::now();
         let pid = loop {
             if let Some(pid) = probe.running().pid {
@@ -430,6 +438,26 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(5), "no probe");
             std::thread::sleep(Duration::from_millis(10));
         };
+        Running {
+            dir,
+            qemu,
+            probe,
+            thread,
+            pid,
+            started,
+        }
+    }
+
+    #[test]
+    fn stop_ends_and_reaps_a_running_probe() {
+        let Running {
+            dir,
+            qemu,
+            probe,
+            thread: t,
+            pid,
+            started,
+        } = start_probe(Accel::Tcg, Duration::from_secs(20));
         probe.stop();
         assert!(probe.running().pid.is_none());
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "not reaped");
@@ -455,24 +483,12 @@ mod tests {
     #[test]
     fn a_probe_that_outlives_its_kill_is_still_reaped() {
         use std::io::BufRead;
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let qemu = dir.path().join("qemu");
-        std::fs::write(&qemu, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let probe = Arc::new(Probe::default());
-        let (p, q, d) = (probe.clone(), qemu.clone(), dir.path().to_path_buf());
-        let t = std::thread::spawn(move || {
-            run_probe(&p, &q, &d, Accel::Kvm, Duration::from_millis(500))
-        });
-        let started = Instant::now();
-        let pid = loop {
-            if let Some(pid) = probe.running().pid {
-                break pid;
-            }
-            assert!(started.elapsed() < Duration::from_secs(5), "no probe");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let Running {
+            probe,
+            thread: t,
+            pid,
+            ..
+        } = start_probe(Accel::Kvm, Duration::from_millis(500));
         // PTRACE_ATTACH, then hold on for 3 s without a wait.
         let tracer = std::process::Command::new("perl")
             .arg("-e")

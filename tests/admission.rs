@@ -340,10 +340,6 @@ fn ipv6_peers_count_by_their_64_for_slots_and_guesses() {
 }
 
 /// The upgrade request for the events websocket.
-const EVENTS: &[u8] = b"GET /1.0/events HTTP/1.1\r\nHost: kvmbox\r\nUpgrade: websocket\r\n\
-    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-    Sec-WebSocket-Version: 13\r\n\r\n";
-
 /// A client frame, masked as RFC 6455 requires (payload under 126 bytes).
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x11u8, 0x22, 0x33, 0x44];
@@ -371,15 +367,7 @@ fn events_socket<T: Send + 'static>(
         let id = ClientIdentity::load_or_create(&conf).unwrap();
         let mut c = Client::connect_unix(&socket, &id).unwrap();
         let raw = c.raw();
-        raw.write_all(EVENTS).unwrap();
-        raw.flush().unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            raw.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+        common::upgrade_to_events(raw);
         let _ = tx.send(peer(raw));
     });
     rx

@@ -226,21 +226,9 @@ fn role(c: &mut Client) -> Value {
 /// which reports the payload of the close frame the daemon sends, or
 /// `None` if it hangs up without one.
 fn events(d: &Daemon, conf: &Path) -> mpsc::Receiver<Option<Vec<u8>>> {
-    const UPGRADE: &[u8] = b"GET /1.0/events HTTP/1.1\r\nHost: kvmbox\r\nUpgrade: websocket\r\n\
-        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-        Sec-WebSocket-Version: 13\r\n\r\n";
     let mut c = remote(d, conf);
     let (tx, rx) = mpsc::channel();
-    let raw = c.raw();
-    raw.write_all(UPGRADE).unwrap();
-    raw.flush().unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        raw.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    common::upgrade_to_events(c.raw());
     std::thread::spawn(move || {
         let s = c.raw();
         loop {

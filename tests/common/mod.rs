@@ -7,7 +7,7 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses a different part
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a failed test should panic
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -172,4 +172,23 @@ impl Run {
 /// A scratch directory removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// Asks for the `/1.0/events` websocket on `s` (RFC 6455's upgrade) and
+/// reads the answer's head, which must be `101`.
+pub fn upgrade_to_events(s: &mut (impl Read + Write + ?Sized)) {
+    s.write_all(
+        b"GET /1.0/events HTTP/1.1\r\nHost: kvmbox\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
 }
