@@ -39,6 +39,19 @@ impl Server {
         }
     }
 
+    /// [`Server::admin`], after it set `core.trust_password` to `pass`.
+    fn admin_with_trust_password(&self, pass: &str) -> Client {
+        let mut admin = self.admin();
+        admin
+            .call(
+                "PATCH",
+                "/1.0",
+                Some(&json!({"config": {"core.trust_password": pass}})),
+            )
+            .unwrap();
+        admin
+    }
+
     /// The local administrator, over the Unix socket.
     fn admin(&self) -> Client {
         let id = ClientIdentity::load_or_create(&self.dir.join("admin-conf")).unwrap();
@@ -462,14 +475,7 @@ fn restricted_to_no_project_is_refused_not_widened_to_all() {
 fn a_removed_certificate_cannot_add_itself_back() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(tmp.path(), ANY_PORT);
-    let mut admin = s.admin();
-    admin
-        .call(
-            "PATCH",
-            "/1.0",
-            Some(&json!({"config": {"core.trust_password": "open-sesame"}})),
-        )
-        .unwrap();
+    let mut admin = s.admin_with_trust_password("open-sesame");
     let mut p = s.trusted("gone", "operator", &[]);
     let fp = ClientIdentity::load_or_create(&tmp.path().join("gone"))
         .unwrap()
@@ -565,14 +571,7 @@ fn tokens_are_single_use_expire_and_guessing_is_rate_limited() {
 fn trust_password_is_hashed_hidden_and_can_be_unset() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(tmp.path(), ANY_PORT);
-    let mut admin = s.admin();
-    admin
-        .call(
-            "PATCH",
-            "/1.0",
-            Some(&json!({"config": {"core.trust_password": "open-sesame"}})),
-        )
-        .unwrap();
+    let mut admin = s.admin_with_trust_password("open-sesame");
     let info = admin.call("GET", "/1.0", None).unwrap();
     assert_eq!(info["config"]["core.trust_password"], "true");
     let disk = std::fs::read_to_string(s.daemon.state.join("daemon.json")).unwrap();
