@@ -1,6 +1,6 @@
 //! `kvmbox-aa-helper`: writes, loads and unloads the AppArmor profile of one
-//! VM — the only program that writes policy (SPEC A3; libvirt's
-//! virt-aa-helper). Policy language:
+//! VM — the only program that writes policy (libvirt's virt-aa-helper
+//! design). Policy language:
 //! <https://gitlab.com/apparmor/apparmor/-/wikis/AppArmor_Core_Policy_Reference>.
 //!
 //! It starts by clearing its environment, reads only its arguments and stdin,

@@ -1,7 +1,7 @@
 //! `kvmbox-cert`: EC keys, X.509 certificates and a small CA.
 //!
 //! Makes what the daemon and client make on first start (a self-signed P-256
-//! identity), the CA and leaves of PKI mode (SPEC L7), and prints SHA-256
+//! identity), the CA and leaves of PKI mode, and prints SHA-256
 //! fingerprints the way LXD shows them (RFC 5280 for the format; LXD's
 //! security documentation for how they are used).
 //!

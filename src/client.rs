@@ -1,5 +1,5 @@
 //! The client side: its identity (a P-256 key and self-signed certificate
-//! made on first use, SPEC M1/L3), where it keeps them, and a blocking HTTP
+//! made on first use, as Multipass and LXD clients do), where it keeps them, and a blocking HTTP
 //! client over TLS that speaks LXD's envelope. Blocking on purpose: a CLI
 //! makes one or two calls and exits. The remote issue reuses it over TCP.
 

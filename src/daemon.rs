@@ -1,5 +1,5 @@
 //! `kvmboxd`'s core: state directory, server identity, the Unix socket with
-//! Multipass's local trust model (seed 000, SPEC M1–M3), and the connection
+//! Multipass's local trust model, and the connection
 //! loop: TLS inside the socket, then HTTP/1.1 with keep-alive, every read
 //! bounded in size and time.
 
@@ -40,7 +40,7 @@ const PKI_NO_DEFAULT_ROLE: &str = "not authorized: this certificate is signed by
 /// logs, taps, the helper's pipes, state files.
 const FD_RESERVE: usize = 256;
 
-/// Groups tried, in order, when no admin group is given (SPEC M2).
+/// Groups tried, in order, when no admin group is given (Multipass's order).
 const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
 /// At most this much of a `--preseed` document is read.
 const PRESEED_LIMIT: u64 = 16 * 1024 * 1024;
@@ -140,7 +140,7 @@ pub(crate) struct Shared {
     tokens: Mutex<Tokens>,
     limiter: Mutex<RateLimiter<String>>,
     pub(crate) ops: crate::operations::Operations,
-    /// PKI mode (SPEC L7): client certificates were checked against
+    /// PKI mode (LXD's): client certificates were checked against
     /// `server.ca` and `server.crl` during the handshake; one that passed and
     /// that the trust store does not list gets `core.pki_default_role`.
     pki: Option<Arc<crate::tls::Pki>>,
@@ -343,7 +343,7 @@ impl Shared {
         }
     }
 
-    /// SPEC M3: until the socket has been opened, the first client from the
+    /// Multipass's rule: until the socket has been opened, the first client from the
     /// admin group has its certificate trusted, and the socket becomes 0666.
     fn first_client(&self, cred: &PeerCred, cert: &Cert) {
         if cred.uid == 0 || !in_group(cred, self.admin_gid) {
@@ -467,7 +467,7 @@ fn bind(path: &Path) -> Result<UnixListener, Error> {
     UnixListener::bind(path).map_err(|e| Error::Listen(path.to_path_buf(), e))
 }
 
-/// Sets the socket's owner and mode (SPEC M2). Unprivileged, chown to root
+/// Sets the socket's owner and mode (root:GROUP 0660, or 0666 once open). Unprivileged, chown to root
 /// is impossible and skipped with a log line.
 fn secure_socket(path: &Path, gid: u32, group: &str, open: bool) -> Result<(), Error> {
     let mode = if open { 0o666 } else { 0o660 };

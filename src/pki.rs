@@ -2,7 +2,7 @@
 //! start, the small CA of PKI mode, and the checks made on peers.
 //!
 //! Only EC keys (P-256, P-384) with ECDSA/SHA-2 signatures are made or
-//! accepted (SPEC L2). Encoding is rcgen's, parsing x509-parser's, chain
+//! accepted. Encoding is rcgen's, parsing x509-parser's, chain
 //! validation rustls-webpki's: no ASN.1 is written by hand here.
 
 use std::fmt;

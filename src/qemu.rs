@@ -1,4 +1,5 @@
-//! The QEMU command line, built from a VM description (SPEC D5, L5).
+//! The QEMU command line, built from a VM description: no libvirt between
+//! the daemon and QEMU.
 //!
 //! Everything a VM may do is spelled out here; nothing comes from QEMU's
 //! defaults or a user config (`-nodefaults -no-user-config`), and the

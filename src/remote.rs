@@ -1,7 +1,7 @@
-//! The TCP listener (SPEC L1, L2, M4): the same API as the Unix socket,
+//! The TCP listener: the same API as the Unix socket,
 //! over TLS on `core.https_address` or `kvmboxd --https`, on exactly that
 //! address. Who the client is comes from its TLS certificate alone, looked
-//! up in the trust store for every request (LXD's model, seed 001).
+//! up in the trust store for every request (LXD's model).
 //!
 //! The supervisor applies a change of `core.https_address` at once: it
 //! closes the old listener and binds the new address (connections already

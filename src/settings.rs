@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::secret;
 use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
-/// The passphrase other local users authenticate with (seed 000).
+/// The passphrase other local users authenticate with (Multipass's model).
 pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
 
-/// The address the TLS listener binds (SPEC L1, L12): one `IP:PORT`.
+/// The address the TLS listener binds: one `IP:PORT`, no wildcard by default.
 pub(crate) const HTTPS_ADDRESS: &str = "core.https_address";
 
-/// The password remote clients add themselves with (LXD's key; L12: unset it
+/// The password remote clients add themselves with (LXD's key; unset it
 /// once every client is added).
 pub(crate) const TRUST_PASSWORD: &str = "core.trust_password";
 

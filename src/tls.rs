@@ -6,7 +6,7 @@
 //! trusted, and with which role, is a lookup of its fingerprint in the trust
 //! store afterwards (Multipass and LXD do the same). That lets an untrusted
 //! client still reach `GET /1.0` and the authenticate call. RSA keys and
-//! non-ECDSA signature schemes are refused during the handshake (SPEC L2).
+//! non-ECDSA signature schemes are refused during the handshake.
 
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// SPEC L2 as a provider: every TLS 1.3 suite, and of TLS 1.2 only
+/// The TLS policy as a provider: every TLS 1.3 suite, and of TLS 1.2 only
 /// ECDHE-ECDSA with AES-GCM or ChaCha20-Poly1305 (no RSA key exchange, no
 /// CBC; ring offers no CBC suite, the filter says so anyway); key exchange by
 /// ECDHE groups only; ECDSA with SHA-2 for every signature a peer makes.
@@ -212,7 +212,7 @@ pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::Server
     Ok(Arc::new(config))
 }
 
-/// PKI mode (SPEC L7): clients must present a certificate issued by this
+/// PKI mode (LXD's): clients must present a certificate issued by this
 /// CA, not revoked by the CRL, if they present one at all.
 ///
 /// `server.crl` is read again whenever its identity (device, inode, size,
@@ -526,7 +526,7 @@ impl ClientCertVerifier for OptionalEcClient {
     ecdsa_signatures!(tls12 tls13);
 }
 
-/// The TCP listener's configuration (SPEC L2): TLS 1.3 and 1.2 under
+/// The TCP listener's configuration: TLS 1.3 and 1.2 under
 /// [`policy_provider`], a client certificate asked for but optional (an
 /// untrusted client may still read `GET /1.0` and add itself), checked
 /// against `pki` when PKI mode is on.

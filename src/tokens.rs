@@ -1,5 +1,4 @@
-//! One-time trust tokens (LXD's replacement for a shared trust password,
-//! SPEC L9): `kvmbox config trust add --name NAME` makes one; a client that
+//! One-time trust tokens (LXD's replacement for a shared trust password): `kvmbox config trust add --name NAME` makes one; a client that
 //! presents it in `POST /1.0/certificates` has its TLS certificate trusted
 //! with the role and projects the token was made for. Each token works once
 //! and expires.

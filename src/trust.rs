@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::pki::Cert;
 use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
-/// What a trusted certificate may do (SPEC L4). Ordered: each role includes
+/// What a trusted certificate may do. Ordered: each role includes
 /// everything below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,7 +7,7 @@
 //! - `dir/vm.pid` root, 0600: the pid we started, trusted for adoption;
 //! - `dir/qemu/` the VM's uid, 0700: QMP socket, QEMU's pid file, serial
 //!   console log and QEMU's own stderr (`qemu.log`). Other VMs' uids cannot
-//!   enter it (L5, the VM analogue of LXD's `security.idmap.isolated`).
+//!   enter it (the VM analogue of LXD's `security.idmap.isolated`).
 
 use std::fs;
 use std::io;

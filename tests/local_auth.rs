@@ -1,5 +1,5 @@
 //! Local authentication end to end, with real OS users (needs root):
-//! Multipass's model as SPEC M2/M3 and issue "Done means" describe it.
+//! Multipass's model: the admin group's first client, then passphrases.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a failed test should panic
 
 mod common;

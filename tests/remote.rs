@@ -1,5 +1,5 @@
-//! The remote API over TCP and TLS against a real kvmboxd (issue 6, SPEC
-//! L1–L12): roles on every class of endpoint, project scoping, revocation on
+//! The remote API over TCP and TLS against a real kvmboxd (LXD's trust
+//! model): roles on every class of endpoint, project scoping, revocation on
 //! an open connection, tokens, the trust password, and a changed server
 //! certificate. The TLS policy, PKI mode and the real `lxc` are in
 //! tests/sh/test_remote_*.sh.

@@ -1,6 +1,6 @@
 //! AppArmor policy for VMs: checks a VM definition and writes the per-VM
 //! profile `kvmbox-<uuid>` and its files list, then loads it with
-//! `apparmor_parser` (SPEC A1–A9; libvirt's virt-aa-helper design).
+//! `apparmor_parser` (libvirt's virt-aa-helper design).
 //!
 //! Policy language: <https://gitlab.com/apparmor/apparmor/-/wikis/AppArmor_Core_Policy_Reference>.
 //!

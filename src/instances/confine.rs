@@ -1,4 +1,4 @@
-//! The daemon's side of AppArmor (SPEC A1–A9): it never writes policy
+//! The daemon's side of AppArmor (libvirt's virt-aa-helper model): it never writes policy
 //! itself but runs `kvmbox-aa-helper` (this same executable under that
 //! name) with the instance's definition on stdin, and reads its one-line
 //! answer.

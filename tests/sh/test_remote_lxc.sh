@@ -1,7 +1,8 @@
 # The TCP listener against real peers: LXD 5.0.2's own `lxc` client (remote
 # add by password, by --accept-certificate and by token; trust list; list;
 # refusal after revocation), and OpenSSL's s_client for the TLS policy
-# (SPEC L2). Skips (passes) only if lxc or openssl is not installed.
+# (TLS 1.3, or 1.2 with ECDHE-ECDSA AEAD suites). Skips (passes) only if
+# lxc or openssl is not installed.
 . "$TESTLIB"
 command -v lxc >/dev/null || { echo "lxc not installed: skipped"; exit 0; }
 command -v openssl >/dev/null || { echo "openssl not installed: skipped"; exit 0; }
@@ -88,7 +89,7 @@ contains "$(applet kvmbox config trust list --format csv)" "lxc2,client,auditor"
 mkdir lxc3
 expect_fail env LXD_CONF=$PWD/lxc3 timeout 60 lxc remote add kb3 "$token"
 
-# Unset the trust password (SPEC L12): password joins stop working.
+# Unset the trust password (as production should): password joins stop working.
 applet kvmbox config unset core.trust_password
 mkdir lxc4
 expect_fail env LXD_CONF=$PWD/lxc4 timeout 60 lxc remote add kb4 "$url" --accept-certificate --password lxc-interop-pw

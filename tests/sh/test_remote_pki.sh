@@ -1,4 +1,4 @@
-# PKI mode (SPEC L7) with certificates from kvmbox-cert and revocation and
+# PKI mode (LXD's) with certificates from kvmbox-cert and revocation and
 # expiry from the real `openssl ca`: a server certificate signed by the
 # client's client.ca is accepted without a prompt; client certificates are
 # checked against server.ca and server.crl during the handshake; a client
