@@ -131,6 +131,9 @@ uid=$(echo "$status" | sed -n 's/^Uid:\s*\([0-9]*\).*/\1/p')
 [ "$uid" = "$(kv info v1 --format json | sed -n 's/^ *"volatile.idmap.base": "\([0-9]*\)".*/\1/p' | head -n 1)" ] || fail "QEMU's uid $uid is not the instance's"
 echo "$status" | grep -q "^Seccomp:\s*2" || fail "QEMU runs without seccomp"
 [ -s "aa/kvmbox-$u1" ] && [ -s "aa/kvmbox-$u1.files" ] || fail "no profile written"
+# QEMU's own log is inherited from the daemon: without a rule an enforcing
+# kernel would revoke it at exec.
+grep -q '/qemu/qemu.log" rw' "aa/kvmbox-$u1.files" || fail "QEMU's log is not in the profile: $(cat "aa/kvmbox-$u1.files")"
 grep -q -- "-r .*aa/kvmbox-$u1" "$log" || fail "the profile was not compiled: $(cat "$log")"
 contains "$(kv info v1)" "kvmbox-$u1"
 

@@ -220,6 +220,8 @@ pub struct RunFiles {
     pub qmp: PathBuf,
     pub pidfile: PathBuf,
     pub console: PathBuf,
+    /// QEMU's own stdout and stderr: what it says when it fails to start.
+    pub stderr: PathBuf,
 }
 
 impl RunFiles {
@@ -228,6 +230,7 @@ impl RunFiles {
             qmp: dir.join("qmp.sock"),
             pidfile: dir.join("qemu.pid"),
             console: dir.join("console.log"),
+            stderr: dir.join("qemu.log"),
         }
     }
 }

@@ -471,7 +471,7 @@ impl Vm {
         }
         // A fresh start: no file of an earlier run, possibly a link planted by
         // the VM's uid or owned by a uid this VM had before.
-        let log_path = qdir.join("qemu.log");
+        let log_path = files.stderr.clone();
         for f in [&log_path, &files.console] {
             match fs::remove_file(f) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -50,6 +50,11 @@ pub struct Instance {
     pub pid_file: Option<String>,
     #[serde(default)]
     pub log_file: Option<String>,
+    /// QEMU's own stdout and stderr, opened by the daemon and inherited:
+    /// without a rule the kernel revokes them at exec (`file_inherit`), and
+    /// a QEMU that fails to start could not say why.
+    #[serde(default)]
+    pub stderr_log: Option<String>,
     /// Tap interfaces (names, not paths); QEMU reaches them via /dev/net/tun.
     #[serde(default)]
     pub taps: Vec<String>,
@@ -230,6 +235,7 @@ pub fn check(
         ("QMP socket", &inst.qmp_socket),
         ("pid file", &inst.pid_file),
         ("log file", &inst.log_file),
+        ("QEMU's log", &inst.stderr_log),
     ] {
         if let Some(p) = p {
             add(what, p, RuleKind::Runtime)?;

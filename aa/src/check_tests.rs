@@ -207,6 +207,20 @@ fn runtime_files_must_be_in_the_vm_directory() {
     assert!(check(&i, &f.host, None, &BTreeMap::new()).is_ok());
     i.log_file = Some(f.p("disks/qemu.log"));
     assert!(check(&i, &f.host, None, &BTreeMap::new()).is_err());
+    i.log_file = None;
+    i.stderr_log = Some(f.p("disks/qemu.log"));
+    assert!(check(&i, &f.host, None, &BTreeMap::new()).is_err());
+    // QEMU's own log gets its rule like the other run files.
+    let log = f.p("state/instances/vm1/qemu.log");
+    i.stderr_log = Some(log.clone());
+    let v = check(&i, &f.host, None, &BTreeMap::new()).unwrap();
+    assert!(
+        v.rules
+            .iter()
+            .any(|r| r.path == log && r.kind == RuleKind::Runtime),
+        "{:?}",
+        v.rules
+    );
 }
 
 #[test]

@@ -32,6 +32,17 @@ pub fn kernel_apparmor() -> Kernel {
     }
 }
 
+/// The kernel's list of loaded profiles, one `name (mode)` a line.
+const KERNEL_PROFILES: &str = "/sys/kernel/security/apparmor/profiles";
+
+/// Whether profile `name` is in the kernel's list `text`.
+fn listed(text: &str, name: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(" ("))
+    })
+}
+
 /// How to run `apparmor_parser`.
 #[derive(Clone, Debug)]
 pub struct Parser {
@@ -77,7 +88,16 @@ impl Parser {
     ///
     /// The parser only needs the name, so it gets a one-line stub on stdin:
     /// unloading works even when the file on disk is gone or broken.
+    ///
+    /// A profile the kernel does not have loaded is unloaded already: that
+    /// is success, not the parser's error (a VM stopped earlier, then
+    /// deleted, must not keep its files for want of an unload).
     pub fn unload(&self, uuid: &Uuid) -> Result<(), Error> {
+        if let Ok(list) = std::fs::read_to_string(KERNEL_PROFILES) {
+            if !listed(&list, &uuid.profile_name()) {
+                return Ok(());
+            }
+        }
         let mut cmd = self.command();
         cmd.arg("-R");
         let stub = format!("profile {} {{\n}}\n", uuid.profile_name());
@@ -117,5 +137,24 @@ impl Parser {
             status: out.status.to_string(),
             stderr: stderr.split_whitespace().collect::<Vec<_>>().join(" "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_profile_is_listed_by_its_whole_name() {
+        let list = "kvmbox-00000000-0000-0000-0000-0123456789ab (enforce)\nkvmboxd (complain)\n";
+        assert!(super::listed(
+            list,
+            "kvmbox-00000000-0000-0000-0000-0123456789ab"
+        ));
+        assert!(super::listed(list, "kvmboxd"));
+        assert!(!super::listed(list, "kvmbox"), "a prefix is not the name");
+        assert!(!super::listed(
+            list,
+            "kvmbox-00000000-0000-0000-0000-0123456789ac"
+        ));
+        assert!(!super::listed("", "kvmboxd"));
     }
 }

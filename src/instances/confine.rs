@@ -174,6 +174,7 @@ impl Manager {
             qmp_socket: Some(s(&files.qmp)),
             pid_file: Some(s(&files.pidfile)),
             log_file: Some(s(&files.console)),
+            stderr_log: Some(s(&files.stderr)),
             taps,
         })
     }
