@@ -21,4 +21,4 @@ tr -d '\r' <"$console" | grep -E "^(CONFINE-|kernel:|failed start:|device add|QM
 grep -q "^CONFINE-DONE 0" "$console" || fail "the guest's checks failed (see above)"
 # Each check must have run: a check skipped by an early exit is no pass.
 n=$(grep -c "^CONFINE-PASS" "$console")
-[ "$n" -ge 21 ] || fail "only $n checks passed"
+[ "$n" -ge 24 ] || fail "only $n checks passed"

@@ -10,7 +10,7 @@ bin=$1 out=$2
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=$(sh "$here/../assets.sh" | tail -n 1)
-for p in busybox apparmor_parser qemu-system-x86_64 musl-gcc; do
+for p in busybox apparmor_parser qemu-system-x86_64 qemu-img musl-gcc; do
     command -v "$p" >/dev/null || { echo "image: $p is not installed" >&2; exit 1; }
 done
 mkdir -p "$out"
@@ -34,7 +34,7 @@ mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/tmp" "$root/run
     "$root/var/lib"
 cp "$(command -v busybox)" "$root/bin/busybox"
 # QEMU loads TCG as a module (Debian builds it so).
-copy_with_libs "$(command -v apparmor_parser)" "$(command -v qemu-system-x86_64)" \
+copy_with_libs "$(command -v apparmor_parser)" "$(command -v qemu-system-x86_64)" "$(command -v qemu-img)" \
     /usr/lib/*/qemu/accel-tcg-x86_64.so
 # QEMU's firmware and option ROMs (its /usr/share/qemu links into seabios).
 mkdir -p "$root/usr/share"

@@ -75,6 +75,31 @@ start_daemon
 [ "$(label $dpid)" = "kvmboxd (enforce)" ] && ok "kvmboxd runs as $(label $dpid)" || bad "kvmboxd runs as '$(label $dpid)'"
 kvmbox info | grep -i apparmor
 
+# --- Whatever runs as kvmboxd runs only what the profile names: a shell
+# it starts is refused, not run unconfined (it could write policy).
+r=$(sh -c 'echo "exec kvmboxd" >/proc/self/attr/exec &&
+    exec /bin/busybox sh -c "read l </proc/self/attr/current; echo as \$l; exec /bin/busybox touch /etc/apparmor.d/kvmbox/x"' 2>&1)
+echo "a shell under kvmboxd: $r"
+case $r in *"as kvmboxd (enforce)"*) ;; *) bad "the shell did not start as kvmboxd: $r" ;; esac
+if [ -e /etc/apparmor.d/kvmbox/x ]; then
+    bad "a program run by kvmboxd wrote policy"; rm -f /etc/apparmor.d/kvmbox/x
+elif dmesg | grep 'apparmor="DENIED"' | grep 'profile="kvmboxd"' | grep -q 'name="/bin/busybox"'; then
+    ok "kvmboxd may not run a shell (apparmor=\"DENIED\" exec)"
+else
+    bad "no exec denial for kvmboxd"
+fi
+# qemu-img, under its child profile, inspects an imported image.
+dd if=/dev/zero of=/srv/base.img bs=1M count=4 2>/dev/null
+kvmbox image import /srv/base.img --alias base >/dev/null && kvmbox image list | grep -q raw &&
+    ok "an image is imported (qemu-img as kvmboxd//qemu_img)" || bad "image import failed"
+# A VM without its own profile runs under the daemon's child profile qemu.
+kvmbox init c --kernel /srv/guest/vmlinuz --initrd /srv/guest/initrd.gz --memory 64MiB -c security.apparmor=off >/dev/null
+kvmbox start c || bad "start c"
+[ "$(label "$(pid_of c)")" = "kvmboxd//qemu (enforce)" ] && ok "QEMU of a VM with security.apparmor=off runs as kvmboxd//qemu" ||
+    bad "QEMU of c runs as '$(label "$(pid_of c)")'"
+kvmbox stop c --force
+kvmbox delete c
+
 # --- A failed start: QEMU's reason reaches the user, no profile stays.
 echo "not a kernel" >/srv/notakernel
 if err=$(kvmbox launch bad --kernel /srv/notakernel --memory 64MiB 2>&1); then
