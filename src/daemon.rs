@@ -502,7 +502,14 @@ fn state_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let err = |e| Error::StateDir(dir.to_path_buf(), e);
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Parents it has to make (`/var/lib` on a bare root) are made 0755
+        // as a package would, not under the daemon's umask: a VM's QEMU,
+        // under its own uid, must pass through them to its run files.
+        let missing: Vec<&Path> = parent.ancestors().take_while(|a| !a.exists()).collect();
         std::fs::create_dir_all(parent).map_err(err)?;
+        for made in missing {
+            std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+        }
     }
     match std::fs::DirBuilder::new().mode(0o711).create(dir) {
         Ok(()) => {

@@ -75,3 +75,15 @@ soft=$(awk '/^Max open files/ { print $4 }' "/proc/$pid/limits")
 contains "$(cat lim.log)" "only 400 open files allowed"
 kill -TERM $pid
 wait $pid || fail "kvmboxd exited non-zero on SIGTERM: $(cat lim.log)"
+
+# A state directory whose parents do not exist yet: the daemon makes them
+# 0755 (its own umask is 077), so that a VM's uid can pass through them.
+bin/kvmboxd $group_args --state-dir "$PWD/fresh/var/lib/kvmbox" 2>fresh.log &
+pid=$!
+i=0; while [ ! -S fresh/var/lib/kvmbox/unix.socket ]; do i=$((i + 1)); [ $i -lt 200 ] || fail "no socket: $(cat fresh.log)"; sleep 0.05; done
+for d in fresh fresh/var fresh/var/lib; do
+    [ "$(stat -c %a "$d")" = 755 ] || fail "$d was made $(stat -c %a "$d"), not 755"
+done
+[ "$(stat -c %a fresh/var/lib/kvmbox)" = 711 ] || fail "the state dir is not 711"
+kill -TERM $pid
+wait $pid || fail "kvmboxd exited non-zero on SIGTERM: $(cat fresh.log)"
