@@ -224,7 +224,10 @@ impl Manager {
         if !confined {
             log!(
                 Warn,
-                "instance {}: QEMU runs unconfined: {reason}",
+                // Not "unconfined": under an enforcing kernel, a QEMU the
+                // confined daemon starts without a VM profile still runs in
+                // the daemon's `qemu` child profile.
+                "instance {}: QEMU runs without its own profile: {reason}",
                 rec.name
             );
         }
