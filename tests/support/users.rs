@@ -16,9 +16,34 @@ pub struct Accounts {
     pub other: String,
 }
 
+/// The account tools lock /etc/passwd and /etc/group and fail at once,
+/// rather than wait, when another call holds them: the tests of one file
+/// run in parallel. Each call is made under this lock, and tried again a
+/// while when the files are busy anyway (another process's call).
+static ACCOUNT_FILES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs an account tool; whether it succeeded, and what it said if not.
+fn account_tool(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let _one_at_a_time = ACCOUNT_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut said = String::new();
+    for _ in 0..50 {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        if out.status.success() {
+            return Ok(());
+        }
+        said = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !said.contains("lock") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(said)
+}
+
 fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).status().unwrap();
-    assert!(st.success(), "{cmd} {args:?} failed");
+    if let Err(said) = account_tool(cmd, args) {
+        panic!("{cmd} {args:?} failed: {said}");
+    }
 }
 
 /// `useradd` for a throwaway user: no home, no shell, and no subordinate
@@ -40,14 +65,13 @@ pub fn useradd(args: &[&str]) {
 
 impl Accounts {
     pub fn create() -> Accounts {
+        // Unique among the tests of this process (they run in parallel)
+        // and, through the pid, among processes.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let tag = format!(
-            "{}{}",
+            "{}x{}",
             std::process::id() % 100_000,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_micros()
-                % 1000
+            MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000
         );
         let a = Accounts {
             group: format!("kvg{tag}"),
@@ -64,9 +88,9 @@ impl Accounts {
 impl Drop for Accounts {
     fn drop(&mut self) {
         for u in [&self.member, &self.other] {
-            let _ = Command::new("userdel").arg(u).status();
+            let _ = account_tool("userdel", &[u]);
         }
-        let _ = Command::new("groupdel").arg(&self.group).status();
+        let _ = account_tool("groupdel", &[&self.group]);
     }
 }
 
