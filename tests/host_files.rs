@@ -82,12 +82,21 @@ fn unchanged(f: &Path, content: &[u8], mode: u32) {
 /// As `user`, swaps directory `e` under `home` for a link to `target` and
 /// back, as fast as a shell can, every couple of milliseconds until dropped
 /// (a path that never resolves would keep every request from the daemon).
-struct Flipper(Child);
+/// It stops only between two whole swaps, when asked through a file, so
+/// that no `mv` or `ln` of it is still running once it has been waited
+/// for: killing the shell would leave such a child to finish later and
+/// move `e` away under the rest of the test.
+struct Flipper {
+    child: Child,
+    stop: PathBuf,
+}
 
 impl Flipper {
     fn start(user: &str, home: &Path, target: &Path) -> Flipper {
+        let stop = home.join("flipper.stop");
         let script = format!(
-            "cd {h} && while :; do mv e e.real && ln -s {t} e && rm e && mv e.real e; sleep 0.005; done",
+            "cd {h} && while [ ! -e flipper.stop ]; do \
+             mv e e.real && ln -s {t} e && rm e && mv e.real e || exit 1; sleep 0.005; done",
             h = home.display(),
             t = target.display()
         );
@@ -96,18 +105,20 @@ impl Flipper {
             .args(["sh", "-c", &script])
             .spawn()
             .unwrap();
-        Flipper(child)
+        Flipper { child, stop }
     }
 }
 
 impl Drop for Flipper {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = std::fs::write(&self.stop, b"");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stop);
     }
 }
 
-/// Puts `e` back as the real directory after a flipper was stopped.
+/// Puts `e` back as the real directory, should a flipper have failed
+/// half-way through a swap.
 fn restore(home: &Path) {
     let (e, real) = (home.join("e"), home.join("e.real"));
     if real.exists() {
