@@ -4,34 +4,20 @@
 //! nothing else, so the public surface stays small enough to review.
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
-mod accel;
-mod admission;
-mod api;
-mod api_instances;
 mod client;
-mod daemon;
 mod hostfile;
 mod http;
-mod instances;
 mod log;
 mod operand;
-mod operations;
 mod pki;
 mod preseed;
-mod qemu;
-mod qmp;
-mod remote;
-mod remotes;
-mod secret;
-mod settings;
+mod server;
 mod store;
 #[allow(unsafe_code)] // system calls std does not wrap; each block has a SAFETY comment
 mod sys;
 mod tls;
-mod tokens;
-mod trust;
 mod uuid;
-mod vm;
+mod vmm;
 mod websocket;
 
 pub use operand::{
@@ -42,29 +28,29 @@ pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
 pub use store::{write_atomic, Overwrite};
 pub use sys::default_sigpipe;
 
-pub use api::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
-pub use client::{
+pub use client::connection::{
     config_dir, parse_address, prompt_secret, socket_path, Client, ClientIdentity,
     Error as ClientError, RemoteTrust,
 };
-pub use daemon::{run as run_daemon, DaemonOptions, Error as DaemonError};
-pub use hostfile::{Error as HostFileError, Pin};
-pub use http::Limits as HttpLimits;
-pub use log::{set_level as set_log_level, LogLevel};
-pub use remotes::{
+pub use client::remotes::{
     cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
     valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
 };
-pub use tokens::JoinToken;
-pub use trust::Role;
+pub use hostfile::{Error as HostFileError, Pin};
+pub use http::Limits as HttpLimits;
+pub use log::{set_level as set_log_level, LogLevel};
+pub use server::routes::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
+pub use server::tokens::JoinToken;
+pub use server::trust::Role;
+pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
-pub use accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
-pub use qemu::{
+pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
+pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
-pub use qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
-pub use vm::{
+pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
+pub use vmm::vm::{
     console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, Identity,
     Stopped, Vm, VmSpec, PRIVILEGED_WARNING,
 };

@@ -18,7 +18,7 @@
 //!   and applying the document again carries on.
 //! - One runner, two transports: the client over the Unix socket or TLS
 //!   (`kvmbox admin init --preseed`), and the daemon itself at start-up
-//!   (`kvmboxd --preseed`, through `api::handle` with an admin identity).
+//!   (`kvmboxd --preseed`, through `routes::handle` with an admin identity).
 //! - Secrets (`core.trust_password`, `local.passphrase`) are write-only and
 //!   stored salted-hashed: they are set only when unset. Re-setting them on
 //!   every run would rewrite the state each time; to change one, unset it
@@ -34,12 +34,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::instances::{check_config, check_device, Device};
 use crate::pki::Cert;
-use crate::trust::Role;
-
-mod local;
-pub(crate) use local::apply_locally;
+use crate::server::trust::Role;
+use crate::vmm::instances::{check_config, check_device, Device};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -214,9 +211,11 @@ impl Preseed {
         let mut steps = Vec::new();
         for (key, value) in doc.config {
             let value = scalar(&format!("config {key}"), value)?;
-            crate::settings::check(&key, &value)
+            crate::server::settings::check(&key, &value)
                 .map_err(|e| Error::Invalid(crate::error_chain(&e)))?;
-            if crate::settings::is_secret(&key) && value == crate::settings::REDACTED {
+            if crate::server::settings::is_secret(&key)
+                && value == crate::server::settings::REDACTED
+            {
                 return Err(invalid(
                     format!("config {key}"),
                     "give the secret itself, not how the API shows it",
@@ -239,7 +238,7 @@ impl Preseed {
             if c.projects.len() > 64 {
                 return Err(invalid(what, "invalid project list"));
             }
-            crate::trust::check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
+            crate::server::trust::check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
             let cert = Cert::from_pem(c.certificate.as_bytes())
                 .map_err(|_| invalid(&what, "not a PEM X.509 certificate"))?;
             if !cert.info().is_ok_and(|i| i.key_type.starts_with("ecdsa-")) {
@@ -263,7 +262,7 @@ impl Preseed {
         let mut aliases = BTreeSet::new();
         for i in doc.images {
             let what = format!("image {:?}", i.alias);
-            if !crate::api::is_param(&i.alias) {
+            if !crate::server::routes::is_param(&i.alias) {
                 return Err(invalid(what, "invalid alias"));
             }
             if !i.path.is_absolute() {
@@ -281,7 +280,7 @@ impl Preseed {
         let mut states = Vec::new();
         for i in doc.instances {
             let what = format!("instance {:?}", i.name);
-            crate::qemu::validate_name(&i.name).map_err(|e| invalid(&what, e))?;
+            crate::vmm::qemu::validate_name(&i.name).map_err(|e| invalid(&what, e))?;
             if !names.insert(i.name.clone()) {
                 return Err(invalid(what, "the name is listed twice"));
             }
@@ -301,7 +300,7 @@ impl Preseed {
                 ));
             }
             if let Some(s) = &i.source {
-                if !crate::api::is_param(&s.alias) {
+                if !crate::server::routes::is_param(&s.alias) {
                     return Err(invalid(what, "invalid source alias"));
                 }
             }
@@ -331,7 +330,7 @@ impl Preseed {
     /// Applies the steps in order through a client, reporting each.
     pub fn apply(
         &self,
-        client: &mut crate::client::Client,
+        client: &mut crate::client::connection::Client,
         report: impl FnMut(&str, Outcome),
     ) -> Result<(), Error> {
         self.apply_with(client, report)
@@ -376,11 +375,11 @@ pub(crate) trait Transport {
     }
 }
 
-impl Transport for crate::client::Client {
+impl Transport for crate::client::connection::Client {
     fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
-        crate::client::Client::call(self, method, path, body).map_err(|e| CallError {
+        crate::client::connection::Client::call(self, method, path, body).map_err(|e| CallError {
             status: match &e {
-                crate::client::Error::Api { status, .. } => *status,
+                crate::client::connection::Error::Api { status, .. } => *status,
                 _ => 0,
             },
             message: crate::error_chain(&e),
@@ -431,7 +430,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             let server = t.call("GET", "/1.0", None)?;
             let now = server.pointer("/config").and_then(|c| c.get(key.as_str()));
             let now = now.and_then(Value::as_str);
-            let done = if crate::settings::is_secret(key) {
+            let done = if crate::server::settings::is_secret(key) {
                 now.is_some() != value.is_empty()
             } else {
                 now.unwrap_or_default() == value
@@ -544,5 +543,306 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
 }
 
 #[cfg(test)]
-#[path = "preseed/tests.rs"]
-mod tests;
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+
+    use super::*;
+    use crate::pki::{CertSpec, Curve, Key, Profile};
+
+    fn pem() -> String {
+        let key = Key::generate(Curve::P256).unwrap();
+        CertSpec {
+            cn: "alice".into(),
+            sans: vec![],
+            days: 30,
+            profile: Profile::SelfSigned,
+        }
+        .self_signed(&key)
+        .unwrap()
+        .to_pem()
+    }
+
+    fn doc(pem: &str) -> String {
+        json!({
+        "config": {"instances.accel": "tcg", "core.trust_password": "s3cret-s3cret"},
+        "certificates": [{"name": "alice", "type": "client", "certificate": pem, "role": "operator"}],
+        "images": [{"alias": "base", "path": "/srv/base.qcow2"}],
+        "instances": [
+            {"name": "vm1", "source": {"alias": "base"}, "config": {"limits.memory": "256MiB", "limits.cpu": 2}, "state": "running"},
+            {"name": "vm2", "config": {"boot.kernel": "/boot/vmlinuz"},
+             "devices": {"eth0": {"type": "nic", "nictype": "user"}}}
+        ]
+    })
+    .to_string()
+    }
+
+    #[test]
+    fn a_document_becomes_ordered_steps() {
+        let p = Preseed::parse(&doc(&pem())).unwrap();
+        let what: Vec<String> = p.steps().iter().map(Step::describe).collect();
+        assert_eq!(what[0], "config core.trust_password");
+        assert_eq!(what[1], "config instances.accel");
+        assert!(what[2].starts_with("certificate alice ("), "{}", what[2]);
+        assert_eq!(
+            what[3..],
+            [
+                "image base",
+                "instance vm1",
+                "instance vm2",
+                "instance vm1 running"
+            ]
+        );
+        let Step::Instance { config, .. } = &p.steps()[4] else {
+            panic!("not an instance")
+        };
+        assert_eq!(config["limits.cpu"], "2", "numbers become strings");
+        assert!(Preseed::parse("{}").unwrap().steps().is_empty());
+    }
+
+    #[test]
+    fn bad_documents_are_refused_whole() {
+        let pem = pem();
+        let good: Value = serde_json::from_str(&doc(&pem)).unwrap();
+        let bad = |edit: &dyn Fn(&mut Value), needle: &str| {
+            let mut d = good.clone();
+            edit(&mut d);
+            let e = Preseed::parse(&d.to_string()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        };
+        bad(&|d| d["instancez"] = json!([]), "unknown field `instancez`");
+        bad(
+            &|d| d["instances"][0]["confg"] = json!({}),
+            "unknown field `confg`",
+        );
+        bad(
+            &|d| d["certificates"][0]["rol"] = json!("user"),
+            "unknown field `rol`",
+        );
+        bad(
+            &|d| d["config"]["core.https_adress"] = json!("x"),
+            "unknown configuration key",
+        );
+        bad(
+            &|d| d["config"]["instances.accel"] = json!("fast"),
+            "instances.accel",
+        );
+        bad(
+            &|d| d["instances"][0]["config"]["limits.memory"] = json!("12 bananas"),
+            "limits.memory",
+        );
+        bad(
+            &|d| d["instances"][0]["config"]["limits.memry"] = json!("1GiB"),
+            "unknown configuration key",
+        );
+        bad(
+            &|d| d["instances"][0]["state"] = json!("paused"),
+            "unknown variant",
+        );
+        bad(
+            &|d| d["instances"][1]["devices"]["eth0"]["type"] = json!("usb"),
+            "unsupported type",
+        );
+        bad(
+            &|d| d["instances"][1]["config"] = json!({}),
+            "nothing to boot",
+        );
+        bad(
+            &|d| d["instances"][1]["name"] = json!("vm1"),
+            "listed twice",
+        );
+        bad(
+            &|d| d["instances"][1]["name"] = json!("no/slash"),
+            "instance",
+        );
+        bad(
+            &|d| {
+                d["certificates"][0]["certificate"] =
+                    json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            },
+            "not a PEM X.509 certificate",
+        );
+        bad(
+            &|d| d["certificates"][0]["type"] = json!("metrics"),
+            "only client",
+        );
+        bad(
+            &|d| d["certificates"][0]["role"] = json!("root"),
+            "unknown variant",
+        );
+        bad(
+            &|d| d["images"][0]["path"] = json!("base.qcow2"),
+            "absolute",
+        );
+        bad(
+            &|d| d["config"]["core.trust_password"] = json!("true"),
+            "the secret itself",
+        );
+        bad(
+            &|d| d["config"]["instances.accel"] = json!(["kvm"]),
+            "must be a string",
+        );
+        let yaml = Preseed::parse("config:\n  instances.accel: tcg\n").unwrap_err();
+        assert!(yaml.to_string().contains("must be JSON"), "{yaml}");
+        assert!(Preseed::parse("{\"config\": ").is_err());
+    }
+
+    /// A server as the steps see it: GET answers by path, and every other call
+    /// recorded (and answered with an empty sync response).
+    #[derive(Default)]
+    struct Fake {
+        gets: BTreeMap<String, Value>,
+        calls: Vec<(String, String, Value)>,
+    }
+
+    impl Transport for Fake {
+        fn call(
+            &mut self,
+            method: &str,
+            path: &str,
+            body: Option<&Value>,
+        ) -> Result<Value, CallError> {
+            if method == "GET" {
+                return self.gets.get(path).cloned().ok_or(CallError {
+                    status: 404,
+                    message: "not found".into(),
+                });
+            }
+            self.calls.push((
+                method.into(),
+                path.into(),
+                body.cloned().unwrap_or_default(),
+            ));
+            if path == "/1.0/images" || path.ends_with("/state") {
+                return Ok(json!({"id": "op1", "class": "task", "status_code": 103}));
+            }
+            Ok(json!({}))
+        }
+    }
+
+    fn run_all(p: &Preseed, t: &mut Fake) -> Vec<(String, Outcome)> {
+        let mut out = Vec::new();
+        p.apply_with(t, |w, o| out.push((w.to_string(), o)))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn steps_act_only_where_the_server_differs() {
+        let pem = pem();
+        let p = Preseed::parse(&doc(&pem)).unwrap();
+        let fp = Cert::from_pem(pem.as_bytes()).unwrap().fingerprint();
+        let mut t = Fake::default();
+        t.gets.insert("/1.0".into(), json!({"config": {}}));
+        t.gets.insert("/1.0/images?recursion=1".into(), json!([]));
+        t.gets.insert(
+            "/1.0/instances/vm1/state".into(),
+            json!({"status": "Stopped"}),
+        );
+        t.gets.insert(
+            "/1.0/operations/op1/wait?timeout=3600".into(),
+            json!({"status_code": 200}),
+        );
+        let first = run_all(&p, &mut t);
+        assert!(first
+            .iter()
+            .all(|(_, o)| *o == Outcome::Created || *o == Outcome::Updated));
+        let methods: Vec<&str> = t.calls.iter().map(|c| c.1.as_str()).collect();
+        assert_eq!(
+            methods,
+            [
+                "/1.0",
+                "/1.0",
+                "/1.0/certificates",
+                "/1.0/images",
+                "/1.0/instances",
+                "/1.0/instances",
+                "/1.0/instances/vm1/state"
+            ]
+        );
+        assert_eq!(t.calls[2].2["role"], "operator");
+        assert_eq!(t.calls[4].2["source"]["alias"], "base");
+        assert_eq!(t.calls[6].2["action"], "start");
+
+        // The server now has it all: nothing is called but GETs.
+        t.calls.clear();
+        t.gets.insert(
+            "/1.0".into(),
+            json!({"config": {"instances.accel": "tcg", "core.trust_password": "true"}}),
+        );
+        t.gets.insert(
+            format!("/1.0/certificates/{fp}"),
+            json!({"name": "alice", "role": "operator", "projects": [], "added": 5}),
+        );
+        t.gets
+            .insert("/1.0/images?recursion=1".into(), json!([{"alias": "base"}]));
+        t.gets.insert(
+            "/1.0/instances/vm1".into(),
+            json!({"config": {"limits.memory": "256MiB", "limits.cpu": "2", "volatile.uuid": "u"},
+               "devices": {"root": {"type": "disk", "path": "/"}}}),
+        );
+        t.gets.insert(
+            "/1.0/instances/vm2".into(),
+            json!({"config": {"boot.kernel": "/boot/vmlinuz"},
+               "devices": {"eth0": {"type": "nic", "nictype": "user"}}}),
+        );
+        t.gets.insert(
+            "/1.0/instances/vm1/state".into(),
+            json!({"status": "Running"}),
+        );
+        let again = run_all(&p, &mut t);
+        assert!(
+            again.iter().all(|(_, o)| *o == Outcome::Unchanged),
+            "{again:?}"
+        );
+        assert!(t.calls.is_empty(), "{:?}", t.calls);
+
+        // One key differs: only it is sent; a changed role is put back.
+        t.gets.insert(
+            "/1.0/instances/vm1".into(),
+            json!({"config": {"limits.memory": "1GiB", "limits.cpu": "2"}, "devices": {}}),
+        );
+        t.gets.insert(
+            format!("/1.0/certificates/{fp}"),
+            json!({"name": "alice", "role": "user", "projects": []}),
+        );
+        let third = run_all(&p, &mut t);
+        assert_eq!(
+            third.iter().filter(|(_, o)| *o == Outcome::Updated).count(),
+            2
+        );
+        assert_eq!(t.calls.len(), 2);
+        assert_eq!(t.calls[0].0, "PUT");
+        assert_eq!(t.calls[0].2["role"], "operator");
+        assert_eq!(
+            t.calls[1],
+            (
+                "PATCH".into(),
+                "/1.0/instances/vm1".into(),
+                json!({"config": {"limits.memory": "256MiB"}, "devices": {}})
+            )
+        );
+    }
+
+    #[test]
+    fn a_failed_step_stops_the_rest_and_names_itself() {
+        let p = Preseed::parse(&doc(&pem())).unwrap();
+        let mut t = Fake::default();
+        t.gets.insert("/1.0".into(), json!({"config": {}}));
+        t.gets.insert("/1.0/images?recursion=1".into(), json!([]));
+        t.gets.insert(
+            "/1.0/operations/op1/wait?timeout=3600".into(),
+            json!({"status_code": 400, "err": "not a disk image"}),
+        );
+        let e = p.apply_with(&mut t, |_, _| {}).unwrap_err().to_string();
+        assert_eq!(e, "image base: not a disk image");
+        assert!(
+            !t.calls.iter().any(|c| c.1 == "/1.0/instances"),
+            "stopped there"
+        );
+    }
+}

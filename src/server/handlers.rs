@@ -1,0 +1,4 @@
+//! The handlers behind the route table, one file per API area.
+
+pub(crate) mod certificates;
+pub(crate) mod instances;

@@ -1,0 +1,492 @@
+//! `/1.0/certificates`: the trust store over the API (LXD's shape, plus a
+//! role per certificate), and the one call an untrusted client may make to
+//! become trusted: by the local passphrase on the Unix socket, by
+//! `core.trust_password` over TCP, or anywhere by a one-time token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::{Request, Response};
+use crate::log::log;
+use crate::pki::Cert;
+use crate::server::routes::{error, sync, Identity, Peer};
+use crate::server::tokens::{JoinToken, DEFAULT_TTL};
+use crate::server::trust::rfc3339;
+use crate::server::trust::{now, Role};
+use crate::server::Shared;
+
+/// Whether `id` may see the entry `e`: a certificate restricted to
+/// projects sees only its own, as in LXD.
+fn visible(id: &Identity, e: &crate::server::trust::Entry) -> bool {
+    !id.restricted()
+        || id
+            .cert
+            .as_ref()
+            .is_some_and(|c| c.fingerprint() == e.fingerprint)
+}
+
+pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Response {
+    let trust = shared.trust();
+    let entries = trust.entries().filter(|e| visible(id, e));
+    if recursion {
+        let list: Vec<Value> = entries.map(entry_json).collect();
+        sync(Value::Array(list))
+    } else {
+        let urls: Vec<String> = entries
+            .map(|e| format!("/1.0/certificates/{}", e.fingerprint))
+            .collect();
+        sync(json!(urls))
+    }
+}
+
+pub(crate) fn get(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
+    match shared.trust().get(fp).filter(|e| visible(id, e)) {
+        Some(e) => sync(entry_json(e)),
+        None => error(404, "certificate not found"),
+    }
+}
+
+/// A trust entry as LXD shows it (`restricted` is what `lxc` reads), plus
+/// our role and added time.
+fn entry_json(e: &crate::server::trust::Entry) -> Value {
+    let mut v = json!(e);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("restricted".into(), json!(!e.projects.is_empty()));
+    }
+    v
+}
+
+fn save_failed(e: &dyn std::error::Error) -> Response {
+    log!(Error, "{}", crate::error_chain(e));
+    error(500, "cannot save the trust store")
+}
+
+pub(crate) fn delete(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
+    match shared.trust().remove(fp) {
+        Ok(true) => {
+            log!(
+                Info,
+                "certificate {fp} removed from the trust store by {}",
+                id.describe()
+            );
+            sync(json!({}))
+        }
+        Ok(false) => error(404, "certificate not found"),
+        Err(e) => save_failed(&e),
+    }
+}
+
+/// A project list as the API accepts it: only `default` exists, and the
+/// daemon is where that is enforced, whichever client asks.
+fn check_projects(projects: &[String]) -> Result<(), Response> {
+    if projects.len() > 64 {
+        return Err(error(400, "invalid project list"));
+    }
+    crate::server::trust::check_projects(projects).map_err(|e| error(400, &e.to_string()))
+}
+
+/// LXD's `restricted` flag against the list it comes with: restricted to
+/// no project at all would read as "all projects" (an empty list), so it
+/// is refused rather than widened.
+fn check_restricted(restricted: Option<bool>, projects: &[String]) -> Result<(), Response> {
+    if restricted == Some(true) && projects.is_empty() {
+        return Err(error(
+            400,
+            "restricted needs at least one project (kvmbox has only \"default\"): give \
+             projects, or restricted: false for all projects",
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), Response> {
+    if name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(error(
+            400,
+            "the name must be at most 64 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The body of `PUT/PATCH /1.0/certificates/<fp>` (LXD's `CertificatePut`
+/// plus `role`). Fields left out keep their value.
+#[derive(Deserialize)]
+struct CertificatePut {
+    name: Option<String>,
+    role: Option<Role>,
+    projects: Option<Vec<String>>,
+    /// LXD's flag: false means all projects.
+    restricted: Option<bool>,
+}
+
+/// PUT and PATCH alike: LXD's `lxc config trust edit` sends the whole
+/// entry, and anything left out is kept rather than reset.
+pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Request) -> Response {
+    let body: CertificatePut = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    let mut trust = shared.trust();
+    let Some(old) = trust.get(fp).cloned() else {
+        return error(404, "certificate not found");
+    };
+    let name = body.name.unwrap_or(old.name);
+    let role = body.role.unwrap_or(old.role);
+    let mut projects = body.projects.unwrap_or(old.projects);
+    if body.restricted == Some(false) {
+        projects.clear();
+    }
+    if let Err(r) = check_name(&name)
+        .and_then(|()| check_projects(&projects))
+        .and_then(|()| check_restricted(body.restricted, &projects))
+    {
+        return r;
+    }
+    match trust.update(fp, &name, role, &projects) {
+        Ok(_) => {
+            log!(
+                Info,
+                "certificate {fp} changed to role {role:?}, projects {projects:?} by {}",
+                id.describe()
+            );
+            sync(json!({}))
+        }
+        Err(e) => save_failed(&e),
+    }
+}
+
+/// The body of `POST /1.0/certificates` (LXD's `CertificatesPost`, as
+/// lxc 5.0 sends it and as later LXD does with `trust_token`, plus `role`).
+#[derive(Deserialize)]
+struct CertificatesPost {
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// Another client's certificate, PEM or base64 DER (an administrator
+    /// adding it); empty to add the caller's own TLS certificate.
+    #[serde(default)]
+    certificate: String,
+    /// The trust password, the local passphrase, or (lxc 5.0) a token.
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    trust_token: String,
+    /// true: make a token for `name` instead of adding anything.
+    #[serde(default)]
+    token: bool,
+    role: Option<Role>,
+    projects: Option<Vec<String>>,
+    /// LXD's flag: false means all projects, whatever `projects` says.
+    restricted: Option<bool>,
+    /// Token lifetime in seconds (default one day).
+    expires_in: Option<u64>,
+}
+
+/// What a removed certificate is told when it tries to add itself back.
+const DENIED_SELF_ADD: &str = "not authorized: an administrator removed this certificate (or \
+     another of its key) from the trust store; no password or token adds it back, only an \
+     administrator can (`kvmbox config trust add`)";
+
+fn is_admin(id: &Identity) -> bool {
+    id.role == Some(Role::Admin) && id.projects.is_empty()
+}
+
+pub(crate) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
+    let body: CertificatesPost = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+    };
+    // lxc 5.0 sends `"type": ""` with a token: the default, a client.
+    if body
+        .kind
+        .as_deref()
+        .is_some_and(|k| !k.is_empty() && k != "client")
+    {
+        return error(400, "only client certificates can be added");
+    }
+    let mut projects = body.projects.clone().unwrap_or_default();
+    if body.restricted == Some(false) {
+        projects.clear();
+    }
+    if let Err(r) = check_name(&body.name)
+        .and_then(|()| check_projects(&projects))
+        .and_then(|()| check_restricted(body.restricted, &projects))
+    {
+        return r;
+    }
+    if body.token || !body.certificate.is_empty() {
+        // Both act for someone else: the administrator's business.
+        if !is_admin(id) {
+            return error(
+                403,
+                match id.role {
+                    None => id.untrusted_hint(),
+                    Some(_) => "not authorized: this needs the admin role in all projects",
+                },
+            );
+        }
+        let role = body.role.unwrap_or(Role::Admin);
+        return if body.token {
+            issue_token(shared, id, &body.name, role, &projects, body.expires_in)
+        } else {
+            add_other(shared, id, &body.certificate, &body.name, role, &projects)
+        };
+    }
+    let Some(cert) = id.cert.clone() else {
+        return error(400, "no client certificate in this connection");
+    };
+    if id.role.is_some() {
+        return sync(json!({}));
+    }
+    // No secret lifts an administrator's removal: only an administrator
+    // adding it again does.
+    if shared.trust().is_denied(&cert) {
+        log!(
+            Warn,
+            "{} tried to add its removed certificate {} back",
+            id.describe(),
+            cert.fingerprint()
+        );
+        return error(403, DENIED_SELF_ADD);
+    }
+    self_add(shared, id, &cert, body).await
+}
+
+fn issue_token(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    name: &str,
+    role: Role,
+    projects: &[String],
+    ttl: Option<u64>,
+) -> Response {
+    if name.is_empty() {
+        return error(400, "a token needs the name of the client it is for");
+    }
+    let ttl = ttl.unwrap_or(DEFAULT_TTL).clamp(1, 30 * 24 * 3600);
+    let issued = shared.tokens().issue(name, role, projects, ttl, now());
+    let (secret, expires) = match issued {
+        Ok(s) => s,
+        Err(e) => {
+            log!(Error, "{}", crate::error_chain(&e));
+            return error(500, "cannot save the token");
+        }
+    };
+    let token = JoinToken {
+        client_name: name.to_string(),
+        fingerprint: shared.fingerprint(),
+        addresses: shared
+            .https_address()
+            .map(|a| a.to_string())
+            .into_iter()
+            .collect(),
+        secret,
+        expires_at: rfc3339(expires),
+    };
+    log!(
+        Info,
+        "token for {name:?} (role {role:?}) issued by {}, expires {}",
+        id.describe(),
+        token.expires_at
+    );
+    sync(json!({
+        "token": token.encode(),
+        "client_name": token.client_name,
+        "fingerprint": token.fingerprint,
+        "addresses": token.addresses,
+        "expires_at": token.expires_at,
+    }))
+}
+
+fn add_other(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    text: &str,
+    name: &str,
+    role: Role,
+    projects: &[String],
+) -> Response {
+    use base64::Engine;
+    let cert = Cert::from_pem(text.as_bytes()).or_else(|_| {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| ())?;
+        Cert::from_der(&der).map_err(|_| ())
+    });
+    let Ok(cert) = cert else {
+        return error(400, "the certificate is neither PEM nor base64 DER X.509");
+    };
+    if !cert.info().is_ok_and(|i| i.key_type.starts_with("ecdsa-")) {
+        return error(400, "only EC (P-256, P-384) certificates can be trusted");
+    }
+    let name = if name.is_empty() {
+        cert.info().map(|i| i.subject).unwrap_or_default()
+    } else {
+        name.to_string()
+    };
+    let fp = cert.fingerprint();
+    if shared.trust().get(&fp).is_some() {
+        return error(409, "this certificate is already trusted");
+    }
+    match shared.trust().add_scoped(&cert, &name, role, projects) {
+        Ok(_) => {
+            log!(
+                Info,
+                "certificate {fp} ({name}) trusted as {role:?} by {}",
+                id.describe()
+            );
+            sync(json!({}))
+        }
+        Err(e) => save_failed(&e),
+    }
+}
+
+/// What a successful secret grants.
+struct Grant {
+    role: Role,
+    projects: Vec<String>,
+    name: String,
+    how: &'static str,
+}
+
+/// The caller adds its own TLS certificate with a secret; failures are
+/// rate-limited per uid or source address.
+async fn self_add(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    cert: &Cert,
+    body: CertificatesPost,
+) -> Response {
+    let token_text = if body.trust_token.is_empty() {
+        JoinToken::decode(&body.password).map(|t| t.secret)
+    } else {
+        Some(
+            JoinToken::decode(&body.trust_token)
+                .map(|t| t.secret)
+                .unwrap_or(body.trust_token.clone()),
+        )
+    };
+    let password = body.password.clone();
+    if token_text.is_none() && password.is_empty() {
+        return error(403, "not authorized: give a password or a token");
+    }
+    let stored = match &id.peer {
+        Peer::Local(_) => shared.settings().passphrase_hash().map(str::to_string),
+        Peer::Remote(_) => shared.settings().trust_password_hash().map(str::to_string),
+    };
+    if token_text.is_none() && stored.is_none() && matches!(id.peer, Peer::Local(_)) {
+        return error(
+            403,
+            "not authorized: no local passphrase is set; an administrator sets one with \
+             `kvmbox config set local.passphrase`",
+        );
+    }
+    let key = id.limiter_key();
+    if let Err(wait) = shared.limiter().begin(key.clone(), Instant::now()) {
+        log!(
+            Warn,
+            "trust attempt from {} refused by the rate limiter",
+            id.describe()
+        );
+        return error(
+            429,
+            &format!(
+                "too many failed attempts: try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+    }
+    let grant = check_secret(shared, id, token_text, password, stored).await;
+    shared
+        .limiter()
+        .finish(key, matches!(grant, Ok(Some(_))), Instant::now());
+    let grant = match grant {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            log!(Warn, "wrong secret from {}", id.describe());
+            return error(
+                403,
+                match id.peer {
+                    Peer::Local(_) => "not authorized: wrong passphrase",
+                    Peer::Remote(_) => "not authorized: wrong password or token",
+                },
+            );
+        }
+        Err(r) => return r,
+    };
+    let name = if !body.name.is_empty() {
+        body.name
+    } else {
+        grant.name
+    };
+    match shared
+        .trust()
+        .add_scoped(cert, &name, grant.role, &grant.projects)
+    {
+        Ok(_) => {
+            log!(
+                Info,
+                "certificate {} of {} trusted as {:?} by {}",
+                cert.fingerprint(),
+                id.describe(),
+                grant.role,
+                grant.how
+            );
+            sync(json!({}))
+        }
+        Err(e) => save_failed(&e),
+    }
+}
+
+async fn check_secret(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    token: Option<String>,
+    password: String,
+    stored: Option<String>,
+) -> Result<Option<Grant>, Response> {
+    let redeem = |secret: &str| -> Result<Option<Grant>, Response> {
+        match shared.tokens().redeem(secret, now()) {
+            Ok(Some(p)) => Ok(Some(Grant {
+                role: p.role,
+                projects: p.projects,
+                name: p.name,
+                how: "token",
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                log!(Error, "{}", crate::error_chain(&e));
+                Err(error(500, "cannot save the token store"))
+            }
+        }
+    };
+    if let Some(secret) = token {
+        return redeem(&secret);
+    }
+    let ok = match stored {
+        Some(hash) => {
+            let given = password.clone();
+            smol::unblock(move || crate::server::secret::verify(&given, &hash)).await
+        }
+        None => false,
+    };
+    if ok {
+        let (name, how) = match &id.peer {
+            Peer::Local(c) => (format!("local-uid-{}", c.uid), "passphrase"),
+            Peer::Remote(a) => (format!("remote-{}", a.ip()), "trust password"),
+        };
+        return Ok(Some(Grant {
+            role: Role::Admin,
+            projects: Vec::new(),
+            name,
+            how,
+        }));
+    }
+    // lxc 5.0 sends a token's bare secret as the password too.
+    redeem(&password)
+}

@@ -1,0 +1,604 @@
+//! The instances and images endpoints of the REST API, in LXD's shapes
+//! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>):
+//! `/1.0/instances[/<name>[/state|/console]]` and `/1.0/images`.
+//!
+//! [`handle`] is the one entry point; [`Call`] names the endpoint, so other
+//! routes (such as LXD's older `/1.0/containers`) can map onto the same calls.
+//! Roles are checked by the route table before any of this runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::hostfile::{self, Error as HostFileError, Need, Opener, Pin};
+use crate::http::{Request, Response};
+use crate::log::log;
+use crate::server::routes::{error, operation, sync, sync_json, Identity, Peer};
+use crate::server::settings::INSTANCES_UID_RANGE;
+use crate::server::Shared;
+use crate::sys::fs::Creds;
+use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
+
+/// Which endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// `GET /1.0/instances`
+    List,
+    /// `POST /1.0/instances`
+    Create,
+    /// `GET /1.0/instances/<name>`
+    Get,
+    /// `PUT /1.0/instances/<name>`
+    Put,
+    /// `PATCH /1.0/instances/<name>`
+    Patch,
+    /// `DELETE /1.0/instances/<name>`
+    Delete,
+    /// `GET /1.0/instances/<name>/state`
+    State,
+    /// `PUT /1.0/instances/<name>/state`
+    StatePut,
+    /// `GET /1.0/instances/<name>/console`
+    Console,
+    /// `GET /1.0/instances/<name>/snapshots` and `…/backups`: kvmbox makes
+    /// neither yet, so the list of an existing instance is empty (lxc list
+    /// and info read them).
+    Snapshots,
+    /// `GET /1.0/images`
+    Images,
+    /// `POST /1.0/images`
+    ImageAdd,
+}
+
+/// The default wait for a graceful stop when the request gives none.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn fail(e: &Error) -> Response {
+    let msg = crate::error_chain(e);
+    if e.status() >= 500 {
+        log!(Error, "{msg}");
+    }
+    error(e.status(), &msg)
+}
+
+fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, Response> {
+    serde_json::from_slice(&req.body).map_err(|e| error(400, &format!("invalid JSON body: {e}")))
+}
+
+/// Answers one instances or images request; `name` is the path's `{}`.
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: &Request,
+    call: Call,
+    name: &str,
+) -> Response {
+    let m = &shared.instances;
+    m.configure(&shared.settings());
+    let recursion = req.query_param("recursion").unwrap_or("0");
+    match call {
+        Call::List => match recursion {
+            "0" => sync(json!(m
+                .names()
+                .iter()
+                .map(|n| format!("/1.0/instances/{n}"))
+                .collect::<Vec<_>>())),
+            // Without a filter, each instance's JSON as rendered at its last
+            // change: the list costs a copy, not a thousand serialisations.
+            "1" if req.query_param("filter").unwrap_or("").is_empty() => {
+                let shown = m.list_json();
+                let mut list =
+                    Vec::with_capacity(shown.iter().map(|j| j.len() + 1).sum::<usize>() + 2);
+                list.push(b'[');
+                for (i, json) in shown.iter().enumerate() {
+                    if i > 0 {
+                        list.push(b',');
+                    }
+                    list.extend_from_slice(json);
+                }
+                list.push(b']');
+                sync_json(&list)
+            }
+            // LXD's api_filtering (lxc list sends `filter=`); a bad filter
+            // is an error, as LXD makes it.
+            r => {
+                match crate::server::filter::Filter::parse(req.query_param("filter").unwrap_or(""))
+                {
+                    Ok(f) => sync(f.apply(json!(m.list(r == "2")))),
+                    Err(e) => error(400, &format!("invalid filter: {e}")),
+                }
+            }
+        },
+        Call::Get => m
+            .get(name, recursion == "2")
+            .map_or_else(|e| fail(&e), sync),
+        Call::State => match m.get(name, true) {
+            Ok(v) => sync(v.get("state").cloned().unwrap_or(Value::Null)),
+            Err(e) => fail(&e),
+        },
+        Call::Snapshots => m
+            .get(name, false)
+            .map_or_else(|e| fail(&e), |_| sync(json!([]))),
+        Call::Console => match m.console(name) {
+            Ok(text) => sync(json!(text)),
+            Err(e) => fail(&e),
+        },
+        Call::Create => create(shared, id, req).await,
+        Call::Put | Call::Patch => update(shared, id, req, name, call == Call::Put).await,
+        Call::Delete => {
+            let force = req
+                .query_param("force")
+                .is_some_and(|f| f == "true" || f == "1");
+            // Refused at once, not in an operation: the caller sees why.
+            match m.get(name, false) {
+                Err(e) => return fail(&e),
+                Ok(v) if !force && v.get("status").is_some_and(|s| s == "Running") => {
+                    return error(
+                        409,
+                        &format!(
+                            "instance {name:?} is running: stop it first, or delete it with --force"
+                        ),
+                    )
+                }
+                Ok(_) => {}
+            }
+            let n = name.to_string();
+            spawn(shared, "Deleting instance", name, move |s| async move {
+                s.instances.delete(&n, force).await
+            })
+        }
+        Call::StatePut => state(shared, req, name),
+        Call::Images => match m.images() {
+            Ok(list) if recursion != "0" => sync(json!(list)),
+            Ok(list) => sync(json!(list
+                .iter()
+                .map(|i| format!("/1.0/images/{}", i.fingerprint))
+                .collect::<Vec<_>>())),
+            Err(e) => fail(&e),
+        },
+        Call::ImageAdd => import(shared, id, req).await,
+    }
+}
+
+/// Runs `work` as an operation on instance `name`; answers 202.
+fn spawn<F, Fut>(shared: &Arc<Shared>, description: &str, name: &str, work: F) -> Response
+where
+    F: FnOnce(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let ex = match shared.instances.executor() {
+        Ok(ex) => ex,
+        Err(e) => return fail(&e),
+    };
+    let mut resources = BTreeMap::new();
+    resources.insert(
+        "instances".to_string(),
+        vec![format!("/1.0/instances/{name}")],
+    );
+    let fut = work(shared.clone());
+    let op = shared.ops.spawn(&ex, description, resources, async move {
+        fut.await
+            .map(|()| json!({}))
+            .map_err(|e| crate::error_chain(&e))
+    });
+    operation(&op)
+}
+
+/// Whom the daemon opens the host paths a caller names (kernel, initrd,
+/// disks, an image to import) for. Local root and an admin of the whole
+/// server over TLS (LXD's "full access") may name any file; another local
+/// user only what the kernel lets that user open, with its own uid and
+/// groups; any other remote caller, nothing (there is no uid to act as).
+fn opener(id: &Identity) -> Result<Opener, Response> {
+    match &id.peer {
+        Peer::Local(c) if c.uid == 0 => Ok(Opener::Daemon),
+        Peer::Local(c) => {
+            let mut groups = match &c.groups {
+                Some(g) => g.clone(),
+                // No kernel list: /proc, if the pid is still the caller's.
+                None => crate::sys::proc_groups(c.pid)
+                    .ok()
+                    .filter(|(uid, _)| *uid == c.uid)
+                    .map(|(_, g)| g)
+                    .unwrap_or_default(),
+            };
+            groups.push(c.gid);
+            groups.sort_unstable();
+            groups.dedup();
+            Ok(Opener::Caller(Creds {
+                uid: c.uid,
+                gid: c.gid,
+                groups,
+            }))
+        }
+        Peer::Remote(_) if full_access(id) => Ok(Opener::Daemon),
+        Peer::Remote(_) => Err(error(
+            403,
+            "not authorized: only an admin of all projects may name host paths remotely",
+        )),
+    }
+}
+
+/// Whether `id` may do to the host what root can: local root, or an admin
+/// whose certificate is not restricted to projects.
+fn full_access(id: &Identity) -> bool {
+    match &id.peer {
+        Peer::Local(c) => c.uid == 0,
+        Peer::Remote(_) => {
+            id.role == Some(crate::server::trust::Role::Admin) && id.projects.is_empty()
+        }
+    }
+}
+
+fn refused(e: &HostFileError) -> Response {
+    if e.is_refusal() {
+        error(403, &format!("not authorized: {}", crate::error_chain(e)))
+    } else {
+        log!(Error, "{}", crate::error_chain(e));
+        error(500, &crate::error_chain(e))
+    }
+}
+
+/// Values that turn a protection off: only a caller with full access to
+/// the host sets them (a privileged QEMU opens every path as root).
+const LOOSENING: &[(&str, &str)] = &[
+    ("security.privileged", "true"),
+    ("security.apparmor", "off"),
+];
+
+/// How long opening the host files of one request may take: a path on a
+/// filesystem the caller controls (FUSE) could otherwise hold it for ever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks what a change to an instance (`current`, none when it is made)
+/// may do for a caller without full access to the host: not turn a
+/// protection off, not touch an instance that runs privileged; then opens,
+/// as the daemon will use them, the host files `config` and `devices` name.
+/// A kernel and initrd must be readable by the caller; a disk, which the
+/// daemon hands to the VM's uid and back, must belong to the caller
+/// (whatever `readonly` says). Disk sources `current` has keep the pins
+/// they were checked with.
+async fn check_files(
+    id: &Identity,
+    config: &BTreeMap<String, String>,
+    devices: &BTreeMap<String, Device>,
+    current: Option<&Record>,
+) -> Result<BTreeMap<String, Pin>, Response> {
+    if !full_access(id) {
+        if let Some(r) = current.filter(|r| r.privileged()) {
+            return Err(error(
+                403,
+                &format!(
+                    "not authorized: instance {:?} runs privileged: only root or an admin of \
+                     all projects may change it",
+                    r.name
+                ),
+            ));
+        }
+        for (k, v) in LOOSENING {
+            let now = current.and_then(|r| r.config.get(*k)).map(String::as_str);
+            if config.get(*k).map(String::as_str) == Some(v) && now != Some(v) {
+                return Err(error(
+                    403,
+                    &format!(
+                        "not authorized: only root or an admin of all projects may set {k}={v}"
+                    ),
+                ));
+            }
+        }
+    }
+    let known: Vec<&String> = current.map(|r| r.pins.keys().collect()).unwrap_or_default();
+    let files = ["boot.kernel", "boot.initrd"]
+        .iter()
+        .filter_map(|k| config.get(*k))
+        .filter(|v| !v.is_empty())
+        .map(|v| (PathBuf::from(v), Need::Read))
+        .chain(
+            devices
+                .values()
+                .filter(|d| d.get("type").map(String::as_str) == Some("disk"))
+                .filter_map(|d| d.get("source"))
+                .filter(|s| !known.contains(s))
+                .map(|s| (PathBuf::from(s), Need::Own)),
+        )
+        .collect::<Vec<_>>();
+    if files.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let who = opener(id)?;
+    let checked = crate::server::timed(
+        OPEN_TIMEOUT,
+        smol::unblock(move || {
+            let mut pins = BTreeMap::new();
+            for (path, need) in files {
+                let (_, pin) = hostfile::check(&path, &who, need)?;
+                if need == Need::Own {
+                    pins.insert(path.display().to_string(), pin);
+                }
+            }
+            Ok(pins)
+        }),
+    )
+    .await;
+    match checked {
+        Some(Ok(pins)) => Ok(pins),
+        Some(Err(e)) => Err(refused(&e)),
+        None => Err(too_slow()),
+    }
+}
+
+fn too_slow() -> Response {
+    error(
+        400,
+        &format!("opening the host files named took longer than {OPEN_TIMEOUT:?}"),
+    )
+}
+
+/// The body of `POST /1.0/instances` (LXD's `InstancesPost`; fields LXD
+/// has and kvmbox does not use are accepted and ignored).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesPost {
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    source: Option<Source>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    devices: BTreeMap<String, Device>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    profiles: Option<Value>,
+    #[serde(default)]
+    ephemeral: bool,
+    #[serde(default)]
+    architecture: String,
+}
+
+#[derive(Deserialize)]
+struct Source {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    alias: Option<String>,
+    #[serde(default)]
+    fingerprint: Option<String>,
+}
+
+async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
+    let b: InstancesPost = match body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !b.kind.is_empty() && b.kind != "virtual-machine" {
+        return error(400, "only instances of type virtual-machine are supported");
+    }
+    if b.ephemeral {
+        return error(400, "ephemeral instances are not supported");
+    }
+    if !b.architecture.is_empty() && b.architecture != std::env::consts::ARCH {
+        return error(
+            400,
+            &format!("this server runs {} VMs only", std::env::consts::ARCH),
+        );
+    }
+    let _ = (&b.description, &b.profiles);
+    let image = match &b.source {
+        None => None,
+        Some(s)
+            if s.kind == "none"
+                || s.kind.is_empty() && s.alias.is_none() && s.fingerprint.is_none() =>
+        {
+            None
+        }
+        Some(s) if s.kind == "image" || s.kind.is_empty() => {
+            s.alias.clone().or(s.fingerprint.clone())
+        }
+        Some(s) => {
+            return error(
+                400,
+                &format!("unsupported source type {:?}: use image or none", s.kind),
+            )
+        }
+    };
+    let pins = match check_files(id, &b.config, &b.devices, None).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let range = shared
+        .settings()
+        .get(INSTANCES_UID_RANGE)
+        .unwrap_or(DEFAULT_UID_RANGE)
+        .to_string();
+    let created = shared
+        .instances
+        .create(
+            &b.name,
+            image.as_deref(),
+            b.config,
+            b.devices,
+            &pins,
+            &range,
+        )
+        .await;
+    match created {
+        Ok(v) => sync(v),
+        Err(e) => fail(&e),
+    }
+}
+
+/// The body of `PUT/PATCH /1.0/instances/<name>`.
+#[derive(Deserialize)]
+struct InstancePut {
+    #[serde(default)]
+    config: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    devices: Option<BTreeMap<String, Device>>,
+}
+
+async fn update(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: &Request,
+    name: &str,
+    replace: bool,
+) -> Response {
+    let b: InstancePut = match body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // What `GET` shows and only the daemon sets: a PUT of a GET must work.
+    let config = b.config.map(|c| {
+        c.into_iter()
+            .filter(|(k, _)| !k.starts_with("volatile.") && k != "image.alias")
+            .collect::<BTreeMap<_, _>>()
+    });
+    // Disks the instance has already keep the pins they were checked with:
+    // the VM's uid may own them by now.
+    let current = match shared.instances.record(name) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let pins = match check_files(
+        id,
+        config.as_ref().unwrap_or(&BTreeMap::new()),
+        b.devices.as_ref().unwrap_or(&BTreeMap::new()),
+        Some(&current),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match shared
+        .instances
+        .update(name, config, b.devices, replace, &pins)
+        .await
+    {
+        Ok(()) => sync(json!({})),
+        Err(e) => fail(&e),
+    }
+}
+
+/// The body of `PUT /1.0/instances/<name>/state`.
+#[derive(Deserialize)]
+struct StatePut {
+    action: String,
+    /// Seconds to wait for a graceful stop; negative: the default.
+    #[serde(default = "default_timeout")]
+    timeout: i64,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    stateful: bool,
+}
+
+fn default_timeout() -> i64 {
+    -1
+}
+
+fn state(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
+    let b: StatePut = match body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.stateful {
+        return error(400, "stateful snapshots are not supported");
+    }
+    if let Err(e) = shared.instances.get(name, false) {
+        return fail(&e);
+    }
+    let timeout = u64::try_from(b.timeout).map_or(STOP_TIMEOUT, Duration::from_secs);
+    let (force, n) = (b.force, name.to_string());
+    match b.action.as_str() {
+        "start" => spawn(shared, "Starting instance", name, move |s| async move {
+            s.instances.start(&n).await
+        }),
+        "stop" => spawn(shared, "Stopping instance", name, move |s| async move {
+            s.instances.stop(&n, force, timeout).await
+        }),
+        "restart" => spawn(shared, "Restarting instance", name, move |s| async move {
+            s.instances.restart(&n, force, timeout).await
+        }),
+        a => error(
+            400,
+            &format!("unknown action {a:?}: use start, stop or restart"),
+        ),
+    }
+}
+
+/// The body of `POST /1.0/images`: LXD's shape, with a host path as source.
+#[derive(Deserialize)]
+struct ImagesPost {
+    source: ImageSource,
+    #[serde(default)]
+    aliases: Vec<Alias>,
+}
+
+#[derive(Deserialize)]
+struct ImageSource {
+    #[serde(rename = "type")]
+    kind: String,
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Alias {
+    name: String,
+}
+
+async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
+    let b: ImagesPost = match body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.source.kind != "path" {
+        return error(400, "only {\"type\": \"path\"} image sources are supported");
+    }
+    let names: BTreeSet<&str> = b.aliases.iter().map(|a| a.name.as_str()).collect();
+    let [alias] = names.into_iter().collect::<Vec<_>>()[..] else {
+        return error(400, "give exactly one alias");
+    };
+    if !b.source.path.is_absolute() {
+        return error(400, "the image path must be absolute");
+    }
+    let who = match opener(id) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let source = b.source.path.clone();
+    let opened = crate::server::timed(
+        OPEN_TIMEOUT,
+        smol::unblock(move || hostfile::check(&source, &who, Need::Read)),
+    )
+    .await;
+    let file = match opened {
+        Some(Ok((file, _))) => file,
+        Some(Err(e)) => return refused(&e),
+        None => return too_slow(),
+    };
+    let ex = match shared.instances.executor() {
+        Ok(ex) => ex,
+        Err(e) => return fail(&e),
+    };
+    let (s, path, alias) = (shared.clone(), b.source.path.clone(), alias.to_string());
+    let op = shared
+        .ops
+        .spawn_reporting(&ex, "Importing image", BTreeMap::new(), |p| async move {
+            match s.instances.import_image(file, path, alias, p).await {
+                Ok(img) => {
+                    log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
+                    Ok(json!(img))
+                }
+                Err(e) => Err(crate::error_chain(&e)),
+            }
+        });
+    operation(&op)
+}

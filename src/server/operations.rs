@@ -1,0 +1,380 @@
+//! Long work as LXD operations: `POST …` answers 202 with an operation,
+//! `GET /1.0/operations/<id>` shows it, `…/wait` blocks until it is done.
+//!
+//! A finished operation is kept for a while (LXD keeps them seconds; five
+//! minutes leaves a slow client time to look), and at most so many are: a
+//! client starting operations in a loop must not grow the daemon for ever.
+//! Running operations are always kept.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// How far an operation got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) enum Status {
+    Running,
+    Success,
+    Failure,
+}
+
+impl Status {
+    /// LXD's numeric status code.
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            Status::Running => 103,
+            Status::Success => 200,
+            Status::Failure => 400,
+        }
+    }
+}
+
+/// What `GET /1.0/operations/<id>` shows.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Operation {
+    pub id: String,
+    pub class: &'static str,
+    pub description: String,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub created_at: u64,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub updated_at: u64,
+    pub status: Status,
+    pub status_code: u16,
+    pub resources: BTreeMap<String, Vec<String>>,
+    pub metadata: Value,
+    pub may_cancel: bool,
+    pub err: String,
+}
+
+fn as_rfc3339<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::server::trust::rfc3339(*secs))
+}
+
+/// How long a finished operation is kept.
+const KEEP_FINISHED: Duration = Duration::from_secs(300);
+/// How many finished operations are kept at most; the oldest go first.
+const MAX_FINISHED: usize = 1000;
+
+struct Slot {
+    op: Operation,
+    /// Closed when the operation ends, which wakes every waiter at once.
+    done: smol::channel::Receiver<()>,
+    /// The operation as it ended, for a waiter that wakes after it was
+    /// pruned.
+    last: Arc<OnceLock<Operation>>,
+    /// When it ended.
+    finished: Option<Instant>,
+}
+
+/// The operations running and those finished recently (they are not
+/// persisted).
+#[derive(Clone)]
+pub(crate) struct Operations {
+    slots: Arc<Mutex<BTreeMap<String, Slot>>>,
+    keep: Duration,
+    max_finished: usize,
+}
+
+impl Default for Operations {
+    fn default() -> Operations {
+        Operations::with_retention(KEEP_FINISHED, MAX_FINISHED)
+    }
+}
+
+impl std::fmt::Debug for Operations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Operations")
+    }
+}
+
+impl Operations {
+    /// Keeps finished operations for `keep`, and at most `max_finished` of them.
+    pub(crate) fn with_retention(keep: Duration, max_finished: usize) -> Operations {
+        Operations {
+            slots: Arc::default(),
+            keep,
+            max_finished,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // (every change is one insert or field write), so poison is ignored.
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.prune(&mut map, Instant::now());
+        map
+    }
+
+    /// Forgets what finished more than `keep` before `now`, then the oldest
+    /// finished beyond `max_finished`.
+    fn prune(&self, map: &mut BTreeMap<String, Slot>, now: Instant) {
+        map.retain(|_, s| {
+            s.finished
+                .is_none_or(|t| now.saturating_duration_since(t) < self.keep)
+        });
+        let mut finished: Vec<(Instant, String)> = map
+            .iter()
+            .filter_map(|(id, s)| s.finished.map(|t| (t, id.clone())))
+            .collect();
+        if finished.len() > self.max_finished {
+            finished.sort();
+            let excess = finished.len() - self.max_finished;
+            for (_, id) in finished.into_iter().take(excess) {
+                map.remove(&id);
+            }
+        }
+    }
+
+    /// [`Operations::prune`] as if it were `now` (tests move the clock).
+    #[cfg(test)]
+    fn prune_at(&self, now: Instant) {
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        self.prune(&mut map, now);
+    }
+
+    /// Starts `work` on `ex` as a new operation and returns its description.
+    pub(crate) fn spawn<F>(
+        &self,
+        ex: &smol::Executor<'static>,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        work: F,
+    ) -> Operation
+    where
+        F: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        self.spawn_reporting(ex, description, resources, |_| work)
+    }
+
+    /// Like [`Operations::spawn`], for work that reports its progress as the
+    /// running operation's metadata through the [`Progress`] it is given.
+    pub(crate) fn spawn_reporting<F, W>(
+        &self,
+        ex: &smol::Executor<'static>,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        work: W,
+    ) -> Operation
+    where
+        W: FnOnce(Progress) -> F,
+        F: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let now = crate::server::trust::now();
+        let op = Operation {
+            // LXD's operation ids are UUIDs, as its instances' are.
+            id: crate::uuid::new(),
+            class: "task",
+            description: description.to_string(),
+            created_at: now,
+            updated_at: now,
+            status: Status::Running,
+            status_code: Status::Running.code(),
+            resources,
+            metadata: Value::Null,
+            may_cancel: false,
+            err: String::new(),
+        };
+        let (tx, rx) = smol::channel::bounded::<()>(1);
+        self.lock().insert(
+            op.id.clone(),
+            Slot {
+                op: op.clone(),
+                done: rx,
+                last: Arc::default(),
+                finished: None,
+            },
+        );
+        let work = work(Progress {
+            ops: self.clone(),
+            id: op.id.clone(),
+        });
+        let this = self.clone();
+        let id = op.id.clone();
+        ex.spawn(async move {
+            let result = work.await;
+            if let Some(slot) = this.lock().get_mut(&id) {
+                let op = &mut slot.op;
+                op.updated_at = crate::server::trust::now();
+                match result {
+                    Ok(meta) => {
+                        op.status = Status::Success;
+                        op.metadata = meta;
+                    }
+                    Err(e) => {
+                        op.status = Status::Failure;
+                        op.err = e;
+                    }
+                }
+                op.status_code = op.status.code();
+                slot.finished = Some(Instant::now());
+                let _ = slot.last.set(op.clone());
+            }
+            tx.close();
+        })
+        .detach();
+        op
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Operation> {
+        self.lock().get(id).map(|s| s.op.clone())
+    }
+
+    /// Operation URLs grouped by status, as `GET /1.0/operations` shows them.
+    pub(crate) fn by_status(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, slot) in self.lock().iter() {
+            let status = format!("{:?}", slot.op.status).to_lowercase();
+            out.entry(status)
+                .or_default()
+                .push(format!("/1.0/operations/{id}"));
+        }
+        out
+    }
+
+    /// Waits until operation `id` ends or `timeout` passes, then shows it.
+    pub(crate) async fn wait(&self, id: &str, timeout: std::time::Duration) -> Option<Operation> {
+        let (done, last) = {
+            let map = self.lock();
+            let slot = map.get(id)?;
+            (slot.done.clone(), slot.last.clone())
+        };
+        let _ = smol::future::or(
+            async {
+                let _ = done.recv().await;
+            },
+            async {
+                smol::Timer::after(timeout).await;
+            },
+        )
+        .await;
+        self.get(id).or_else(|| last.get().cloned())
+    }
+}
+
+/// A running operation's way to show how far it got.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    ops: Operations,
+    id: String,
+}
+
+impl Progress {
+    /// Replaces the operation's metadata while it runs.
+    pub(crate) fn set(&self, metadata: Value) {
+        if let Some(slot) = self.ops.lock().get_mut(&self.id) {
+            if slot.op.status == Status::Running {
+                slot.op.metadata = metadata;
+                slot.op.updated_at = crate::server::trust::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn wait_sees_the_result() {
+        let ex = smol::Executor::new();
+        let ops = Operations::default();
+        let (tx, rx) = smol::channel::bounded::<()>(1);
+        let op = ops.spawn(&ex, "test", BTreeMap::new(), async move {
+            let _ = rx.recv().await;
+            Ok(serde_json::json!({"x": 1}))
+        });
+        assert_eq!(op.status, Status::Running);
+        assert_eq!(op.id.len(), 36);
+        smol::block_on(ex.run(async {
+            // Not finished yet: the wait times out and shows it running.
+            let seen = ops.wait(&op.id, Duration::from_millis(20)).await.unwrap();
+            assert_eq!(seen.status_code, 103);
+            tx.close();
+            let seen = ops.wait(&op.id, Duration::from_secs(10)).await.unwrap();
+            assert_eq!(seen.status, Status::Success);
+            assert_eq!(seen.metadata["x"], 1);
+            assert!(ops.wait("nope", Duration::from_secs(1)).await.is_none());
+        }));
+        let failed = ops.spawn(&ex, "bad", BTreeMap::new(), async { Err("boom".into()) });
+        smol::block_on(ex.run(async {
+            let seen = ops.wait(&failed.id, Duration::from_secs(10)).await.unwrap();
+            assert_eq!((seen.status_code, seen.err.as_str()), (400, "boom"));
+        }));
+        let listed = ops.by_status();
+        assert_eq!(
+            listed["success"],
+            vec![format!("/1.0/operations/{}", op.id)]
+        );
+        assert_eq!(listed["failure"].len(), 1);
+    }
+
+    #[test]
+    fn finished_operations_are_kept_a_while_and_a_few() {
+        let ex = smol::Executor::new();
+        let keep = Duration::from_secs(300);
+        let ops = Operations::with_retention(keep, 2);
+        let (tx, rx) = smol::channel::bounded::<()>(1);
+        let running = ops.spawn(&ex, "long", BTreeMap::new(), async move {
+            let _ = rx.recv().await;
+            Ok(Value::Null)
+        });
+        let done: Vec<Operation> = (0..3)
+            .map(|_| ops.spawn(&ex, "quick", BTreeMap::new(), async { Ok(Value::Null) }))
+            .collect();
+        smol::block_on(ex.run(async {
+            for op in &done {
+                // Waiting on one that has just finished still answers.
+                let seen = ops.wait(&op.id, Duration::from_secs(10)).await.unwrap();
+                assert_eq!(seen.status, Status::Success);
+                // Finishing times are told apart.
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        }));
+        // Only two finished ones are kept: the oldest went first.
+        assert!(ops.get(&done[0].id).is_none());
+        assert!(ops.get(&done[1].id).is_some());
+        assert!(ops.get(&done[2].id).is_some());
+        // After `keep` the others go too; the running one stays.
+        let now = Instant::now();
+        ops.prune_at(now + keep / 2);
+        assert!(ops.get(&done[2].id).is_some());
+        ops.prune_at(now + keep);
+        assert!(ops.get(&done[1].id).is_none());
+        assert!(ops.get(&done[2].id).is_none());
+        ops.prune_at(now + keep * 1000);
+        assert_eq!(ops.get(&running.id).unwrap().status, Status::Running);
+        assert_eq!(ops.by_status().get("running").map(Vec::len), Some(1));
+        assert_eq!(ops.by_status().get("success"), None);
+        tx.close();
+        smol::block_on(ex.run(async {
+            let seen = ops.wait(&running.id, Duration::from_secs(10)).await;
+            assert_eq!(seen.unwrap().status, Status::Success);
+        }));
+    }
+
+    #[test]
+    fn a_waiter_sees_the_end_even_if_it_was_pruned_meanwhile() {
+        let ex = smol::Executor::new();
+        // Nothing finished is kept at all.
+        let ops = Operations::with_retention(Duration::ZERO, 0);
+        let op = ops.spawn(&ex, "quick", BTreeMap::new(), async {
+            Ok(serde_json::json!({"x": 2}))
+        });
+        smol::block_on(ex.run(async {
+            let seen = ops.wait(&op.id, Duration::from_secs(10)).await.unwrap();
+            assert_eq!(seen.metadata["x"], 2);
+        }));
+        assert!(ops.get(&op.id).is_none());
+    }
+}

@@ -1,0 +1,86 @@
+//! The daemon's own way of applying a preseed document at start-up:
+//! requests handed straight to [`routes::handle`] as local root with the admin
+//! role, on the daemon's executor, so that operations they start (image
+//! imports, starts) make progress while a step waits on them.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use smol::Executor;
+
+use crate::http::Request;
+use crate::log::log;
+use crate::preseed::{CallError, Error, Outcome, Preseed, Transport};
+use crate::server::routes::{self, Identity, Peer};
+use crate::server::trust::Role;
+use crate::server::Shared;
+use crate::sys::{self, PeerCred};
+
+struct InProcess<'a> {
+    shared: &'a Arc<Shared>,
+    ex: &'a Arc<Executor<'static>>,
+}
+
+/// Applies `plan` before the daemon serves anyone; each step is logged.
+pub(crate) fn apply_locally(
+    plan: &Preseed,
+    shared: &Arc<Shared>,
+    ex: &Arc<Executor<'static>>,
+) -> Result<(), Error> {
+    plan.apply_with(&mut InProcess { shared, ex }, |what, outcome| {
+        if outcome == Outcome::Denied {
+            log!(
+                Warn,
+                "preseed: {what}: denied: an administrator removed it from the trust store, so \
+                 it is not added back at start; `kvmbox config trust add` trusts it again"
+            );
+        } else {
+            log!(Info, "preseed: {what}: {outcome}");
+        }
+    })
+}
+
+impl Transport for InProcess<'_> {
+    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let req = Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            keep_alive: false,
+            websocket_key: None,
+        };
+        let id = Identity {
+            peer: Peer::Local(PeerCred {
+                pid: std::process::id(),
+                uid: sys::euid(),
+                gid: sys::egid(),
+                groups: None,
+            }),
+            cert: None,
+            role: Some(Role::Admin),
+            projects: Vec::new(),
+            refused: None,
+        };
+        let resp = smol::block_on(self.ex.run(routes::handle(self.shared, &id, &req)));
+        let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+        match v.get("type").and_then(Value::as_str) {
+            Some("sync" | "async") => {
+                Ok(v.get_mut("metadata").map(Value::take).unwrap_or_default())
+            }
+            _ => Err(CallError {
+                status: resp.status,
+                message: v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_string(),
+            }),
+        }
+    }
+
+    fn keeps_removed(&mut self, pem: &str) -> bool {
+        crate::pki::Cert::from_pem(pem.as_bytes()).is_ok_and(|c| self.shared.trust().is_denied(&c))
+    }
+}

@@ -1,0 +1,800 @@
+//! Instances: the daemon's VMs, their state on disk and their lifecycle.
+//!
+//! Each instance lives in `STATE/instances/<name>/`: `instance.json` (the
+//! [`Record`], written crash-safe), `root.qcow2` (the overlay on its image,
+//! if any) and `vm/` (the VM layer's run directory: pid record, QMP socket,
+//! console log). Operations on one instance are serialised by its own async
+//! lock, which also holds the running [`Vm`]: a second request on the same
+//! instance waits for the first to finish (it is not refused), then acts on
+//! the state the first left. Reads (`GET`) never wait: they see a snapshot
+//! updated by whoever holds the lock.
+
+mod confine;
+mod image;
+mod record;
+mod update;
+mod view;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use smol::lock::Mutex as AsyncMutex;
+
+use crate::hostfile::Pin;
+use crate::log::log;
+use crate::store::{write_atomic, Overwrite};
+use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
+use crate::vmm::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
+
+pub(crate) use image::Image;
+use record::AaMode;
+pub(crate) use record::{check_config, check_device, Device, Record};
+use view::{show, Shown};
+
+/// `instances.uid_range` when unset.
+pub(crate) const DEFAULT_UID_RANGE: &str = "1000000:65536";
+/// How much of the console log `GET …/console` returns.
+const CONSOLE_LIMIT: u64 = 1 << 20;
+
+/// Why an instance call failed; [`Error::status`] says whose fault.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error(transparent)]
+    HostFile(#[from] crate::hostfile::Error),
+    #[error("cannot {what}")]
+    Host {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    fn host(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Host {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The HTTP status the API answers with.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Error::NotFound(_) => 404,
+            Error::Exists(_) | Error::Conflict(_) => 409,
+            Error::Invalid(_) | Error::Refused(_) => 400,
+            Error::Vm(e) => match e.fault() {
+                crate::vmm::qmp::Fault::Input => 400,
+                _ => 500,
+            },
+            Error::HostFile(e) if e.is_refusal() => 403,
+            Error::Host { .. } | Error::HostFile(_) => 500,
+        }
+    }
+}
+
+/// The AppArmor state of one instance (libvirt's `seclabel`).
+#[derive(Clone, Debug, Default)]
+struct SecLabel {
+    /// The helper loaded (or, with a test parser, compiled) the profile.
+    loaded: bool,
+    /// QEMU runs under the profile (the kernel has AppArmor and applied it).
+    confined: bool,
+    /// Why not, when not.
+    reason: String,
+}
+
+/// What `GET` shows, kept current by whoever holds the instance's lock.
+#[derive(Clone, Debug)]
+struct View {
+    record: Record,
+    pid: Option<u32>,
+    /// QEMU runs but could not be taken over (shown as Error, never killed).
+    orphan: Option<String>,
+    accel: Option<Accel>,
+    seclabel: SecLabel,
+    deleted: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Serialises operations; holds the running QEMU.
+    vm: AsyncMutex<Option<Vm>>,
+    view: Shown,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is one assignment: a poisoned lock
+    // still holds a consistent value.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Set once at daemon start.
+#[derive(Debug)]
+struct Host {
+    state: PathBuf,
+    ex: Arc<smol::Executor<'static>>,
+    helper: confine::Helper,
+    accel_mode: AccelMode,
+}
+
+/// Every instance of this daemon.
+#[derive(Debug, Default)]
+pub(crate) struct Manager {
+    host: OnceLock<Host>,
+    accel: smol::lock::OnceCell<AccelChoice>,
+    /// The accelerator probe's QEMU while it runs.
+    probe: Arc<accel::Probe>,
+    entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Names and uids taken by creations under way.
+    reserved: Mutex<BTreeMap<String, u32>>,
+    /// `security.apparmor_profile_dir`, as last configured.
+    profile_dir: Mutex<Option<PathBuf>>,
+}
+
+/// Daemon start-up settings for [`Manager::open`].
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub state: PathBuf,
+    pub ex: Arc<smol::Executor<'static>>,
+    pub accel_mode: AccelMode,
+    /// `KVMBOX_AA_PARSER`: a stand-in for apparmor_parser.
+    pub aa_parser: Option<String>,
+}
+
+impl Manager {
+    fn host(&self) -> Result<&Host, Error> {
+        self.host
+            .get()
+            .ok_or_else(|| Error::Refused("instances are not available in this daemon".into()))
+    }
+
+    /// Loads every instance and re-adopts the QEMUs that still run; a QEMU
+    /// that died while nobody watched is shown Stopped. Then starts the
+    /// accelerator probe and the reaper.
+    pub(crate) async fn open(self: &Arc<Self>, setup: Setup) -> Result<(), Error> {
+        let dir = setup.state.join("instances");
+        mkdir(&dir, 0o711)?;
+        let host = Host {
+            helper: confine::Helper {
+                program: confine::find_helper(),
+                state_dir: setup.state.clone(),
+                cache_dir: setup.state.join("apparmor-cache"),
+                parser: setup.aa_parser,
+            },
+            state: setup.state,
+            ex: setup.ex,
+            accel_mode: setup.accel_mode,
+        };
+        let _ = self.host.set(host);
+        let host = self.host()?;
+        for e in fs::read_dir(&dir)
+            .map_err(|e| Error::host("list instances", e))?
+            .flatten()
+        {
+            let path = e.path().join("instance.json");
+            let rec: Record = match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Record::from_json(&b))
+            {
+                Ok(r) => r,
+                Err(why) => {
+                    // A directory left by a creation the daemon did not finish.
+                    log!(Warn, "ignoring {}: {why}", e.path().display());
+                    continue;
+                }
+            };
+            let entry = Arc::new(Entry {
+                vm: AsyncMutex::new(None),
+                view: Shown::new(View {
+                    record: rec.clone(),
+                    pid: None,
+                    orphan: None,
+                    accel: None,
+                    seclabel: SecLabel::default(),
+                    deleted: false,
+                }),
+            });
+            let identity = self.identity(&rec);
+            let vmdir = rec.dir(&host.state).join("vm");
+            match Vm::adopt(&vmdir, &rec.uuid, identity).await {
+                Ok(vm) => {
+                    log!(
+                        Info,
+                        "instance {}: re-adopted QEMU pid {}",
+                        rec.name,
+                        vm.pid()
+                    );
+                    let label = self.label_of_running(&rec, vm.pid());
+                    entry.view.change(|v| {
+                        v.pid = Some(vm.pid());
+                        v.seclabel = label;
+                    });
+                    *entry.vm.lock().await = Some(vm);
+                }
+                Err(vm::Error::NotRunning) => {
+                    if vmdir.join("qemu").exists() {
+                        remove_taps(&rec);
+                        // It was running when the daemon went away: its
+                        // profile must not outlive it.
+                        self.unload(&rec).await;
+                    }
+                }
+                Err(e) => {
+                    let why = crate::error_chain(&e);
+                    log!(
+                        Error,
+                        "instance {}: cannot take over its QEMU: {why}",
+                        rec.name
+                    );
+                    entry.view.change(|v| v.orphan = Some(why));
+                }
+            }
+            lock(&self.entries).insert(rec.name.clone(), entry);
+        }
+        let me = self.clone();
+        host.ex
+            .spawn(async move {
+                me.accel().await;
+            })
+            .detach();
+        let me = self.clone();
+        host.ex.spawn(async move { me.reap().await }).detach();
+        Ok(())
+    }
+
+    /// The server's accelerator choice (the probe runs once, off the executor).
+    async fn accel(&self) -> AccelChoice {
+        let mode = self.host.get().map_or(AccelMode::Tcg, |h| h.accel_mode);
+        let scratch = self
+            .host
+            .get()
+            .map(|h| h.state.join("accel-probe"))
+            .unwrap_or_default();
+        let probe = self.probe.clone();
+        self.accel
+            .get_or_init(|| async move {
+                let qemu = PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH));
+                let choice = smol::unblock(move || {
+                    let _ = fs::DirBuilder::new().mode(0o700).create(&scratch);
+                    probe.choose(mode, &qemu, &scratch)
+                })
+                .await;
+                log!(Info, "accelerator: {} ({})", choice.accel, choice.reason);
+                choice
+            })
+            .await
+            .clone()
+    }
+
+    /// Ends a running accelerator probe when dropped: the daemon holds it
+    /// while it runs, so that no way out leaves the probe QEMU behind.
+    pub(crate) fn probe_guard(&self) -> accel::StopOnDrop {
+        accel::StopOnDrop(self.probe.clone())
+    }
+
+    /// What `GET /1.0` adds to `environment`.
+    pub(crate) fn environment(&self) -> Value {
+        let (accel, accel_reason) = match self.accel.get() {
+            Some(c) => (c.accel.to_string(), c.reason.clone()),
+            None => ("probing".into(), "the accelerator probe is running".into()),
+        };
+        let (driver, why) = match confine::kernel() {
+            Ok(()) => ("apparmor", "the kernel has AppArmor".to_string()),
+            Err(why) => ("none", format!("the kernel has no AppArmor: {why}")),
+        };
+        json!({
+            "accelerator": accel,
+            "accelerator_reason": accel_reason,
+            "security_driver": driver,
+            "security_driver_reason": why,
+        })
+    }
+
+    /// Collects QEMUs that exited by themselves (guest power-off, crash):
+    /// their instances become Stopped and their profiles are unloaded.
+    async fn reap(self: Arc<Self>) {
+        loop {
+            smol::Timer::after(Duration::from_millis(500)).await;
+            let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+            for e in entries {
+                let Some(mut guard) = e.vm.try_lock() else {
+                    continue;
+                };
+                if guard.as_ref().is_none_or(Vm::is_running) {
+                    continue;
+                }
+                if let Some(vm) = guard.take() {
+                    // Nothing to wait for: this only tidies its run files.
+                    let _ = vm.stop(Duration::ZERO).await;
+                }
+                let rec = e.view.change(|v| {
+                    v.pid = None;
+                    v.record.clone()
+                });
+                log!(Info, "instance {}: QEMU exited", rec.name);
+                remove_taps(&rec);
+                self.unload(&rec).await;
+                e.view.change(|v| v.seclabel = SecLabel::default());
+            }
+        }
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {
+        lock(&self.entries)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {name:?}")))
+    }
+
+    fn identity(&self, rec: &Record) -> Identity {
+        if rec.privileged() || crate::sys::euid() != 0 {
+            Identity::Privileged
+        } else {
+            Identity::Isolated {
+                uid: rec.uid,
+                gid: rec.uid,
+            }
+        }
+    }
+
+    /// Every instance as `GET /1.0/instances/<name>` shows it.
+    pub(crate) fn list(&self, state: bool) -> Vec<Value> {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        entries
+            .iter()
+            .map(|e| e.view.read(|v| show(v, state)))
+            .collect()
+    }
+
+    /// Every instance's JSON as `GET /1.0/instances?recursion=1` shows it,
+    /// as rendered at its last change.
+    pub(crate) fn list_json(&self) -> Vec<Arc<[u8]>> {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        entries.iter().map(|e| e.view.json()).collect()
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        lock(&self.entries).keys().cloned().collect()
+    }
+
+    /// Instance `name` as stored now.
+    pub(crate) fn record(&self, name: &str) -> Result<Record, Error> {
+        current(&*self.entry(name)?)
+    }
+
+    pub(crate) fn get(&self, name: &str, state: bool) -> Result<Value, Error> {
+        Ok(self.entry(name)?.view.read(|v| show(v, state)))
+    }
+
+    /// Creates an instance (stopped). Nothing is left behind on failure.
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        image: Option<&str>,
+        config: BTreeMap<String, String>,
+        devices: BTreeMap<String, Device>,
+        pins: &BTreeMap<String, Pin>,
+        uid_range: &str,
+    ) -> Result<Value, Error> {
+        let host = self.host()?;
+        let range: vm::IdRange = uid_range
+            .parse()
+            .map_err(|e: vm::InvalidIdRange| Error::Invalid(e.to_string()))?;
+        // Again here, not only when the range was set: accounts come later.
+        range.unused().map_err(|e| {
+            Error::Refused(format!(
+                "instances.uid_range {uid_range} cannot be used: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
+        crate::vmm::qemu::validate_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        let image = match image {
+            Some(alias) => Some(image::find(&host.state, alias)?),
+            None => None,
+        };
+        let mut rec = Record {
+            name: name.into(),
+            uuid: crate::uuid::new(),
+            created_at: crate::server::trust::now(),
+            uid: 0,
+            image,
+            config,
+            devices,
+            pins: BTreeMap::new(),
+        };
+        if rec.image.is_some() && !rec.devices.contains_key("root") {
+            let mut root = Device::new();
+            root.insert("type".into(), "disk".into());
+            root.insert("path".into(), "/".into());
+            rec.devices.insert("root".into(), root);
+        }
+        rec.take_pins(&BTreeMap::new(), pins)?;
+        rec.validate()?;
+        {
+            let entries = lock(&self.entries);
+            let mut reserved = lock(&self.reserved);
+            if entries.contains_key(name) || reserved.contains_key(name) {
+                return Err(Error::Exists(format!("instance {name:?}")));
+            }
+            let used: Vec<u32> = entries
+                .values()
+                .map(|e| e.view.read(|v| v.record.uid))
+                .chain(reserved.values().copied())
+                .collect();
+            rec.uid = match range.pick(&used) {
+                Some(Identity::Isolated { uid, .. }) => uid,
+                _ => {
+                    return Err(Error::Refused(format!(
+                        "no free uid left in instances.uid_range {uid_range}"
+                    )))
+                }
+            };
+            reserved.insert(name.into(), rec.uid);
+        }
+        let dir = rec.dir(&host.state);
+        let made = self.materialise(&rec, &dir).await;
+        lock(&self.reserved).remove(name);
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let view = View {
+            record: rec.clone(),
+            pid: None,
+            orphan: None,
+            accel: None,
+            seclabel: SecLabel::default(),
+            deleted: false,
+        };
+        let shown = show(&view, false);
+        lock(&self.entries).insert(
+            rec.name.clone(),
+            Arc::new(Entry {
+                vm: AsyncMutex::new(None),
+                view: Shown::new(view),
+            }),
+        );
+        log!(Info, "instance {name} created (uid {})", rec.uid);
+        Ok(shown)
+    }
+
+    async fn materialise(&self, rec: &Record, dir: &Path) -> Result<(), Error> {
+        match fs::DirBuilder::new().mode(0o711).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Left by a creation that crashed: no record, so nobody's.
+                if dir.join("instance.json").exists() {
+                    return Err(Error::Exists(format!("instance {:?}", rec.name)));
+                }
+                fs::remove_dir_all(dir).map_err(|e| Error::host("clear a stale directory", e))?;
+                mkdir(dir, 0o711)?;
+            }
+            Err(e) => return Err(Error::host(format!("create {}", dir.display()), e)),
+        }
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o711));
+        if let (Some(img), Some(root)) = (
+            rec.image.clone(),
+            rec.root_disk(self.host()?.state.as_path()),
+        ) {
+            smol::unblock(move || image::overlay(&img, &root)).await?;
+        }
+        save(rec, dir).await
+    }
+
+    /// Starts a stopped instance.
+    pub(crate) async fn start(&self, name: &str) -> Result<(), Error> {
+        let e = self.entry(name)?;
+        let mut guard = e.vm.lock().await;
+        self.start_locked(&e, &mut guard).await
+    }
+
+    async fn start_locked(&self, e: &Entry, slot: &mut Option<Vm>) -> Result<(), Error> {
+        let host = self.host()?;
+        let rec = current(e)?;
+        if let Some(vm) = slot.as_ref().filter(|vm| vm.is_running()) {
+            return Err(Error::Conflict(format!(
+                "instance {:?} is already running (pid {})",
+                rec.name,
+                vm.pid()
+            )));
+        }
+        if let Some(why) = e.view.read(|v| v.orphan.clone()) {
+            return Err(Error::Conflict(format!(
+                "instance {:?} has a QEMU the daemon could not take over ({why}); end it first",
+                rec.name
+            )));
+        }
+        let identity = self.identity(&rec);
+        if let Identity::Isolated { uid, .. } = identity {
+            // Again at each start, not only at creation: an account or a
+            // subordinate range given out since then owns the id now.
+            crate::sys::ids_unused(uid..=uid).map_err(|e| {
+                Error::Refused(format!(
+                    "instance {:?} cannot run as uid {uid}: {}",
+                    rec.name,
+                    crate::error_chain(&e)
+                ))
+            })?;
+        }
+        let accel = match rec.accel_mode() {
+            AccelMode::Kvm => Accel::Kvm,
+            AccelMode::Tcg => Accel::Tcg,
+            AccelMode::Auto => self.accel().await.accel,
+        };
+        let mut spec = rec.spec(&host.state, identity, accel)?;
+        if identity == Identity::Privileged {
+            if rec.privileged() {
+                log!(Warn, "instance {}: {PRIVILEGED_WARNING}", rec.name);
+            } else {
+                log!(
+                    Info,
+                    "instance {}: the daemon is not root, so QEMU runs as its uid {}",
+                    rec.name,
+                    crate::sys::euid()
+                );
+            }
+        }
+        // The helper resolves the run files' directories: they must exist.
+        mkdir(&spec.dir, 0o711)?;
+        mkdir(&spec.dir.join("qemu"), 0o700)?;
+        let label = self.load(&rec).await?;
+        if label.confined {
+            spec.apparmor = Some(vm::AppArmor {
+                profile: profile_name(&rec.uuid),
+                required: rec.apparmor() == AaMode::Required,
+            });
+        }
+        let taps = rec.bridged();
+        for (i, (tap, (dev, bridge))) in taps.iter().enumerate() {
+            if let Err(err) = crate::sys::process::create_tap(tap, bridge) {
+                for (t, _) in taps.iter().take(i) {
+                    let _ = crate::sys::process::delete_tap(t);
+                }
+                self.unload(&rec).await;
+                return Err(Error::Refused(format!(
+                    "device {dev}: cannot put a tap {tap} on bridge {bridge}: {err}"
+                )));
+            }
+        }
+        match Vm::spawn(&spec).await {
+            Ok(vm) => {
+                e.view.change(|v| {
+                    v.pid = Some(vm.pid());
+                    v.accel = Some(accel);
+                    v.seclabel = label;
+                });
+                log!(
+                    Info,
+                    "instance {} started (pid {}, {accel})",
+                    rec.name,
+                    vm.pid()
+                );
+                *slot = Some(vm);
+                Ok(())
+            }
+            Err(err) => {
+                // A failed start leaves no profile loaded (libvirt does),
+                // and no tap.
+                remove_taps(&rec);
+                self.unload(&rec).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Stops a running instance: ACPI power button, then after `timeout`
+    /// (or at once with `force`) QEMU is ended.
+    pub(crate) async fn stop(
+        &self,
+        name: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let e = self.entry(name)?;
+        let mut guard = e.vm.lock().await;
+        self.stop_locked(&e, &mut guard, force, timeout).await
+    }
+
+    async fn stop_locked(
+        &self,
+        e: &Entry,
+        slot: &mut Option<Vm>,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let rec = current(e)?;
+        let Some(vm) = slot.take() else {
+            return Err(Error::Conflict(format!(
+                "instance {:?} is not running",
+                rec.name
+            )));
+        };
+        let how = if force {
+            vm.kill().await.map(|()| "forced")
+        } else {
+            vm.stop(timeout).await.map(|s| match s {
+                vm::Stopped::Graceful => "graceful",
+                vm::Stopped::Forced => "forced after the timeout",
+            })
+        };
+        e.view.change(|v| v.pid = None);
+        remove_taps(&rec);
+        self.unload(&rec).await;
+        e.view.change(|v| v.seclabel = SecLabel::default());
+        let how = how?;
+        log!(Info, "instance {} stopped ({how})", rec.name);
+        Ok(())
+    }
+
+    pub(crate) async fn restart(
+        &self,
+        name: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let e = self.entry(name)?;
+        let mut guard = e.vm.lock().await;
+        if guard.is_some() {
+            self.stop_locked(&e, &mut guard, force, timeout).await?;
+        }
+        self.start_locked(&e, &mut guard).await
+    }
+
+    /// Deletes an instance; a running one only with `force`.
+    pub(crate) async fn delete(&self, name: &str, force: bool) -> Result<(), Error> {
+        let host = self.host()?;
+        let e = self.entry(name)?;
+        let mut guard = e.vm.lock().await;
+        let rec = current(&e)?;
+        if guard.is_some() {
+            if !force {
+                return Err(Error::Conflict(format!(
+                    "instance {name:?} is running: stop it first, or delete it with --force"
+                )));
+            }
+            self.stop_locked(&e, &mut guard, true, Duration::ZERO)
+                .await?;
+        }
+        if rec.apparmor() != AaMode::Off {
+            let profile_dir = self.profile_dir();
+            let helper = host.helper.clone();
+            let uuid = rec.uuid.clone();
+            let r =
+                smol::unblock(move || helper.run("delete", &[], &uuid, &profile_dir, false, None))
+                    .await;
+            if let Err(why) = r {
+                log!(
+                    Warn,
+                    "instance {name}: removing its AppArmor profile failed: {why}"
+                );
+            }
+        }
+        let mut rec = rec;
+        rec.release_pins(true);
+        let dir = rec.dir(&host.state);
+        // The record goes first: a crash half-way leaves a directory
+        // without one, which the next start ignores and creation clears.
+        let _ = fs::remove_file(dir.join("instance.json"));
+        smol::unblock(move || fs::remove_dir_all(&dir))
+            .await
+            .map_err(|e| Error::host("remove the instance's directory", e))?;
+        e.view.change(|v| v.deleted = true);
+        lock(&self.entries).remove(name);
+        log!(Info, "instance {name} deleted");
+        Ok(())
+    }
+
+    /// The tail of the serial console log.
+    pub(crate) fn console(&self, name: &str) -> Result<String, Error> {
+        let rec = current(&*self.entry(name)?)?;
+        let host = self.host()?;
+        match vm::read_console(&rec.dir(&host.state).join("vm"), CONSOLE_LIMIT) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(Error::host("read the console log", e)),
+        }
+    }
+
+    pub(crate) fn images(&self) -> Result<Vec<Image>, Error> {
+        Ok(image::list(&self.host()?.state))
+    }
+
+    /// Imports an image; `progress` sees the operation's metadata change
+    /// as the copy goes (`{"progress": {"percent": N, "done": B, "total": B}}`).
+    pub(crate) async fn import_image(
+        &self,
+        file: fs::File,
+        source: PathBuf,
+        alias: String,
+        progress: crate::server::operations::Progress,
+    ) -> Result<Image, Error> {
+        let state = self.host()?.state.clone();
+        smol::unblock(move || {
+            let last = std::cell::Cell::new(u64::MAX);
+            let report = |done: u64, total: u64| {
+                let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+                if last.replace(percent) != percent {
+                    progress.set(json!({
+                        "progress": {"percent": percent, "done": done, "total": total}
+                    }));
+                }
+            };
+            image::import(&state, file, &source, &alias, &report)
+        })
+        .await
+    }
+
+    /// The executor long work runs on.
+    pub(crate) fn executor(&self) -> Result<Arc<smol::Executor<'static>>, Error> {
+        Ok(self.host()?.ex.clone())
+    }
+
+    /// Takes in the server configuration the instances use
+    /// (`security.apparmor_profile_dir`); called before every instance call.
+    pub(crate) fn configure(&self, settings: &crate::server::settings::Settings) {
+        *lock(&self.profile_dir) = settings
+            .get(crate::server::settings::AA_PROFILE_DIR)
+            .map(PathBuf::from);
+    }
+}
+
+/// Removes the taps of the instance's bridged NICs; gone already is fine.
+fn remove_taps(rec: &Record) {
+    for (tap, _) in rec.bridged() {
+        if Path::new("/sys/class/net").join(&tap).exists() {
+            if let Err(e) = crate::sys::process::delete_tap(&tap) {
+                log!(Warn, "instance {}: cannot remove tap {tap}: {e}", rec.name);
+            }
+        }
+    }
+}
+
+fn profile_name(uuid: &str) -> String {
+    format!("kvmbox-{uuid}")
+}
+
+fn current(e: &Entry) -> Result<Record, Error> {
+    e.view.read(|v| {
+        if v.deleted {
+            return Err(Error::NotFound(format!("instance {:?}", v.record.name)));
+        }
+        Ok(v.record.clone())
+    })
+}
+
+fn mkdir(dir: &Path, mode: u32) -> Result<(), Error> {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::host(format!("create {}", dir.display()), e)),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::host(format!("set the mode of {}", dir.display()), e))
+}
+
+async fn save(rec: &Record, dir: &Path) -> Result<(), Error> {
+    let data = serde_json::to_vec_pretty(rec).unwrap_or_default();
+    let path = dir.join("instance.json");
+    smol::unblock(move || write_atomic(&path, &data, 0o600, Overwrite::Replace))
+        .await
+        .map_err(|e| Error::host("save the instance", e))
+}

@@ -1,0 +1,274 @@
+//! The daemon's side of AppArmor (libvirt's virt-aa-helper model): it never writes policy
+//! itself but runs `kvmbox-aa-helper` (this same executable under that
+//! name) with the instance's definition on stdin, and reads its one-line
+//! answer.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::record::{AaMode, Record};
+use super::{lock, profile_name, Error, Manager, SecLabel};
+use crate::log::log;
+use crate::vmm::qemu::RunFiles;
+use kvmbox_aa::{self as apparmor, Kernel};
+
+/// Where the helper lives and how it is told to work.
+#[derive(Clone, Debug)]
+pub(crate) struct Helper {
+    /// The executable, run with argv[0] `kvmbox-aa-helper`.
+    pub program: PathBuf,
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// A parser instead of apparmor_parser (`KVMBOX_AA_PARSER`, for tests on
+    /// kernels without AppArmor): the helper then loads regardless.
+    pub parser: Option<String>,
+}
+
+/// Whether the kernel can confine QEMU, and why not.
+pub(crate) fn kernel() -> Result<(), String> {
+    match apparmor::kernel_apparmor() {
+        Kernel::Enabled => Ok(()),
+        Kernel::Absent(why) => Err(why),
+    }
+}
+
+/// The helper of an installed system: `../libexec/kvmbox-aa-helper` beside
+/// the daemon (a hard link, so that its own AppArmor profile attaches),
+/// else this executable.
+pub(crate) fn find_helper() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("libexec/kvmbox-aa-helper"));
+    match installed {
+        Some(p) if p.is_file() => p,
+        _ => exe,
+    }
+}
+
+impl Helper {
+    /// Runs `kvmbox-aa-helper MODE [ARGS…]` for the profile of `uuid` in
+    /// `profile_dir`, with `input` as its stdin; its stdout line, or its
+    /// error line.
+    pub(crate) fn run(
+        &self,
+        mode: &str,
+        args: &[String],
+        uuid: &str,
+        profile_dir: &Path,
+        required: bool,
+        input: Option<&apparmor::Instance>,
+    ) -> Result<String, String> {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg0("kvmbox-aa-helper")
+            .arg(mode)
+            .args(args)
+            .arg("--uuid")
+            .arg(uuid)
+            .arg("--profile-dir")
+            .arg(profile_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir);
+        let load = match (&self.parser, required) {
+            (Some(p), _) => {
+                cmd.arg("--parser").arg(p);
+                "always"
+            }
+            (None, true) => "required",
+            (None, false) => "auto",
+        };
+        cmd.arg("--apparmor").arg(load);
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+        if let (Some(def), Some(mut stdin)) = (input, child.stdin.take()) {
+            let json = serde_json::to_vec(def).unwrap_or_default();
+            // A helper that refused early closes stdin: its stderr says why.
+            let _ = stdin.write_all(&json);
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("kvmbox-aa-helper failed: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if out.status.success() {
+            log!(Debug, "kvmbox-aa-helper {mode}: {stdout}");
+            Ok(stdout)
+        } else {
+            let msg = stderr
+                .lines()
+                .last()
+                .unwrap_or("no message")
+                .trim_start_matches("kvmbox-aa-helper: ")
+                .to_string();
+            Err(msg)
+        }
+    }
+}
+
+/// The AppArmor side of instance lifecycles.
+impl Manager {
+    pub(super) fn profile_dir(&self) -> PathBuf {
+        let set = lock(&self.profile_dir).clone();
+        match (set, self.host.get()) {
+            (Some(d), _) => d,
+            (None, Some(h)) if crate::sys::euid() != 0 => h.state.join("apparmor"),
+            _ => PathBuf::from("/etc/apparmor.d/kvmbox"),
+        }
+    }
+
+    /// What the helper is told about `rec`.
+    fn definition(&self, rec: &Record) -> Result<kvmbox_aa::Instance, Error> {
+        let host = self.host()?;
+        let dir = rec.dir(&host.state);
+        let files = RunFiles::in_dir(&dir.join("vm").join("qemu"));
+        let s = |p: &Path| p.display().to_string();
+        let mut disks = Vec::new();
+        if let (Some(root), Some(img)) = (rec.root_disk(&host.state), &rec.image) {
+            disks.push(kvmbox_aa::Disk {
+                path: s(&root),
+                readonly: false,
+            });
+            // The overlay's backing file: QEMU opens it read-only.
+            disks.push(kvmbox_aa::Disk {
+                path: s(&img.path),
+                readonly: true,
+            });
+        }
+        for d in rec.disks()? {
+            disks.push(kvmbox_aa::Disk {
+                path: s(&d.path),
+                readonly: d.read_only,
+            });
+        }
+        let mut taps: Vec<String> = rec.bridged().into_iter().map(|(t, _)| t).collect();
+        taps.extend(
+            rec.devices
+                .values()
+                .filter(|d| d.get("nictype").map(String::as_str) == Some("tap"))
+                .filter_map(|d| d.get("host_name").cloned()),
+        );
+        let get = |k: &str| rec.config.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(kvmbox_aa::Instance {
+            uuid: rec.uuid.clone(),
+            name: rec.name.clone(),
+            dir: s(&dir),
+            disks,
+            hotplug: Vec::new(),
+            kernel: get("boot.kernel"),
+            initrd: get("boot.initrd"),
+            firmware: None,
+            nvram: None,
+            qmp_socket: Some(s(&files.qmp)),
+            pid_file: Some(s(&files.pidfile)),
+            log_file: Some(s(&files.console)),
+            stderr_log: Some(s(&files.stderr)),
+            taps,
+        })
+    }
+
+    pub(super) async fn helper(
+        &self,
+        rec: &Record,
+        mode: &str,
+        args: Vec<String>,
+    ) -> Result<String, Error> {
+        let def = self.definition(rec)?;
+        let helper = self.host()?.helper.clone();
+        let dir = self.profile_dir();
+        let required = rec.apparmor() == AaMode::Required;
+        let mode = mode.to_string();
+        let uuid = rec.uuid.clone();
+        smol::unblock(move || helper.run(&mode, &args, &uuid, &dir, required, Some(&def)))
+            .await
+            .map_err(|why| Error::Refused(format!("AppArmor profile of {}: {why}", rec.name)))
+    }
+
+    /// Writes and loads the instance's profile before QEMU starts.
+    pub(super) async fn load(&self, rec: &Record) -> Result<SecLabel, Error> {
+        let mode = rec.apparmor();
+        if mode == AaMode::Off {
+            return Ok(SecLabel {
+                reason: "security.apparmor is off".into(),
+                ..SecLabel::default()
+            });
+        }
+        let kernel = kernel();
+        if let (AaMode::Required, Err(why)) = (mode, &kernel) {
+            return Err(Error::Refused(format!(
+                "security.apparmor=required but the kernel has no AppArmor ({why}): \
+                 refusing to start {} unconfined",
+                rec.name
+            )));
+        }
+        let line = self.helper(rec, "replace", Vec::new()).await?;
+        let loaded = line.ends_with(" loaded");
+        let confined = loaded && kernel.is_ok();
+        let reason = match (&kernel, loaded) {
+            (_, true) if confined => String::new(),
+            (Err(why), _) => format!("the kernel has no AppArmor: {why}"),
+            (Ok(()), _) => line.clone(),
+        };
+        if !confined {
+            log!(
+                Warn,
+                // Not "unconfined": under an enforcing kernel, a QEMU the
+                // confined daemon starts without a VM profile still runs in
+                // the daemon's `qemu` child profile.
+                "instance {}: QEMU runs without its own profile: {reason}",
+                rec.name
+            );
+        }
+        Ok(SecLabel {
+            loaded,
+            confined,
+            reason,
+        })
+    }
+
+    /// Unloads the instance's profile; failures are logged, not fatal.
+    pub(super) async fn unload(&self, rec: &Record) {
+        if rec.apparmor() == AaMode::Off {
+            return;
+        }
+        let Ok(host) = self.host() else { return };
+        let helper = host.helper.clone();
+        let dir = self.profile_dir();
+        let uuid = rec.uuid.clone();
+        let r = smol::unblock(move || helper.run("remove", &[], &uuid, &dir, false, None)).await;
+        if let Err(why) = r {
+            log!(
+                Warn,
+                "instance {}: unloading its profile failed: {why}",
+                rec.name
+            );
+        }
+    }
+
+    pub(super) fn label_of_running(&self, rec: &Record, pid: u32) -> SecLabel {
+        let current =
+            std::fs::read_to_string(format!("/proc/{pid}/attr/current")).unwrap_or_default();
+        let confined = current.starts_with(&profile_name(&rec.uuid));
+        SecLabel {
+            loaded: rec.apparmor() != AaMode::Off,
+            confined,
+            reason: if confined {
+                String::new()
+            } else {
+                "re-adopted; QEMU is not under its profile".into()
+            },
+        }
+    }
+}
