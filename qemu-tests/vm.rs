@@ -80,7 +80,20 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
         .trim()
 }
 
+/// A VM booting `kernel` and `initrd` from copies in `dir` (a file that
+/// does not exist is named as it is): the cache sits in the clone, whose
+/// parents the VM's own uid may not be let through.
 fn spec(dir: &Path, kernel: &Path, initrd: &Path) -> VmSpec {
+    let copy = |from: &Path| {
+        if !from.is_file() {
+            return from.to_path_buf();
+        }
+        let to = dir.join(from.file_name().unwrap());
+        std::fs::copy(from, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+        to
+    };
+    let (kernel, initrd) = (&copy(kernel), &copy(initrd));
     VmSpec {
         config: VmConfig {
             name: "guest1".into(),
