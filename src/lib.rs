@@ -5,12 +5,14 @@
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
 
 mod client;
+mod clock;
 mod hostfile;
 mod http;
 mod log;
 mod operand;
 mod pki;
 mod preseed;
+mod rt;
 mod server;
 mod store;
 #[allow(unsafe_code)] // system calls std does not wrap; each block has a SAFETY comment
@@ -19,6 +21,7 @@ mod tls;
 mod uuid;
 mod vmm;
 mod websocket;
+mod wire;
 
 pub use operand::{
     is_stdio, read as read_operand, read_to_string as read_operand_string, write as write_operand,
@@ -39,7 +42,7 @@ pub use client::remotes::{
 pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
-pub use server::routes::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
+pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
 pub use server::trust::Role;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};

@@ -262,7 +262,7 @@ impl Preseed {
         let mut aliases = BTreeSet::new();
         for i in doc.images {
             let what = format!("image {:?}", i.alias);
-            if !crate::server::routes::is_param(&i.alias) {
+            if !crate::wire::is_param(&i.alias) {
                 return Err(invalid(what, "invalid alias"));
             }
             if !i.path.is_absolute() {
@@ -300,7 +300,7 @@ impl Preseed {
                 ));
             }
             if let Some(s) = &i.source {
-                if !crate::server::routes::is_param(&s.alias) {
+                if !crate::wire::is_param(&s.alias) {
                     return Err(invalid(what, "invalid source alias"));
                 }
             }

@@ -355,10 +355,7 @@ impl Pki {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Arc<CrlState>> {
-        // Only whole `Arc`s are stored under it: a poisoned lock still holds one.
-        self.current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::rt::lock(&self.current)
     }
 
     /// The CRL state, read again first if `server.crl` changed.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::log::log;
-use crate::server::timed;
+use crate::rt::timed;
 
 /// The largest frame a peer may send; a client has nothing to say on the
 /// events socket, so this only bounds the buffer.

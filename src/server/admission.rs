@@ -14,7 +14,8 @@ use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use crate::log::log;
 use crate::pki::Cert;
-use crate::server::{lock, timed, DaemonOptions};
+use crate::rt::{lock, timed};
+use crate::server::state::DaemonOptions;
 
 /// One open connection counted against its peer (a uid on the Unix socket,
 /// an address on TCP); uncounted when dropped. One peer may hold only a

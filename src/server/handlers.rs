@@ -2,3 +2,5 @@
 
 pub(crate) mod certificates;
 pub(crate) mod instances;
+pub(crate) mod operations;
+pub(crate) mod server;

@@ -1,26 +1,242 @@
-//! The TCP listener: the same API as the Unix socket,
-//! over TLS on `core.https_address` or `kvmboxd --https`, on exactly that
-//! address. Who the client is comes from its TLS certificate alone, looked
-//! up in the trust store for every request (LXD's model).
+//! Where connections come in: the Unix socket (Multipass's local trust
+//! model: its peer's uid, and a TLS client certificate inside the socket)
+//! and the TCP listener (LXD's: the TLS certificate alone). Both serve the
+//! same API the same way: TLS, then HTTP/1.1 with keep-alive, every read
+//! bounded in size and time, and the caller's identity looked up again for
+//! every request.
 //!
-//! The supervisor applies a change of `core.https_address` at once: it
+//! The TCP supervisor applies a change of `core.https_address` at once: it
 //! closes the old listener and binds the new address (connections already
 //! open stay up until they end). `--https` pins the address for the
 //! daemon's lifetime.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
+use smol::io::AsyncWriteExt;
 use smol::lock::Semaphore;
+use smol::net::unix::{UnixListener, UnixStream};
 use smol::net::{TcpListener, TcpStream};
 use smol::Executor;
 
+use crate::http::{self, ReadError};
 use crate::log::log;
+use crate::rt::timed;
 use crate::server::admission::{handshake, network_peer, take_slot, PerPeer};
-use crate::server::{serve, DaemonOptions, Shared};
+use crate::server::auth::Identity;
+use crate::server::reply::error;
+use crate::server::routes;
+use crate::server::state::{DaemonOptions, Shared};
+use crate::server::Error;
+use crate::sys::{self, PeerCred};
+
+/// Accepts on the Unix socket until the daemon stops, each connection on
+/// its own task. Once the socket is 0666 any local user can connect, so one
+/// uid (root aside) may hold only a quarter of the slots.
+pub(crate) async fn unix(
+    shared: Arc<Shared>,
+    ex: Arc<Executor<'static>>,
+    listener: UnixListener,
+    tls: TlsAcceptor,
+    opts: DaemonOptions,
+) {
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let per_uid = Arc::new(Mutex::new(HashMap::new()));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log!(Warn, "accept failed: {e}");
+                // EMFILE and friends: give the system a moment.
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let cred = match sys::peer_cred(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                log!(Warn, "cannot identify a peer: {e}");
+                continue;
+            }
+        };
+        // Once the socket is 0666 any local user can connect: one
+        // uid (root aside) may hold only a quarter of the slots, so
+        // it cannot lock everyone else out.
+        let Some(per_uid) = claim_uid(&per_uid, cred.uid, opts.max_connections) else {
+            log!(
+                Warn,
+                "connection from uid {} refused: too many open",
+                cred.uid
+            );
+            continue;
+        };
+        // Root is not counted and never refused: it must always be
+        // able to reach the daemon, to see and mend what the others
+        // are doing.
+        let slot = if cred.uid == 0 {
+            None
+        } else {
+            match take_slot(&slots, opts.max_connections, "the Unix socket") {
+                Some(s) => Some(s),
+                None => continue,
+            }
+        };
+        let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
+        ex.spawn(async move {
+            unix_connection(&shared, stream, cred, tls, &opts).await;
+            drop((slot, per_uid));
+        })
+        .detach();
+    }
+}
+
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, Error> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::InUse(path.to_path_buf()));
+            }
+            // A socket nobody listens on: left by a crash.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    UnixListener::bind(path).map_err(|e| Error::Listen(path.to_path_buf(), e))
+}
+
+/// Sets the socket's owner and mode (root:GROUP 0660, or 0666 once open). Unprivileged, chown to root
+/// is impossible and skipped with a log line.
+pub(crate) fn secure_socket(path: &Path, gid: u32, group: &str, open: bool) -> Result<(), Error> {
+    let mode = if open { 0o666 } else { 0o660 };
+    if sys::euid() == 0 {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))
+            .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
+    } else {
+        log!(
+            Info,
+            "running unprivileged: socket owner left as uid {} (chown to root skipped)",
+            sys::euid()
+        );
+        if gid != sys::egid() {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::Listen(path.to_path_buf(), e))?;
+    log!(
+        Info,
+        "listening on {} (group {group}, mode {mode:o})",
+        path.display()
+    );
+    Ok(())
+}
+
+/// [`PerPeer::claim`] for a local uid, counted as the user it stands for
+/// (see [`sys::subuid_owner`]): root is exempt.
+fn claim_uid(
+    counts: &Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+    max: usize,
+) -> Option<PerPeer<u32>> {
+    PerPeer::claim(counts, sys::subuid_owner(uid), max, uid == 0)
+}
+
+/// Serves one connection until it closes, misbehaves or idles out.
+async fn unix_connection(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    cred: PeerCred,
+    tls: TlsAcceptor,
+    opts: &DaemonOptions,
+) {
+    let who = format!("uid {}", cred.uid);
+    let Some((mut tls_stream, cert)) = handshake(&tls, stream, opts, &who).await else {
+        return;
+    };
+    if let Some(c) = &cert {
+        shared.first_client(&cred, c);
+    }
+    serve(shared, &mut tls_stream, opts, &who, || {
+        shared.identity(&cred, &cert)
+    })
+    .await;
+}
+
+/// Answers requests on an established TLS stream until it closes,
+/// misbehaves or idles out. `identity` is called for every request, so a
+/// change to the trust store applies to connections already open.
+pub(crate) async fn serve<S>(
+    shared: &Arc<Shared>,
+    tls_stream: &mut S,
+    opts: &DaemonOptions,
+    who: &str,
+    identity: impl Fn() -> Identity,
+) where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
+    let opened = std::time::Instant::now();
+    loop {
+        let (resp, keep_alive) = match timed(
+            opts.timeout,
+            http::read_request(tls_stream, &mut buf, opts.limits),
+        )
+        .await
+        {
+            // An idle keep-alive connection is closed quietly; a request
+            // that started and did not finish gets its 408.
+            None if buf.is_empty() => return,
+            None => (error(408, "request timeout"), false),
+            Some(Err(ReadError::Closed | ReadError::Io(_))) => return,
+            Some(Err(ReadError::Refused(code, msg))) => {
+                log!(Debug, "refused a request from {who}: {msg}");
+                (error(code, msg), false)
+            }
+            Some(Ok(req)) => {
+                let id = identity();
+                let resp = routes::handle(shared, &id, &req).await;
+                log!(
+                    Debug,
+                    "{who} {} {} -> {}",
+                    req.method,
+                    req.path,
+                    resp.status
+                );
+                // A client nobody trusts gets what a client needs to become
+                // trusted (a few requests in a row), not a slot to hold:
+                // once the connection is older than a request may take,
+                // it is closed after each answer.
+                let held = id.role.is_none() && opened.elapsed() >= opts.timeout;
+                (resp, req.keep_alive && !held)
+            }
+        };
+        let bytes = resp.to_bytes(keep_alive);
+        let written = timed(opts.timeout, async {
+            tls_stream.write_all(&bytes).await?;
+            tls_stream.flush().await
+        })
+        .await;
+        if resp.status == 101 && matches!(written, Some(Ok(()))) {
+            // An accepted event websocket: held, and pinged when silent,
+            // until the peer closes it, stops answering or is no longer
+            // trusted.
+            crate::websocket::hold(tls_stream, opts.timeout, who, || identity().role.is_some())
+                .await;
+            let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
+            return;
+        }
+        if !matches!(written, Some(Ok(()))) || !keep_alive {
+            let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
+            return;
+        }
+    }
+}
 
 /// Keeps a listener on the configured address, rebinding when it changes.
 /// `pinned` is the listener for `--https`, bound before start-up went on
@@ -120,14 +336,14 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
         ex.spawn(async move {
-            connection(&shared, stream, addr, tls, &opts).await;
+            tcp_connection(&shared, stream, addr, tls, &opts).await;
             drop((slot, ip_slot));
         })
         .detach();
     }
 }
 
-async fn connection(
+async fn tcp_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
     addr: SocketAddr,
@@ -150,4 +366,25 @@ async fn connection(
         shared.remote_identity(addr, &cert, &intermediates)
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_gets_a_quarter_of_the_slots_root_is_exempt() {
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let held: Vec<PerPeer<u32>> = (0..4)
+            .filter_map(|_| claim_uid(&counts, 1000, 16))
+            .collect();
+        assert_eq!(held.len(), 4);
+        assert!(claim_uid(&counts, 1000, 16).is_none());
+        assert!(claim_uid(&counts, 1001, 16).is_some());
+        let root: Vec<PerPeer<u32>> = (0..10).filter_map(|_| claim_uid(&counts, 0, 16)).collect();
+        assert_eq!(root.len(), 10);
+        drop(held);
+        assert!(claim_uid(&counts, 1000, 16).is_some());
+        assert!(claim_uid(&counts, 7, 1).is_some(), "at least one each");
+    }
 }

@@ -52,7 +52,7 @@ pub(crate) struct Operation {
 }
 
 fn as_rfc3339<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::server::trust::rfc3339(*secs))
+    s.serialize_str(&crate::clock::rfc3339(*secs))
 }
 
 /// How long a finished operation is kept.
@@ -103,9 +103,7 @@ impl Operations {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
-        // A panic while holding the lock cannot leave the map half-updated
-        // (every change is one insert or field write), so poison is ignored.
-        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::rt::lock(&self.slots);
         self.prune(&mut map, Instant::now());
         map
     }
@@ -164,7 +162,7 @@ impl Operations {
         W: FnOnce(Progress) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        let now = crate::server::trust::now();
+        let now = crate::clock::now();
         let op = Operation {
             // LXD's operation ids are UUIDs, as its instances' are.
             id: crate::uuid::new(),
@@ -199,7 +197,7 @@ impl Operations {
             let result = work.await;
             if let Some(slot) = this.lock().get_mut(&id) {
                 let op = &mut slot.op;
-                op.updated_at = crate::server::trust::now();
+                op.updated_at = crate::clock::now();
                 match result {
                     Ok(meta) => {
                         op.status = Status::Success;
@@ -269,7 +267,7 @@ impl Progress {
         if let Some(slot) = self.ops.lock().get_mut(&self.id) {
             if slot.op.status == Status::Running {
                 slot.op.metadata = metadata;
-                slot.op.updated_at = crate::server::trust::now();
+                slot.op.updated_at = crate::clock::now();
             }
         }
     }

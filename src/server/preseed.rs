@@ -11,9 +11,10 @@ use smol::Executor;
 use crate::http::Request;
 use crate::log::log;
 use crate::preseed::{CallError, Error, Outcome, Preseed, Transport};
-use crate::server::routes::{self, Identity, Peer};
+use crate::server::auth::{Identity, Peer};
+use crate::server::routes;
+use crate::server::state::Shared;
 use crate::server::trust::Role;
-use crate::server::Shared;
 use crate::sys::{self, PeerCred};
 
 struct InProcess<'a> {

@@ -1,96 +1,20 @@
-//! The REST API: LXD's `/1.0` layout and response envelope, a route table in
-//! which every route names the least role it needs, and the handlers.
-//!
-//! Every request carries an [`Identity`]: who the peer is (Unix socket
-//! credentials now, a TCP address with the remote listener later), the
-//! fingerprint of its TLS client certificate, and the role the trust store
-//! gives it, if any. Reference: <https://documentation.ubuntu.com/lxd/en/latest/rest-api/>.
+//! The REST API's map: LXD's `/1.0` layout as a table in which every route
+//! names the least role it needs and where it acts, and the one function
+//! that looks a request up, has it authorized, and hands it to its handler.
+//! Reference: <https://documentation.ubuntu.com/lxd/en/latest/rest-api/>.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{Request, Response};
-use crate::log::log;
-use crate::pki::Cert;
-use crate::server::handlers::certificates;
-use crate::server::handlers::instances::Call;
-use crate::server::trust::{Role, DEFAULT_PROJECT};
-use crate::server::Shared;
-use crate::sys::PeerCred;
-
-/// Who is calling.
-#[derive(Clone, Debug)]
-pub(crate) struct Identity {
-    pub peer: Peer,
-    /// The TLS client certificate (always present on the Unix socket, whose
-    /// handshake requires one; optional over TCP).
-    pub cert: Option<Cert>,
-    /// `None` means untrusted.
-    pub role: Option<Role>,
-    /// Projects the role applies to; empty means all. Only `default`
-    /// exists, so a list without it grants nothing inside a project.
-    pub projects: Vec<String>,
-    /// Why a certificate that could have been trusted was not (in PKI mode:
-    /// no `core.pki_default_role`, an unusable CRL…): said instead of the
-    /// usual hint. Only with `role: None`.
-    pub refused: Option<String>,
-}
-
-/// Where the call comes from.
-#[derive(Clone, Debug)]
-pub(crate) enum Peer {
-    /// The Unix socket, with the kernel's view of the caller.
-    Local(PeerCred),
-    /// The TCP listener, with the client's address.
-    Remote(std::net::SocketAddr),
-}
-
-impl Identity {
-    /// The key failed passphrase attempts are counted under: a uid (a
-    /// subordinate one as its owner's), or a network peer as connection
-    /// slots count it (an IPv6 peer by its /64).
-    pub(crate) fn limiter_key(&self) -> String {
-        match &self.peer {
-            Peer::Local(c) => format!("uid:{}", crate::sys::subuid_owner(c.uid)),
-            Peer::Remote(a) => format!("ip:{}", crate::server::admission::network_peer(a.ip())),
-        }
-    }
-
-    /// What an untrusted caller is told: why, or how to become trusted from
-    /// where it is.
-    pub(crate) fn untrusted_hint(&self) -> &str {
-        match (&self.refused, &self.peer) {
-            (Some(why), _) => why,
-            (None, Peer::Local(_)) => UNTRUSTED_HINT,
-            (None, Peer::Remote(_)) => REMOTE_UNTRUSTED_HINT,
-        }
-    }
-
-    /// Whether the certificate is limited to a list of projects.
-    pub(crate) fn restricted(&self) -> bool {
-        !self.projects.is_empty()
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        match &self.peer {
-            Peer::Local(c) => format!("uid {} (pid {})", c.uid, c.pid),
-            Peer::Remote(a) => format!("{a}"),
-        }
-    }
-}
-
-/// What a route requires of the caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
-    /// Anyone who completed the TLS handshake.
-    Anyone,
-    /// A trusted caller with at least this role.
-    Role(Role),
-}
+use crate::server::auth::{authorize, project, Identity, Need, Scope};
+use crate::server::handlers::{self, certificates, instances::Call};
+use crate::server::reply::{error, operation, sync};
+use crate::server::state::Shared;
+use crate::server::trust::Role;
+use crate::wire::is_param;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
@@ -119,295 +43,58 @@ enum Route {
     OperationWait,
 }
 
-/// Method, path pattern (`{}` is one segment), route, what it needs.
-const ROUTES: &[(&str, &str, Route, Need)] = &[
-    ("GET", "/", Route::Root, Need::Anyone),
-    ("GET", "/1.0", Route::Server, Need::Anyone),
-    ("PUT", "/1.0", Route::ServerPut, Need::Role(Role::Admin)),
-    ("PATCH", "/1.0", Route::ServerPatch, Need::Role(Role::Admin)),
-    (
-        "GET",
-        "/1.0/certificates",
-        Route::Certificates,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "POST",
-        "/1.0/certificates",
-        Route::CertificateAdd,
-        Need::Anyone,
-    ),
-    (
-        "GET",
-        "/1.0/certificates/{}",
-        Route::Certificate,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "DELETE",
-        "/1.0/certificates/{}",
-        Route::CertificateDelete,
-        Need::Role(Role::Admin),
-    ),
-    (
-        "PUT",
-        "/1.0/certificates/{}",
-        Route::CertificateUpdate,
-        Need::Role(Role::Admin),
-    ),
-    (
-        "PATCH",
-        "/1.0/certificates/{}",
-        Route::CertificateUpdate,
-        Need::Role(Role::Admin),
-    ),
-    (
-        "GET",
-        "/1.0/instances",
-        Route::Instances(Call::List),
-        Need::Role(Role::Auditor),
-    ),
+/// What a route needs, by its least role (one column of the table).
+const ANYONE: Need = Need::Anyone;
+const AUDITOR: Need = Need::Role(Role::Auditor);
+const USER: Need = Need::Role(Role::User);
+const OPERATOR: Need = Need::Role(Role::Operator);
+const ADMIN: Need = Need::Role(Role::Admin);
+const SERVER: Scope = Scope::Server;
+const PROJECT: Scope = Scope::Project;
+
+/// Method, path pattern (`{}` is one segment), route, the least role it
+/// needs, and whether it acts on the whole server or inside a project. Every
+/// authorization the daemon makes starts from these two columns.
+#[rustfmt::skip]
+const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
+    ("GET", "/", Route::Root, ANYONE, SERVER),
+    ("GET", "/1.0", Route::Server, ANYONE, SERVER),
+    ("PUT", "/1.0", Route::ServerPut, ADMIN, SERVER),
+    ("PATCH", "/1.0", Route::ServerPatch, ADMIN, SERVER),
+    ("GET", "/1.0/certificates", Route::Certificates, AUDITOR, SERVER),
+    ("POST", "/1.0/certificates", Route::CertificateAdd, ANYONE, SERVER),
+    ("GET", "/1.0/certificates/{}", Route::Certificate, AUDITOR, SERVER),
+    ("DELETE", "/1.0/certificates/{}", Route::CertificateDelete, ADMIN, SERVER),
+    ("PUT", "/1.0/certificates/{}", Route::CertificateUpdate, ADMIN, SERVER),
+    ("PATCH", "/1.0/certificates/{}", Route::CertificateUpdate, ADMIN, SERVER),
+    ("GET", "/1.0/instances", Route::Instances(Call::List), AUDITOR, PROJECT),
     // lxc 5.0 asks for containers: the same instances under LXD's old name.
-    (
-        "GET",
-        "/1.0/containers",
-        Route::Instances(Call::List),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/containers/{}",
-        Route::Instances(Call::Get),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/containers/{}/state",
-        Route::Instances(Call::State),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "PUT",
-        "/1.0/containers/{}/state",
-        Route::Settled(Call::StatePut),
-        Need::Role(Role::User),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}/snapshots",
-        Route::Instances(Call::Snapshots),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/containers/{}/snapshots",
-        Route::Instances(Call::Snapshots),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}/backups",
-        Route::Instances(Call::Snapshots),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/containers/{}/backups",
-        Route::Instances(Call::Snapshots),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "POST",
-        "/1.0/instances/{}/backups",
-        Route::NotImplemented("backups"),
-        Need::Role(Role::User),
-    ),
-    (
-        "POST",
-        "/1.0/instances/{}/snapshots",
-        Route::NotImplemented("snapshots"),
-        Need::Role(Role::User),
-    ),
-    (
-        "DELETE",
-        "/1.0/images/{}",
-        Route::NotImplemented("deleting images"),
-        Need::Role(Role::Operator),
-    ),
-    (
-        "POST",
-        "/1.0/instances",
-        Route::Instances(Call::Create),
-        Need::Role(Role::Operator),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}",
-        Route::Instances(Call::Get),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "PUT",
-        "/1.0/instances/{}",
-        Route::Instances(Call::Put),
-        Need::Role(Role::Operator),
-    ),
-    (
-        "PATCH",
-        "/1.0/instances/{}",
-        Route::Instances(Call::Patch),
-        Need::Role(Role::Operator),
-    ),
-    (
-        "DELETE",
-        "/1.0/instances/{}",
-        Route::Instances(Call::Delete),
-        Need::Role(Role::Operator),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}/state",
-        Route::Instances(Call::State),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "PUT",
-        "/1.0/instances/{}/state",
-        Route::Instances(Call::StatePut),
-        Need::Role(Role::User),
-    ),
-    (
-        "GET",
-        "/1.0/instances/{}/console",
-        Route::Instances(Call::Console),
-        Need::Role(Role::User),
-    ),
-    (
-        "GET",
-        "/1.0/images",
-        Route::Instances(Call::Images),
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "POST",
-        "/1.0/images",
-        Route::Instances(Call::ImageAdd),
-        Need::Role(Role::Operator),
-    ),
-    (
-        "GET",
-        "/1.0/events",
-        Route::Events,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/operations",
-        Route::Operations,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/operations/{}",
-        Route::Operation,
-        Need::Role(Role::Auditor),
-    ),
-    (
-        "GET",
-        "/1.0/operations/{}/wait",
-        Route::OperationWait,
-        Need::Role(Role::Auditor),
-    ),
+    ("GET", "/1.0/containers", Route::Instances(Call::List), AUDITOR, PROJECT),
+    ("GET", "/1.0/containers/{}", Route::Instances(Call::Get), AUDITOR, PROJECT),
+    ("GET", "/1.0/containers/{}/state", Route::Instances(Call::State), AUDITOR, PROJECT),
+    ("PUT", "/1.0/containers/{}/state", Route::Settled(Call::StatePut), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("GET", "/1.0/containers/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("GET", "/1.0/instances/{}/backups", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("GET", "/1.0/containers/{}/backups", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("POST", "/1.0/instances/{}/backups", Route::NotImplemented("backups"), USER, PROJECT),
+    ("POST", "/1.0/instances/{}/snapshots", Route::NotImplemented("snapshots"), USER, PROJECT),
+    ("DELETE", "/1.0/images/{}", Route::NotImplemented("deleting images"), OPERATOR, PROJECT),
+    ("POST", "/1.0/instances", Route::Instances(Call::Create), OPERATOR, PROJECT),
+    ("GET", "/1.0/instances/{}", Route::Instances(Call::Get), AUDITOR, PROJECT),
+    ("PUT", "/1.0/instances/{}", Route::Instances(Call::Put), OPERATOR, PROJECT),
+    ("PATCH", "/1.0/instances/{}", Route::Instances(Call::Patch), OPERATOR, PROJECT),
+    ("DELETE", "/1.0/instances/{}", Route::Instances(Call::Delete), OPERATOR, PROJECT),
+    ("GET", "/1.0/instances/{}/state", Route::Instances(Call::State), AUDITOR, PROJECT),
+    ("PUT", "/1.0/instances/{}/state", Route::Instances(Call::StatePut), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/console", Route::Instances(Call::Console), USER, PROJECT),
+    ("GET", "/1.0/images", Route::Instances(Call::Images), AUDITOR, PROJECT),
+    ("POST", "/1.0/images", Route::Instances(Call::ImageAdd), OPERATOR, PROJECT),
+    ("GET", "/1.0/events", Route::Events, AUDITOR, PROJECT),
+    ("GET", "/1.0/operations", Route::Operations, AUDITOR, PROJECT),
+    ("GET", "/1.0/operations/{}", Route::Operation, AUDITOR, PROJECT),
+    ("GET", "/1.0/operations/{}/wait", Route::OperationWait, AUDITOR, PROJECT),
 ];
-
-/// What an untrusted client is told, wherever it is refused.
-pub const UNTRUSTED_HINT: &str =
-    "not authorized: this client is not trusted; run `kvmbox authenticate` with the local passphrase";
-
-/// What a remote client that is not (or no longer) trusted is told.
-pub const REMOTE_UNTRUSTED_HINT: &str = "not authorized: this client is not trusted by the \
-     server (its certificate was never added, or was removed); ask an administrator for a \
-     token (`kvmbox config trust add --name NAME`) and run `kvmbox remote add` again";
-
-/// Whether a route acts inside a project (`?project=`) rather than on the
-/// whole server. No wildcard: a new route must be sorted here.
-fn project_scoped(route: Route) -> bool {
-    match route {
-        Route::Root
-        | Route::Server
-        | Route::ServerPut
-        | Route::ServerPatch
-        | Route::Certificates
-        | Route::CertificateAdd
-        | Route::Certificate
-        | Route::CertificateDelete
-        | Route::CertificateUpdate => false,
-        Route::Instances(_)
-        | Route::Settled(_)
-        | Route::Events
-        | Route::NotImplemented(_)
-        | Route::Operations
-        | Route::Operation
-        | Route::OperationWait => true,
-    }
-}
-
-/// The project a request names: absent or empty is `default` (as in LXD;
-/// Ansible always sends `project=`), and that is the only one there is.
-fn project(req: &Request) -> Result<(), Response> {
-    let name = req.query_param("project").unwrap_or_default();
-    if name.is_empty() || name == DEFAULT_PROJECT {
-        return Ok(());
-    }
-    if !is_param(name) {
-        return Err(error(400, "invalid project name"));
-    }
-    Err(error(
-        404,
-        &crate::server::trust::Error::UnknownProject(name.to_string()).to_string(),
-    ))
-}
-
-/// Checks `id` against what the route needs: the role, then for a
-/// certificate restricted to projects, that its list names `default` on
-/// project routes, and that it does not change the server (a client limited
-/// to some projects must not reconfigure the server or the trust store
-/// they all share).
-fn authorize(id: &Identity, need: Need, route: Route) -> Result<(), Response> {
-    let Need::Role(min) = need else {
-        return Ok(());
-    };
-    let Some(role) = id.role else {
-        return Err(error(403, id.untrusted_hint()));
-    };
-    if role < min {
-        return Err(error(
-            403,
-            &format!("not authorized: this needs the {min:?} role").to_lowercase(),
-        ));
-    }
-    if !id.restricted() {
-        return Ok(());
-    }
-    if project_scoped(route) {
-        if !id.projects.iter().any(|p| p == DEFAULT_PROJECT) {
-            return Err(error(
-                403,
-                &format!(
-                    "not authorized: this certificate is restricted to projects {:?}, and \
-                     kvmbox has only the default project",
-                    id.projects
-                ),
-            ));
-        }
-    } else if min > Role::Auditor {
-        return Err(error(
-            403,
-            "not authorized: a certificate restricted to projects cannot change the server",
-        ));
-    }
-    Ok(())
-}
 
 /// Matches `path` against `pattern`, collecting the `{}` segments.
 fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -424,29 +111,18 @@ fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Path parameters are names, fingerprints and uuids: nothing else gets in.
-pub(crate) fn is_param(seg: &str) -> bool {
-    !seg.is_empty()
-        && seg.len() <= 128
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && seg != "."
-        && seg != ".."
-}
-
-fn find(method: &str, path: &str) -> Result<(Route, Need, Vec<String>), Response> {
+fn find(method: &str, path: &str) -> Result<(Route, Need, Scope, Vec<String>), Response> {
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
     } else {
         path
     };
     let mut path_known = false;
-    for (m, pattern, route, need) in ROUTES {
+    for (m, pattern, route, need, scope) in ROUTES {
         if let Some(params) = matches(pattern, path) {
             path_known = true;
             if *m == method {
-                return Ok((*route, *need, params));
+                return Ok((*route, *need, *scope, params));
             }
         }
     }
@@ -457,111 +133,37 @@ fn find(method: &str, path: &str) -> Result<(Route, Need, Vec<String>), Response
     })
 }
 
-/// LXD's synchronous response.
-pub(crate) fn sync(metadata: Value) -> Response {
-    sync_json(&serde_json::to_vec(&metadata).unwrap_or_default())
-}
-
-/// [`sync`] with metadata that is JSON already (a list served from memory).
-pub(crate) fn sync_json(metadata: &[u8]) -> Response {
-    const HEAD: &str = r#"{"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":"#;
-    let mut body = Vec::with_capacity(HEAD.len() + metadata.len() + 1);
-    body.extend_from_slice(HEAD.as_bytes());
-    body.extend_from_slice(metadata);
-    body.push(b'}');
-    Response { status: 200, body }
-}
-
-/// LXD's error response.
-pub(crate) fn error(code: u16, message: &str) -> Response {
-    envelope(
-        code,
-        json!({
-            "type": "error",
-            "status": "",
-            "status_code": 0,
-            "operation": "",
-            "error_code": code,
-            "error": message,
-            "metadata": null,
-        }),
-    )
-}
-
-/// LXD's asynchronous response: 202 and the operation.
-pub(crate) fn operation(op: &crate::server::operations::Operation) -> Response {
-    envelope(
-        202,
-        json!({
-            "type": "async",
-            "status": "Operation created",
-            "status_code": 100,
-            "operation": format!("/1.0/operations/{}", op.id),
-            "error_code": 0,
-            "error": "",
-            "metadata": op,
-        }),
-    )
-}
-
-fn envelope(status: u16, body: Value) -> Response {
-    Response {
-        status,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    }
-}
-
 /// Answers one request.
 pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
-    let (route, need, params) = match find(&req.method, &req.path) {
+    let (route, need, scope, params) = match find(&req.method, &req.path) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    if let Err(resp) = project(req).and_then(|()| authorize(id, need, route)) {
+    if let Err(resp) = project(req).and_then(|()| authorize(id, need, scope)) {
         return resp;
     }
     let param = params.first().map(String::as_str).unwrap_or_default();
     let recursion = req.query_param("recursion").is_some_and(|r| r != "0");
     match route {
         Route::Root => sync(json!(["/1.0"])),
-        Route::Server => sync(shared.server_info(id)),
-        Route::ServerPut => put_config(shared, req, true).await,
-        Route::ServerPatch => put_config(shared, req, false).await,
+        Route::Server => sync(handlers::server::get(shared, id)),
+        Route::ServerPut => handlers::server::put(shared, req, true).await,
+        Route::ServerPatch => handlers::server::put(shared, req, false).await,
         Route::Certificates => certificates::list(shared, id, recursion),
         Route::CertificateAdd => certificates::add(shared, id, req).await,
         Route::Certificate => certificates::get(shared, id, param),
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
-        Route::Instances(call) => {
-            crate::server::handlers::instances::handle(shared, id, req, call, param).await
-        }
+        Route::Instances(call) => handlers::instances::handle(shared, id, req, call, param).await,
         Route::Settled(call) => {
-            let resp =
-                crate::server::handlers::instances::handle(shared, id, req, call, param).await;
+            let resp = handlers::instances::handle(shared, id, req, call, param).await;
             settled(shared, resp).await
         }
-        Route::Events => match &req.websocket_key {
-            Some(key) => Response::websocket_accept(key),
-            None => error(400, "/1.0/events is served as a websocket only"),
-        },
+        Route::Events => handlers::operations::events(req),
         Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
-        Route::Operations => sync(json!(shared.ops.by_status())),
-        Route::Operation => match shared.ops.get(param) {
-            Some(op) => sync(json!(op)),
-            None => error(404, "operation not found"),
-        },
-        Route::OperationWait => {
-            let secs = req
-                .query_param("timeout")
-                .and_then(|t| t.parse::<i64>().ok())
-                .filter(|t| *t >= 0)
-                .map_or(3600, |t| t.min(3600));
-            let timeout = Duration::from_secs(secs.unsigned_abs());
-            match shared.ops.wait(param, timeout).await {
-                Some(op) => sync(json!(op)),
-                None => error(404, "operation not found"),
-            }
-        }
+        Route::Operations => handlers::operations::list(shared),
+        Route::Operation => handlers::operations::get(shared, param),
+        Route::OperationWait => handlers::operations::wait(shared, req, param).await,
     }
 }
 
@@ -581,55 +183,6 @@ async fn settled(shared: &Arc<Shared>, resp: Response) -> Response {
     }
 }
 
-/// The body of `PUT/PATCH /1.0`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerPut {
-    #[serde(default)]
-    config: BTreeMap<String, Value>,
-}
-
-async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Response {
-    let body: ServerPut = match serde_json::from_slice(&req.body) {
-        Ok(b) => b,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
-    };
-    let mut changes = BTreeMap::new();
-    for (k, v) in body.config {
-        let v = match v {
-            Value::String(s) => s,
-            Value::Null => String::new(),
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => n.to_string(),
-            _ => return error(400, &format!("config value of {k} must be a string")),
-        };
-        changes.insert(k, v);
-    }
-    // Hashing a passphrase is slow by design: keep it off the executor and
-    // outside the settings lock.
-    let prepared = smol::unblock(move || crate::server::settings::prepare(&changes)).await;
-    let result = prepared.and_then(|p| shared.settings().apply(p, replace));
-    match result {
-        Ok(()) => {
-            log!(Info, "server configuration changed");
-            shared.notify_config();
-            sync(json!({}))
-        }
-        Err(
-            e @ (crate::server::settings::Error::UnknownKey(_)
-            | crate::server::settings::Error::Invalid { .. }
-            | crate::server::settings::Error::BadValue { .. }
-            | crate::server::settings::Error::IdsInUse { .. }
-            | crate::server::settings::Error::Redacted(_)
-            | crate::server::settings::Error::BadAddress(_)),
-        ) => error(400, &crate::error_chain(&e)),
-        Err(e) => {
-            log!(Error, "{}", crate::error_chain(&e));
-            error(500, "cannot save the configuration")
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -638,31 +191,18 @@ async fn put_config(shared: &Arc<Shared>, req: &Request, replace: bool) -> Respo
 )]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelopes() {
-        let ok = body_of(&sync(json!(["/1.0"])));
-        assert_eq!(ok["type"], "sync");
-        assert_eq!(ok["status_code"], 200);
-        assert_eq!(ok["metadata"][0], "/1.0");
-        let e = error(403, "nope");
-        assert_eq!(e.status, 403);
-        let e = body_of(&e);
-        assert_eq!(
-            (e["type"].as_str(), e["error_code"].as_u64()),
-            (Some("error"), Some(403))
-        );
-        assert_eq!(e["error"], "nope");
-    }
+    use crate::server::auth::{Peer, UNTRUSTED_HINT};
+    use crate::sys::PeerCred;
 
     #[test]
     fn routing() {
-        let (r, need, p) = find("DELETE", "/1.0/certificates/abc123").unwrap();
+        let (r, need, scope, p) = find("DELETE", "/1.0/certificates/abc123").unwrap();
         assert_eq!(
-            (r, need, p),
+            (r, need, scope, p),
             (
                 Route::CertificateDelete,
                 Need::Role(Role::Admin),
+                Scope::Server,
                 vec!["abc123".into()]
             )
         );
@@ -937,44 +477,12 @@ mod tests {
 
     #[test]
     fn every_route_but_discovery_and_self_add_needs_a_role() {
-        for (m, p, _, need) in ROUTES {
+        for (m, p, _, need, _) in ROUTES {
             let open = matches!(
                 (*m, *p),
                 ("GET", "/") | ("GET", "/1.0") | ("POST", "/1.0/certificates")
             );
             assert_eq!(*need == Need::Anyone, open, "{m} {p}");
         }
-    }
-
-    #[test]
-    fn guesses_count_per_uid_ipv4_address_and_ipv6_64() {
-        let key = |peer| {
-            Identity {
-                peer,
-                cert: None,
-                role: None,
-                projects: Vec::new(),
-                refused: None,
-            }
-            .limiter_key()
-        };
-        let remote = |a: &str| key(Peer::Remote(a.parse().unwrap()));
-        assert_eq!(
-            remote("[2001:db8:0:1::5]:40000"),
-            remote("[2001:db8:0:1:ffff::9]:40001")
-        );
-        assert_ne!(
-            remote("[2001:db8:0:1::5]:40000"),
-            remote("[2001:db8:0:2::5]:40000")
-        );
-        assert_eq!(remote("192.0.2.1:1"), remote("192.0.2.1:2"));
-        assert_ne!(remote("192.0.2.1:1"), remote("192.0.2.2:1"));
-        let local = key(Peer::Local(crate::sys::PeerCred {
-            pid: 1,
-            uid: 0,
-            gid: 0,
-            groups: None,
-        }));
-        assert_ne!(local, remote("0.0.0.0:1"));
     }
 }

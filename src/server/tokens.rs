@@ -181,7 +181,7 @@ impl Tokens {
 #[allow(clippy::unwrap_used, reason = "a failed test should panic")]
 mod tests {
     use super::*;
-    use crate::server::trust::rfc3339;
+    use crate::clock::rfc3339;
 
     #[test]
     fn single_use_expiring_and_stored_hashed() {

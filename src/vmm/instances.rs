@@ -20,7 +20,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -28,6 +28,7 @@ use smol::lock::Mutex as AsyncMutex;
 
 use crate::hostfile::Pin;
 use crate::log::log;
+use crate::rt::lock;
 use crate::store::{write_atomic, Overwrite};
 use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
 use crate::vmm::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
@@ -119,12 +120,6 @@ struct Entry {
     /// Serialises operations; holds the running QEMU.
     vm: AsyncMutex<Option<Vm>>,
     view: Shown,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every change under these locks is one assignment: a poisoned lock
-    // still holds a consistent value.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Set once at daemon start.
@@ -414,7 +409,7 @@ impl Manager {
         let mut rec = Record {
             name: name.into(),
             uuid: crate::uuid::new(),
-            created_at: crate::server::trust::now(),
+            created_at: crate::clock::now(),
             uid: 0,
             image,
             config,

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use smol::net::unix::UnixStream;
-use smol::Timer;
 
 /// Longest line accepted from QEMU; real replies are a few KiB.
 const MAX_LINE: usize = 1 << 20;
@@ -114,15 +113,12 @@ async fn within<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    let what = what.to_string();
-    smol::future::or(fut, async move {
-        Timer::after(limit).await;
+    crate::rt::timed(limit, fut).await.unwrap_or_else(|| {
         Err(Error::Timeout {
-            what,
+            what: what.to_string(),
             secs: limit.as_secs(),
         })
     })
-    .await
 }
 
 impl<S> Qmp<S> {

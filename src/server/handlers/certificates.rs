@@ -9,14 +9,16 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::clock::now;
+use crate::clock::rfc3339;
 use crate::http::{Request, Response};
 use crate::log::log;
 use crate::pki::Cert;
-use crate::server::routes::{error, sync, Identity, Peer};
+use crate::server::auth::{Identity, Peer};
+use crate::server::reply::{error, sync};
+use crate::server::state::Shared;
 use crate::server::tokens::{JoinToken, DEFAULT_TTL};
-use crate::server::trust::rfc3339;
-use crate::server::trust::{now, Role};
-use crate::server::Shared;
+use crate::server::trust::Role;
 
 /// Whether `id` may see the entry `e`: a certificate restricted to
 /// projects sees only its own, as in LXD.

@@ -17,9 +17,10 @@ use serde_json::{json, Value};
 use crate::hostfile::{self, Error as HostFileError, Need, Opener, Pin};
 use crate::http::{Request, Response};
 use crate::log::log;
-use crate::server::routes::{error, operation, sync, sync_json, Identity, Peer};
+use crate::server::auth::{Identity, Peer};
+use crate::server::reply::{error, operation, sync, sync_json};
 use crate::server::settings::INSTANCES_UID_RANGE;
-use crate::server::Shared;
+use crate::server::state::Shared;
 use crate::sys::fs::Creds;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
 
@@ -310,7 +311,7 @@ async fn check_files(
         return Ok(BTreeMap::new());
     }
     let who = opener(id)?;
-    let checked = crate::server::timed(
+    let checked = crate::rt::timed(
         OPEN_TIMEOUT,
         smol::unblock(move || {
             let mut pins = BTreeMap::new();
@@ -574,7 +575,7 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
         Err(r) => return r,
     };
     let source = b.source.path.clone();
-    let opened = crate::server::timed(
+    let opened = crate::rt::timed(
         OPEN_TIMEOUT,
         smol::unblock(move || hostfile::check(&source, &who, Need::Read)),
     )

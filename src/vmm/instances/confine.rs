@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::record::{AaMode, Record};
-use super::{lock, profile_name, Error, Manager, SecLabel};
+use super::{profile_name, Error, Manager, SecLabel};
 use crate::log::log;
+use crate::rt::lock;
 use crate::vmm::qemu::RunFiles;
 use kvmbox_aa::{self as apparmor, Kernel};
 

@@ -173,7 +173,7 @@ fn commit(
             "it refers to another file ({b}): import a flattened image (qemu-img convert)"
         )));
     }
-    let _serial = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::rt::lock(&COMMIT);
     let state = d.parent().unwrap_or(d);
     if find(state, alias).is_ok() {
         return Err(Error::Exists(format!("image {alias:?}")));
@@ -192,7 +192,7 @@ fn commit(
         fingerprint: fingerprint.clone(),
         format,
         size,
-        created_at: crate::server::trust::now(),
+        created_at: crate::clock::now(),
     };
     let meta = serde_json::to_vec_pretty(&image).unwrap_or_default();
     let meta_path = d.join(format!("{fingerprint}.json"));

@@ -6,9 +6,10 @@ use serde_json::{json, Value};
 
 use super::confine;
 use super::record::AaMode;
-use super::{lock, profile_name, View};
+use super::{profile_name, View};
+use crate::rt::lock;
 
-use crate::server::trust::rfc3339;
+use crate::clock::rfc3339;
 
 /// LXD's instance object, plus the profile and confinement (libvirt's
 /// seclabel) and the QEMU pid.

@@ -1,0 +1,89 @@
+//! LXD's response envelope: every answer of the API is one of these.
+
+use serde_json::{json, Value};
+
+use crate::http::Response;
+
+/// LXD's synchronous response.
+pub(crate) fn sync(metadata: Value) -> Response {
+    sync_json(&serde_json::to_vec(&metadata).unwrap_or_default())
+}
+
+/// [`sync`] with metadata that is JSON already (a list served from memory).
+pub(crate) fn sync_json(metadata: &[u8]) -> Response {
+    const HEAD: &str = r#"{"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":"#;
+    let mut body = Vec::with_capacity(HEAD.len() + metadata.len() + 1);
+    body.extend_from_slice(HEAD.as_bytes());
+    body.extend_from_slice(metadata);
+    body.push(b'}');
+    Response { status: 200, body }
+}
+
+/// LXD's error response.
+pub(crate) fn error(code: u16, message: &str) -> Response {
+    envelope(
+        code,
+        json!({
+            "type": "error",
+            "status": "",
+            "status_code": 0,
+            "operation": "",
+            "error_code": code,
+            "error": message,
+            "metadata": null,
+        }),
+    )
+}
+
+/// LXD's asynchronous response: 202 and the operation.
+pub(crate) fn operation(op: &crate::server::operations::Operation) -> Response {
+    envelope(
+        202,
+        json!({
+            "type": "async",
+            "status": "Operation created",
+            "status_code": 100,
+            "operation": format!("/1.0/operations/{}", op.id),
+            "error_code": 0,
+            "error": "",
+            "metadata": op,
+        }),
+    )
+}
+
+fn envelope(status: u16, body: Value) -> Response {
+    Response {
+        status,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+    use super::*;
+
+    fn body_of(r: &Response) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn envelopes() {
+        let ok = body_of(&sync(json!(["/1.0"])));
+        assert_eq!(ok["type"], "sync");
+        assert_eq!(ok["status_code"], 200);
+        assert_eq!(ok["metadata"][0], "/1.0");
+        let e = error(403, "nope");
+        assert_eq!(e.status, 403);
+        let e = body_of(&e);
+        assert_eq!(
+            (e["type"].as_str(), e["error_code"].as_u64()),
+            (Some("error"), Some(403))
+        );
+        assert_eq!(e["error"], "nope");
+    }
+}
