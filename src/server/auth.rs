@@ -8,15 +8,19 @@
 //! up again for every request, so that a certificate removed from the
 //! trust store stops working at once, on connections already open too.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
+use crate::hostfile::Opener;
 use crate::http::{Request, Response};
 use crate::log::log;
 use crate::pki::Cert;
 use crate::server::reply::error;
 use crate::server::state::Shared;
 use crate::server::trust::{Role, Standing, DEFAULT_PROJECT};
+use crate::sys::fs::Creds;
 use crate::sys::{self, PeerCred};
+use crate::vmm::instances::Record;
 use crate::wire::is_param;
 
 /// What an untrusted client is told, wherever it is refused.
@@ -86,6 +90,24 @@ impl Identity {
     /// Whether the certificate is limited to a list of projects.
     pub(crate) fn restricted(&self) -> bool {
         !self.projects.is_empty()
+    }
+
+    /// Whether the caller may do to the host what root can (LXD's "full
+    /// access"): local root, or an admin over TLS whose certificate is not
+    /// restricted to projects. A local admin is not: it is a user of this
+    /// host, whose files the daemon opens only as that user would.
+    pub(crate) fn full_access(&self) -> bool {
+        match &self.peer {
+            Peer::Local(c) => c.uid == 0,
+            Peer::Remote(_) => self.admin_of_all(),
+        }
+    }
+
+    /// Whether the caller administers the whole server: the admin role
+    /// and no list of projects. It may act for others in the trust store
+    /// (trust a certificate, issue a token).
+    pub(crate) fn admin_of_all(&self) -> bool {
+        self.role == Some(Role::Admin) && self.projects.is_empty()
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -304,6 +326,81 @@ fn in_group(cred: &PeerCred, gid: u32) -> bool {
             Err(_) => false,
         },
     }
+}
+
+/// Whom the daemon opens the host paths a caller names (kernel, initrd,
+/// disks, an image to import) for. Local root and an admin of the whole
+/// server over TLS (LXD's "full access") may name any file; another local
+/// user only what the kernel lets that user open, with its own uid and
+/// groups; any other remote caller, nothing (there is no uid to act as).
+pub(crate) fn opener(id: &Identity) -> Result<Opener, Response> {
+    match &id.peer {
+        Peer::Local(c) if c.uid == 0 => Ok(Opener::Daemon),
+        Peer::Local(c) => {
+            let mut groups = match &c.groups {
+                Some(g) => g.clone(),
+                // No kernel list: /proc, if the pid is still the caller's.
+                None => crate::sys::proc_groups(c.pid)
+                    .ok()
+                    .filter(|(uid, _)| *uid == c.uid)
+                    .map(|(_, g)| g)
+                    .unwrap_or_default(),
+            };
+            groups.push(c.gid);
+            groups.sort_unstable();
+            groups.dedup();
+            Ok(Opener::Caller(Creds {
+                uid: c.uid,
+                gid: c.gid,
+                groups,
+            }))
+        }
+        Peer::Remote(_) if id.full_access() => Ok(Opener::Daemon),
+        Peer::Remote(_) => Err(error(
+            403,
+            "not authorized: only an admin of all projects may name host paths remotely",
+        )),
+    }
+}
+
+/// Values that turn a protection off: only a caller with full access to
+/// the host sets them (a privileged QEMU opens every path as root).
+const LOOSENING: &[(&str, &str)] = &[
+    ("security.privileged", "true"),
+    ("security.apparmor", "off"),
+];
+
+/// Whether `id` may make a change to an instance (`current`, none when it
+/// is made): without full access to the host, it may not turn a protection
+/// off, nor touch an instance that runs privileged.
+pub(crate) fn may_change(
+    id: &Identity,
+    config: &BTreeMap<String, String>,
+    current: Option<&Record>,
+) -> Result<(), Response> {
+    if id.full_access() {
+        return Ok(());
+    }
+    if let Some(r) = current.filter(|r| r.privileged()) {
+        return Err(error(
+            403,
+            &format!(
+                "not authorized: instance {:?} runs privileged: only root or an admin of \
+                 all projects may change it",
+                r.name
+            ),
+        ));
+    }
+    for (k, v) in LOOSENING {
+        let now = current.and_then(|r| r.config.get(*k)).map(String::as_str);
+        if config.get(*k).map(String::as_str) == Some(v) && now != Some(v) {
+            return Err(error(
+                403,
+                &format!("not authorized: only root or an admin of all projects may set {k}={v}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

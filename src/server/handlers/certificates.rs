@@ -194,10 +194,6 @@ const DENIED_SELF_ADD: &str = "not authorized: an administrator removed this cer
      another of its key) from the trust store; no password or token adds it back, only an \
      administrator can (`kvmbox config trust add`)";
 
-fn is_admin(id: &Identity) -> bool {
-    id.role == Some(Role::Admin) && id.projects.is_empty()
-}
-
 pub(crate) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
     let body: CertificatesPost = match serde_json::from_slice(&req.body) {
         Ok(b) => b,
@@ -223,7 +219,7 @@ pub(crate) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
     }
     if body.token || !body.certificate.is_empty() {
         // Both act for someone else: the administrator's business.
-        if !is_admin(id) {
+        if !id.admin_of_all() {
             return error(
                 403,
                 match id.role {

@@ -14,14 +14,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::hostfile::{self, Error as HostFileError, Need, Opener, Pin};
+use crate::hostfile::{self, Error as HostFileError, Need, Pin};
 use crate::http::{Request, Response};
 use crate::log::log;
-use crate::server::auth::{Identity, Peer};
+use crate::server::auth::{may_change, opener, Identity};
 use crate::server::reply::{error, operation, sync, sync_json};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
-use crate::sys::fs::Creds;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
 
 /// Which endpoint a request is for.
@@ -189,52 +188,6 @@ where
     operation(&op)
 }
 
-/// Whom the daemon opens the host paths a caller names (kernel, initrd,
-/// disks, an image to import) for. Local root and an admin of the whole
-/// server over TLS (LXD's "full access") may name any file; another local
-/// user only what the kernel lets that user open, with its own uid and
-/// groups; any other remote caller, nothing (there is no uid to act as).
-fn opener(id: &Identity) -> Result<Opener, Response> {
-    match &id.peer {
-        Peer::Local(c) if c.uid == 0 => Ok(Opener::Daemon),
-        Peer::Local(c) => {
-            let mut groups = match &c.groups {
-                Some(g) => g.clone(),
-                // No kernel list: /proc, if the pid is still the caller's.
-                None => crate::sys::proc_groups(c.pid)
-                    .ok()
-                    .filter(|(uid, _)| *uid == c.uid)
-                    .map(|(_, g)| g)
-                    .unwrap_or_default(),
-            };
-            groups.push(c.gid);
-            groups.sort_unstable();
-            groups.dedup();
-            Ok(Opener::Caller(Creds {
-                uid: c.uid,
-                gid: c.gid,
-                groups,
-            }))
-        }
-        Peer::Remote(_) if full_access(id) => Ok(Opener::Daemon),
-        Peer::Remote(_) => Err(error(
-            403,
-            "not authorized: only an admin of all projects may name host paths remotely",
-        )),
-    }
-}
-
-/// Whether `id` may do to the host what root can: local root, or an admin
-/// whose certificate is not restricted to projects.
-fn full_access(id: &Identity) -> bool {
-    match &id.peer {
-        Peer::Local(c) => c.uid == 0,
-        Peer::Remote(_) => {
-            id.role == Some(crate::server::trust::Role::Admin) && id.projects.is_empty()
-        }
-    }
-}
-
 fn refused(e: &HostFileError) -> Response {
     if e.is_refusal() {
         error(403, &format!("not authorized: {}", crate::error_chain(e)))
@@ -244,21 +197,13 @@ fn refused(e: &HostFileError) -> Response {
     }
 }
 
-/// Values that turn a protection off: only a caller with full access to
-/// the host sets them (a privileged QEMU opens every path as root).
-const LOOSENING: &[(&str, &str)] = &[
-    ("security.privileged", "true"),
-    ("security.apparmor", "off"),
-];
-
 /// How long opening the host files of one request may take: a path on a
 /// filesystem the caller controls (FUSE) could otherwise hold it for ever.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Checks what a change to an instance (`current`, none when it is made)
-/// may do for a caller without full access to the host: not turn a
-/// protection off, not touch an instance that runs privileged; then opens,
-/// as the daemon will use them, the host files `config` and `devices` name.
+/// Checks that the caller may make a change to an instance (`current`,
+/// none when it is made), then opens, as the daemon will use them, the
+/// host files `config` and `devices` name.
 /// A kernel and initrd must be readable by the caller; a disk, which the
 /// daemon hands to the VM's uid and back, must belong to the caller
 /// (whatever `readonly` says). Disk sources `current` has keep the pins
@@ -269,29 +214,7 @@ async fn check_files(
     devices: &BTreeMap<String, Device>,
     current: Option<&Record>,
 ) -> Result<BTreeMap<String, Pin>, Response> {
-    if !full_access(id) {
-        if let Some(r) = current.filter(|r| r.privileged()) {
-            return Err(error(
-                403,
-                &format!(
-                    "not authorized: instance {:?} runs privileged: only root or an admin of \
-                     all projects may change it",
-                    r.name
-                ),
-            ));
-        }
-        for (k, v) in LOOSENING {
-            let now = current.and_then(|r| r.config.get(*k)).map(String::as_str);
-            if config.get(*k).map(String::as_str) == Some(v) && now != Some(v) {
-                return Err(error(
-                    403,
-                    &format!(
-                        "not authorized: only root or an admin of all projects may set {k}={v}"
-                    ),
-                ));
-            }
-        }
-    }
+    may_change(id, config, current)?;
     let known: Vec<&String> = current.map(|r| r.pins.keys().collect()).unwrap_or_default();
     let files = ["boot.kernel", "boot.initrd"]
         .iter()
