@@ -275,7 +275,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         return Err(e);
     }
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
-    shared.instances.configure(&shared.settings());
+    shared.configure_instances();
     let setup = crate::vmm::instances::Setup {
         state: dir.clone(),
         ex: ex.clone(),

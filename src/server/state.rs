@@ -11,7 +11,7 @@ use crate::http::Limits;
 use crate::pki::Cert;
 use crate::rt::lock;
 use crate::server::secret::RateLimiter;
-use crate::server::settings::Settings;
+use crate::server::settings::{Settings, AA_PROFILE_DIR};
 use crate::server::tokens::Tokens;
 use crate::server::trust::TrustStore;
 
@@ -140,6 +140,11 @@ impl Shared {
     /// Tells the listener supervisor to look at the configuration again.
     pub(crate) fn notify_config(&self) {
         let _ = self.config_changed.0.try_send(());
+    }
+    /// Hands the instances what they take from the server configuration.
+    pub(crate) fn configure_instances(&self) {
+        let dir = self.settings().get(AA_PROFILE_DIR).map(PathBuf::from);
+        self.instances.set_profile_dir(dir);
     }
     pub(crate) async fn config_changed(&self) {
         let _ = self.config_changed.1.recv().await;

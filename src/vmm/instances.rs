@@ -720,7 +720,7 @@ impl Manager {
         file: fs::File,
         source: PathBuf,
         alias: String,
-        progress: crate::server::operations::Progress,
+        progress: impl Fn(Value) + Send + 'static,
     ) -> Result<Image, Error> {
         let state = self.host()?.state.clone();
         smol::unblock(move || {
@@ -728,7 +728,7 @@ impl Manager {
             let report = |done: u64, total: u64| {
                 let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
                 if last.replace(percent) != percent {
-                    progress.set(json!({
+                    progress(json!({
                         "progress": {"percent": percent, "done": done, "total": total}
                     }));
                 }
@@ -743,12 +743,11 @@ impl Manager {
         Ok(self.host()?.ex.clone())
     }
 
-    /// Takes in the server configuration the instances use
-    /// (`security.apparmor_profile_dir`); called before every instance call.
-    pub(crate) fn configure(&self, settings: &crate::server::settings::Settings) {
-        *lock(&self.profile_dir) = settings
-            .get(crate::server::settings::AA_PROFILE_DIR)
-            .map(PathBuf::from);
+    /// Where the VM profiles go (`security.apparmor_profile_dir`; `None`:
+    /// the helper's default). The server hands it over before every
+    /// instance call, so that a change applies at once.
+    pub(crate) fn set_profile_dir(&self, dir: Option<PathBuf>) {
+        *lock(&self.profile_dir) = dir;
     }
 }
 

@@ -78,7 +78,7 @@ pub(crate) async fn handle(
     name: &str,
 ) -> Response {
     let m = &shared.instances;
-    m.configure(&shared.settings());
+    shared.configure_instances();
     let recursion = req.query_param("recursion").unwrap_or("0");
     match call {
         Call::List => match recursion {
@@ -516,7 +516,11 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     let op = shared
         .ops
         .spawn_reporting(&ex, "Importing image", BTreeMap::new(), |p| async move {
-            match s.instances.import_image(file, path, alias, p).await {
+            match s
+                .instances
+                .import_image(file, path, alias, move |m| p.set(m))
+                .await
+            {
                 Ok(img) => {
                     log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
                     Ok(json!(img))
