@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kvmbox::{Accel, Boot, IdRange, Identity, RunFiles, Vm, VmConfig, VmSpec};
+use kvmbox::{Accel, Boot, IdRange, RunAs, RunFiles, Vm, VmConfig, VmSpec};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,7 +62,7 @@ fn main() {
         qemu.wait().unwrap();
         return;
     }
-    let identity = if std::fs::read_to_string("/proc/self/status")
+    let run_as = if std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .contains("\nUid:\t0\t")
     {
@@ -73,13 +73,13 @@ fn main() {
         .pick(&[])
         .unwrap()
     } else {
-        Identity::Privileged
+        RunAs::Privileged
     };
     let spec = VmSpec {
         config,
         dir: dir.clone(),
         qemu: "qemu-system-x86_64".into(),
-        identity,
+        run_as,
         pins: vec![],
         apparmor: None,
         start_timeout: Duration::from_secs(30),

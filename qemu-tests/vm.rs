@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvmbox::{
-    console_log, Accel, AccelMode, AppArmor, Boot, Disk, DiskFormat, IdRange, Identity, MemorySize,
-    Nic, Pin, Stopped, Vm, VmConfig, VmError, VmSpec,
+    console_log, Accel, AccelMode, AppArmor, Boot, Disk, DiskFormat, IdRange, MemorySize, Nic, Pin,
+    RunAs, Stopped, Vm, VmConfig, VmError, VmSpec,
 };
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -47,7 +47,7 @@ fn scratch() -> tempfile::TempDir {
     d
 }
 
-fn identity() -> Identity {
+fn run_as() -> RunAs {
     if euid() == 0 {
         // A uid no account uses, so nothing else on the host can read the VM's files.
         IdRange {
@@ -58,7 +58,7 @@ fn identity() -> Identity {
         .unwrap()
     } else {
         eprintln!("not root: running QEMU as the current user (privileged mode)");
-        Identity::Privileged
+        RunAs::Privileged
     }
 }
 
@@ -112,7 +112,7 @@ fn spec(dir: &Path, kernel: &Path, initrd: &Path) -> VmSpec {
         },
         dir: dir.join("vm"),
         qemu: QEMU.into(),
-        identity: identity(),
+        run_as: run_as(),
         pins: vec![],
         apparmor: None,
         start_timeout: Duration::from_secs(20),
@@ -204,7 +204,7 @@ fn guest_lifecycle() {
             "2",
             "QEMU runs without its seccomp sandbox"
         );
-        if let Identity::Isolated { uid, gid } = spec.identity {
+        if let RunAs::Isolated { uid, gid } = spec.run_as {
             let uids: Vec<&str> = field(&status, "Uid:").split_whitespace().collect();
             assert_eq!(uids, vec![uid.to_string().as_str(); 4], "QEMU's uids");
             let gids: Vec<&str> = field(&status, "Gid:").split_whitespace().collect();
@@ -278,12 +278,12 @@ fn guest_lifecycle() {
             Path::new(&format!("/proc/{pid}")).exists(),
             "QEMU died with its handle"
         );
-        if let Identity::Isolated { uid, gid } = spec.identity {
-            let other = Identity::Isolated { uid: uid + 1, gid };
+        if let RunAs::Isolated { uid, gid } = spec.run_as {
+            let other = RunAs::Isolated { uid: uid + 1, gid };
             let e = Vm::adopt(&dir, UUID, other).await.unwrap_err();
             assert!(e.to_string().ends_with("it runs under another uid"), "{e}");
         }
-        let mut vm = Vm::adopt(&dir, UUID, spec.identity).await.unwrap();
+        let mut vm = Vm::adopt(&dir, UUID, spec.run_as).await.unwrap();
         assert_eq!(vm.pid(), pid);
         assert!(vm.status().await.unwrap().running);
         // Starting it a second time is refused while it runs.
@@ -311,7 +311,7 @@ fn guest_lifecycle() {
     }
     smol::block_on(async {
         assert!(matches!(
-            Vm::adopt(&dir, UUID, spec.identity).await,
+            Vm::adopt(&dir, UUID, spec.run_as).await,
             Err(VmError::NotRunning)
         ));
     });
@@ -329,7 +329,7 @@ fn stand_in_daemon() {
     let tmp = PathBuf::from(tmp);
     let mut spec = spec(&tmp, &kernel, &initrd);
     spec.config.uuid = KILLED_UUID.into();
-    spec.identity = stand_in_identity();
+    spec.run_as = stand_in_identity();
     smol::block_on(async {
         let _vm = Vm::spawn(&spec).await.unwrap();
         std::fs::write(tmp.join("started"), b"").unwrap();
@@ -341,13 +341,13 @@ fn stand_in_daemon() {
 
 const KILLED_UUID: &str = "cf1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f";
 
-fn stand_in_identity() -> Identity {
+fn stand_in_identity() -> RunAs {
     match std::env::var("KVMBOX_STAND_IN_UID") {
         Ok(uid) => {
             let uid: u32 = uid.parse().unwrap();
-            Identity::Isolated { uid, gid: uid }
+            RunAs::Isolated { uid, gid: uid }
         }
-        Err(_) => Identity::Privileged,
+        Err(_) => RunAs::Privileged,
     }
 }
 
@@ -361,12 +361,12 @@ fn vm_survives_its_daemon_being_killed() {
     daemon
         .args(["--exact", "stand_in_daemon", "--nocapture"])
         .env("KVMBOX_STAND_IN_DIR", tmp.path());
-    let identity = if euid() == 0 {
+    let run_as = if euid() == 0 {
         let uid = 2_150_000 + std::process::id() % 1000;
         daemon.env("KVMBOX_STAND_IN_UID", uid.to_string());
-        Identity::Isolated { uid, gid: uid }
+        RunAs::Isolated { uid, gid: uid }
     } else {
-        Identity::Privileged
+        RunAs::Privileged
     };
     let mut daemon = daemon.spawn().unwrap();
     let start = Instant::now();
@@ -390,7 +390,7 @@ fn vm_survives_its_daemon_being_killed() {
 
     smol::block_on(async {
         // QEMU is no longer our child's child: adoption works through /proc.
-        let mut vm = Vm::adopt(&dir, KILLED_UUID, identity).await.unwrap();
+        let mut vm = Vm::adopt(&dir, KILLED_UUID, run_as).await.unwrap();
         assert!(vm.status().await.unwrap().running);
         assert_eq!(
             vm.stop(Duration::from_secs(60)).await.unwrap(),
@@ -460,7 +460,7 @@ fn disk_boot_runs_the_firmware_on_a_qcow2_root() {
     smol::block_on(async {
         let mut vm = Vm::spawn(&spec).await.unwrap();
         assert!(vm.status().await.unwrap().running);
-        if let Identity::Isolated { uid, .. } = spec.identity {
+        if let RunAs::Isolated { uid, .. } = spec.run_as {
             let meta = std::fs::metadata(&root).unwrap();
             assert_eq!(
                 (meta.uid(), meta.mode() & 0o777),
@@ -608,7 +608,7 @@ fn adoption_refuses_a_process_that_is_not_the_vm() {
     std::fs::create_dir(&dir).unwrap();
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     std::fs::write(dir.join("vm.pid"), format!("{}\n", sleeper.id())).unwrap();
-    let err = smol::block_on(Vm::adopt(&dir, UUID, Identity::Privileged)).unwrap_err();
+    let err = smol::block_on(Vm::adopt(&dir, UUID, RunAs::Privileged)).unwrap_err();
     assert!(matches!(err, VmError::NotOurs { .. }), "{err}");
     assert_eq!(
         err.to_string(),

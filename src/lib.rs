@@ -54,7 +54,7 @@ pub use vmm::qemu::{
 };
 pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
 pub use vmm::vm::{
-    console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, Identity,
+    console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, RunAs,
     Stopped, Vm, VmSpec, PRIVILEGED_WARNING,
 };
 

@@ -31,7 +31,7 @@ use crate::log::log;
 use crate::rt::lock;
 use crate::store::{write_atomic, Overwrite};
 use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
-use crate::vmm::vm::{self, Identity, Vm, PRIVILEGED_WARNING};
+use crate::vmm::vm::{self, RunAs, Vm, PRIVILEGED_WARNING};
 
 pub(crate) use image::Image;
 use record::AaMode;
@@ -208,9 +208,9 @@ impl Manager {
                     deleted: false,
                 }),
             });
-            let identity = self.identity(&rec);
+            let run_as = self.run_as(&rec);
             let vmdir = rec.dir(&host.state).join("vm");
-            match Vm::adopt(&vmdir, &rec.uuid, identity).await {
+            match Vm::adopt(&vmdir, &rec.uuid, run_as).await {
                 Ok(vm) => {
                     log!(
                         Info,
@@ -340,11 +340,11 @@ impl Manager {
             .ok_or_else(|| Error::NotFound(format!("instance {name:?}")))
     }
 
-    fn identity(&self, rec: &Record) -> Identity {
+    fn run_as(&self, rec: &Record) -> RunAs {
         if rec.privileged() || crate::sys::euid() != 0 {
-            Identity::Privileged
+            RunAs::Privileged
         } else {
-            Identity::Isolated {
+            RunAs::Isolated {
                 uid: rec.uid,
                 gid: rec.uid,
             }
@@ -436,7 +436,7 @@ impl Manager {
                 .chain(reserved.values().copied())
                 .collect();
             rec.uid = match range.pick(&used) {
-                Some(Identity::Isolated { uid, .. }) => uid,
+                Some(RunAs::Isolated { uid, .. }) => uid,
                 _ => {
                     return Err(Error::Refused(format!(
                         "no free uid left in instances.uid_range {uid_range}"
@@ -518,8 +518,8 @@ impl Manager {
                 rec.name
             )));
         }
-        let identity = self.identity(&rec);
-        if let Identity::Isolated { uid, .. } = identity {
+        let run_as = self.run_as(&rec);
+        if let RunAs::Isolated { uid, .. } = run_as {
             // Again at each start, not only at creation: an account or a
             // subordinate range given out since then owns the id now.
             crate::sys::ids_unused(uid..=uid).map_err(|e| {
@@ -535,8 +535,8 @@ impl Manager {
             AccelMode::Tcg => Accel::Tcg,
             AccelMode::Auto => self.accel().await.accel,
         };
-        let mut spec = rec.spec(&host.state, identity, accel)?;
-        if identity == Identity::Privileged {
+        let mut spec = rec.spec(&host.state, run_as, accel)?;
+        if run_as == RunAs::Privileged {
             if rec.privileged() {
                 log!(Warn, "instance {}: {PRIVILEGED_WARNING}", rec.name);
             } else {

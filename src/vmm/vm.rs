@@ -31,10 +31,10 @@ pub const PRIVILEGED_WARNING: &str =
 
 /// Whom QEMU runs as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Identity {
+pub enum RunAs {
     /// Its own uid/gid with no supplementary groups (the default).
     Isolated { uid: u32, gid: u32 },
-    /// The daemon's own identity (root in production): see [`PRIVILEGED_WARNING`].
+    /// The daemon's own uid (root in production): see [`PRIVILEGED_WARNING`].
     Privileged,
 }
 
@@ -89,11 +89,11 @@ impl IdRange {
     }
 
     /// The lowest id of the range not in `in_use`.
-    pub fn pick(&self, in_use: &[u32]) -> Option<Identity> {
+    pub fn pick(&self, in_use: &[u32]) -> Option<RunAs> {
         (0..self.count)
             .filter_map(|i| self.first.checked_add(i))
             .find(|id| !in_use.contains(id))
-            .map(|id| Identity::Isolated { uid: id, gid: id })
+            .map(|id| RunAs::Isolated { uid: id, gid: id })
     }
 }
 
@@ -114,7 +114,7 @@ pub struct VmSpec {
     pub dir: PathBuf,
     /// `qemu-system-x86_64`.
     pub qemu: PathBuf,
-    pub identity: Identity,
+    pub run_as: RunAs,
     /// Every disk's file as it was checked (see [`Pin`]): a disk is handed
     /// to QEMU's uid only through its pin, found by its real path, which is
     /// the disk's `path`. A disk without one is refused.
@@ -205,34 +205,34 @@ pub fn console_log(dir: &Path) -> PathBuf {
 pub struct Vm {
     pid: u32,
     dir: PathBuf,
-    identity: Identity,
+    run_as: RunAs,
     qmp: Qmp<Ready>,
 }
 
-fn ids(identity: Identity) -> Option<(u32, u32)> {
-    match identity {
-        Identity::Isolated { uid, gid } => Some((uid, gid)),
-        Identity::Privileged => None,
+fn ids(run_as: RunAs) -> Option<(u32, u32)> {
+    match run_as {
+        RunAs::Isolated { uid, gid } => Some((uid, gid)),
+        RunAs::Privileged => None,
     }
 }
 
 /// The uid that owns what is handed to a VM running as `identity`.
-fn holder(identity: Identity) -> u32 {
-    ids(identity).map_or_else(process::euid, |(uid, _)| uid)
+fn holder(run_as: RunAs) -> u32 {
+    ids(run_as).map_or_else(process::euid, |(uid, _)| uid)
 }
 
 /// Makes `path` the VM's own: owned by its uid, closed to everyone else.
 /// The change goes through a descriptor opened without following a final
 /// symlink: the VM's uid can plant links in its own directory, and root
 /// must not be tricked into handing it /etc/shadow.
-fn give(path: &Path, identity: Identity, mode: u32) -> Result<(), Error> {
+fn give(path: &Path, run_as: RunAs, mode: u32) -> Result<(), Error> {
     let what = || format!("take ownership of {} for the VM", path.display());
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(host(what()))?;
-    if let Some((uid, gid)) = ids(identity) {
+    if let Some((uid, gid)) = ids(run_as) {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(host(what()))?;
     }
     file.set_permissions(fs::Permissions::from_mode(mode))
@@ -242,12 +242,12 @@ fn give(path: &Path, identity: Identity, mode: u32) -> Result<(), Error> {
 /// Hands a disk to the VM like [`give`], through its pin: only the very file
 /// that was checked, still owned by whom it was checked for (or already by
 /// the VM), whatever its path leads to by now.
-fn give_disk(pins: &[Pin], disk: &Disk, identity: Identity) -> Result<(), Error> {
+fn give_disk(pins: &[Pin], disk: &Disk, run_as: RunAs) -> Result<(), Error> {
     let pin = pins
         .iter()
         .find(|p| p.real == disk.path)
         .ok_or_else(|| Error::Unpinned(disk.path.clone()))?;
-    Ok(pin.chown(&[pin.uid, holder(identity)], ids(identity), 0o600)?)
+    Ok(pin.chown(&[pin.uid, holder(run_as)], ids(run_as), 0o600)?)
 }
 
 /// Reads a file the VM's uid may control, as root: no symlinks, bounded.
@@ -355,7 +355,7 @@ fn recorded_pid(dir: &Path) -> Option<u32> {
 
 /// Checks that `pid` is the QEMU we started for `uuid` in `dir`, as `identity`.
 /// Without `identity`, any uid will do (to find a VM that runs already).
-fn verify(pid: u32, dir: &Path, uuid: &str, identity: Option<Identity>) -> Result<(), Error> {
+fn verify(pid: u32, dir: &Path, uuid: &str, run_as: Option<RunAs>) -> Result<(), Error> {
     let not_ours = |why: &str| Error::NotOurs {
         pid,
         why: why.to_string(),
@@ -388,10 +388,10 @@ fn verify(pid: u32, dir: &Path, uuid: &str, identity: Option<Identity>) -> Resul
     if !value("-qmp").is_some_and(|q| q.starts_with(&format!("unix:{},", qmp.replace(',', ",,")))) {
         return Err(not_ours("its QMP socket is elsewhere"));
     }
-    let want = match identity {
+    let want = match run_as {
         None => return Ok(()),
-        Some(Identity::Isolated { uid, .. }) => uid,
-        Some(Identity::Privileged) => process::euid(),
+        Some(RunAs::Isolated { uid, .. }) => uid,
+        Some(RunAs::Privileged) => process::euid(),
     };
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let uid = status
@@ -442,7 +442,7 @@ impl Vm {
                 });
             }
         }
-        if matches!(spec.identity, Identity::Isolated { .. }) && process::euid() != 0 {
+        if matches!(spec.run_as, RunAs::Isolated { .. }) && process::euid() != 0 {
             return Err(Error::NeedRoot);
         }
         if let Some(pid) = recorded_pid(&spec.dir) {
@@ -465,9 +465,9 @@ impl Vm {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(host(format!("create {}", qdir.display()))(e)),
         }
-        give(&qdir, spec.identity, 0o700)?;
+        give(&qdir, spec.run_as, 0o700)?;
         for d in &spec.config.disks {
-            give_disk(&spec.pins, d, spec.identity)?;
+            give_disk(&spec.pins, d, spec.run_as)?;
         }
         // A fresh start: no file of an earlier run, possibly a link planted by
         // the VM's uid or owned by a uid this VM had before.
@@ -487,7 +487,7 @@ impl Vm {
             .mode(0o600)
             .open(&log_path)
             .map_err(host("create QEMU's log"))?;
-        give(&log_path, spec.identity, 0o600)?;
+        give(&log_path, spec.run_as, 0o600)?;
         let fds = taps
             .iter()
             .map(|t| process::open_tap(t).map_err(host(format!("open tap device {t}"))))
@@ -496,7 +496,7 @@ impl Vm {
         let pid = process::spawn(process::Spawn {
             program: spec.qemu.clone(),
             args: argv,
-            ids: ids(spec.identity),
+            ids: ids(spec.run_as),
             log,
             apparmor: spec.apparmor.as_ref().map(|a| process::Label {
                 profile: a.profile.clone(),
@@ -559,7 +559,7 @@ impl Vm {
             Ok(qmp) => Ok(Vm {
                 pid,
                 dir: spec.dir.clone(),
-                identity: spec.identity,
+                run_as: spec.run_as,
                 qmp,
             }),
             Err(e) => {
@@ -573,9 +573,9 @@ impl Vm {
 
     /// Takes over the QEMU of the VM in `dir` (after a daemon restart): the
     /// recorded pid must still be QEMU for `uuid` under `identity`.
-    pub async fn adopt(dir: &Path, uuid: &str, identity: Identity) -> Result<Vm, Error> {
+    pub async fn adopt(dir: &Path, uuid: &str, run_as: RunAs) -> Result<Vm, Error> {
         let pid = recorded_pid(dir).ok_or(Error::NotRunning)?;
-        if let Err(e) = verify(pid, dir, uuid, Some(identity)) {
+        if let Err(e) = verify(pid, dir, uuid, Some(run_as)) {
             if process::state(pid) != State::Running {
                 // The VM stopped while nobody watched: tidy up, report stopped.
                 clean_up(dir);
@@ -591,7 +591,7 @@ impl Vm {
         Ok(Vm {
             pid,
             dir: dir.to_path_buf(),
-            identity,
+            run_as,
             qmp,
         })
     }
@@ -668,7 +668,7 @@ impl Vm {
         let path = qemu::validate_path("disk", &disk.path)?;
         require_file("disk", &disk.path)?;
         let port = self.free_port().await?;
-        give_disk(std::slice::from_ref(pin), disk, self.identity)?;
+        give_disk(std::slice::from_ref(pin), disk, self.run_as)?;
         let (node, dev) = qemu::disk_ids(&disk.id);
         let added = async {
             self.qmp
@@ -690,7 +690,7 @@ impl Vm {
         if let Err(e) = added.await {
             // QEMU did not take the disk: it goes back to its owner now, as
             // no record will name it.
-            let _ = pin.give_back(holder(self.identity));
+            let _ = pin.give_back(holder(self.run_as));
             return Err(e.into());
         }
         Ok(())
@@ -783,14 +783,14 @@ mod tests {
         };
         assert_eq!(
             r.pick(&[]),
-            Some(Identity::Isolated {
+            Some(RunAs::Isolated {
                 uid: 100_000,
                 gid: 100_000
             })
         );
         assert_eq!(
             r.pick(&[100_000, 100_001]),
-            Some(Identity::Isolated {
+            Some(RunAs::Isolated {
                 uid: 100_002,
                 gid: 100_002
             })
@@ -814,7 +814,7 @@ mod tests {
         let link = dir.path().join("disk.img");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(matches!(
-            give(&link, Identity::Privileged, 0o600),
+            give(&link, RunAs::Privileged, 0o600),
             Err(Error::Host { .. })
         ));
         assert_eq!(

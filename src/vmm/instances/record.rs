@@ -13,7 +13,7 @@ use crate::hostfile::{Need, Opener, Pin};
 use crate::log::log;
 use crate::vmm::accel::{Accel, AccelMode};
 use crate::vmm::qemu::{self, Boot, Disk, DiskFormat, MemorySize, Nic, RunFiles, VmConfig};
-use crate::vmm::vm::{Identity, VmSpec};
+use crate::vmm::vm::{RunAs, VmSpec};
 
 /// Config keys an instance may have (besides `user.*`).
 const KEYS: &[&str] = &[
@@ -320,12 +320,7 @@ impl Record {
     }
 
     /// The VM this record describes, run as `identity` with `accel`.
-    pub(crate) fn spec(
-        &self,
-        state: &Path,
-        identity: Identity,
-        accel: Accel,
-    ) -> Result<VmSpec, Error> {
+    pub(crate) fn spec(&self, state: &Path, run_as: RunAs, accel: Accel) -> Result<VmSpec, Error> {
         self.validate()?;
         let cpus = self
             .get("limits.cpu")
@@ -394,7 +389,7 @@ impl Record {
             config,
             dir,
             qemu: PathBuf::from(format!("qemu-system-{}", std::env::consts::ARCH)),
-            identity,
+            run_as,
             pins,
             apparmor: None,
             start_timeout: Duration::from_secs(30),
