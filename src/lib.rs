@@ -3,6 +3,16 @@
 //! Modules are private nouns; what applets may use is re-exported below and
 //! nothing else, so the public surface stays small enough to review.
 //! `unsafe` is denied crate-wide (Cargo.toml) and allowed only in `sys`.
+//!
+//! The map, from the top down (imports only ever point down it):
+//! - `server`: the daemon (`kvmboxd`): state, auth, routes, handlers, listeners;
+//! - `preseed`: a preseed document, applied over the socket or in-process;
+//! - `client`: a connection to a daemon, and the user's remotes;
+//! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the accelerator;
+//! - the ground floor: `wire` (API vocabulary shared by server and client),
+//!   `http`, `tls`, `pki`, `store`, `log`, `rt` (lock, deadline), `clock`,
+//!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
+//!   or `-`), `websocket`, and `sys` (system calls).
 
 mod client;
 mod clock;
