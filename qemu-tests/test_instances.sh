@@ -13,13 +13,12 @@
 
 [ "$(id -u)" -eq 0 ] || { echo "SKIPPED: per-VM uids need root"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIPPED: no qemu-system-x86_64"; exit 0; }
-cache=$(sh "$REPO/qemu-tests/assets.sh" | tail -n 1)
-kernel=$cache/vmlinuz initrd=$cache/initrd.gz
 parser_bin=$(command -v apparmor_parser || echo /sbin/apparmor_parser)
 
 export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
 unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
 chmod 711 .
+guest_assets
 log=$PWD/parser.log
 : >"$log"
 cat >parser.sh <<EOF

@@ -3,11 +3,11 @@
 # certificate is removed from the trust store.
 . "$TESTLIB"
 command -v lxc >/dev/null || fail "lxc (Debian's lxd-client) is not installed"
-cache=$(sh "$REPO/qemu-tests/assets.sh" | tail -n 1)
 
 export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf LXD_CONF=$PWD/lxc
 unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
 chmod 711 .
+guest_assets
 mkdir -p bin lxc; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
 kv() { bin/kvmbox "$@"; }
 bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
@@ -21,7 +21,7 @@ cleanup() {
 trap cleanup EXIT
 port=$(https_port daemon.log)
 kv config set core.trust_password lxc-vm-pw
-kv init vm1 --kernel "$cache/vmlinuz" --initrd "$cache/initrd.gz" \
+kv init vm1 --kernel "$kernel" --initrd "$initrd" \
     --cmdline "console=ttyS0 quiet" --memory 256MiB >/dev/null
 timeout 60 lxc remote add kb "https://127.0.0.1:$port" --accept-certificate --password lxc-vm-pw >/dev/null 2>&1 ||
     fail "lxc remote add"

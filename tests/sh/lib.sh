@@ -28,3 +28,15 @@ https_port() {
     done
     sed -n 's|.*listening on https://[^ ]*:\([0-9][0-9]*\)$|\1|p' "$1" | tail -n 1
 }
+
+# Sets $kernel and $initrd to copies of the test guest under ./guest, where
+# a VM's own uid can read them: the cache sits inside the clone, whose
+# parent directories may be closed to other users. The scratch directory
+# must be open to them (chmod 711 .).
+guest_assets() {
+    _cache=$(sh "$REPO/qemu-tests/assets.sh" | tail -n 1) || fail "cannot build the guest assets"
+    mkdir -p guest
+    cp "$_cache/vmlinuz" "$_cache/initrd.gz" guest/ || fail "cannot copy the guest assets"
+    chmod 755 guest && chmod 644 guest/vmlinuz guest/initrd.gz
+    kernel=$PWD/guest/vmlinuz initrd=$PWD/guest/initrd.gz
+}
