@@ -1,6 +1,7 @@
 //! HTTP/1.1 messages, just enough for a JSON API: heads parsed by httparse,
-//! bodies by Content-Length only, every size bounded so that a hostile peer
-//! costs a fixed amount of memory. Timeouts are the caller's (the server
+//! request bodies framed by Content-Length or chunked (as `lxc file push`
+//! and `lxc image import` send them), every size bounded so that a hostile
+//! peer costs a fixed amount of memory. Timeouts are the caller's (the server
 //! races each read against a timer).
 
 use std::io::{self, Read};
@@ -26,6 +27,10 @@ impl Default for Limits {
 }
 
 const MAX_HEADERS: usize = 64;
+
+/// The longest chunk-size line (size and extensions) taken: sizes have at
+/// most 16 hex digits, and extensions are ignored, so more is an attack.
+const MAX_CHUNK_LINE: usize = 256;
 
 /// A parsed request.
 #[derive(Debug)]
@@ -82,7 +87,10 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
                 }
                 let head = head_of(&req)?;
                 buf.drain(..head_len);
-                let body = read_body(stream, buf, head.content_length, limits).await?;
+                let body = match head.body {
+                    Framing::Length(len) => read_body(stream, buf, len, limits).await?,
+                    Framing::Chunked => read_chunked(stream, buf, limits).await?,
+                };
                 return Ok(Request {
                     method: head.method,
                     path: head.path,
@@ -119,9 +127,16 @@ struct Head {
     method: String,
     path: String,
     query: String,
-    content_length: usize,
+    body: Framing,
     keep_alive: bool,
     websocket_key: Option<String>,
+}
+
+/// How a request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
 }
 
 fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
@@ -133,6 +148,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut content_length: Option<usize> = None;
+    let mut chunked = false;
     let mut connection = None;
     let mut upgrade = false;
     let mut websocket_key = None;
@@ -148,12 +164,18 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
             }
             content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked bodies are not needed by any client of this API, and
-            // refusing them removes a whole class of smuggling bugs.
-            return Err(ReadError::Refused(
-                501,
-                "Transfer-Encoding is not supported",
-            ));
+            // Only `chunked` alone: a list of codings, or one named twice,
+            // is where request smuggling hides.
+            if chunked {
+                return Err(ReadError::Refused(400, "repeated Transfer-Encoding"));
+            }
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(ReadError::Refused(
+                    501,
+                    "only the chunked Transfer-Encoding is supported",
+                ));
+            }
+            chunked = true;
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = h.value.eq_ignore_ascii_case(b"websocket");
         } else if h.name.eq_ignore_ascii_case("sec-websocket-key") {
@@ -172,6 +194,22 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
                 .map(str::to_ascii_lowercase);
         }
     }
+    // RFC 9112 lets Transfer-Encoding win over Content-Length; a request
+    // with both is refused instead, since a proxy in front may have read
+    // it the other way. HTTP/1.0 has no chunked coding.
+    let body = match (chunked, content_length) {
+        (true, Some(_)) => {
+            return Err(ReadError::Refused(
+                400,
+                "both Content-Length and Transfer-Encoding",
+            ))
+        }
+        (true, None) if version == 0 => {
+            return Err(ReadError::Refused(400, "chunked body in HTTP/1.0"))
+        }
+        (true, None) => Framing::Chunked,
+        (false, len) => Framing::Length(len.unwrap_or(0)),
+    };
     let keep_alive = match (version, connection.as_deref()) {
         (_, Some(c)) if c.contains("close") => false,
         (1, _) => true,
@@ -182,7 +220,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
-        content_length: content_length.unwrap_or(0),
+        body,
         keep_alive,
         websocket_key: websocket_key.filter(|_| upgrade),
     })
@@ -209,6 +247,85 @@ async fn read_body<R: AsyncRead + Unpin>(
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
     Ok(buf.drain(..len).collect())
+}
+
+/// Reads more of the request into `buf`.
+async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(ReadError::Refused(400, "truncated request body"));
+    }
+    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    Ok(())
+}
+
+/// Reads a chunked body (RFC 9112 section 7.1): the data is bounded by
+/// `max_body` like any body, and what frames it (size lines, extensions,
+/// trailers) by `max_head`, so that a stream of tiny chunks cannot make
+/// the server read without end; the caller's timeout bounds the time.
+async fn read_chunked<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    limits: Limits,
+) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    let mut framing = 0usize;
+    loop {
+        let (used, size) = loop {
+            match httparse::parse_chunk_size(buf) {
+                // httparse takes an empty size as 0: a size needs a digit.
+                Ok(httparse::Status::Complete(c))
+                    if buf.first().is_some_and(u8::is_ascii_hexdigit) =>
+                {
+                    break c
+                }
+                Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
+                    fill(stream, buf).await?
+                }
+                _ => return Err(ReadError::Refused(400, "invalid chunk size")),
+            }
+        };
+        framing = framing.saturating_add(used);
+        if used > MAX_CHUNK_LINE || framing > limits.max_head {
+            return Err(ReadError::Refused(400, "invalid chunk size"));
+        }
+        buf.drain(..used);
+        if size == 0 {
+            break;
+        }
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|n| n.saturating_add(body.len()) <= limits.max_body)
+            .ok_or(ReadError::Refused(413, "request body too large"))?;
+        while buf.len() < size.saturating_add(2) {
+            fill(stream, buf).await?;
+        }
+        if buf.get(size..size.saturating_add(2)) != Some(b"\r\n".as_slice()) {
+            return Err(ReadError::Refused(400, "chunk not ended by CRLF"));
+        }
+        body.extend(buf.drain(..size));
+        buf.drain(..2);
+        framing = framing.saturating_add(2);
+    }
+    // Trailer fields are read and dropped, up to the empty line.
+    loop {
+        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+            if buf.len() > limits.max_head {
+                return Err(ReadError::Refused(431, "request trailers too large"));
+            }
+            fill(stream, buf).await?;
+            continue;
+        };
+        buf.drain(..end + 2);
+        framing = framing.saturating_add(end + 2);
+        if framing > limits.max_head {
+            return Err(ReadError::Refused(431, "request trailers too large"));
+        }
+        if end == 0 {
+            return Ok(body);
+        }
+    }
 }
 
 /// A response: a status and a JSON body.
@@ -414,7 +531,7 @@ mod tests {
             refused(parse(b"GET http://x/ HTTP/1.1\r\n\r\n", small).0),
             400
         );
-        let te = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(refused(parse(te, small).0), 501);
         for cl in ["-1", "1x", "", "99999999999999999999999"] {
             let req = format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\n");
@@ -428,6 +545,89 @@ mod tests {
             400
         );
         assert!(matches!(parse(b"", small).0, Err(ReadError::Closed)));
+    }
+
+    fn chunked(body: &str) -> String {
+        format!("POST /1.0/images HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_whole_with_the_next_request_kept() {
+        let wire = chunked("4;ext=1\r\nRust\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\nGET /");
+        let (r, rest) = parse(wire.as_bytes(), Limits::default());
+        assert_eq!(r.unwrap().body, b"Rust0123456789");
+        assert_eq!(rest, b"GET /");
+        // Delivered a byte at a time, it reads the same.
+        let mut slow = Slow(wire.as_bytes().to_vec(), 0);
+        let mut buf = Vec::new();
+        let r = smol::future::block_on(read_request(&mut slow, &mut buf, Limits::default()));
+        assert_eq!(r.unwrap().body, b"Rust0123456789");
+    }
+
+    /// A reader that hands out one byte per read.
+    struct Slow(Vec<u8>, usize);
+
+    impl AsyncRead for Slow {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let i = self.1;
+            let n = match (self.0.get(i), out.first_mut()) {
+                (Some(b), Some(o)) => {
+                    *o = *b;
+                    1
+                }
+                _ => 0,
+            };
+            self.1 += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn hostile_chunked_bodies_are_refused() {
+        let small = Limits {
+            max_head: 256,
+            max_body: 16,
+        };
+        for (body, code) in [
+            ("zz\r\nab\r\n0\r\n\r\n", 400), // not hex
+            ("\r\nab\r\n0\r\n\r\n", 400),   // no size at all
+            ("-1\r\nab\r\n0\r\n\r\n", 400), // negative
+            ("11111111111111111\r\n", 400), // 17 digits: overflow
+            ("ffffffffffffffff\r\n", 413),  // fits u64, not the body
+            ("11\r\n", 413),                // 17 bytes > 16
+            ("2\r\nabc\r\n0\r\n\r\n", 400), // longer than said
+            ("2\r\nab0\r\n\r\n", 400),      // no CRLF after data
+            ("2\r\nab\r\n", 400),           // truncated
+            ("2\r\nab\r\n0\r\nX: y", 400),  // trailers truncated
+        ] {
+            let (r, _) = parse(chunked(body).as_bytes(), small);
+            assert_eq!(refused(r), code, "{body:?}");
+        }
+        // An endless extension, and endless tiny chunks, stop at the bounds.
+        let long = format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(1000));
+        assert_eq!(refused(parse(chunked(&long).as_bytes(), small).0), 400);
+        let many = "1\r\na\r\n".repeat(100);
+        assert_eq!(refused(parse(chunked(&many).as_bytes(), small).0), 413);
+        assert!(parse(chunked("0;x\r\n\r\n").as_bytes(), small).0.is_ok());
+        let framing = format!(
+            "{}0\r\n\r\n",
+            "1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\na\r\n".repeat(10)
+        );
+        assert_eq!(refused(parse(chunked(&framing).as_bytes(), small).0), 400);
+        let trailers = format!("0\r\n{}\r\n", "X: y\r\n".repeat(100));
+        assert_eq!(refused(parse(chunked(&trailers).as_bytes(), small).0), 431);
+        // Both framings, a repeated coding, or chunked in HTTP/1.0.
+        for head in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(refused(parse(head.as_bytes(), small).0), 400, "{head:?}");
+        }
     }
 
     #[test]

@@ -147,6 +147,38 @@ fn hostile_input_is_refused_and_the_daemon_survives() {
     );
     still_serves(&mut d, &conf);
 
+    // A chunked body is read whole (a PATCH of nothing, in three chunks);
+    // one whose chunks never end is cut off by the same timeout.
+    let mut c = client(&d, &conf);
+    c.raw()
+        .write_all(
+            b"PATCH /1.0 HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              3\r\n{\"c\r\n9\r\nonfig\": {\r\n2\r\n}}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    let (got, _) = read_all(c.raw(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let mut c = client(&d, &conf);
+    let start = Instant::now();
+    let _ = c
+        .raw()
+        .write_all(b"PATCH /1.0 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        if c.raw()
+            .write_all(b"1\r\n \r\n")
+            .and_then(|()| c.raw().flush())
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(closed, "endless chunked body still read after 10 s");
+    still_serves(&mut d, &conf);
+
     // Invalid JSON and wrongly typed JSON: 400 with an error envelope, nothing changed.
     let mut c = client(&d, &conf);
     for body in [
