@@ -2,6 +2,8 @@
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>) over TLS
 //! inside a Unix socket, with Multipass's local authentication
 //! (<https://documentation.ubuntu.com/multipass/en/latest/explanation/authentication/>),
+//! as plain HTTP on a second Unix socket for LXD's own tools (root and the
+//! admin group only, as LXD's),
 //! and over TCP on `core.https_address` or `--https` with LXD's trust model
 //! (<https://documentation.ubuntu.com/lxd/en/latest/authentication/>; PKI
 //! mode when `server.ca` is in the state directory at start).
@@ -31,6 +33,13 @@ struct Args {
     /// the Unix socket (default STATE/unix.socket)
     #[argh(option)]
     socket: Option<PathBuf>,
+    /// the LXD-compatible socket for LXD's own tools: plain HTTP, root and
+    /// the admin group only (default STATE/lxd/unix.socket)
+    #[argh(option)]
+    lxd_socket: Option<PathBuf>,
+    /// serve no LXD-compatible socket
+    #[argh(switch)]
+    no_lxd_socket: bool,
     /// admin group owning the socket (default: the first of sudo, admin,
     /// wheel that exists; unprivileged: your primary group)
     #[argh(option)]
@@ -73,8 +82,16 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| PathBuf::from("/var/lib/kvmbox"));
+    if args.no_lxd_socket && args.lxd_socket.is_some() {
+        return cli::usage_error(NAME, "--lxd-socket and --no-lxd-socket exclude each other");
+    }
     let mut opts = DaemonOptions::new(state_dir);
     opts.socket = args.socket;
+    if args.no_lxd_socket {
+        opts.lxd_socket = None;
+    } else if let Some(path) = args.lxd_socket {
+        opts.lxd_socket = Some(path);
+    }
     opts.group = args.group;
     opts.https = args.https;
     opts.preseed = args.preseed;

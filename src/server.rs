@@ -191,6 +191,20 @@ fn state_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The directory of the default LXD-compatible socket: 0711, like the
+/// state directory, so that the admin group reaches the socket inside.
+fn lxd_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |e| Error::StateDir(dir.to_path_buf(), e);
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(err)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // Nothing the daemon creates is readable by others unless it says so.
@@ -269,11 +283,18 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         ),
         None => None,
     };
-    let listener = listen::bind(&socket)?;
-    if let Err(e) = listen::secure_socket(&socket, gid, &group, open) {
-        let _ = std::fs::remove_file(&socket);
-        return Err(e);
-    }
+    let (listener, _socket_file) = listen::bind_secured(&socket, gid, &group, open)?;
+    // LXD's own tools (`lxc` with LXD_DIR, Python clients, Ansible) talk
+    // plain HTTP to a socket open to root and the admin group alone.
+    let lxd = match &opts.lxd_socket {
+        Some(path) => {
+            if *path == dir.join(state::LXD_SOCKET) {
+                lxd_dir(&dir.join("lxd"))?;
+            }
+            Some(listen::bind_secured(path, gid, &group, false)?)
+        }
+        None => None,
+    };
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
     shared.configure_instances();
     let setup = crate::vmm::instances::Setup {
@@ -295,10 +316,8 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     // The socket is bound but nothing is accepted yet, and the TLS listener
     // starts after: no client sees a half-applied document.
     if let Some((path, plan)) = preseed {
-        if let Err(e) = crate::server::preseed::apply_locally(&plan, &shared, &ex) {
-            let _ = std::fs::remove_file(&socket);
-            return Err(Error::Preseed(path.clone(), e));
-        }
+        crate::server::preseed::apply_locally(&plan, &shared, &ex)
+            .map_err(|e| Error::Preseed(path.clone(), e))?;
     }
     ex.spawn(crate::server::listen::supervise(
         shared.clone(),
@@ -308,7 +327,18 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         pinned,
     ))
     .detach();
-    let serve = listen::unix(shared.clone(), ex.clone(), listener, tls, opts.clone());
+    let _lxd_file = lxd.map(|(listener, file)| {
+        let lxd = listen::unix(shared.clone(), ex.clone(), listener, None, opts.clone());
+        ex.spawn(lxd).detach();
+        file
+    });
+    let serve = listen::unix(
+        shared.clone(),
+        ex.clone(),
+        listener,
+        Some(tls),
+        opts.clone(),
+    );
     let stop = async {
         let name = match signals.next().await {
             Some(Ok(async_signal::Signal::Int)) => "SIGINT",
@@ -317,6 +347,5 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         log!(Info, "received {name}, shutting down");
     };
     smol::block_on(ex.run(smol::future::or(serve, stop)));
-    let _ = std::fs::remove_file(&socket);
     Ok(())
 }

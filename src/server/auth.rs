@@ -39,6 +39,11 @@ const PKI_NO_DEFAULT_ROLE: &str = "not authorized: this certificate is signed by
      has no role; ask an administrator to trust it (`kvmbox config trust add`) or to set \
      core.pki_default_role";
 
+/// What a caller on the LXD-compatible socket is told when it is neither
+/// root nor in the admin group.
+const LXD_SOCKET_REFUSED: &str =
+    "not authorized: only root and the admin group may use this socket";
+
 /// Who is calling.
 #[derive(Clone, Debug)]
 pub(crate) struct Identity {
@@ -274,6 +279,22 @@ impl Shared {
 
     /// Multipass's rule: until the socket has been opened, the first client from the
     /// admin group has its certificate trusted, and the socket becomes 0666.
+    /// A caller on the LXD-compatible socket, known by its peer
+    /// credentials alone (LXD's local model: whoever may open the socket
+    /// administers the server). The socket is root:GROUP 0660; the group
+    /// is checked again here, so that a loosened mode lets no one else in.
+    /// A local admin still opens host files only as itself.
+    pub(crate) fn lxd_identity(&self, cred: &PeerCred) -> Identity {
+        let admin = cred.uid == 0 || in_group(cred, self.admin_gid);
+        Identity {
+            peer: Peer::Local(cred.clone()),
+            cert: None,
+            role: admin.then_some(Role::Admin),
+            projects: Vec::new(),
+            refused: (!admin).then(|| LXD_SOCKET_REFUSED.to_string()),
+        }
+    }
+
     pub(crate) fn first_client(&self, cred: &PeerCred, cert: &Cert) {
         if cred.uid == 0 || !in_group(cred, self.admin_gid) {
             return;

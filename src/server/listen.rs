@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,14 +35,41 @@ use crate::server::state::{DaemonOptions, Shared};
 use crate::server::Error;
 use crate::sys::{self, PeerCred};
 
-/// Accepts on the Unix socket until the daemon stops, each connection on
-/// its own task. Once the socket is 0666 any local user can connect, so one
-/// uid (root aside) may hold only a quarter of the slots.
+/// A bound Unix socket's file, removed when the daemon lets go of it
+/// (whichever way start-up or shutdown goes).
+#[derive(Debug)]
+pub(crate) struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds a Unix socket and gives it its owner and mode (see
+/// [`secure_socket`]).
+pub(crate) fn bind_secured(
+    path: &Path,
+    gid: u32,
+    group: &str,
+    open: bool,
+) -> Result<(UnixListener, SocketFile), Error> {
+    let listener = bind(path)?;
+    let file = SocketFile(path.to_path_buf());
+    secure_socket(path, gid, group, open)?;
+    Ok((listener, file))
+}
+
+/// Accepts on a Unix socket until the daemon stops, each connection on
+/// its own task: TLS inside the socket with `tls` (Multipass's model), or
+/// plain HTTP without (the LXD-compatible socket). Once the TLS socket is
+/// 0666 any local user can connect, so one uid (root aside) may hold only
+/// a quarter of the slots.
 pub(crate) async fn unix(
     shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
     listener: UnixListener,
-    tls: TlsAcceptor,
+    tls: Option<TlsAcceptor>,
     opts: DaemonOptions,
 ) {
     let slots = Arc::new(Semaphore::new(opts.max_connections));
@@ -88,7 +115,10 @@ pub(crate) async fn unix(
         };
         let (shared, tls, opts) = (shared.clone(), tls.clone(), opts.clone());
         ex.spawn(async move {
-            unix_connection(&shared, stream, cred, tls, &opts).await;
+            match tls {
+                Some(tls) => unix_connection(&shared, stream, cred, tls, &opts).await,
+                None => lxd_connection(&shared, stream, cred, &opts).await,
+            }
             drop((slot, per_uid));
         })
         .detach();
@@ -148,6 +178,21 @@ fn claim_uid(
 }
 
 /// Serves one connection until it closes, misbehaves or idles out.
+/// Serves a connection to the LXD-compatible socket: plain HTTP, the
+/// caller known by its peer credentials.
+async fn lxd_connection(
+    shared: &Arc<Shared>,
+    mut stream: UnixStream,
+    cred: PeerCred,
+    opts: &DaemonOptions,
+) {
+    let who = format!("uid {} (LXD socket)", cred.uid);
+    serve(shared, &mut stream, opts, &who, || {
+        shared.lxd_identity(&cred)
+    })
+    .await;
+}
+
 async fn unix_connection(
     shared: &Arc<Shared>,
     stream: UnixStream,

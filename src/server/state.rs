@@ -15,12 +15,19 @@ use crate::server::settings::{Settings, AA_PROFILE_DIR};
 use crate::server::tokens::Tokens;
 use crate::server::trust::TrustStore;
 
+/// Where the LXD-compatible socket is, under the state directory: as
+/// LXD's `$LXD_DIR/unix.socket`, so that `LXD_DIR=STATE/lxd lxc …` works.
+pub(crate) const LXD_SOCKET: &str = "lxd/unix.socket";
+
 /// How the daemon is started.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
     /// Default `STATE/unix.socket`.
     pub socket: Option<PathBuf>,
+    /// The LXD-compatible socket (plain HTTP, callers known by their peer
+    /// credentials), `STATE/lxd/unix.socket` unless set; `None`: none.
+    pub lxd_socket: Option<PathBuf>,
     /// Admin group; default the first of sudo/admin/wheel that exists.
     pub group: Option<String>,
     /// A request (or TLS handshake) must arrive within this time, and an idle
@@ -47,6 +54,7 @@ pub struct DaemonOptions {
 impl DaemonOptions {
     pub fn new(state_dir: PathBuf) -> DaemonOptions {
         DaemonOptions {
+            lxd_socket: Some(state_dir.join(LXD_SOCKET)),
             state_dir,
             socket: None,
             group: None,
