@@ -20,3 +20,8 @@ pub(crate) fn rfc3339(secs: u64) -> String {
     })
     .unwrap_or_else(|| secs.to_string())
 }
+
+/// Now, in RFC 3339.
+pub(crate) fn rfc3339_now() -> String {
+    rfc3339(now())
+}

@@ -15,6 +15,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod auth;
+pub(crate) mod events;
 pub(crate) mod filter;
 pub(crate) mod handlers;
 pub(crate) mod listen;

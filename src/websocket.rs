@@ -1,7 +1,7 @@
 //! The server side of an accepted websocket (RFC 6455), as much as
-//! `/1.0/events` needs: nothing is sent on it yet but pings, which tell a
-//! live peer from one that vanished without closing (a dead TCP peer sends
-//! no FIN, and an idle one would otherwise hold its slot for ever).
+//! `/1.0/events` needs: messages go out as they are handed over, and pings
+//! tell a live peer from one that vanished without closing (a dead TCP peer
+//! sends no FIN, and an idle one would otherwise hold its slot for ever).
 //!
 //! A peer is pinged after `every` of silence and dropped if it sends no
 //! complete frame within `every` again. Pings are answered with pongs, a
@@ -21,6 +21,7 @@ use crate::rt::timed;
 /// events socket, so this only bounds the buffer.
 const MAX_FRAME: usize = 64 * 1024;
 
+const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -121,12 +122,44 @@ fn control(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Serves an accepted websocket until the peer closes it, breaks the
-/// protocol, stays silent for `every` after being pinged, or `trusted`
-/// (asked again before a read once `every` has passed since it last was)
-/// says it may no longer have it.
-pub(crate) async fn hold<S>(stream: &mut S, every: Duration, who: &str, trusted: impl Fn() -> bool)
-where
+/// A server text message (never masked, never fragmented).
+fn text(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | OP_TEXT];
+    match payload.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What woke the loop of [`hold`].
+enum Woke {
+    Read(std::io::Result<usize>),
+    /// A message to send; `None` once the sender has let go (the events
+    /// listener was dropped for falling behind).
+    Message(Option<std::sync::Arc<[u8]>>),
+}
+
+/// Serves an accepted websocket, sending each message `messages` yields as
+/// text, until the peer closes it, breaks the protocol, stays silent for
+/// `every` after being pinged, cannot take a message within `every`, falls
+/// so far behind that `messages` ends, or `trusted` (asked again once
+/// `every` has passed since it last was) says it may no longer have it.
+pub(crate) async fn hold<S>(
+    stream: &mut S,
+    every: Duration,
+    who: &str,
+    trusted: impl Fn() -> bool,
+    messages: smol::channel::Receiver<std::sync::Arc<[u8]>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
@@ -144,11 +177,27 @@ where
             }
             checked = std::time::Instant::now();
         }
-        // A read is cancelled by the timer only before it returns data, so
-        // nothing is lost between iterations: partial frames wait in `buf`.
-        let n = match timed(every, stream.read(&mut chunk)).await {
-            Some(Ok(0) | Err(_)) => return,
-            Some(Ok(n)) => n,
+        // A read is cancelled (by the timer, or by a message to send) only
+        // before it returns data, so nothing is lost between iterations:
+        // partial frames wait in `buf`.
+        let read = async { Woke::Read(stream.read(&mut chunk).await) };
+        let message = async { Woke::Message(messages.recv().await.ok()) };
+        let n = match timed(every, smol::future::or(read, message)).await {
+            Some(Woke::Message(Some(m))) => {
+                if !send(stream, &text(&m), every).await {
+                    log!(Info, "websocket of {who} dropped: it does not read");
+                    return;
+                }
+                continue;
+            }
+            Some(Woke::Message(None)) => {
+                log!(Info, "websocket of {who} dropped: it fell behind");
+                let code = CLOSE_POLICY_VIOLATION.to_be_bytes();
+                let _ = send(stream, &control(OP_CLOSE, &code), every).await;
+                return;
+            }
+            Some(Woke::Read(Ok(0) | Err(_))) => return,
+            Some(Woke::Read(Ok(n))) => n,
             None if pinged => {
                 log!(Info, "websocket of {who} dropped: no answer to a ping");
                 return;

@@ -29,6 +29,7 @@ use crate::log::log;
 use crate::rt::timed;
 use crate::server::admission::{handshake, network_peer, take_slot, PerPeer};
 use crate::server::auth::Identity;
+use crate::server::events::Kinds;
 use crate::server::reply::error;
 use crate::server::routes;
 use crate::server::state::{DaemonOptions, Shared};
@@ -228,6 +229,9 @@ pub(crate) async fn serve<S>(
     let mut buf = Vec::new();
     let opened = std::time::Instant::now();
     loop {
+        // The events a websocket being accepted will carry: listened for
+        // before the 101 goes out, so that none sent after it is missed.
+        let mut events = None;
         let (resp, keep_alive) = match timed(
             opts.timeout,
             http::read_request(tls_stream, &mut buf, opts.limits),
@@ -258,6 +262,11 @@ pub(crate) async fn serve<S>(
                 // once the connection is older than a request may take,
                 // it is closed after each answer.
                 let held = id.role.is_none() && opened.elapsed() >= opts.timeout;
+                if resp.status == 101 {
+                    events = Kinds::parse(req.query_param("type"))
+                        .ok()
+                        .map(|kinds| shared.events.listen(kinds));
+                }
                 (resp, req.keep_alive && !held)
             }
         };
@@ -267,12 +276,12 @@ pub(crate) async fn serve<S>(
             tls_stream.flush().await
         })
         .await;
-        if resp.status == 101 && matches!(written, Some(Ok(()))) {
-            // An accepted event websocket: held, and pinged when silent,
-            // until the peer closes it, stops answering or is no longer
-            // trusted.
-            crate::websocket::hold(tls_stream, opts.timeout, who, || identity().role.is_some())
-                .await;
+        if let (Some(events), Some(Ok(()))) = (events, &written) {
+            // An accepted event websocket: held, sent the events it asked
+            // for, and pinged when silent, until the peer closes it, stops
+            // answering, falls behind or is no longer trusted.
+            let trusted = || identity().role.is_some();
+            crate::websocket::hold(tls_stream, opts.timeout, who, trusted, events).await;
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::server::events::{Events, Kind};
+
 /// How far an operation got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub(crate) enum Status {
@@ -76,13 +78,15 @@ struct Slot {
 #[derive(Clone)]
 pub(crate) struct Operations {
     slots: Arc<Mutex<BTreeMap<String, Slot>>>,
+    /// Where each change of an operation is announced.
+    events: Events,
     keep: Duration,
     max_finished: usize,
 }
 
 impl Default for Operations {
     fn default() -> Operations {
-        Operations::with_retention(KEEP_FINISHED, MAX_FINISHED)
+        Operations::new(Events::default())
     }
 }
 
@@ -93,9 +97,18 @@ impl std::fmt::Debug for Operations {
 }
 
 impl Operations {
+    /// Operations that announce themselves on `events`.
+    pub(crate) fn new(events: Events) -> Operations {
+        Operations {
+            events,
+            ..Operations::with_retention(KEEP_FINISHED, MAX_FINISHED)
+        }
+    }
+
     /// Keeps finished operations for `keep`, and at most `max_finished` of them.
     pub(crate) fn with_retention(keep: Duration, max_finished: usize) -> Operations {
         Operations {
+            events: Events::default(),
             slots: Arc::default(),
             keep,
             max_finished,
@@ -187,6 +200,7 @@ impl Operations {
                 finished: None,
             },
         );
+        self.announce(&op);
         let work = work(Progress {
             ops: self.clone(),
             id: op.id.clone(),
@@ -195,7 +209,8 @@ impl Operations {
         let id = op.id.clone();
         ex.spawn(async move {
             let result = work.await;
-            if let Some(slot) = this.lock().get_mut(&id) {
+            let mut map = this.lock();
+            if let Some(slot) = map.get_mut(&id) {
                 let op = &mut slot.op;
                 op.updated_at = crate::clock::now();
                 match result {
@@ -211,11 +226,22 @@ impl Operations {
                 op.status_code = op.status.code();
                 slot.finished = Some(Instant::now());
                 let _ = slot.last.set(op.clone());
+                let done = op.clone();
+                drop(map);
+                this.announce(&done);
             }
             tx.close();
         })
         .detach();
         op
+    }
+
+    /// Tells the events listeners how `op` is now.
+    fn announce(&self, op: &Operation) {
+        self.events.send(
+            Kind::Operation,
+            &serde_json::to_value(op).unwrap_or_default(),
+        );
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Operation> {
@@ -264,12 +290,18 @@ pub(crate) struct Progress {
 impl Progress {
     /// Replaces the operation's metadata while it runs.
     pub(crate) fn set(&self, metadata: Value) {
-        if let Some(slot) = self.ops.lock().get_mut(&self.id) {
-            if slot.op.status == Status::Running {
-                slot.op.metadata = metadata;
-                slot.op.updated_at = crate::clock::now();
-            }
-        }
+        let mut map = self.ops.lock();
+        let Some(slot) = map
+            .get_mut(&self.id)
+            .filter(|s| s.op.status == Status::Running)
+        else {
+            return;
+        };
+        slot.op.metadata = metadata;
+        slot.op.updated_at = crate::clock::now();
+        let now = slot.op.clone();
+        drop(map);
+        self.ops.announce(&now);
     }
 }
 

@@ -80,6 +80,7 @@ pub(crate) struct Shared {
     tokens: Mutex<Tokens>,
     limiter: Mutex<RateLimiter<String>>,
     pub(crate) ops: crate::server::operations::Operations,
+    pub(crate) events: crate::server::events::Events,
     /// PKI mode (LXD's): client certificates were checked against
     /// `server.ca` and `server.crl` during the handshake; one that passed and
     /// that the trust store does not list gets `core.pki_default_role`.
@@ -101,6 +102,7 @@ impl Shared {
         tokens: Tokens,
         pki: Option<Arc<crate::tls::Pki>>,
     ) -> Shared {
+        let events = crate::server::events::Events::default();
         Shared {
             cert,
             socket,
@@ -117,7 +119,8 @@ impl Shared {
                 Duration::from_secs(1),
                 Duration::from_secs(900),
             )),
-            ops: crate::server::operations::Operations::default(),
+            ops: crate::server::operations::Operations::new(events.clone()),
+            events,
             instances: Arc::default(),
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::http::{Request, Response};
+use crate::server::events::Kinds;
 use crate::server::reply::{error, sync};
 use crate::server::state::Shared;
 
@@ -42,9 +43,12 @@ pub(crate) async fn wait(shared: &Arc<Shared>, req: &Request, id: &str) -> Respo
     }
 }
 
-/// `/1.0/events`: the websocket is accepted so that LXD clients can wait
-/// on operations, but no events are sent on it yet.
+/// `/1.0/events[?type=operation,lifecycle]`: the websocket is accepted
+/// here; the connection then carries the events (see `listen::serve`).
 pub(crate) fn events(req: &Request) -> Response {
+    if let Err(e) = Kinds::parse(req.query_param("type")) {
+        return error(400, &e.to_string());
+    }
     match &req.websocket_key {
         Some(key) => Response::websocket_accept(key),
         None => error(400, "/1.0/events is served as a websocket only"),
