@@ -7,11 +7,12 @@ set -eu
 # Build: musl-gcc for ring's C parts; the aarch64 cross compiler and
 # qemu-user-static for the aarch64 build and its smoke test.
 # Tests and benchmarks: the real peers (QEMU, apparmor_parser, lxc, openssl,
-# libvirt), busybox-static for guest initramfs images, file and time.
+# libvirt), busybox-static for guest initramfs images, mmdebstrap and
+# e2fsprogs for the Debian guest's root disk, file and time.
 PACKAGES="curl musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
 qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio
-iproute2 xz-utils zstd util-linux passwd"
+iproute2 xz-utils zstd util-linux passwd mmdebstrap e2fsprogs"
 
 missing_packages() {
     for p in $PACKAGES; do
