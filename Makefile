@@ -13,7 +13,9 @@ APPLETS   := kvmbox kvmbox-aa-helper kvmbox-cert kvmboxd
 # targets do not follow one pattern.
 TARGET_x86_64  := x86_64-unknown-linux-musl
 TARGET_aarch64 := aarch64-unknown-linux-musl
-CROSS_ARCHES   := aarch64
+TARGET_armv7   := armv7-unknown-linux-musleabihf
+TARGET_riscv64 := riscv64gc-unknown-linux-musl
+CROSS_ARCHES   := aarch64 armv7 riscv64
 TARGET := $(TARGET_$(ARCH))
 ifeq ($(TARGET),)
 $(error unknown ARCH=$(ARCH): use x86_64 or one of $(CROSS_ARCHES))
@@ -46,7 +48,7 @@ $(OUT): $(SOURCES)
 	@# A rename, not an overwrite: a running daemon keeps its old file.
 	cp target/$(TARGET)/release/kvmbox $@.tmp && mv -f $@.tmp $@
 
-# `make cross ARCH=aarch64` → build/aarch64/kvmbox
+# `make cross ARCH=aarch64|armv7|riscv64` → build/ARCH/kvmbox
 cross:
 	$(MAKE) ARCH=$(ARCH) all
 

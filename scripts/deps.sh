@@ -4,12 +4,14 @@
 # rustup first and only calls apt-get for what is missing.
 set -eu
 
-# Build: musl-gcc for ring's C parts; the aarch64 cross compiler and
-# qemu-user-static for the aarch64 build and its smoke test.
+# Build: musl-gcc for ring's C parts; the aarch64, armv7 and riscv64 cross
+# compilers (with their C headers) and qemu-user-static for the cross builds
+# and their smoke test.
 # Tests and benchmarks: the real peers (QEMU, apparmor_parser, lxc, openssl,
 # libvirt), busybox-static for guest initramfs images, file and time.
 PACKAGES="curl musl-tools qemu-user-static
-gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
 qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio
 iproute2 xz-utils zstd util-linux passwd"
