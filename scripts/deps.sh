@@ -47,7 +47,8 @@ fi
 # (rustup installs what it names, quickly when it is there); the release
 # binaries the nightly and zig pinned in cross/release.env (why: see there).
 cd "$(dirname "$0")/.."
-rustup toolchain install >/dev/null
+# Quiet when it has nothing to do; said again, loudly, when it fails.
+rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 . cross/release.env
 sysroot=$(rustup run "$RELEASE_TOOLCHAIN" rustc --print sysroot 2>/dev/null || true)
 if [ -z "$sysroot" ] || [ ! -d "$sysroot/lib/rustlib/src/rust/library" ]; then
