@@ -1,12 +1,31 @@
 # kvmbox: one static executable. The README's two commands are `make run`
 # and `make test`; both install what they need first (scripts/deps.sh).
 
+include cross/release.env
+
 ARCH      ?= x86_64
-TARGET    := $(ARCH)-unknown-linux-musl
 CARGO     ?= cargo
 PREFIX    ?= /usr/local
 DESTDIR   ?=
 APPLETS   := kvmbox kvmbox-aa-helper kvmbox-cert kvmboxd
+
+# Every release binary is a static musl executable; Rust's names for the
+# targets do not follow one pattern.
+TARGET_x86_64  := x86_64-unknown-linux-musl
+TARGET_aarch64 := aarch64-unknown-linux-musl
+TARGET_armv7   := armv7-unknown-linux-musleabihf
+TARGET_riscv64 := riscv64gc-unknown-linux-musl
+CROSS_ARCHES   := aarch64 armv7 riscv64
+TARGET := $(TARGET_$(ARCH))
+ifeq ($(TARGET),)
+$(error unknown ARCH=$(ARCH): use x86_64 or one of $(CROSS_ARCHES))
+endif
+
+# The release toolchain and link driver (cross/release.env, cross/zig-cc).
+# zig keeps the musl runtime it builds per target under target/.
+export ZIG ?= $(KVMBOX_TOOLS)/ziglang-$(ZIG_VERSION)/ziglang/zig
+export ZIG_GLOBAL_CACHE_DIR ?= $(CURDIR)/target/zig-cache
+export ZIG_LOCAL_CACHE_DIR ?= $(ZIG_GLOBAL_CACHE_DIR)
 
 ifeq ($(ARCH),x86_64)
 OUT := build/kvmbox
@@ -15,7 +34,7 @@ OUT := build/$(ARCH)/kvmbox
 endif
 
 # Rebuild when any source changes; cargo itself decides what is stale.
-SOURCES := Cargo.toml Cargo.lock rust-toolchain.toml $(wildcard cross/*.toml) \
+SOURCES := Cargo.toml Cargo.lock $(wildcard cross/*) \
            $(shell find src aa applets profiles -type f 2>/dev/null)
 
 .PHONY: all cross deps run test check unit shtest qemu-test bench install clean
@@ -23,12 +42,13 @@ SOURCES := Cargo.toml Cargo.lock rust-toolchain.toml $(wildcard cross/*.toml) \
 all: $(OUT)
 
 $(OUT): $(SOURCES)
-	$(CARGO) build --release --locked --target $(TARGET) --config cross/$(ARCH).toml
+	RUSTUP_TOOLCHAIN=$(RELEASE_TOOLCHAIN) $(CARGO) build --release --locked \
+		--target $(TARGET) --config cross/release.toml --config cross/$(ARCH).toml
 	@mkdir -p $(dir $@)
 	@# A rename, not an overwrite: a running daemon keeps its old file.
 	cp target/$(TARGET)/release/kvmbox $@.tmp && mv -f $@.tmp $@
 
-# `make cross ARCH=aarch64` → build/aarch64/kvmbox
+# `make cross ARCH=aarch64|armv7|riscv64` → build/ARCH/kvmbox
 cross:
 	$(MAKE) ARCH=$(ARCH) all
 
@@ -46,7 +66,7 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory all ARCH=aarch64
+	@for a in $(CROSS_ARCHES); do $(MAKE) --no-print-directory all ARCH=$$a || exit 1; done
 	@# This run's scratch files all go under one directory, and its processes
 	@# carry a marker in their environment: the closing check finds what the
 	@# run left running by either, and never another run's processes.

@@ -4,12 +4,15 @@
 # rustup first and only calls apt-get for what is missing.
 set -eu
 
-# Build: musl-gcc for ring's C parts; the aarch64 cross compiler and
-# qemu-user-static for the aarch64 build and its smoke test.
+# Build: musl-gcc for ring's C parts; the aarch64, armv7 and riscv64 cross
+# compilers (with their C headers) and qemu-user-static for the cross builds
+# and their smoke test.
 # Tests and benchmarks: the real peers (QEMU, apparmor_parser, lxc, openssl,
 # libvirt), busybox-static for guest initramfs images, mmdebstrap and
 # e2fsprogs for the Debian guest's root disk, file and time.
-PACKAGES="curl musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+PACKAGES="curl musl-tools qemu-user-static
+gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
 qemu-system-x86 qemu-utils busybox-static apparmor lxd-client openssl
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients file time cpio
 iproute2 xz-utils zstd util-linux passwd mmdebstrap e2fsprogs"
@@ -41,12 +44,28 @@ if [ -n "$missing" ]; then
     exit 1
 fi
 
-# The toolchain and targets are pinned in rust-toolchain.toml; rustup adds
-# what is missing.
-installed=$(rustup target list --installed 2>/dev/null || true)
-for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
-    case "$installed" in
-        *"$t"*) ;;
-        *) rustup target add "$t" ;;
-    esac
-done
+# Tests, clippy and rustfmt use the stable toolchain of rust-toolchain.toml
+# (rustup installs what it names, quickly when it is there); the release
+# binaries the nightly and zig pinned in cross/release.env (why: see there).
+cd "$(dirname "$0")/.."
+# Quiet when it has nothing to do; said again, loudly, when it fails.
+rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
+. cross/release.env
+sysroot=$(rustup run "$RELEASE_TOOLCHAIN" rustc --print sysroot 2>/dev/null || true)
+if [ -z "$sysroot" ] || [ ! -d "$sysroot/lib/rustlib/src/rust/library" ]; then
+    echo "deps: installing Rust $RELEASE_TOOLCHAIN with its source"
+    rustup toolchain install "$RELEASE_TOOLCHAIN" --profile minimal --component rust-src
+fi
+
+zig_dir=$KVMBOX_TOOLS/ziglang-$ZIG_VERSION
+if [ ! -x "$zig_dir/ziglang/zig" ]; then
+    echo "deps: installing zig $ZIG_VERSION into $zig_dir"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    printf 'ziglang==%s --hash=sha256:%s\n' "$ZIG_VERSION" "$ZIG_SHA256" >"$tmp/requirements.txt"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --require-hashes --target "$tmp/zig" -r "$tmp/requirements.txt"
+    mkdir -p "$KVMBOX_TOOLS"
+    # Into place whole, so that an interrupted install is not taken as done.
+    mv "$tmp/zig" "$zig_dir"
+fi
