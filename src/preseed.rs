@@ -35,8 +35,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::pki::Cert;
-use crate::server::trust::Role;
 use crate::vmm::instances::{check_config, check_device, Device};
+use crate::wire::{check_projects, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -238,7 +238,7 @@ impl Preseed {
             if c.projects.len() > 64 {
                 return Err(invalid(what, "invalid project list"));
             }
-            crate::server::trust::check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
+            check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
             let cert = Cert::from_pem(c.certificate.as_bytes())
                 .map_err(|_| invalid(&what, "not a PEM X.509 certificate"))?;
             if !cert.info().is_ok_and(|i| i.key_type.starts_with("ecdsa-")) {
