@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use crate::pki::Cert;
 use crate::vmm::instances::{check_config, check_device, Device};
-use crate::wire::{check_projects, Role};
+use crate::wire::{self, check_projects, Exchange, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -333,7 +333,7 @@ impl Preseed {
         client: &mut crate::client::connection::Client,
         report: impl FnMut(&str, Outcome),
     ) -> Result<(), Error> {
-        self.apply_with(client, report)
+        self.apply_with(&mut Remote(client), report)
     }
 
     pub(crate) fn apply_with(
@@ -361,10 +361,20 @@ pub(crate) struct CallError {
     pub message: String,
 }
 
-/// How steps reach the API: the metadata of an answer, or its error.
-pub(crate) trait Transport {
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError>;
+impl From<crate::wire::Error> for CallError {
+    fn from(e: crate::wire::Error) -> CallError {
+        match e {
+            crate::wire::Error::Refused { status, message } => CallError { status, message },
+            other => CallError {
+                status: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+}
 
+/// How steps reach the API.
+pub(crate) trait Transport: Exchange<Error = CallError> {
     /// Whether the certificate `pem`, which an administrator removed from
     /// the trust store, stays out. A document an administrator sends is an
     /// explicit act and adds it back (false); the daemon applying its
@@ -375,9 +385,19 @@ pub(crate) trait Transport {
     }
 }
 
-impl Transport for crate::client::connection::Client {
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
-        crate::client::connection::Client::call(self, method, path, body).map_err(|e| CallError {
+/// A client's connection as a [`Transport`].
+struct Remote<'a>(&'a mut crate::client::connection::Client);
+
+impl Exchange for Remote<'_> {
+    type Error = CallError;
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), CallError> {
+        self.0.exchange(method, path, body).map_err(|e| CallError {
             status: match &e {
                 crate::client::connection::Error::Api { status, .. } => *status,
                 _ => 0,
@@ -387,37 +407,24 @@ impl Transport for crate::client::connection::Client {
     }
 }
 
+impl Transport for Remote<'_> {}
+
+/// The metadata of the answer to `GET path`.
+fn get(t: &mut dyn Transport, path: &str) -> Result<Value, CallError> {
+    wire::call(t, "GET", path, None)
+}
+
 /// A call whose answer, if it is an operation, is waited for.
 fn act(t: &mut dyn Transport, method: &str, path: &str, body: &Value) -> Result<(), CallError> {
-    let v = t.call(method, path, Some(body))?;
-    let Some(id) = v
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|_| v.get("class").is_some())
-    else {
-        return Ok(());
-    };
-    let done = t.call(
-        "GET",
-        &format!("/1.0/operations/{id}/wait?timeout=3600"),
-        None,
-    )?;
-    if done.get("status_code").and_then(Value::as_u64) == Some(200) {
-        return Ok(());
-    }
-    Err(CallError {
-        status: 0,
-        message: done
-            .get("err")
-            .and_then(Value::as_str)
-            .unwrap_or("the operation failed")
-            .to_string(),
-    })
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    let answer = wire::call(t, method, path, Some(&body))?;
+    wire::settle(t, answer)?;
+    Ok(())
 }
 
 /// `GET path`, `None` when it does not exist.
 fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> {
-    match t.call("GET", path, None) {
+    match get(t, path) {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.status == 404 => Ok(None),
         Err(e) => Err(e),
@@ -427,7 +434,7 @@ fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> 
 fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
     match step {
         Step::Config { key, value } => {
-            let server = t.call("GET", "/1.0", None)?;
+            let server = get(t, "/1.0")?;
             let now = server.pointer("/config").and_then(|c| c.get(key.as_str()));
             let now = now.and_then(Value::as_str);
             let done = if crate::server::settings::is_secret(key) {
@@ -475,7 +482,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             Ok(Outcome::Updated)
         }
         Step::Image { alias, path } => {
-            let list = t.call("GET", "/1.0/images?recursion=1", None)?;
+            let list = get(t, "/1.0/images?recursion=1")?;
             let exists = list
                 .as_array()
                 .is_some_and(|l| l.iter().any(|i| i.get("alias") == Some(&json!(alias))));
@@ -530,7 +537,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
         }
         Step::State { name, running } => {
             let path = format!("/1.0/instances/{name}/state");
-            let now = t.call("GET", &path, None)?;
+            let now = get(t, &path)?;
             let is_running = now.get("status").and_then(Value::as_str) == Some("Running");
             if is_running == *running {
                 return Ok(Outcome::Unchanged);
@@ -552,6 +559,7 @@ mod tests {
 
     use super::*;
     use crate::pki::{CertSpec, Curve, Key, Profile};
+    use crate::wire::Envelope;
 
     fn pem() -> String {
         let key = Key::generate(Curve::P256).unwrap();
@@ -699,30 +707,40 @@ mod tests {
         calls: Vec<(String, String, Value)>,
     }
 
-    impl Transport for Fake {
-        fn call(
+    impl Exchange for Fake {
+        type Error = CallError;
+
+        fn exchange(
             &mut self,
             method: &str,
             path: &str,
-            body: Option<&Value>,
-        ) -> Result<Value, CallError> {
+            body: Option<&[u8]>,
+        ) -> Result<(u16, Vec<u8>), CallError> {
+            let answer = |status, e: &Envelope<Value>| (status, serde_json::to_vec(e).unwrap());
             if method == "GET" {
-                return self.gets.get(path).cloned().ok_or(CallError {
-                    status: 404,
-                    message: "not found".into(),
+                return Ok(match self.gets.get(path) {
+                    Some(v) => answer(200, &Envelope::sync(v.clone())),
+                    None => answer(404, &Envelope::error(404, "not found")),
                 });
             }
             self.calls.push((
                 method.into(),
                 path.into(),
-                body.cloned().unwrap_or_default(),
+                body.map(|b| serde_json::from_slice(b).unwrap())
+                    .unwrap_or_default(),
             ));
             if path == "/1.0/images" || path.ends_with("/state") {
-                return Ok(json!({"id": "op1", "class": "task", "status_code": 103}));
+                let op = json!({"id": "op1", "class": "task", "status_code": 103});
+                return Ok(answer(
+                    202,
+                    &Envelope::operation("/1.0/operations/op1".into(), op),
+                ));
             }
-            Ok(json!({}))
+            Ok(answer(200, &Envelope::sync(json!({}))))
         }
     }
+
+    impl Transport for Fake {}
 
     fn run_all(p: &Preseed, t: &mut Fake) -> Vec<(String, Outcome)> {
         let mut out = Vec::new();

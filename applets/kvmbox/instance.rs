@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-use kvmbox::{Client, ClientError};
+use kvmbox::Client;
 use serde_json::{json, Value};
 
 use super::output::{self, Format};
@@ -232,12 +232,8 @@ pub(crate) fn wait(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, Error> {
-    let v = c.call(method, path, body)?;
-    let is_op = v.get("class").is_some() && v.get("status_code").is_some() && v.get("id").is_some();
-    if !is_op {
-        return Ok(v);
-    }
-    finish(c, &v)
+    let answer = c.call(method, path, body)?;
+    Ok(c.wait(answer)?)
 }
 
 /// On a terminal, shows the operation's `progress.percent` until it ends.
@@ -270,28 +266,6 @@ fn show_progress(c: &mut Client, op: &Value) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let _ = writeln!(err);
-}
-
-/// Waits for the operation `op` (as an async answer gives it) to end.
-fn finish(c: &mut Client, op: &Value) -> Result<Value, Error> {
-    let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
-    let done = c.call(
-        "GET",
-        &format!("/1.0/operations/{id}/wait?timeout=3600"),
-        None,
-    )?;
-    if done.get("status_code").and_then(Value::as_u64) == Some(200) {
-        Ok(done.get("metadata").cloned().unwrap_or(Value::Null))
-    } else {
-        let err = done
-            .get("err")
-            .and_then(Value::as_str)
-            .unwrap_or("operation failed");
-        Err(Error::Client(ClientError::Api {
-            status: 400,
-            message: err.to_string(),
-        }))
-    }
 }
 
 fn absolute(p: &Path) -> Result<String, Error> {
@@ -477,7 +451,7 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
             let mut c = ctx.connect()?;
             let op = c.call("POST", "/1.0/images", Some(&body))?;
             show_progress(&mut c, &op);
-            let img = finish(&mut c, &op)?;
+            let img = c.wait(op)?;
             println!(
                 "Image imported with fingerprint: {}",
                 img.get("fingerprint")
