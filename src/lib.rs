@@ -46,7 +46,7 @@ pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
-pub use wire::Role;
+pub use wire::{path as api_path, Role};
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
 pub use vmm::qemu::{

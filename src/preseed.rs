@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use crate::pki::Cert;
 use crate::vmm::instances::{check_config, check_device, Device};
-use crate::wire::{self, check_projects, Exchange, Role};
+use crate::wire::{self, check_projects, path, Exchange, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -434,7 +434,7 @@ fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> 
 fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
     match step {
         Step::Config { key, value } => {
-            let server = get(t, "/1.0")?;
+            let server = get(t, path::SERVER)?;
             let now = server.pointer("/config").and_then(|c| c.get(key.as_str()));
             let now = now.and_then(Value::as_str);
             let done = if crate::server::settings::is_secret(key) {
@@ -445,7 +445,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             if done {
                 return Ok(Outcome::Unchanged);
             }
-            act(t, "PATCH", "/1.0", &json!({"config": {key: value}}))?;
+            act(t, "PATCH", path::SERVER, &json!({"config": {key: value}}))?;
             Ok(if now.is_some() {
                 Outcome::Updated
             } else {
@@ -459,14 +459,14 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             projects,
             pem,
         } => {
-            let path = format!("/1.0/certificates/{fingerprint}");
-            let Some(now) = probe(t, &path)? else {
+            let url = path::certificate(fingerprint);
+            let Some(now) = probe(t, &url)? else {
                 if t.keeps_removed(pem) {
                     return Ok(Outcome::Denied);
                 }
                 let body = json!({"type": "client", "name": name, "certificate": pem,
                     "role": role, "projects": projects});
-                act(t, "POST", "/1.0/certificates", &body)?;
+                act(t, "POST", path::CERTIFICATES, &body)?;
                 return Ok(Outcome::Created);
             };
             let want = json!({"name": name, "role": role, "projects": projects});
@@ -478,20 +478,20 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             }
             let body = json!({"name": name, "role": role, "projects": projects,
                 "restricted": !projects.is_empty()});
-            act(t, "PUT", &path, &body)?;
+            act(t, "PUT", &url, &body)?;
             Ok(Outcome::Updated)
         }
-        Step::Image { alias, path } => {
-            let list = get(t, "/1.0/images?recursion=1")?;
+        Step::Image { alias, path: file } => {
+            let list = get(t, path::IMAGES_FULL)?;
             let exists = list
                 .as_array()
                 .is_some_and(|l| l.iter().any(|i| i.get("alias") == Some(&json!(alias))));
             if exists {
                 return Ok(Outcome::Unchanged);
             }
-            let body = json!({"source": {"type": "path", "path": path},
+            let body = json!({"source": {"type": "path", "path": file},
                 "aliases": [{"name": alias}]});
-            act(t, "POST", "/1.0/images", &body)?;
+            act(t, "POST", path::IMAGES, &body)?;
             Ok(Outcome::Created)
         }
         Step::Instance {
@@ -500,15 +500,15 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             config,
             devices,
         } => {
-            let path = format!("/1.0/instances/{name}");
-            let Some(now) = probe(t, &path)? else {
+            let url = path::instance(name);
+            let Some(now) = probe(t, &url)? else {
                 let source = match alias {
                     Some(a) => json!({"type": "image", "alias": a}),
                     None => json!({"type": "none"}),
                 };
                 let body = json!({"name": name, "type": "virtual-machine", "source": source,
                     "config": config, "devices": devices});
-                act(t, "POST", "/1.0/instances", &body)?;
+                act(t, "POST", path::INSTANCES, &body)?;
                 return Ok(Outcome::Created);
             };
             let differs = |field: &str, k: &String, v: Value| {
@@ -530,20 +530,20 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             act(
                 t,
                 "PATCH",
-                &path,
+                &url,
                 &json!({"config": config, "devices": devices}),
             )?;
             Ok(Outcome::Updated)
         }
         Step::State { name, running } => {
-            let path = format!("/1.0/instances/{name}/state");
-            let now = get(t, &path)?;
+            let url = path::instance_state(name);
+            let now = get(t, &url)?;
             let is_running = now.get("status").and_then(Value::as_str) == Some("Running");
             if is_running == *running {
                 return Ok(Outcome::Unchanged);
             }
             let action = if *running { "start" } else { "stop" };
-            act(t, "PUT", &path, &json!({"action": action}))?;
+            act(t, "PUT", &url, &json!({"action": action}))?;
             Ok(Outcome::Updated)
         }
     }

@@ -181,11 +181,46 @@ pub(crate) fn settle<X: Exchange + ?Sized>(x: &mut X, answer: Value) -> Result<V
     .into())
 }
 
-/// The API's paths, as clients ask for them and the daemon shows them.
-pub(crate) mod path {
-    /// `GET /1.0/operations/<id>/wait`, held for as long as the daemon
-    /// allows (an hour).
-    pub(crate) fn operation_wait(id: &str) -> String {
+/// The API's paths, as clients ask for them and the daemon shows them
+/// (a list's entries, an operation's resources). Each `…_FULL` list has
+/// every entry in full (`?recursion=1`), not as its path.
+pub mod path {
+    /// `/1.0`: the server and its configuration.
+    pub const SERVER: &str = "/1.0";
+    pub const CERTIFICATES: &str = "/1.0/certificates";
+    pub const CERTIFICATES_FULL: &str = "/1.0/certificates?recursion=1";
+    pub const INSTANCES: &str = "/1.0/instances";
+    pub const INSTANCES_FULL: &str = "/1.0/instances?recursion=1";
+    pub const IMAGES: &str = "/1.0/images";
+    pub const IMAGES_FULL: &str = "/1.0/images?recursion=1";
+
+    pub fn certificate(fingerprint: &str) -> String {
+        format!("{CERTIFICATES}/{fingerprint}")
+    }
+
+    pub fn instance(name: &str) -> String {
+        format!("{INSTANCES}/{name}")
+    }
+
+    pub fn instance_state(name: &str) -> String {
+        format!("{INSTANCES}/{name}/state")
+    }
+
+    pub fn instance_console(name: &str) -> String {
+        format!("{INSTANCES}/{name}/console")
+    }
+
+    pub fn image(fingerprint: &str) -> String {
+        format!("{IMAGES}/{fingerprint}")
+    }
+
+    pub fn operation(id: &str) -> String {
+        format!("/1.0/operations/{id}")
+    }
+
+    /// The operation once it has ended, or after an hour (the longest the
+    /// daemon holds a wait).
+    pub fn operation_wait(id: &str) -> String {
         format!("/1.0/operations/{id}/wait?timeout=3600")
     }
 }
@@ -248,6 +283,23 @@ pub(crate) fn check_projects(projects: &[String]) -> Result<(), Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn paths_as_lxd_has_them() {
+        assert_eq!(path::instance("vm1"), "/1.0/instances/vm1");
+        assert_eq!(path::instance_state("vm1"), "/1.0/instances/vm1/state");
+        assert_eq!(path::instance_console("vm1"), "/1.0/instances/vm1/console");
+        assert_eq!(path::certificate("ab12"), "/1.0/certificates/ab12");
+        assert_eq!(path::image("ab12"), "/1.0/images/ab12");
+        assert_eq!(path::operation("u1"), "/1.0/operations/u1");
+        assert_eq!(
+            path::operation_wait("u1"),
+            "/1.0/operations/u1/wait?timeout=3600"
+        );
+        assert_eq!(path::INSTANCES_FULL, "/1.0/instances?recursion=1");
+        assert_eq!(path::CERTIFICATES_FULL, "/1.0/certificates?recursion=1");
+        assert_eq!(path::IMAGES_FULL, "/1.0/images?recursion=1");
+    }
 
     #[test]
     fn envelopes_in_lxds_shape() {

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
+use kvmbox::api_path as path;
 use serde_json::json;
 
 use super::{Ctx, Error};
@@ -82,17 +83,17 @@ pub(crate) fn secret_from(file: &Path) -> Result<String, Error> {
 pub(crate) fn authenticate(ctx: &Ctx, args: &Authenticate) -> Result<(), Error> {
     let pp = passphrase(args)?;
     let mut client = ctx.connect()?;
-    let server = client.call("GET", "/1.0", None)?;
+    let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(|a| a.as_str()) == Some("trusted") {
         println!("This client is already trusted.");
         return Ok(());
     }
     client.call(
         "POST",
-        "/1.0/certificates",
+        path::CERTIFICATES,
         Some(&json!({"type": "client", "password": pp})),
     )?;
-    let server = client.call("GET", "/1.0", None)?;
+    let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(|a| a.as_str()) != Some("trusted") {
         return Err(Error::Msg(
             "the daemon accepted the passphrase but does not trust this client".into(),

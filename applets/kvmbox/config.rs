@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use argh::FromArgs;
+use kvmbox::api_path as path;
 use serde_json::{json, Value};
 
 use super::output::{self, Format};
@@ -151,7 +152,7 @@ struct TrustRemove {
 }
 
 fn server_config(ctx: &Ctx, remote: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
-    let server = ctx.connect_to(remote)?.call("GET", "/1.0", None)?;
+    let server = ctx.connect_to(remote)?.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(Value::as_str) != Some("trusted") {
         return Err(Error::Msg(ctx.untrusted_hint(remote).to_string()));
     }
@@ -257,8 +258,11 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
 }
 
 fn patch(ctx: &Ctx, remote: Option<&str>, key: &str, value: &str) -> Result<(), Error> {
-    ctx.connect_to(remote)?
-        .call("PATCH", "/1.0", Some(&json!({ "config": { key: value } })))?;
+    ctx.connect_to(remote)?.call(
+        "PATCH",
+        path::SERVER,
+        Some(&json!({ "config": { key: value } })),
+    )?;
     Ok(())
 }
 
@@ -285,7 +289,7 @@ fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
             let pem = kvmbox::read_operand_string(std::path::Path::new(&f), CERT_LIMIT)
                 .map_err(|e| Error::Msg(format!("cannot read {f}: {e}")))?;
             body.insert("certificate".into(), json!(pem));
-            client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;
+            client.call("POST", path::CERTIFICATES, Some(&Value::Object(body)))?;
             println!("Certificate {f} is now trusted.");
         }
         None => {
@@ -298,7 +302,7 @@ fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
             if let Some(h) = a.expires_hours {
                 body.insert("expires_in".into(), json!(h.saturating_mul(3600)));
             }
-            let out = client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;
+            let out = client.call("POST", path::CERTIFICATES, Some(&Value::Object(body)))?;
             let token = out.get("token").and_then(Value::as_str).unwrap_or_default();
             if token.is_empty() {
                 return Err(Error::Msg("the server returned no token".into()));
@@ -329,11 +333,7 @@ fn trust_edit(ctx: &Ctx, e: TrustEdit) -> Result<(), Error> {
     if let Some(n) = e.name {
         body.insert("name".into(), json!(n));
     }
-    client.call(
-        "PATCH",
-        &format!("/1.0/certificates/{fp}"),
-        Some(&Value::Object(body)),
-    )?;
+    client.call("PATCH", &path::certificate(&fp), Some(&Value::Object(body)))?;
     println!("Certificate {fp} changed.");
     Ok(())
 }
@@ -341,7 +341,7 @@ fn trust_edit(ctx: &Ctx, e: TrustEdit) -> Result<(), Error> {
 fn trust_list(ctx: &Ctx, remote: Option<&str>, format: Format) -> Result<(), Error> {
     let list = ctx
         .connect_to(remote)?
-        .call("GET", "/1.0/certificates?recursion=1", None)?;
+        .call("GET", path::CERTIFICATES_FULL, None)?;
     let entries = list.as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = entries
         .iter()
@@ -402,7 +402,7 @@ fn resolve_fp(client: &mut kvmbox::Client, prefix: &str) -> Result<String, Error
         )));
     }
     let prefix = prefix.to_ascii_lowercase();
-    let list = client.call("GET", "/1.0/certificates", None)?;
+    let list = client.call("GET", path::CERTIFICATES, None)?;
     let matches: Vec<String> = list
         .as_array()
         .into_iter()
@@ -431,7 +431,7 @@ fn trust_remove(ctx: &Ctx, remote: Option<&str>, prefix: &str) -> Result<(), Err
     }
     let mut client = ctx.connect_to(remote)?;
     let fp = resolve_fp(&mut client, prefix)?;
-    client.call("DELETE", &format!("/1.0/certificates/{fp}"), None)?;
+    client.call("DELETE", &path::certificate(&fp), None)?;
     println!("Removed certificate {fp}.");
     Ok(())
 }

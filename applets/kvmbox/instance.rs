@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-use kvmbox::Client;
+use kvmbox::{api_path as path, Client};
 use serde_json::{json, Value};
 
 use super::output::{self, Format};
@@ -220,10 +220,6 @@ struct DeviceRemove {
     device: String,
 }
 
-fn path_of(name: &str) -> String {
-    format!("/1.0/instances/{name}")
-}
-
 /// Sends a request; an async answer's operation is waited for. The
 /// metadata of the result, or the error the daemon gave.
 pub(crate) fn wait(
@@ -245,7 +241,7 @@ fn show_progress(c: &mut Client, op: &Value) {
     }
     let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
     loop {
-        let Ok(now) = c.call("GET", &format!("/1.0/operations/{id}"), None) else {
+        let Ok(now) = c.call("GET", &path::operation(id), None) else {
             break;
         };
         if let Some(p) = now
@@ -356,19 +352,14 @@ fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
         "config": config,
         "devices": devices,
     });
-    wait(&mut c, "POST", "/1.0/instances", Some(&body))?;
+    wait(&mut c, "POST", path::INSTANCES, Some(&body))?;
     Ok(name)
 }
 
 fn state(ctx: &Ctx, name: &str, action: &str, force: bool, timeout: u64) -> Result<(), Error> {
     let body = json!({"action": action, "force": force, "timeout": timeout});
     let (mut c, name) = ctx.target(name)?;
-    wait(
-        &mut c,
-        "PUT",
-        &format!("{}/state", path_of(&name)),
-        Some(&body),
-    )?;
+    wait(&mut c, "PUT", &path::instance_state(&name), Some(&body))?;
     Ok(())
 }
 
@@ -429,14 +420,19 @@ pub(crate) fn restart(ctx: &Ctx, a: &Restart) -> Result<(), Error> {
 pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
     let q = if a.force { "?force=true" } else { "" };
     let (mut c, name) = ctx.target(&a.name)?;
-    wait(&mut c, "DELETE", &format!("{}{q}", path_of(&name)), None)?;
+    wait(
+        &mut c,
+        "DELETE",
+        &format!("{}{q}", path::instance(&name)),
+        None,
+    )?;
     Ok(())
 }
 
 pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
     let _ = a.show_log;
     let (mut c, name) = ctx.target(&a.name)?;
-    let log = c.call("GET", &format!("{}/console", path_of(&name)), None)?;
+    let log = c.call("GET", &path::instance_console(&name), None)?;
     print!("{}", log.as_str().unwrap_or_default());
     Ok(())
 }
@@ -449,7 +445,7 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
                 "aliases": [{"name": i.alias}],
             });
             let mut c = ctx.connect()?;
-            let op = c.call("POST", "/1.0/images", Some(&body))?;
+            let op = c.call("POST", path::IMAGES, Some(&body))?;
             show_progress(&mut c, &op);
             let img = c.wait(op)?;
             println!(
@@ -460,9 +456,7 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
             );
         }
         ImageCmd::List(l) => {
-            let list = ctx
-                .connect()?
-                .call("GET", "/1.0/images?recursion=1", None)?;
+            let list = ctx.connect()?.call("GET", path::IMAGES_FULL, None)?;
             let rows: Vec<Vec<String>> = list
                 .as_array()
                 .into_iter()
@@ -495,7 +489,11 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
 /// `kvmbox info NAME`.
 pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
     let (mut c, name) = ctx.target(name)?;
-    let v = c.call("GET", &format!("{}?recursion=2", path_of(&name)), None)?;
+    let v = c.call(
+        "GET",
+        &format!("{}?recursion=2", path::instance(&name)),
+        None,
+    )?;
     let mut rows: Vec<Vec<String>> = [
         ("name", &["name"][..]),
         ("status", &["status"]),
@@ -546,7 +544,7 @@ pub(crate) fn config_set(ctx: &Ctx, name: &str, key: &str, value: &str) -> Resul
     let (mut c, name) = ctx.target(name)?;
     c.call(
         "PATCH",
-        &path_of(&name),
+        &path::instance(&name),
         Some(&json!({"config": {key: value}})),
     )?;
     Ok(())
@@ -571,14 +569,14 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
             let (mut c, name) = ctx.target(&d.name)?;
             c.call(
                 "PATCH",
-                &path_of(&name),
+                &path::instance(&name),
                 Some(&json!({"devices": {d.device.clone(): dev}})),
             )?;
             println!("Device {} added to {}", d.device, d.name);
         }
         DeviceSub::Remove(d) => {
             let (mut c, name) = ctx.target(&d.name)?;
-            let inst = c.call("GET", &path_of(&name), None)?;
+            let inst = c.call("GET", &path::instance(&name), None)?;
             let mut devices = inst
                 .get("devices")
                 .and_then(Value::as_object)
@@ -590,7 +588,11 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
                     d.name, d.device
                 )));
             }
-            c.call("PUT", &path_of(&name), Some(&json!({"devices": devices})))?;
+            c.call(
+                "PUT",
+                &path::instance(&name),
+                Some(&json!({"devices": devices})),
+            )?;
             println!("Device {} removed from {}", d.device, d.name);
         }
     }

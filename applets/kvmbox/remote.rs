@@ -12,7 +12,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use kvmbox::{Client, ClientIdentity, JoinToken, Remote, RemoteTrust, Remotes, LOCAL_REMOTE};
+use kvmbox::{
+    api_path as path, Client, ClientIdentity, JoinToken, Remote, RemoteTrust, Remotes, LOCAL_REMOTE,
+};
 use serde_json::{json, Value};
 
 use super::output::{self, Format};
@@ -258,7 +260,7 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
             }
         }
     }
-    let server = client.call("GET", "/1.0", None)?;
+    let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(Value::as_str) != Some("trusted") {
         let body = if let Some(t) = &a.token {
             json!({"type": "client", "trust_token": t.trim()})
@@ -277,8 +279,8 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
                 "{addr} does not trust this client yet: give --token or --password-file"
             )));
         };
-        client.call("POST", "/1.0/certificates", Some(&body))?;
-        let server = client.call("GET", "/1.0", None)?;
+        client.call("POST", path::CERTIFICATES, Some(&body))?;
+        let server = client.call("GET", path::SERVER, None)?;
         if server.get("auth").and_then(Value::as_str) != Some("trusted") {
             return Err(Error::Msg(
                 "the server accepted the secret but still does not trust this client".into(),

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::http::Response;
-use crate::wire::Envelope;
+use crate::wire::{path, Envelope};
 
 /// LXD's synchronous response.
 pub(crate) fn sync(metadata: Value) -> Response {
@@ -27,10 +27,7 @@ pub(crate) fn error(code: u16, message: &str) -> Response {
 
 /// LXD's asynchronous response: 202 and the operation.
 pub(crate) fn operation(op: &crate::server::operations::Operation) -> Response {
-    envelope(
-        202,
-        &Envelope::operation(format!("/1.0/operations/{}", op.id), op),
-    )
+    envelope(202, &Envelope::operation(path::operation(&op.id), op))
 }
 
 fn envelope<T: serde::Serialize>(status: u16, body: &Envelope<T>) -> Response {

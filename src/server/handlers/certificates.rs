@@ -19,6 +19,7 @@ use crate::server::reply::{error, sync};
 use crate::server::state::Shared;
 use crate::server::tokens::{JoinToken, DEFAULT_TTL};
 use crate::server::trust::Role;
+use crate::wire::path;
 
 /// Whether `id` may see the entry `e`: a certificate restricted to
 /// projects sees only its own, as in LXD.
@@ -37,9 +38,7 @@ pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Resp
         let list: Vec<Value> = entries.map(entry_json).collect();
         sync(Value::Array(list))
     } else {
-        let urls: Vec<String> = entries
-            .map(|e| format!("/1.0/certificates/{}", e.fingerprint))
-            .collect();
+        let urls: Vec<String> = entries.map(|e| path::certificate(&e.fingerprint)).collect();
         sync(json!(urls))
     }
 }

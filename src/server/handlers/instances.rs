@@ -22,6 +22,7 @@ use crate::server::reply::{error, operation, sync, sync_json};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
+use crate::wire::path;
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +86,7 @@ pub(crate) async fn handle(
             "0" => sync(json!(m
                 .names()
                 .iter()
-                .map(|n| format!("/1.0/instances/{n}"))
+                .map(|n| path::instance(n))
                 .collect::<Vec<_>>())),
             // Without a filter, each instance's JSON as rendered at its last
             // change: the list costs a copy, not a thousand serialisations.
@@ -156,7 +157,7 @@ pub(crate) async fn handle(
             Ok(list) if recursion != "0" => sync(json!(list)),
             Ok(list) => sync(json!(list
                 .iter()
-                .map(|i| format!("/1.0/images/{}", i.fingerprint))
+                .map(|i| path::image(&i.fingerprint))
                 .collect::<Vec<_>>())),
             Err(e) => fail(&e),
         },
@@ -175,10 +176,7 @@ where
         Err(e) => return fail(&e),
     };
     let mut resources = BTreeMap::new();
-    resources.insert(
-        "instances".to_string(),
-        vec![format!("/1.0/instances/{name}")],
-    );
+    resources.insert("instances".to_string(), vec![path::instance(name)]);
     let fut = work(shared.clone());
     let op = shared.ops.spawn(&ex, description, resources, async move {
         fut.await
