@@ -46,7 +46,10 @@ pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
-pub use wire::{path as api_path, Role};
+pub use wire::{
+    path as api_path, CertificatePut, CertificatesPost, Device, ImageAlias, ImageSource,
+    ImagesPost, InstancePut, InstanceSource, InstancesPost, Role, ServerPut, StatePut,
+};
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
 pub use vmm::qemu::{

@@ -31,12 +31,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::pki::Cert;
 use crate::vmm::instances::{check_config, check_device, Device};
-use crate::wire::{self, check_projects, path, Exchange, Role};
+use crate::wire::{
+    self, check_projects, path, CertificatePut, CertificatesPost, Exchange, ImagesPost,
+    InstancePut, InstancesPost, Role, ServerPut, StatePut,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -410,20 +414,33 @@ impl Exchange for Remote<'_> {
 impl Transport for Remote<'_> {}
 
 /// The metadata of the answer to `GET path`.
-fn get(t: &mut dyn Transport, path: &str) -> Result<Value, CallError> {
+fn get<T: DeserializeOwned>(t: &mut dyn Transport, path: &str) -> Result<T, CallError> {
     wire::call(t, "GET", path, None)
 }
 
 /// A call whose answer, if it is an operation, is waited for.
-fn act(t: &mut dyn Transport, method: &str, path: &str, body: &Value) -> Result<(), CallError> {
-    let body = serde_json::to_vec(body).unwrap_or_default();
-    let answer = wire::call(t, method, path, Some(&body))?;
+fn act(
+    t: &mut dyn Transport,
+    method: &str,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<(), CallError> {
+    send(
+        t,
+        method,
+        path,
+        &serde_json::to_vec(body).unwrap_or_default(),
+    )
+}
+
+fn send(t: &mut dyn Transport, method: &str, path: &str, body: &[u8]) -> Result<(), CallError> {
+    let answer = wire::call(t, method, path, Some(body))?;
     wire::settle(t, answer)?;
     Ok(())
 }
 
 /// `GET path`, `None` when it does not exist.
-fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> {
+fn probe<T: DeserializeOwned>(t: &mut dyn Transport, path: &str) -> Result<Option<T>, CallError> {
     match get(t, path) {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.status == 404 => Ok(None),
@@ -434,7 +451,7 @@ fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> 
 fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
     match step {
         Step::Config { key, value } => {
-            let server = get(t, path::SERVER)?;
+            let server: Value = get(t, path::SERVER)?;
             let now = server.pointer("/config").and_then(|c| c.get(key.as_str()));
             let now = now.and_then(Value::as_str);
             let done = if crate::server::settings::is_secret(key) {
@@ -445,7 +462,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             if done {
                 return Ok(Outcome::Unchanged);
             }
-            act(t, "PATCH", path::SERVER, &json!({"config": {key: value}}))?;
+            act(t, "PATCH", path::SERVER, &ServerPut::one(key, value))?;
             Ok(if now.is_some() {
                 Outcome::Updated
             } else {
@@ -460,37 +477,46 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             pem,
         } => {
             let url = path::certificate(fingerprint);
-            let Some(now) = probe(t, &url)? else {
+            // The entry as it is, read as the body that changes it.
+            let Some(now) = probe::<CertificatePut>(t, &url)? else {
                 if t.keeps_removed(pem) {
                     return Ok(Outcome::Denied);
                 }
-                let body = json!({"type": "client", "name": name, "certificate": pem,
-                    "role": role, "projects": projects});
+                let body = CertificatesPost {
+                    name: name.clone(),
+                    certificate: pem.clone(),
+                    role: Some(*role),
+                    projects: Some(projects.clone()),
+                    ..CertificatesPost::client()
+                };
                 act(t, "POST", path::CERTIFICATES, &body)?;
                 return Ok(Outcome::Created);
             };
-            let want = json!({"name": name, "role": role, "projects": projects});
-            if ["name", "role", "projects"]
-                .iter()
-                .all(|k| now.get(k) == want.get(k))
+            if now.name.as_ref() == Some(name)
+                && now.role == Some(*role)
+                && now.projects.as_ref() == Some(projects)
             {
                 return Ok(Outcome::Unchanged);
             }
-            let body = json!({"name": name, "role": role, "projects": projects,
-                "restricted": !projects.is_empty()});
+            let body = CertificatePut {
+                name: Some(name.clone()),
+                role: Some(*role),
+                projects: Some(projects.clone()),
+                restricted: Some(!projects.is_empty()),
+            };
             act(t, "PUT", &url, &body)?;
             Ok(Outcome::Updated)
         }
         Step::Image { alias, path: file } => {
-            let list = get(t, path::IMAGES_FULL)?;
-            let exists = list
-                .as_array()
-                .is_some_and(|l| l.iter().any(|i| i.get("alias") == Some(&json!(alias))));
+            let list: Value = get(t, path::IMAGES_FULL)?;
+            let exists = list.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|i| i.get("alias").and_then(Value::as_str) == Some(alias))
+            });
             if exists {
                 return Ok(Outcome::Unchanged);
             }
-            let body = json!({"source": {"type": "path", "path": file},
-                "aliases": [{"name": alias}]});
+            let body = ImagesPost::from_path(file.clone(), alias.clone());
             act(t, "POST", path::IMAGES, &body)?;
             Ok(Outcome::Created)
         }
@@ -501,49 +527,57 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             devices,
         } => {
             let url = path::instance(name);
-            let Some(now) = probe(t, &url)? else {
-                let source = match alias {
-                    Some(a) => json!({"type": "image", "alias": a}),
-                    None => json!({"type": "none"}),
-                };
-                let body = json!({"name": name, "type": "virtual-machine", "source": source,
-                    "config": config, "devices": devices});
+            // The instance as it is, read as the body that changes it.
+            let Some(now) = probe::<InstancePut>(t, &url)? else {
+                let body =
+                    InstancesPost::vm(name.clone(), alias.clone(), config.clone(), devices.clone());
                 act(t, "POST", path::INSTANCES, &body)?;
                 return Ok(Outcome::Created);
             };
-            let differs = |field: &str, k: &String, v: Value| {
-                let cur = now.get(field).and_then(|m| m.get(k.as_str()));
-                // An unset config key reads as empty, as the API sets it.
-                cur.unwrap_or(&json!("")) != &v
-            };
-            let config: BTreeMap<_, _> = config
-                .iter()
-                .filter(|(k, v)| differs("config", k, json!(v)))
-                .collect();
-            let devices: BTreeMap<_, _> = devices
-                .iter()
-                .filter(|(k, v)| differs("devices", k, json!(v)))
-                .collect();
-            if config.is_empty() && devices.is_empty() {
+            let (now_config, now_devices) = (
+                now.config.unwrap_or_default(),
+                now.devices.unwrap_or_default(),
+            );
+            // Only what differs is sent (inserted one by one: collecting
+            // into a map would compile a sort for it). An unset config key
+            // reads as empty, as the API sets it.
+            let mut changed = BTreeMap::new();
+            for (k, v) in config {
+                if now_config.get(k).map_or("", String::as_str) != v {
+                    changed.insert(k.clone(), v.clone());
+                }
+            }
+            let mut changed_devices = BTreeMap::new();
+            for (k, d) in devices {
+                if now_devices.get(k) != Some(d) {
+                    changed_devices.insert(k.clone(), d.clone());
+                }
+            }
+            if changed.is_empty() && changed_devices.is_empty() {
                 return Ok(Outcome::Unchanged);
             }
-            act(
-                t,
-                "PATCH",
-                &url,
-                &json!({"config": config, "devices": devices}),
-            )?;
+            let body = InstancePut {
+                config: Some(changed),
+                devices: Some(changed_devices),
+            };
+            act(t, "PATCH", &url, &body)?;
             Ok(Outcome::Updated)
         }
         Step::State { name, running } => {
             let url = path::instance_state(name);
-            let now = get(t, &url)?;
+            let now: Value = get(t, &url)?;
             let is_running = now.get("status").and_then(Value::as_str) == Some("Running");
             if is_running == *running {
                 return Ok(Outcome::Unchanged);
             }
             let action = if *running { "start" } else { "stop" };
-            act(t, "PUT", &url, &json!({"action": action}))?;
+            let body = StatePut {
+                action: action.into(),
+                timeout: -1,
+                force: false,
+                stateful: false,
+            };
+            act(t, "PUT", &url, &body)?;
             Ok(Outcome::Updated)
         }
     }
@@ -560,6 +594,7 @@ mod tests {
     use super::*;
     use crate::pki::{CertSpec, Curve, Key, Profile};
     use crate::wire::Envelope;
+    use serde_json::json;
 
     fn pem() -> String {
         let key = Key::generate(Curve::P256).unwrap();

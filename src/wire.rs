@@ -1,10 +1,17 @@
 //! What travels between client and daemon, shared by both sides (and by
-//! preseed, which is a client too): the rules of the API's paths, and the
-//! bodies both sides read and write.
+//! preseed, which is a client too), in LXD's shapes
+//! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>):
 //!
-//! Every answer is LXD's [`Envelope`]; a client opens it in one place,
-//! [`call`], whichever way the request travelled ([`Exchange`]), and waits
-//! for the operation an answer started in one place, [`settle`].
+//! - the API's [`path`]s, and the rule for a path parameter;
+//! - the answer, LXD's [`Envelope`]: a client opens it in one place,
+//!   [`call`], whichever way the request travelled ([`Exchange`]), and
+//!   waits for the operation an answer started in one place, [`settle`];
+//! - the request bodies, which a client writes and the daemon reads as the
+//!   same types ([`InstancesPost`], [`StatePut`], [`CertificatesPost`], …);
+//! - the words both sides check: a certificate's [`Role`] and projects.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -23,6 +30,61 @@ pub(crate) enum Error {
     NoEnvelope(u16),
     #[error("project {0:?} not found: kvmbox has only the default project")]
     UnknownProject(String),
+}
+
+/// The API's paths, as clients ask for them and the daemon shows them
+/// (a list's entries, an operation's resources). Each `…_FULL` list has
+/// every entry in full (`?recursion=1`), not as its path.
+pub mod path {
+    /// `/1.0`: the server and its configuration.
+    pub const SERVER: &str = "/1.0";
+    pub const CERTIFICATES: &str = "/1.0/certificates";
+    pub const CERTIFICATES_FULL: &str = "/1.0/certificates?recursion=1";
+    pub const INSTANCES: &str = "/1.0/instances";
+    pub const INSTANCES_FULL: &str = "/1.0/instances?recursion=1";
+    pub const IMAGES: &str = "/1.0/images";
+    pub const IMAGES_FULL: &str = "/1.0/images?recursion=1";
+
+    pub fn certificate(fingerprint: &str) -> String {
+        format!("{CERTIFICATES}/{fingerprint}")
+    }
+
+    pub fn instance(name: &str) -> String {
+        format!("{INSTANCES}/{name}")
+    }
+
+    pub fn instance_state(name: &str) -> String {
+        format!("{INSTANCES}/{name}/state")
+    }
+
+    pub fn instance_console(name: &str) -> String {
+        format!("{INSTANCES}/{name}/console")
+    }
+
+    pub fn image(fingerprint: &str) -> String {
+        format!("{IMAGES}/{fingerprint}")
+    }
+
+    pub fn operation(id: &str) -> String {
+        format!("/1.0/operations/{id}")
+    }
+
+    /// The operation once it has ended, or after an hour (the longest the
+    /// daemon holds a wait).
+    pub fn operation_wait(id: &str) -> String {
+        format!("/1.0/operations/{id}/wait?timeout=3600")
+    }
+}
+
+/// Path parameters are names, fingerprints and uuids: nothing else gets in.
+pub(crate) fn is_param(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg.len() <= 128
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && seg != "."
+        && seg != ".."
 }
 
 /// LXD's response envelope
@@ -181,59 +243,239 @@ pub(crate) fn settle<X: Exchange + ?Sized>(x: &mut X, answer: Value) -> Result<V
     .into())
 }
 
-/// The API's paths, as clients ask for them and the daemon shows them
-/// (a list's entries, an operation's resources). Each `…_FULL` list has
-/// every entry in full (`?recursion=1`), not as its path.
-pub mod path {
-    /// `/1.0`: the server and its configuration.
-    pub const SERVER: &str = "/1.0";
-    pub const CERTIFICATES: &str = "/1.0/certificates";
-    pub const CERTIFICATES_FULL: &str = "/1.0/certificates?recursion=1";
-    pub const INSTANCES: &str = "/1.0/instances";
-    pub const INSTANCES_FULL: &str = "/1.0/instances?recursion=1";
-    pub const IMAGES: &str = "/1.0/images";
-    pub const IMAGES_FULL: &str = "/1.0/images?recursion=1";
+/// One device: LXD's flat string map (`type`, `source`, …).
+pub type Device = BTreeMap<String, String>;
 
-    pub fn certificate(fingerprint: &str) -> String {
-        format!("{CERTIFICATES}/{fingerprint}")
-    }
+/// The body of `POST /1.0/instances` (LXD's `InstancesPost`). Fields LXD
+/// has and kvmbox does not use are accepted and ignored; a client leaves
+/// them out.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesPost {
+    pub name: String,
+    /// `virtual-machine`, the only type there is; empty means it too.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<InstanceSource>,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, Device>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Value>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ephemeral: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
+}
 
-    pub fn instance(name: &str) -> String {
-        format!("{INSTANCES}/{name}")
-    }
-
-    pub fn instance_state(name: &str) -> String {
-        format!("{INSTANCES}/{name}/state")
-    }
-
-    pub fn instance_console(name: &str) -> String {
-        format!("{INSTANCES}/{name}/console")
-    }
-
-    pub fn image(fingerprint: &str) -> String {
-        format!("{IMAGES}/{fingerprint}")
-    }
-
-    pub fn operation(id: &str) -> String {
-        format!("/1.0/operations/{id}")
-    }
-
-    /// The operation once it has ended, or after an hour (the longest the
-    /// daemon holds a wait).
-    pub fn operation_wait(id: &str) -> String {
-        format!("/1.0/operations/{id}/wait?timeout=3600")
+impl InstancesPost {
+    /// A virtual machine from the image `alias`, or from nothing (it
+    /// boots a kernel its config names).
+    pub fn vm(
+        name: String,
+        alias: Option<String>,
+        config: BTreeMap<String, String>,
+        devices: BTreeMap<String, Device>,
+    ) -> InstancesPost {
+        InstancesPost {
+            name,
+            kind: "virtual-machine".into(),
+            source: Some(InstanceSource {
+                kind: if alias.is_some() { "image" } else { "none" }.into(),
+                alias,
+                fingerprint: None,
+            }),
+            config,
+            devices,
+            description: String::new(),
+            profiles: None,
+            ephemeral: false,
+            architecture: String::new(),
+        }
     }
 }
 
-/// Path parameters are names, fingerprints and uuids: nothing else gets in.
-pub(crate) fn is_param(seg: &str) -> bool {
-    !seg.is_empty()
-        && seg.len() <= 128
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && seg != "."
-        && seg != ".."
+/// What an instance is made from: an image (by alias or fingerprint), or
+/// `none`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSource {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// The body of `PUT` and `PATCH /1.0/instances/<name>`: what is left out
+/// is kept. An instance as `GET` shows it reads as one too (its other
+/// fields are skipped), which is how a client edits and puts it back.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstancePut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<BTreeMap<String, Device>>,
+}
+
+/// The body of `PUT /1.0/instances/<name>/state` (LXD's
+/// `InstanceStatePut`).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatePut {
+    /// `start`, `stop` or `restart`.
+    pub action: String,
+    /// Seconds to wait for a graceful stop; negative: the default.
+    #[serde(default = "default_timeout")]
+    pub timeout: i64,
+    /// Stop at once, without asking the guest.
+    #[serde(default)]
+    pub force: bool,
+    /// Not supported: always false from kvmbox's clients.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stateful: bool,
+}
+
+fn default_timeout() -> i64 {
+    -1
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// The body of `POST /1.0/images`: LXD's shape, with a host path as the
+/// source.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImagesPost {
+    pub source: ImageSource,
+    #[serde(default)]
+    pub aliases: Vec<ImageAlias>,
+}
+
+impl ImagesPost {
+    /// The image in the host file `path` (absolute), named `alias`.
+    pub fn from_path(path: PathBuf, alias: String) -> ImagesPost {
+        ImagesPost {
+            source: ImageSource {
+                kind: "path".into(),
+                path,
+            },
+            aliases: vec![ImageAlias { name: alias }],
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// `path`, the only source there is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageAlias {
+    pub name: String,
+}
+
+/// The body of `POST /1.0/certificates` (LXD's `CertificatesPost`, as
+/// lxc 5.0 sends it and as later LXD does with `trust_token`, plus
+/// `role`). What is empty is left out.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CertificatesPost {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// `client`, the only type there is (lxc 5.0 sends `""` with a token).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Another client's certificate, PEM or base64 DER (an administrator
+    /// adding it); empty to add the caller's own TLS certificate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate: String,
+    /// The trust password, the local passphrase, or (lxc 5.0) a token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub password: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trust_token: String,
+    /// true: make a token for `name` instead of adding anything.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub token: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
+    /// LXD's flag: false means all projects, whatever `projects` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restricted: Option<bool>,
+    /// Token lifetime in seconds (default one day).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+}
+
+impl CertificatesPost {
+    /// A client certificate: the caller's own, until the fields that add
+    /// another or a secret are set.
+    pub fn client() -> CertificatesPost {
+        CertificatesPost {
+            kind: Some("client".into()),
+            ..CertificatesPost::default()
+        }
+    }
+
+    /// The caller's own certificate, with the trust password (over TCP)
+    /// or the local passphrase (on the Unix socket).
+    pub fn with_password(password: String) -> CertificatesPost {
+        CertificatesPost {
+            password,
+            ..CertificatesPost::client()
+        }
+    }
+
+    /// The caller's own certificate, with a one-time token.
+    pub fn with_token(token: String) -> CertificatesPost {
+        CertificatesPost {
+            trust_token: token,
+            ..CertificatesPost::client()
+        }
+    }
+}
+
+/// The body of `PUT` and `PATCH /1.0/certificates/<fp>` (LXD's
+/// `CertificatePut` plus `role`): what is left out keeps its value.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CertificatePut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
+    /// LXD's flag: false means all projects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restricted: Option<bool>,
+}
+
+/// The body of `PUT` and `PATCH /1.0`: the server's configuration. A
+/// value may be a string, a number or a bool (as LXD's YAML gives them),
+/// or null to unset.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPut {
+    #[serde(default)]
+    pub config: BTreeMap<String, Value>,
+}
+
+impl ServerPut {
+    /// One key; an empty value unsets it.
+    pub fn one(key: &str, value: &str) -> ServerPut {
+        let mut config = BTreeMap::new();
+        config.insert(key.to_string(), Value::from(value));
+        ServerPut { config }
+    }
 }
 
 /// What a trusted certificate may do. Ordered: each role includes
@@ -414,6 +656,175 @@ mod tests {
         let plain = json!({"id": "op1", "status_code": 200});
         assert_eq!(settle(&mut s, plain.clone()).unwrap(), plain);
         assert!(s.1.is_empty(), "nothing to wait for");
+    }
+
+    /// `value` is written as `json`, and read back as it was.
+    fn shape<T>(value: &T, json: Value)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::to_value(value).unwrap(), json);
+        assert_eq!(&serde_json::from_value::<T>(json).unwrap(), value);
+    }
+
+    fn map<V: Clone>(pairs: &[(&str, V)]) -> BTreeMap<String, V> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn instance_bodies_in_lxds_shape() {
+        let nic = map(&[("type", "nic".to_string()), ("nictype", "user".to_string())]);
+        let post = InstancesPost::vm(
+            "vm1".into(),
+            Some("base".into()),
+            map(&[("limits.cpu", "2".to_string())]),
+            map(&[("eth0", nic.clone())]),
+        );
+        shape(
+            &post,
+            json!({"name": "vm1", "type": "virtual-machine",
+                "source": {"type": "image", "alias": "base"},
+                "config": {"limits.cpu": "2"},
+                "devices": {"eth0": {"type": "nic", "nictype": "user"}}}),
+        );
+        let bare = InstancesPost::vm("vm2".into(), None, BTreeMap::new(), BTreeMap::new());
+        shape(
+            &bare,
+            json!({"name": "vm2", "type": "virtual-machine", "source": {"type": "none"},
+                "config": {}, "devices": {}}),
+        );
+        // LXD's fields kvmbox ignores are read; a misspelt one is refused.
+        let lxd: InstancesPost = serde_json::from_value(json!({"name": "vm3",
+            "description": "", "profiles": ["default"], "ephemeral": false,
+            "architecture": "x86_64", "source": {"type": "image", "fingerprint": "ab"}}))
+        .unwrap();
+        assert_eq!(lxd.source.unwrap().fingerprint.as_deref(), Some("ab"));
+        assert!(
+            serde_json::from_value::<InstancesPost>(json!({"name": "x", "confg": {}})).is_err()
+        );
+
+        shape(
+            &InstancePut {
+                config: Some(map(&[("limits.memory", "1GiB".to_string())])),
+                devices: None,
+            },
+            json!({"config": {"limits.memory": "1GiB"}}),
+        );
+        shape(
+            &InstancePut {
+                config: None,
+                devices: Some(map(&[("eth0", nic)])),
+            },
+            json!({"devices": {"eth0": {"type": "nic", "nictype": "user"}}}),
+        );
+        // An instance as GET shows it reads as the body that puts it back.
+        let shown: InstancePut = serde_json::from_value(json!({"name": "vm1",
+            "status": "Running", "config": {"volatile.uuid": "u"}, "devices": {},
+            "seclabel": {"loaded": true}}))
+        .unwrap();
+        assert_eq!(
+            shown.config,
+            Some(map(&[("volatile.uuid", "u".to_string())]))
+        );
+    }
+
+    #[test]
+    fn state_and_image_bodies_in_lxds_shape() {
+        let stop = StatePut {
+            action: "stop".into(),
+            timeout: 30,
+            force: true,
+            stateful: false,
+        };
+        shape(
+            &stop,
+            json!({"action": "stop", "timeout": 30, "force": true}),
+        );
+        // As lxc sends it; and a bare action waits the default time.
+        let lxc: StatePut = serde_json::from_value(
+            json!({"action": "start", "timeout": -1, "force": false, "stateful": false}),
+        )
+        .unwrap();
+        assert_eq!((lxc.action.as_str(), lxc.timeout), ("start", -1));
+        let bare: StatePut = serde_json::from_value(json!({"action": "stop"})).unwrap();
+        assert_eq!((bare.timeout, bare.force), (-1, false));
+
+        shape(
+            &ImagesPost::from_path("/srv/base.qcow2".into(), "base".into()),
+            json!({"source": {"type": "path", "path": "/srv/base.qcow2"},
+                "aliases": [{"name": "base"}]}),
+        );
+    }
+
+    #[test]
+    fn certificate_and_server_bodies_in_lxds_shape() {
+        shape(
+            &CertificatesPost::with_password("pw".into()),
+            json!({"type": "client", "password": "pw"}),
+        );
+        shape(
+            &CertificatesPost::with_token("tok".into()),
+            json!({"type": "client", "trust_token": "tok"}),
+        );
+        let add = CertificatesPost {
+            name: "alice".into(),
+            certificate: "PEM".into(),
+            role: Some(Role::Operator),
+            projects: Some(vec!["default".into()]),
+            ..CertificatesPost::client()
+        };
+        shape(
+            &add,
+            json!({"type": "client", "name": "alice", "certificate": "PEM",
+                "role": "operator", "projects": ["default"]}),
+        );
+        let token = CertificatesPost {
+            name: "edge1".into(),
+            token: true,
+            expires_in: Some(3600),
+            ..CertificatesPost::client()
+        };
+        shape(
+            &token,
+            json!({"type": "client", "name": "edge1", "token": true, "expires_in": 3600}),
+        );
+        // lxc 5.0 sends an empty type with a token.
+        let lxc: CertificatesPost =
+            serde_json::from_value(json!({"type": "", "trust_token": "t", "name": ""})).unwrap();
+        assert_eq!(
+            (lxc.kind.as_deref(), lxc.trust_token.as_str()),
+            (Some(""), "t")
+        );
+
+        shape(
+            &CertificatePut {
+                name: Some("alice".into()),
+                role: Some(Role::User),
+                projects: Some(vec![]),
+                restricted: Some(false),
+            },
+            json!({"name": "alice", "role": "user", "projects": [], "restricted": false}),
+        );
+        shape(
+            &CertificatePut {
+                role: Some(Role::Admin),
+                ..CertificatePut::default()
+            },
+            json!({"role": "admin"}),
+        );
+
+        shape(
+            &ServerPut::one("core.https_address", "[::]:8443"),
+            json!({"config": {"core.https_address": "[::]:8443"}}),
+        );
+        let yaml: ServerPut =
+            serde_json::from_value(json!({"config": {"limits": 2, "on": true, "gone": null}}))
+                .unwrap();
+        assert_eq!(yaml.config.len(), 3);
+        assert!(serde_json::from_value::<ServerPut>(json!({"confg": {}})).is_err());
     }
 
     #[test]

@@ -5,8 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-use kvmbox::api_path as path;
-use serde_json::json;
+use kvmbox::{api_path as path, CertificatesPost};
 
 use super::{Ctx, Error};
 
@@ -88,10 +87,10 @@ pub(crate) fn authenticate(ctx: &Ctx, args: &Authenticate) -> Result<(), Error> 
         println!("This client is already trusted.");
         return Ok(());
     }
-    client.call(
+    client.send(
         "POST",
         path::CERTIFICATES,
-        Some(&json!({"type": "client", "password": pp})),
+        &CertificatesPost::with_password(pp),
     )?;
     let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(|a| a.as_str()) != Some("trusted") {

@@ -407,6 +407,18 @@ impl Client {
         crate::wire::call(self, method, path, body.as_deref())
     }
 
+    /// [`Client::call`] with a typed body (one of the API's request
+    /// bodies, such as [`crate::wire::InstancesPost`]).
+    pub fn send<B: serde::Serialize + ?Sized>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<Value, Error> {
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        crate::wire::call(self, method, path, Some(&body))
+    }
+
     /// Waits for the operation `answer` (what [`Client::call`] returned)
     /// started, if it started one: the operation's metadata once it
     /// succeeded, or its error. Any other answer is handed back.
