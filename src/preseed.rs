@@ -433,6 +433,8 @@ fn act(
     )
 }
 
+/// [`act`] with the body as JSON already (one copy of the call and the
+/// wait, whatever the body's type).
 fn send(t: &mut dyn Transport, method: &str, path: &str, body: &[u8]) -> Result<(), CallError> {
     let answer = wire::call(t, method, path, Some(body))?;
     wire::settle(t, answer)?;

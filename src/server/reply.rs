@@ -1,4 +1,5 @@
-//! LXD's response envelope: every answer of the API is one of these.
+//! Every answer of the API, in LXD's response envelope ([`Envelope`],
+//! the type clients read it with).
 
 use serde_json::Value;
 
