@@ -54,8 +54,12 @@ pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
 pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
-pub use server::trust::Role;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
+
+pub use wire::{
+    path as api_path, CertificatePut, CertificatesPost, Device, ImageAlias, ImageSource,
+    ImagesPost, InstancePut, InstanceSource, InstancesPost, Role, ServerPut, StatePut,
+};
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
 pub use vmm::qemu::{

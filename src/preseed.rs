@@ -31,12 +31,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::pki::Cert;
-use crate::server::trust::Role;
 use crate::vmm::instances::{check_config, check_device, Device};
+use crate::wire::{
+    self, check_projects, path, CertificatePut, CertificatesPost, Exchange, ImagesPost,
+    InstancePut, InstancesPost, Role, ServerPut, StatePut,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -238,7 +242,7 @@ impl Preseed {
             if c.projects.len() > 64 {
                 return Err(invalid(what, "invalid project list"));
             }
-            crate::server::trust::check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
+            check_projects(&c.projects).map_err(|e| invalid(&what, e))?;
             let cert = Cert::from_pem(c.certificate.as_bytes())
                 .map_err(|_| invalid(&what, "not a PEM X.509 certificate"))?;
             if !cert.info().is_ok_and(|i| i.key_type.starts_with("ecdsa-")) {
@@ -333,7 +337,7 @@ impl Preseed {
         client: &mut crate::client::connection::Client,
         report: impl FnMut(&str, Outcome),
     ) -> Result<(), Error> {
-        self.apply_with(client, report)
+        self.apply_with(&mut Remote(client), report)
     }
 
     pub(crate) fn apply_with(
@@ -361,10 +365,20 @@ pub(crate) struct CallError {
     pub message: String,
 }
 
-/// How steps reach the API: the metadata of an answer, or its error.
-pub(crate) trait Transport {
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError>;
+impl From<crate::wire::Error> for CallError {
+    fn from(e: crate::wire::Error) -> CallError {
+        match e {
+            crate::wire::Error::Refused { status, message } => CallError { status, message },
+            other => CallError {
+                status: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+}
 
+/// How steps reach the API.
+pub(crate) trait Transport: Exchange<Error = CallError> {
     /// Whether the certificate `pem`, which an administrator removed from
     /// the trust store, stays out. A document an administrator sends is an
     /// explicit act and adds it back (false); the daemon applying its
@@ -375,9 +389,19 @@ pub(crate) trait Transport {
     }
 }
 
-impl Transport for crate::client::connection::Client {
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
-        crate::client::connection::Client::call(self, method, path, body).map_err(|e| CallError {
+/// A client's connection as a [`Transport`].
+struct Remote<'a>(&'a mut crate::client::connection::Client);
+
+impl Exchange for Remote<'_> {
+    type Error = CallError;
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), CallError> {
+        self.0.exchange(method, path, body).map_err(|e| CallError {
             status: match &e {
                 crate::client::connection::Error::Api { status, .. } => *status,
                 _ => 0,
@@ -387,37 +411,39 @@ impl Transport for crate::client::connection::Client {
     }
 }
 
+impl Transport for Remote<'_> {}
+
+/// The metadata of the answer to `GET path`.
+fn get<T: DeserializeOwned>(t: &mut dyn Transport, path: &str) -> Result<T, CallError> {
+    wire::call(t, "GET", path, None)
+}
+
 /// A call whose answer, if it is an operation, is waited for.
-fn act(t: &mut dyn Transport, method: &str, path: &str, body: &Value) -> Result<(), CallError> {
-    let v = t.call(method, path, Some(body))?;
-    let Some(id) = v
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|_| v.get("class").is_some())
-    else {
-        return Ok(());
-    };
-    let done = t.call(
-        "GET",
-        &format!("/1.0/operations/{id}/wait?timeout=3600"),
-        None,
-    )?;
-    if done.get("status_code").and_then(Value::as_u64) == Some(200) {
-        return Ok(());
-    }
-    Err(CallError {
-        status: 0,
-        message: done
-            .get("err")
-            .and_then(Value::as_str)
-            .unwrap_or("the operation failed")
-            .to_string(),
-    })
+fn act(
+    t: &mut dyn Transport,
+    method: &str,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<(), CallError> {
+    send(
+        t,
+        method,
+        path,
+        &serde_json::to_vec(body).unwrap_or_default(),
+    )
+}
+
+/// [`act`] with the body as JSON already (one copy of the call and the
+/// wait, whatever the body's type).
+fn send(t: &mut dyn Transport, method: &str, path: &str, body: &[u8]) -> Result<(), CallError> {
+    let answer = wire::call(t, method, path, Some(body))?;
+    wire::settle(t, answer)?;
+    Ok(())
 }
 
 /// `GET path`, `None` when it does not exist.
-fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> {
-    match t.call("GET", path, None) {
+fn probe<T: DeserializeOwned>(t: &mut dyn Transport, path: &str) -> Result<Option<T>, CallError> {
+    match get(t, path) {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.status == 404 => Ok(None),
         Err(e) => Err(e),
@@ -427,7 +453,7 @@ fn probe(t: &mut dyn Transport, path: &str) -> Result<Option<Value>, CallError> 
 fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
     match step {
         Step::Config { key, value } => {
-            let server = t.call("GET", "/1.0", None)?;
+            let server: Value = get(t, path::SERVER)?;
             let now = server.pointer("/config").and_then(|c| c.get(key.as_str()));
             let now = now.and_then(Value::as_str);
             let done = if crate::server::settings::is_secret(key) {
@@ -438,7 +464,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             if done {
                 return Ok(Outcome::Unchanged);
             }
-            act(t, "PATCH", "/1.0", &json!({"config": {key: value}}))?;
+            act(t, "PATCH", path::SERVER, &ServerPut::one(key, value))?;
             Ok(if now.is_some() {
                 Outcome::Updated
             } else {
@@ -452,39 +478,48 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             projects,
             pem,
         } => {
-            let path = format!("/1.0/certificates/{fingerprint}");
-            let Some(now) = probe(t, &path)? else {
+            let url = path::certificate(fingerprint);
+            // The entry as it is, read as the body that changes it.
+            let Some(now) = probe::<CertificatePut>(t, &url)? else {
                 if t.keeps_removed(pem) {
                     return Ok(Outcome::Denied);
                 }
-                let body = json!({"type": "client", "name": name, "certificate": pem,
-                    "role": role, "projects": projects});
-                act(t, "POST", "/1.0/certificates", &body)?;
+                let body = CertificatesPost {
+                    name: name.clone(),
+                    certificate: pem.clone(),
+                    role: Some(*role),
+                    projects: Some(projects.clone()),
+                    ..CertificatesPost::client()
+                };
+                act(t, "POST", path::CERTIFICATES, &body)?;
                 return Ok(Outcome::Created);
             };
-            let want = json!({"name": name, "role": role, "projects": projects});
-            if ["name", "role", "projects"]
-                .iter()
-                .all(|k| now.get(k) == want.get(k))
+            if now.name.as_ref() == Some(name)
+                && now.role == Some(*role)
+                && now.projects.as_ref() == Some(projects)
             {
                 return Ok(Outcome::Unchanged);
             }
-            let body = json!({"name": name, "role": role, "projects": projects,
-                "restricted": !projects.is_empty()});
-            act(t, "PUT", &path, &body)?;
+            let body = CertificatePut {
+                name: Some(name.clone()),
+                role: Some(*role),
+                projects: Some(projects.clone()),
+                restricted: Some(!projects.is_empty()),
+            };
+            act(t, "PUT", &url, &body)?;
             Ok(Outcome::Updated)
         }
-        Step::Image { alias, path } => {
-            let list = t.call("GET", "/1.0/images?recursion=1", None)?;
-            let exists = list
-                .as_array()
-                .is_some_and(|l| l.iter().any(|i| i.get("alias") == Some(&json!(alias))));
+        Step::Image { alias, path: file } => {
+            let list: Value = get(t, path::IMAGES_FULL)?;
+            let exists = list.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|i| i.get("alias").and_then(Value::as_str) == Some(alias))
+            });
             if exists {
                 return Ok(Outcome::Unchanged);
             }
-            let body = json!({"source": {"type": "path", "path": path},
-                "aliases": [{"name": alias}]});
-            act(t, "POST", "/1.0/images", &body)?;
+            let body = ImagesPost::from_path(file.clone(), alias.clone());
+            act(t, "POST", path::IMAGES, &body)?;
             Ok(Outcome::Created)
         }
         Step::Instance {
@@ -493,50 +528,58 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             config,
             devices,
         } => {
-            let path = format!("/1.0/instances/{name}");
-            let Some(now) = probe(t, &path)? else {
-                let source = match alias {
-                    Some(a) => json!({"type": "image", "alias": a}),
-                    None => json!({"type": "none"}),
-                };
-                let body = json!({"name": name, "type": "virtual-machine", "source": source,
-                    "config": config, "devices": devices});
-                act(t, "POST", "/1.0/instances", &body)?;
+            let url = path::instance(name);
+            // The instance as it is, read as the body that changes it.
+            let Some(now) = probe::<InstancePut>(t, &url)? else {
+                let body =
+                    InstancesPost::vm(name.clone(), alias.clone(), config.clone(), devices.clone());
+                act(t, "POST", path::INSTANCES, &body)?;
                 return Ok(Outcome::Created);
             };
-            let differs = |field: &str, k: &String, v: Value| {
-                let cur = now.get(field).and_then(|m| m.get(k.as_str()));
-                // An unset config key reads as empty, as the API sets it.
-                cur.unwrap_or(&json!("")) != &v
-            };
-            let config: BTreeMap<_, _> = config
-                .iter()
-                .filter(|(k, v)| differs("config", k, json!(v)))
-                .collect();
-            let devices: BTreeMap<_, _> = devices
-                .iter()
-                .filter(|(k, v)| differs("devices", k, json!(v)))
-                .collect();
-            if config.is_empty() && devices.is_empty() {
+            let (now_config, now_devices) = (
+                now.config.unwrap_or_default(),
+                now.devices.unwrap_or_default(),
+            );
+            // Only what differs is sent (inserted one by one: collecting
+            // into a map would compile a sort for it). An unset config key
+            // reads as empty, as the API sets it.
+            let mut changed = BTreeMap::new();
+            for (k, v) in config {
+                if now_config.get(k).map_or("", String::as_str) != v {
+                    changed.insert(k.clone(), v.clone());
+                }
+            }
+            let mut changed_devices = BTreeMap::new();
+            for (k, d) in devices {
+                if now_devices.get(k) != Some(d) {
+                    changed_devices.insert(k.clone(), d.clone());
+                }
+            }
+            if changed.is_empty() && changed_devices.is_empty() {
                 return Ok(Outcome::Unchanged);
             }
-            act(
-                t,
-                "PATCH",
-                &path,
-                &json!({"config": config, "devices": devices}),
-            )?;
+            let body = InstancePut {
+                config: Some(changed),
+                devices: Some(changed_devices),
+            };
+            act(t, "PATCH", &url, &body)?;
             Ok(Outcome::Updated)
         }
         Step::State { name, running } => {
-            let path = format!("/1.0/instances/{name}/state");
-            let now = t.call("GET", &path, None)?;
+            let url = path::instance_state(name);
+            let now: Value = get(t, &url)?;
             let is_running = now.get("status").and_then(Value::as_str) == Some("Running");
             if is_running == *running {
                 return Ok(Outcome::Unchanged);
             }
             let action = if *running { "start" } else { "stop" };
-            act(t, "PUT", &path, &json!({"action": action}))?;
+            let body = StatePut {
+                action: action.into(),
+                timeout: -1,
+                force: false,
+                stateful: false,
+            };
+            act(t, "PUT", &url, &body)?;
             Ok(Outcome::Updated)
         }
     }
@@ -552,6 +595,8 @@ mod tests {
 
     use super::*;
     use crate::pki::{CertSpec, Curve, Key, Profile};
+    use crate::wire::Envelope;
+    use serde_json::json;
 
     fn pem() -> String {
         let key = Key::generate(Curve::P256).unwrap();
@@ -699,30 +744,40 @@ mod tests {
         calls: Vec<(String, String, Value)>,
     }
 
-    impl Transport for Fake {
-        fn call(
+    impl Exchange for Fake {
+        type Error = CallError;
+
+        fn exchange(
             &mut self,
             method: &str,
             path: &str,
-            body: Option<&Value>,
-        ) -> Result<Value, CallError> {
+            body: Option<&[u8]>,
+        ) -> Result<(u16, Vec<u8>), CallError> {
+            let answer = |status, e: &Envelope<Value>| (status, serde_json::to_vec(e).unwrap());
             if method == "GET" {
-                return self.gets.get(path).cloned().ok_or(CallError {
-                    status: 404,
-                    message: "not found".into(),
+                return Ok(match self.gets.get(path) {
+                    Some(v) => answer(200, &Envelope::sync(v.clone())),
+                    None => answer(404, &Envelope::error(404, "not found")),
                 });
             }
             self.calls.push((
                 method.into(),
                 path.into(),
-                body.cloned().unwrap_or_default(),
+                body.map(|b| serde_json::from_slice(b).unwrap())
+                    .unwrap_or_default(),
             ));
             if path == "/1.0/images" || path.ends_with("/state") {
-                return Ok(json!({"id": "op1", "class": "task", "status_code": 103}));
+                let op = json!({"id": "op1", "class": "task", "status_code": 103});
+                return Ok(answer(
+                    202,
+                    &Envelope::operation("/1.0/operations/op1".into(), op),
+                ));
             }
-            Ok(json!({}))
+            Ok(answer(200, &Envelope::sync(json!({}))))
         }
     }
+
+    impl Transport for Fake {}
 
     fn run_all(p: &Preseed, t: &mut Fake) -> Vec<(String, Outcome)> {
         let mut out = Vec::new();

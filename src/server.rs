@@ -7,7 +7,8 @@
 //!   parts, each kept in its own file under the state directory;
 //! - `auth`: who a caller is and what it may do (with the route table's
 //!   columns, the one place authorization is decided);
-//! - `reply`: LXD's response envelope;
+//! - `reply`: answers, in LXD's response envelope (whose type, like the
+//!   request bodies and the API's paths, is in `wire`, shared with clients);
 //! - `handlers`: one file per API area; `filter`: `?filter=` on lists;
 //! - `routes`: the route table and the dispatch;
 //! - `admission` and `listen`: connections, from accept to the last answer;

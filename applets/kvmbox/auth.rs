@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-use serde_json::json;
+use kvmbox::{api_path as path, CertificatesPost};
 
 use super::{Ctx, Error};
 
@@ -82,17 +82,17 @@ pub(crate) fn secret_from(file: &Path) -> Result<String, Error> {
 pub(crate) fn authenticate(ctx: &Ctx, args: &Authenticate) -> Result<(), Error> {
     let pp = passphrase(args)?;
     let mut client = ctx.connect()?;
-    let server = client.call("GET", "/1.0", None)?;
+    let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(|a| a.as_str()) == Some("trusted") {
         println!("This client is already trusted.");
         return Ok(());
     }
-    client.call(
+    client.send(
         "POST",
-        "/1.0/certificates",
-        Some(&json!({"type": "client", "password": pp})),
+        path::CERTIFICATES,
+        &CertificatesPost::with_password(pp),
     )?;
-    let server = client.call("GET", "/1.0", None)?;
+    let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(|a| a.as_str()) != Some("trusted") {
         return Err(Error::Msg(
             "the daemon accepted the passphrase but does not trust this client".into(),

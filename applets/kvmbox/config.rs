@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use argh::FromArgs;
+use kvmbox::{api_path as path, CertificatePut, CertificatesPost, ServerPut};
 use serde_json::{json, Value};
 
 use super::output::{self, Format};
@@ -151,7 +152,7 @@ struct TrustRemove {
 }
 
 fn server_config(ctx: &Ctx, remote: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
-    let server = ctx.connect_to(remote)?.call("GET", "/1.0", None)?;
+    let server = ctx.connect_to(remote)?.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(Value::as_str) != Some("trusted") {
         return Err(Error::Msg(ctx.untrusted_hint(remote).to_string()));
     }
@@ -258,7 +259,7 @@ pub(crate) fn config(ctx: &Ctx, args: Config) -> Result<(), Error> {
 
 fn patch(ctx: &Ctx, remote: Option<&str>, key: &str, value: &str) -> Result<(), Error> {
     ctx.connect_to(remote)?
-        .call("PATCH", "/1.0", Some(&json!({ "config": { key: value } })))?;
+        .send("PATCH", path::SERVER, &ServerPut::one(key, value))?;
     Ok(())
 }
 
@@ -270,22 +271,19 @@ fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
         }
         None => (None, None),
     };
-    let mut body = serde_json::Map::new();
-    body.insert("type".into(), json!("client"));
-    body.insert("name".into(), json!(a.name.clone().unwrap_or_default()));
-    if let Some(role) = a.role {
-        body.insert("role".into(), json!(role));
-    }
-    if let Some(p) = projects_list(a.projects.as_deref()) {
-        body.insert("projects".into(), json!(p));
-    }
+    let mut body = CertificatesPost {
+        name: a.name.clone().unwrap_or_default(),
+        role: a.role,
+        projects: projects_list(a.projects.as_deref()),
+        ..CertificatesPost::client()
+    };
     let mut client = ctx.connect_to(remote.as_deref())?;
     match file {
         Some(f) => {
             let pem = kvmbox::read_operand_string(std::path::Path::new(&f), CERT_LIMIT)
                 .map_err(|e| Error::Msg(format!("cannot read {f}: {e}")))?;
-            body.insert("certificate".into(), json!(pem));
-            client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;
+            body.certificate = pem;
+            client.send("POST", path::CERTIFICATES, &body)?;
             println!("Certificate {f} is now trusted.");
         }
         None => {
@@ -294,11 +292,9 @@ fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
                     "give a certificate FILE, or --name for a token".into(),
                 ));
             }
-            body.insert("token".into(), json!(true));
-            if let Some(h) = a.expires_hours {
-                body.insert("expires_in".into(), json!(h.saturating_mul(3600)));
-            }
-            let out = client.call("POST", "/1.0/certificates", Some(&Value::Object(body)))?;
+            body.token = true;
+            body.expires_in = a.expires_hours.map(|h| h.saturating_mul(3600));
+            let out = client.send("POST", path::CERTIFICATES, &body)?;
             let token = out.get("token").and_then(Value::as_str).unwrap_or_default();
             if token.is_empty() {
                 return Err(Error::Msg("the server returned no token".into()));
@@ -318,22 +314,14 @@ fn trust_edit(ctx: &Ctx, e: TrustEdit) -> Result<(), Error> {
     let (remote, prefix) = super::split_remote(&e.fingerprint);
     let mut client = ctx.connect_to(remote.as_deref())?;
     let fp = resolve_fp(&mut client, &prefix)?;
-    let mut body = serde_json::Map::new();
-    if let Some(role) = e.role {
-        body.insert("role".into(), json!(role));
-    }
-    if let Some(p) = projects_list(e.projects.as_deref()) {
-        body.insert("restricted".into(), json!(!p.is_empty()));
-        body.insert("projects".into(), json!(p));
-    }
-    if let Some(n) = e.name {
-        body.insert("name".into(), json!(n));
-    }
-    client.call(
-        "PATCH",
-        &format!("/1.0/certificates/{fp}"),
-        Some(&Value::Object(body)),
-    )?;
+    let projects = projects_list(e.projects.as_deref());
+    let body = CertificatePut {
+        name: e.name,
+        role: e.role,
+        restricted: projects.as_ref().map(|p| !p.is_empty()),
+        projects,
+    };
+    client.send("PATCH", &path::certificate(&fp), &body)?;
     println!("Certificate {fp} changed.");
     Ok(())
 }
@@ -341,7 +329,7 @@ fn trust_edit(ctx: &Ctx, e: TrustEdit) -> Result<(), Error> {
 fn trust_list(ctx: &Ctx, remote: Option<&str>, format: Format) -> Result<(), Error> {
     let list = ctx
         .connect_to(remote)?
-        .call("GET", "/1.0/certificates?recursion=1", None)?;
+        .call("GET", path::CERTIFICATES_FULL, None)?;
     let entries = list.as_array().cloned().unwrap_or_default();
     let rows: Vec<Vec<String>> = entries
         .iter()
@@ -402,7 +390,7 @@ fn resolve_fp(client: &mut kvmbox::Client, prefix: &str) -> Result<String, Error
         )));
     }
     let prefix = prefix.to_ascii_lowercase();
-    let list = client.call("GET", "/1.0/certificates", None)?;
+    let list = client.call("GET", path::CERTIFICATES, None)?;
     let matches: Vec<String> = list
         .as_array()
         .into_iter()
@@ -431,7 +419,7 @@ fn trust_remove(ctx: &Ctx, remote: Option<&str>, prefix: &str) -> Result<(), Err
     }
     let mut client = ctx.connect_to(remote)?;
     let fp = resolve_fp(&mut client, prefix)?;
-    client.call("DELETE", &format!("/1.0/certificates/{fp}"), None)?;
+    client.call("DELETE", &path::certificate(&fp), None)?;
     println!("Removed certificate {fp}.");
     Ok(())
 }

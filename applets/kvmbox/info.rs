@@ -1,6 +1,7 @@
 //! `kvmbox info` and `kvmbox list`.
 
 use argh::FromArgs;
+use kvmbox::api_path as path;
 
 use super::output::{self, text, Format};
 use super::{Ctx, Error};
@@ -41,7 +42,7 @@ pub(crate) fn info(ctx: &Ctx, args: &Info) -> Result<(), Error> {
     }
     let server = ctx
         .connect_to(remote.as_deref())?
-        .call("GET", "/1.0", None)?;
+        .call("GET", path::SERVER, None)?;
     if text(&server, &["auth"]) != "trusted" {
         return Err(Error::Msg(
             ctx.untrusted_hint(remote.as_deref()).to_string(),
@@ -88,15 +89,14 @@ struct Row {
 pub(crate) fn list(ctx: &Ctx, args: &List) -> Result<(), Error> {
     let remote = super::remote_only(args.remote.as_deref())?;
     let mut client = ctx.connect_to(remote.as_deref())?;
-    const PATH: &str = "/1.0/instances?recursion=1";
     const HEADERS: [&str; 3] = ["NAME", "STATE", "TYPE"];
     if matches!(args.format, Format::Json | Format::Yaml) {
-        let list = client.call("GET", PATH, None)?;
+        let list = client.call("GET", path::INSTANCES_FULL, None)?;
         output::print(args.format, &list, &HEADERS, &[]);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = client
-        .call_as::<Vec<Row>>("GET", PATH, None)?
+        .call_as::<Vec<Row>>("GET", path::INSTANCES_FULL, None)?
         .into_iter()
         .map(|r| vec![r.name, r.status, r.kind])
         .collect();

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-use kvmbox::{Client, ClientError};
-use serde_json::{json, Value};
+use kvmbox::{api_path as path, Client, Device, ImagesPost, InstancePut, InstancesPost, StatePut};
+use serde_json::Value;
 
 use super::output::{self, Format};
 use super::{Ctx, Error};
@@ -220,26 +220,6 @@ struct DeviceRemove {
     device: String,
 }
 
-fn path_of(name: &str) -> String {
-    format!("/1.0/instances/{name}")
-}
-
-/// Sends a request; an async answer's operation is waited for. The
-/// metadata of the result, or the error the daemon gave.
-pub(crate) fn wait(
-    c: &mut Client,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value, Error> {
-    let v = c.call(method, path, body)?;
-    let is_op = v.get("class").is_some() && v.get("status_code").is_some() && v.get("id").is_some();
-    if !is_op {
-        return Ok(v);
-    }
-    finish(c, &v)
-}
-
 /// On a terminal, shows the operation's `progress.percent` until it ends.
 fn show_progress(c: &mut Client, op: &Value) {
     use std::io::{IsTerminal, Write};
@@ -249,7 +229,7 @@ fn show_progress(c: &mut Client, op: &Value) {
     }
     let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
     loop {
-        let Ok(now) = c.call("GET", &format!("/1.0/operations/{id}"), None) else {
+        let Ok(now) = c.call("GET", &path::operation(id), None) else {
             break;
         };
         if let Some(p) = now
@@ -272,28 +252,6 @@ fn show_progress(c: &mut Client, op: &Value) {
     let _ = writeln!(err);
 }
 
-/// Waits for the operation `op` (as an async answer gives it) to end.
-fn finish(c: &mut Client, op: &Value) -> Result<Value, Error> {
-    let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
-    let done = c.call(
-        "GET",
-        &format!("/1.0/operations/{id}/wait?timeout=3600"),
-        None,
-    )?;
-    if done.get("status_code").and_then(Value::as_u64) == Some(200) {
-        Ok(done.get("metadata").cloned().unwrap_or(Value::Null))
-    } else {
-        let err = done
-            .get("err")
-            .and_then(Value::as_str)
-            .unwrap_or("operation failed");
-        Err(Error::Client(ClientError::Api {
-            status: 400,
-            message: err.to_string(),
-        }))
-    }
-}
-
 fn absolute(p: &Path) -> Result<String, Error> {
     if kvmbox::is_stdio(p) {
         return Err(Error::Usage(
@@ -306,6 +264,16 @@ fn absolute(p: &Path) -> Result<String, Error> {
             std::io::ErrorKind::NotFound => Error::Msg(format!("{} does not exist", p.display())),
             _ => Error::Msg(format!("{}: {e}", p.display())),
         })
+}
+
+/// A device from its properties. (Inserted one by one: collecting into a
+/// map would compile a sort for it.)
+fn device_of(props: &[(&str, &str)]) -> Device {
+    let mut device = Device::new();
+    for (k, v) in props {
+        device.insert(k.to_string(), v.to_string());
+    }
+    device
 }
 
 struct CreateArgs<'a> {
@@ -354,7 +322,7 @@ fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
     for (i, d) in a.disk.iter().enumerate() {
         devices.insert(
             format!("disk{i}"),
-            json!({"type": "disk", "source": absolute(d)?}),
+            device_of(&[("type", "disk"), ("source", &absolute(d)?)]),
         );
     }
     let nic = if let Some(bridge) = a.network {
@@ -363,38 +331,31 @@ fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
                 "--forward is for user-mode NAT, not with --network".into(),
             ));
         }
-        json!({"type": "nic", "nictype": "bridged", "parent": bridge})
+        device_of(&[("type", "nic"), ("nictype", "bridged"), ("parent", bridge)])
     } else if a.forward.is_empty() {
-        json!({"type": "nic", "nictype": "user"})
+        device_of(&[("type", "nic"), ("nictype", "user")])
     } else {
-        json!({"type": "nic", "nictype": "user", "forward": a.forward.join(",")})
+        let forward = a.forward.join(",");
+        device_of(&[("type", "nic"), ("nictype", "user"), ("forward", &forward)])
     };
     devices.insert("eth0".to_string(), nic);
-    let source = match &image {
-        Some(alias) => json!({"type": "image", "alias": alias}),
-        None => json!({"type": "none"}),
-    };
     let (mut c, bare) = ctx.target(&name)?;
-    let body = json!({
-        "name": bare,
-        "type": "virtual-machine",
-        "source": source,
-        "config": config,
-        "devices": devices,
-    });
-    wait(&mut c, "POST", "/1.0/instances", Some(&body))?;
+    let body = InstancesPost::vm(bare, image, config, devices);
+    let answer = c.send("POST", path::INSTANCES, &body)?;
+    c.wait(answer)?;
     Ok(name)
 }
 
 fn state(ctx: &Ctx, name: &str, action: &str, force: bool, timeout: u64) -> Result<(), Error> {
-    let body = json!({"action": action, "force": force, "timeout": timeout});
+    let body = StatePut {
+        action: action.into(),
+        timeout: i64::try_from(timeout).unwrap_or(i64::MAX),
+        force,
+        stateful: false,
+    };
     let (mut c, name) = ctx.target(name)?;
-    wait(
-        &mut c,
-        "PUT",
-        &format!("{}/state", path_of(&name)),
-        Some(&body),
-    )?;
+    let answer = c.send("PUT", &path::instance_state(&name), &body)?;
+    c.wait(answer)?;
     Ok(())
 }
 
@@ -455,14 +416,15 @@ pub(crate) fn restart(ctx: &Ctx, a: &Restart) -> Result<(), Error> {
 pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
     let q = if a.force { "?force=true" } else { "" };
     let (mut c, name) = ctx.target(&a.name)?;
-    wait(&mut c, "DELETE", &format!("{}{q}", path_of(&name)), None)?;
+    let answer = c.call("DELETE", &format!("{}{q}", path::instance(&name)), None)?;
+    c.wait(answer)?;
     Ok(())
 }
 
 pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
     let _ = a.show_log;
     let (mut c, name) = ctx.target(&a.name)?;
-    let log = c.call("GET", &format!("{}/console", path_of(&name)), None)?;
+    let log = c.call("GET", &path::instance_console(&name), None)?;
     print!("{}", log.as_str().unwrap_or_default());
     Ok(())
 }
@@ -470,14 +432,11 @@ pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
 pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
     match &a.cmd {
         ImageCmd::Import(i) => {
-            let body = json!({
-                "source": {"type": "path", "path": absolute(&i.file)?},
-                "aliases": [{"name": i.alias}],
-            });
+            let body = ImagesPost::from_path(absolute(&i.file)?.into(), i.alias.clone());
             let mut c = ctx.connect()?;
-            let op = c.call("POST", "/1.0/images", Some(&body))?;
+            let op = c.send("POST", path::IMAGES, &body)?;
             show_progress(&mut c, &op);
-            let img = finish(&mut c, &op)?;
+            let img = c.wait(op)?;
             println!(
                 "Image imported with fingerprint: {}",
                 img.get("fingerprint")
@@ -486,9 +445,7 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
             );
         }
         ImageCmd::List(l) => {
-            let list = ctx
-                .connect()?
-                .call("GET", "/1.0/images?recursion=1", None)?;
+            let list = ctx.connect()?.call("GET", path::IMAGES_FULL, None)?;
             let rows: Vec<Vec<String>> = list
                 .as_array()
                 .into_iter()
@@ -521,7 +478,11 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
 /// `kvmbox info NAME`.
 pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
     let (mut c, name) = ctx.target(name)?;
-    let v = c.call("GET", &format!("{}?recursion=2", path_of(&name)), None)?;
+    let v = c.call(
+        "GET",
+        &format!("{}?recursion=2", path::instance(&name)),
+        None,
+    )?;
     let mut rows: Vec<Vec<String>> = [
         ("name", &["name"][..]),
         ("status", &["status"]),
@@ -570,19 +531,21 @@ pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
 /// `kvmbox config set NAME KEY VALUE`.
 pub(crate) fn config_set(ctx: &Ctx, name: &str, key: &str, value: &str) -> Result<(), Error> {
     let (mut c, name) = ctx.target(name)?;
-    c.call(
-        "PATCH",
-        &path_of(&name),
-        Some(&json!({"config": {key: value}})),
-    )?;
+    let mut config = BTreeMap::new();
+    config.insert(key.to_string(), value.to_string());
+    let body = InstancePut {
+        config: Some(config),
+        devices: None,
+    };
+    c.send("PATCH", &path::instance(&name), &body)?;
     Ok(())
 }
 
 pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
     match &a.cmd {
         DeviceSub::Add(d) => {
-            let mut dev = serde_json::Map::new();
-            dev.insert("type".into(), json!(d.kind));
+            let mut dev = Device::new();
+            dev.insert("type".into(), d.kind.clone());
             for p in &d.props {
                 let (k, v) = p
                     .split_once('=')
@@ -592,31 +555,34 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
                 } else {
                     v.to_string()
                 };
-                dev.insert(k.into(), json!(v));
+                dev.insert(k.into(), v);
             }
             let (mut c, name) = ctx.target(&d.name)?;
-            c.call(
-                "PATCH",
-                &path_of(&name),
-                Some(&json!({"devices": {d.device.clone(): dev}})),
-            )?;
+            let mut devices = BTreeMap::new();
+            devices.insert(d.device.clone(), dev);
+            let body = InstancePut {
+                config: None,
+                devices: Some(devices),
+            };
+            c.send("PATCH", &path::instance(&name), &body)?;
             println!("Device {} added to {}", d.device, d.name);
         }
         DeviceSub::Remove(d) => {
             let (mut c, name) = ctx.target(&d.name)?;
-            let inst = c.call("GET", &path_of(&name), None)?;
-            let mut devices = inst
-                .get("devices")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
+            // The instance as it is, read as the body that puts it back.
+            let inst: InstancePut = c.call_as("GET", &path::instance(&name), None)?;
+            let mut devices = inst.devices.unwrap_or_default();
             if devices.remove(&d.device).is_none() {
                 return Err(Error::Msg(format!(
                     "instance {} has no device {}",
                     d.name, d.device
                 )));
             }
-            c.call("PUT", &path_of(&name), Some(&json!({"devices": devices})))?;
+            let body = InstancePut {
+                config: None,
+                devices: Some(devices),
+            };
+            c.send("PUT", &path::instance(&name), &body)?;
             println!("Device {} removed from {}", d.device, d.name);
         }
     }

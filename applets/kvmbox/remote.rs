@@ -12,7 +12,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use kvmbox::{Client, ClientIdentity, JoinToken, Remote, RemoteTrust, Remotes, LOCAL_REMOTE};
+use kvmbox::{
+    api_path as path, CertificatesPost, Client, ClientIdentity, JoinToken, Remote, RemoteTrust,
+    Remotes, LOCAL_REMOTE,
+};
 use serde_json::{json, Value};
 
 use super::output::{self, Format};
@@ -258,27 +261,27 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
             }
         }
     }
-    let server = client.call("GET", "/1.0", None)?;
+    let server = client.call("GET", path::SERVER, None)?;
     if server.get("auth").and_then(Value::as_str) != Some("trusted") {
         let body = if let Some(t) = &a.token {
-            json!({"type": "client", "trust_token": t.trim()})
+            CertificatesPost::with_token(t.trim().to_string())
         } else if let Some(f) = &a.password_file {
-            json!({"type": "client", "password": super::auth::secret_from(f)?})
+            CertificatesPost::with_password(super::auth::secret_from(f)?)
         } else if std::io::stdin().is_terminal() {
             let secret = kvmbox::prompt_secret(&format!("Password or token for {}: ", a.name))
                 .map_err(|e| Error::Msg(format!("cannot read the password: {e}")))?;
             if JoinToken::decode(&secret).is_some() {
-                json!({"type": "client", "trust_token": secret})
+                CertificatesPost::with_token(secret)
             } else {
-                json!({"type": "client", "password": secret})
+                CertificatesPost::with_password(secret)
             }
         } else {
             return Err(Error::Msg(format!(
                 "{addr} does not trust this client yet: give --token or --password-file"
             )));
         };
-        client.call("POST", "/1.0/certificates", Some(&body))?;
-        let server = client.call("GET", "/1.0", None)?;
+        client.send("POST", path::CERTIFICATES, &body)?;
+        let server = client.call("GET", path::SERVER, None)?;
         if server.get("auth").and_then(Value::as_str) != Some("trusted") {
             return Err(Error::Msg(
                 "the server accepted the secret but still does not trust this client".into(),

@@ -17,6 +17,7 @@ use crate::http::{self, Limits};
 use crate::pki::{Cert, CertSpec, Curve, Key, Profile};
 use crate::store::{write_atomic, Overwrite};
 use crate::tls::ServerTrust;
+use crate::wire::Exchange;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -381,34 +382,8 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), Error> {
-        self.request_as(method, path, body)
-    }
-
-    /// [`Client::request`], with the body decoded into `T`: a caller that
-    /// needs a few fields of a large answer skips building the rest.
-    fn request_as<T: serde::de::DeserializeOwned>(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, T), Error> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        let limits = Limits {
-            max_head: 64 * 1024,
-            max_body: 64 * 1024 * 1024,
-        };
-        let sent = self
-            .stream
-            .write_all(&http::request_bytes(method, path, body.as_deref()))
-            .and_then(|()| self.stream.flush());
-        let (status, body) = match sent {
-            Ok(()) => http::read_response(&mut self.stream, limits)?,
-            // The daemon may have answered and hung up before reading all
-            // of the request (a body over its limit): its answer says why.
-            Err(e) if hung_up(&e) => http::read_response(&mut ReadOnly(&mut self.stream), limits)
-                .map_err(|_| Error::Io(e))?,
-            Err(e) => return Err(e.into()),
-        };
+        let (status, body) = self.exchange(method, path, body.as_deref())?;
         let value = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("body is not JSON ({e})")))?;
         Ok((status, value))
@@ -428,30 +403,65 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, Error> {
-        let (status, e): (u16, Envelope<T>) = self.request_as(method, path, body)?;
-        match (e.kind.as_deref(), e.metadata) {
-            (Some("sync" | "async"), Some(m)) => Ok(m),
-            // `null` metadata: only a type that takes null (a Value) fits.
-            (Some("sync" | "async"), None) => serde_json::from_value(Value::Null)
-                .map_err(|e| Error::Protocol(format!("no metadata ({e})"))),
-            (Some("error"), _) => Err(Error::Api {
-                status,
-                message: e.error.unwrap_or_else(|| "unknown error".into()),
-            }),
-            _ => Err(Error::Protocol(format!(
-                "status {status} without an envelope"
-            ))),
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        crate::wire::call(self, method, path, body.as_deref())
+    }
+
+    /// [`Client::call`] with a typed body (one of the API's request
+    /// bodies, such as [`crate::wire::InstancesPost`]).
+    pub fn send<B: serde::Serialize + ?Sized>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<Value, Error> {
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        crate::wire::call(self, method, path, Some(&body))
+    }
+
+    /// Waits for the operation `answer` (what [`Client::call`] returned)
+    /// started, if it started one: the operation's metadata once it
+    /// succeeded, or its error. Any other answer is handed back.
+    pub fn wait(&mut self, answer: Value) -> Result<Value, Error> {
+        crate::wire::settle(self, answer)
+    }
+}
+
+impl Exchange for Client {
+    type Error = Error;
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let limits = Limits {
+            max_head: 64 * 1024,
+            max_body: 64 * 1024 * 1024,
+        };
+        let sent = self
+            .stream
+            .write_all(&http::request_bytes(method, path, body))
+            .and_then(|()| self.stream.flush());
+        match sent {
+            Ok(()) => Ok(http::read_response(&mut self.stream, limits)?),
+            // The daemon may have answered and hung up before reading all
+            // of the request (a body over its limit): its answer says why.
+            Err(e) if hung_up(&e) => http::read_response(&mut ReadOnly(&mut self.stream), limits)
+                .map_err(|_| Error::Io(e)),
+            Err(e) => Err(e.into()),
         }
     }
 }
 
-/// LXD's response envelope, as far as a client reads it.
-#[derive(serde::Deserialize)]
-struct Envelope<T> {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    error: Option<String>,
-    metadata: Option<T>,
+impl From<crate::wire::Error> for Error {
+    fn from(e: crate::wire::Error) -> Error {
+        match e {
+            crate::wire::Error::Refused { status, message } => Error::Api { status, message },
+            other => Error::Protocol(other.to_string()),
+        }
+    }
 }
 
 /// What is left to read on a TLS stream whose writing side has failed:

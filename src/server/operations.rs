@@ -255,7 +255,7 @@ impl Operations {
             let status = format!("{:?}", slot.op.status).to_lowercase();
             out.entry(status)
                 .or_default()
-                .push(format!("/1.0/operations/{id}"));
+                .push(crate::wire::path::operation(id));
         }
         out
     }

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use smol::Executor;
 
 use crate::http::Request;
@@ -16,6 +15,7 @@ use crate::server::routes;
 use crate::server::state::Shared;
 use crate::server::trust::Role;
 use crate::sys::{self, PeerCred};
+use crate::wire::Exchange;
 
 struct InProcess<'a> {
     shared: &'a Arc<Shared>,
@@ -41,14 +41,21 @@ pub(crate) fn apply_locally(
     })
 }
 
-impl Transport for InProcess<'_> {
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CallError> {
+impl Exchange for InProcess<'_> {
+    type Error = CallError;
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), CallError> {
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let req = Request {
             method: method.into(),
             path: path.into(),
             query: query.into(),
-            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            body: body.map(<[u8]>::to_vec).unwrap_or_default(),
             keep_alive: false,
             websocket_key: None,
         };
@@ -65,22 +72,11 @@ impl Transport for InProcess<'_> {
             refused: None,
         };
         let resp = smol::block_on(self.ex.run(routes::handle(self.shared, &id, &req)));
-        let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
-        match v.get("type").and_then(Value::as_str) {
-            Some("sync" | "async") => {
-                Ok(v.get_mut("metadata").map(Value::take).unwrap_or_default())
-            }
-            _ => Err(CallError {
-                status: resp.status,
-                message: v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_string(),
-            }),
-        }
+        Ok((resp.status, resp.body))
     }
+}
 
+impl Transport for InProcess<'_> {
     fn keeps_removed(&mut self, pem: &str) -> bool {
         crate::pki::Cert::from_pem(pem.as_bytes()).is_ok_and(|c| self.shared.trust().is_denied(&c))
     }

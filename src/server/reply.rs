@@ -1,8 +1,10 @@
-//! LXD's response envelope: every answer of the API is one of these.
+//! Every answer of the API, in LXD's response envelope ([`Envelope`],
+//! the type clients read it with).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::http::Response;
+use crate::wire::{path, Envelope};
 
 /// LXD's synchronous response.
 pub(crate) fn sync(metadata: Value) -> Response {
@@ -21,40 +23,18 @@ pub(crate) fn sync_json(metadata: &[u8]) -> Response {
 
 /// LXD's error response.
 pub(crate) fn error(code: u16, message: &str) -> Response {
-    envelope(
-        code,
-        json!({
-            "type": "error",
-            "status": "",
-            "status_code": 0,
-            "operation": "",
-            "error_code": code,
-            "error": message,
-            "metadata": null,
-        }),
-    )
+    envelope(code, &Envelope::<()>::error(code, message))
 }
 
 /// LXD's asynchronous response: 202 and the operation.
 pub(crate) fn operation(op: &crate::server::operations::Operation) -> Response {
-    envelope(
-        202,
-        json!({
-            "type": "async",
-            "status": "Operation created",
-            "status_code": 100,
-            "operation": format!("/1.0/operations/{}", op.id),
-            "error_code": 0,
-            "error": "",
-            "metadata": op,
-        }),
-    )
+    envelope(202, &Envelope::operation(path::operation(&op.id), op))
 }
 
-fn envelope(status: u16, body: Value) -> Response {
+fn envelope<T: serde::Serialize>(status: u16, body: &Envelope<T>) -> Response {
     Response {
         status,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
+        body: serde_json::to_vec(body).unwrap_or_default(),
     }
 }
 
@@ -66,6 +46,7 @@ fn envelope(status: u16, body: Value) -> Response {
 )]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn body_of(r: &Response) -> Value {
         serde_json::from_slice(&r.body).unwrap()
@@ -85,5 +66,12 @@ mod tests {
             (Some("error"), Some(403))
         );
         assert_eq!(e["error"], "nope");
+    }
+
+    /// The head written by hand is the envelope's own first fields.
+    #[test]
+    fn the_sync_head_is_the_envelope() {
+        let typed = serde_json::to_vec(&Envelope::sync([1, 2])).unwrap();
+        assert_eq!(sync_json(b"[1,2]").body, typed);
     }
 }

@@ -12,36 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now;
 use crate::pki::Cert;
 use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
-
-/// What a trusted certificate may do. Ordered: each role includes
-/// everything below it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read-only access.
-    Auditor,
-    /// Instance lifecycle: start, stop, console, snapshots.
-    User,
-    /// Also create, reconfigure and delete instances and images.
-    Operator,
-    /// Also server configuration and the trust store.
-    Admin,
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auditor" => Ok(Role::Auditor),
-            "user" => Ok(Role::User),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role {s:?}: use auditor, user, operator or admin"
-            )),
-        }
-    }
-}
+pub(crate) use crate::wire::{check_projects, Role, DEFAULT_PROJECT};
 
 /// One trusted certificate, in the shape `GET /1.0/certificates/<fp>` shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,18 +54,6 @@ pub enum Error {
     },
     #[error("project {0:?} not found: kvmbox has only the default project")]
     UnknownProject(String),
-}
-
-/// The one project kvmbox has: LXD's `default`, where every instance,
-/// image and operation lives. A certificate's project list may name only it.
-pub(crate) const DEFAULT_PROJECT: &str = "default";
-
-/// Refuses a project list that names anything but [`DEFAULT_PROJECT`].
-pub(crate) fn check_projects(projects: &[String]) -> Result<(), Error> {
-    match projects.iter().find(|p| *p != DEFAULT_PROJECT) {
-        Some(p) => Err(Error::UnknownProject(p.clone())),
-        None => Ok(()),
-    }
 }
 
 /// The file as written. A plain list of entries is what kvmbox wrote before
@@ -502,17 +461,6 @@ mod tests {
     }
 
     #[test]
-    fn only_the_default_project_exists() {
-        assert!(check_projects(&[]).is_ok());
-        assert!(check_projects(&["default".into()]).is_ok());
-        let e = check_projects(&["default".into(), "p1".into()]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "project \"p1\" not found: kvmbox has only the default project"
-        );
-    }
-
-    #[test]
     fn corrupt_file_is_an_error_not_an_empty_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trust.json");
@@ -521,13 +469,5 @@ mod tests {
             TrustStore::open(&path),
             Err(Error::Corrupt { .. })
         ));
-    }
-
-    #[test]
-    fn roles_are_ordered() {
-        assert!(Role::Admin > Role::Operator && Role::Operator > Role::User);
-        assert!(Role::User > Role::Auditor);
-        assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
-        assert!("root".parse::<Role>().is_err());
     }
 }

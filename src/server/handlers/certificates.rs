@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::clock::now;
@@ -19,6 +18,7 @@ use crate::server::reply::{error, sync};
 use crate::server::state::Shared;
 use crate::server::tokens::{JoinToken, DEFAULT_TTL};
 use crate::server::trust::Role;
+use crate::wire::{path, CertificatePut, CertificatesPost};
 
 /// Whether `id` may see the entry `e`: a certificate restricted to
 /// projects sees only its own, as in LXD.
@@ -37,9 +37,7 @@ pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Resp
         let list: Vec<Value> = entries.map(entry_json).collect();
         sync(Value::Array(list))
     } else {
-        let urls: Vec<String> = entries
-            .map(|e| format!("/1.0/certificates/{}", e.fingerprint))
-            .collect();
+        let urls: Vec<String> = entries.map(|e| path::certificate(&e.fingerprint)).collect();
         sync(json!(urls))
     }
 }
@@ -114,17 +112,6 @@ fn check_name(name: &str) -> Result<(), Response> {
     Ok(())
 }
 
-/// The body of `PUT/PATCH /1.0/certificates/<fp>` (LXD's `CertificatePut`
-/// plus `role`). Fields left out keep their value.
-#[derive(Deserialize)]
-struct CertificatePut {
-    name: Option<String>,
-    role: Option<Role>,
-    projects: Option<Vec<String>>,
-    /// LXD's flag: false means all projects.
-    restricted: Option<bool>,
-}
-
 /// PUT and PATCH alike: LXD's `lxc config trust edit` sends the whole
 /// entry, and anything left out is kept rather than reset.
 pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Request) -> Response {
@@ -159,34 +146,6 @@ pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Reques
         }
         Err(e) => save_failed(&e),
     }
-}
-
-/// The body of `POST /1.0/certificates` (LXD's `CertificatesPost`, as
-/// lxc 5.0 sends it and as later LXD does with `trust_token`, plus `role`).
-#[derive(Deserialize)]
-struct CertificatesPost {
-    #[serde(default)]
-    name: String,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    /// Another client's certificate, PEM or base64 DER (an administrator
-    /// adding it); empty to add the caller's own TLS certificate.
-    #[serde(default)]
-    certificate: String,
-    /// The trust password, the local passphrase, or (lxc 5.0) a token.
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    trust_token: String,
-    /// true: make a token for `name` instead of adding anything.
-    #[serde(default)]
-    token: bool,
-    role: Option<Role>,
-    projects: Option<Vec<String>>,
-    /// LXD's flag: false means all projects, whatever `projects` says.
-    restricted: Option<bool>,
-    /// Token lifetime in seconds (default one day).
-    expires_in: Option<u64>,
 }
 
 /// What a removed certificate is told when it tries to add itself back.

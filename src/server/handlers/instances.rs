@@ -22,6 +22,7 @@ use crate::server::reply::{error, operation, sync, sync_json};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
+use crate::wire::{path, ImagesPost, InstancePut, InstancesPost, StatePut};
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +86,7 @@ pub(crate) async fn handle(
             "0" => sync(json!(m
                 .names()
                 .iter()
-                .map(|n| format!("/1.0/instances/{n}"))
+                .map(|n| path::instance(n))
                 .collect::<Vec<_>>())),
             // Without a filter, each instance's JSON as rendered at its last
             // change: the list costs a copy, not a thousand serialisations.
@@ -156,7 +157,7 @@ pub(crate) async fn handle(
             Ok(list) if recursion != "0" => sync(json!(list)),
             Ok(list) => sync(json!(list
                 .iter()
-                .map(|i| format!("/1.0/images/{}", i.fingerprint))
+                .map(|i| path::image(&i.fingerprint))
                 .collect::<Vec<_>>())),
             Err(e) => fail(&e),
         },
@@ -175,10 +176,7 @@ where
         Err(e) => return fail(&e),
     };
     let mut resources = BTreeMap::new();
-    resources.insert(
-        "instances".to_string(),
-        vec![format!("/1.0/instances/{name}")],
-    );
+    resources.insert("instances".to_string(), vec![path::instance(name)]);
     let fut = work(shared.clone());
     let op = shared.ops.spawn(&ex, description, resources, async move {
         fut.await
@@ -262,40 +260,6 @@ fn too_slow() -> Response {
     )
 }
 
-/// The body of `POST /1.0/instances` (LXD's `InstancesPost`; fields LXD
-/// has and kvmbox does not use are accepted and ignored).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InstancesPost {
-    name: String,
-    #[serde(default, rename = "type")]
-    kind: String,
-    #[serde(default)]
-    source: Option<Source>,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-    #[serde(default)]
-    devices: BTreeMap<String, Device>,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    profiles: Option<Value>,
-    #[serde(default)]
-    ephemeral: bool,
-    #[serde(default)]
-    architecture: String,
-}
-
-#[derive(Deserialize)]
-struct Source {
-    #[serde(default, rename = "type")]
-    kind: String,
-    #[serde(default)]
-    alias: Option<String>,
-    #[serde(default)]
-    fingerprint: Option<String>,
-}
-
 async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
     let b: InstancesPost = match body(req) {
         Ok(b) => b,
@@ -358,15 +322,6 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     }
 }
 
-/// The body of `PUT/PATCH /1.0/instances/<name>`.
-#[derive(Deserialize)]
-struct InstancePut {
-    #[serde(default)]
-    config: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    devices: Option<BTreeMap<String, Device>>,
-}
-
 async fn update(
     shared: &Arc<Shared>,
     id: &Identity,
@@ -411,23 +366,6 @@ async fn update(
     }
 }
 
-/// The body of `PUT /1.0/instances/<name>/state`.
-#[derive(Deserialize)]
-struct StatePut {
-    action: String,
-    /// Seconds to wait for a graceful stop; negative: the default.
-    #[serde(default = "default_timeout")]
-    timeout: i64,
-    #[serde(default)]
-    force: bool,
-    #[serde(default)]
-    stateful: bool,
-}
-
-fn default_timeout() -> i64 {
-    -1
-}
-
 fn state(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     let b: StatePut = match body(req) {
         Ok(b) => b,
@@ -456,26 +394,6 @@ fn state(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
             &format!("unknown action {a:?}: use start, stop or restart"),
         ),
     }
-}
-
-/// The body of `POST /1.0/images`: LXD's shape, with a host path as source.
-#[derive(Deserialize)]
-struct ImagesPost {
-    source: ImageSource,
-    #[serde(default)]
-    aliases: Vec<Alias>,
-}
-
-#[derive(Deserialize)]
-struct ImageSource {
-    #[serde(rename = "type")]
-    kind: String,
-    path: PathBuf,
-}
-
-#[derive(Deserialize)]
-struct Alias {
-    name: String,
 }
 
 async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {

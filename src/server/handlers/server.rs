@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{Request, Response};
@@ -13,6 +12,7 @@ use crate::server::auth::Identity;
 use crate::server::reply::{error, sync};
 use crate::server::state::Shared;
 use crate::sys;
+use crate::wire::ServerPut;
 
 /// `GET /1.0`: everything for a trusted caller, the bare minimum for others.
 pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
@@ -56,14 +56,6 @@ pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
         }
     }
     info
-}
-
-/// The body of `PUT/PATCH /1.0`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerPut {
-    #[serde(default)]
-    config: BTreeMap<String, Value>,
 }
 
 pub(crate) async fn put(shared: &Arc<Shared>, req: &Request, replace: bool) -> Response {

@@ -29,8 +29,7 @@ const KEYS: &[&str] = &[
 const DEFAULT_MEMORY: &str = "1GiB";
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
-/// One device: LXD's flat string map (`type`, `source`, …).
-pub(crate) type Device = BTreeMap<String, String>;
+pub(crate) use crate::wire::Device;
 
 /// The image an instance's root disk overlays.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
