@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Blame, Fault};
 use crate::sys::fs::{self as sysfs, Creds};
 
 /// Whom the daemon opens a file for.
@@ -82,10 +83,14 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The caller named something it may not use (as opposed to a host fault).
-    pub(crate) fn is_refusal(&self) -> bool {
-        !matches!(self, Error::Io { .. })
+impl Blame for Error {
+    /// The caller named something it may not use, unless opening it failed
+    /// for a reason of the host's.
+    fn fault(&self) -> Fault {
+        match self {
+            Error::Io { .. } => Fault::Host,
+            _ => Fault::Denied,
+        }
     }
 }
 

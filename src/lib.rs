@@ -10,12 +10,14 @@
 //! - `client`: a connection to a daemon, and the user's remotes;
 //! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the accelerator;
 //! - the ground floor: `wire` (API vocabulary shared by server and client),
+//!   `fault` (whose fault an error is: the caller's, a peer's, the host's),
 //!   `http`, `tls`, `pki`, `store`, `log`, `rt` (lock, deadline), `clock`,
 //!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
 //!   or `-`), `websocket`, and `sys` (system calls).
 
 mod client;
 mod clock;
+mod fault;
 mod hostfile;
 mod http;
 mod log;
@@ -49,6 +51,7 @@ pub use client::remotes::{
     cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
     valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
 };
+pub use fault::{Blame, Fault};
 pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
 pub use log::{set_level as set_log_level, LogLevel};
@@ -62,7 +65,7 @@ pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
-pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
+pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Status as VmStatus};
 pub use vmm::vm::{
     console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, RunAs,
     Stopped, Vm, VmSpec, PRIVILEGED_WARNING,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Blame, Fault};
 use crate::server::secret;
 use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
@@ -215,6 +216,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        match self {
+            Error::Invalid {
+                source: secret::Error::Random,
+                ..
+            }
+            | Error::Read { .. }
+            | Error::Corrupt { .. }
+            | Error::Write { .. } => Fault::Host,
+            _ => Fault::Input,
+        }
+    }
 }
 
 /// The settings, in memory and on disk.

@@ -15,6 +15,7 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Blame, Fault};
 use crate::pki::hex;
 use crate::server::trust::Role;
 use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
@@ -83,6 +84,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        Fault::Host
+    }
 }
 
 /// Pending tokens, in memory and in `tokens.json`.

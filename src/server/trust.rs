@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now;
+use crate::fault::{Blame, Fault};
 use crate::pki::Cert;
 use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
 
@@ -83,6 +84,15 @@ pub enum Error {
     },
     #[error("project {0:?} not found: kvmbox has only the default project")]
     UnknownProject(String),
+}
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        match self {
+            Error::Read { .. } | Error::Corrupt { .. } | Error::Write { .. } => Fault::Host,
+            Error::UnknownProject(_) => Fault::Input,
+        }
+    }
 }
 
 /// The one project kvmbox has: LXD's `default`, where every instance,

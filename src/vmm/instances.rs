@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use smol::lock::Mutex as AsyncMutex;
 
+use crate::fault::{Blame, Fault};
 use crate::hostfile::Pin;
 use crate::log::log;
 use crate::rt::lock;
@@ -43,7 +44,7 @@ pub(crate) const DEFAULT_UID_RANGE: &str = "1000000:65536";
 /// How much of the console log `GET …/console` returns.
 const CONSOLE_LIMIT: u64 = 1 << 20;
 
-/// Why an instance call failed; [`Error::status`] says whose fault.
+/// Why an instance call failed; [`Blame`] says whose fault.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     #[error("{0} not found")]
@@ -75,19 +76,17 @@ impl Error {
             source,
         }
     }
+}
 
-    /// The HTTP status the API answers with.
-    pub(crate) fn status(&self) -> u16 {
+impl Blame for Error {
+    fn fault(&self) -> Fault {
         match self {
-            Error::NotFound(_) => 404,
-            Error::Exists(_) | Error::Conflict(_) => 409,
-            Error::Invalid(_) | Error::Refused(_) => 400,
-            Error::Vm(e) => match e.fault() {
-                crate::vmm::qmp::Fault::Input => 400,
-                _ => 500,
-            },
-            Error::HostFile(e) if e.is_refusal() => 403,
-            Error::Host { .. } | Error::HostFile(_) => 500,
+            Error::NotFound(_) => Fault::Missing,
+            Error::Exists(_) | Error::Conflict(_) => Fault::Conflict,
+            Error::Invalid(_) | Error::Refused(_) => Fault::Input,
+            Error::Vm(e) => e.fault(),
+            Error::HostFile(e) => e.fault(),
+            Error::Host { .. } => Fault::Host,
         }
     }
 }

@@ -17,6 +17,8 @@ use serde_json::{json, Map, Value};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use smol::net::unix::UnixStream;
 
+use crate::fault::{Blame, Fault};
+
 /// Longest line accepted from QEMU; real replies are a few KiB.
 const MAX_LINE: usize = 1 << 20;
 /// Events kept while nobody reads them; the oldest are dropped beyond this.
@@ -54,9 +56,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Who is at fault.
-    pub fn fault(&self) -> Fault {
+impl Blame for Error {
+    fn fault(&self) -> Fault {
         match self {
             Error::Connect { .. } | Error::Io(_) => Fault::Host,
             Error::Closed | Error::Timeout { .. } | Error::Protocol(_) | Error::LineTooLong => {
@@ -65,17 +66,6 @@ impl Error {
             Error::Command { .. } => Fault::Input,
         }
     }
-}
-
-/// Who caused an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// QEMU misbehaved or went away.
-    Peer,
-    /// The request was invalid.
-    Input,
-    /// The host lacks something (socket, permissions).
-    Host,
 }
 
 /// An asynchronous QMP event (`SHUTDOWN`, `DEVICE_DELETED`, …).

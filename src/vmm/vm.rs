@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use smol::Timer;
 
+use crate::fault::{Blame, Fault};
 use crate::hostfile::{self, Pin};
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::process::{self, State, EXIT_APPARMOR};
 use crate::vmm::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
-use crate::vmm::qmp::{self, Fault, Qmp, Ready, Status};
+use crate::vmm::qmp::{self, Qmp, Ready, Status};
 
 /// What the daemon logs when a VM runs with `security.privileged=true`.
 pub const PRIVILEGED_WARNING: &str =
@@ -166,9 +167,8 @@ pub enum Error {
     Disk(#[from] hostfile::Error),
 }
 
-impl Error {
-    /// Who is at fault, for the API's status code.
-    pub fn fault(&self) -> Fault {
+impl Blame for Error {
+    fn fault(&self) -> Fault {
         match self {
             Error::Config(_)
             | Error::Missing { .. }
