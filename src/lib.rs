@@ -40,7 +40,7 @@ pub use operand::{
 };
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
-pub use store::{write_atomic, Overwrite};
+pub use store::{write_atomic, Error as StoreError, Overwrite};
 pub use sys::default_sigpipe;
 
 pub use client::connection::{

@@ -26,6 +26,8 @@ pub enum Error {
     BadIdentity(PathBuf, #[source] crate::pki::Error),
     #[error("{0} is not usable: {1}")]
     BadConfig(PathBuf, String),
+    #[error(transparent)]
+    File(#[from] crate::store::Error),
     #[error("cannot create the client certificate")]
     Identity(#[source] crate::pki::Error),
     #[error(transparent)]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::connection::{Error, RemoteTrust};
 use crate::pki::Cert;
-use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
+use crate::store::{read_json, write_atomic, write_json, Overwrite};
 
 /// The name of the Unix socket "remote".
 pub const LOCAL: &str = "local";
@@ -56,17 +56,11 @@ pub fn valid_name(name: &str) -> bool {
 impl Remotes {
     /// Reads `dir/config.json`; missing means no remotes.
     pub fn load(dir: &Path) -> Result<Remotes, Error> {
-        let path = dir.join("config.json");
-        read_json(&path).map_err(|e| match e {
-            ReadJsonError::Read(e) => Error::ConfDir(path, e),
-            ReadJsonError::Corrupt(e) => io_err(&path, e),
-        })
+        Ok(read_json(&dir.join("config.json"))?)
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        let path = dir.join("config.json");
-        let data = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path, e))?;
-        write_atomic(&path, &data, 0o600, Overwrite::Replace).map_err(|e| Error::ConfDir(path, e))
+        Ok(write_json(&dir.join("config.json"), self)?)
     }
 
     /// The default remote's name.

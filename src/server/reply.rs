@@ -189,16 +189,13 @@ mod tests {
     #[test]
     fn the_hosts_faults_are_500_and_keep_the_systems_words_for_the_log() {
         let io = || std::io::Error::from_raw_os_error(libc::ENOSPC);
-        let full = crate::server::trust::Error::Write {
+        let full = crate::store::Error::Write {
             path: "/state/trust.json".into(),
             source: io(),
         };
-        let (status, msg) = answer(&full);
+        let (status, msg) = answer(&crate::server::trust::Error::File(full));
         assert_eq!(status, 500);
-        assert_eq!(
-            msg,
-            "cannot write trust store /state/trust.json (see the daemon's log)"
-        );
+        assert_eq!(msg, "cannot write /state/trust.json (see the daemon's log)");
         // Without a source there is nothing more in the log to point at.
         assert_eq!(
             answer(&crate::server::tokens::Error::Random),

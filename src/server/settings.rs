@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::{Blame, Fault};
 use crate::server::secret;
-use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
+use crate::store::{read_json, write_json};
 
 /// The passphrase other local users authenticate with (Multipass's model).
 pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
@@ -198,24 +198,8 @@ pub enum Error {
         #[source]
         source: secret::Error,
     },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::store::Error),
 }
 
 impl Blame for Error {
@@ -225,9 +209,7 @@ impl Blame for Error {
                 source: secret::Error::Random,
                 ..
             }
-            | Error::Read { .. }
-            | Error::Corrupt { .. }
-            | Error::Write { .. } => Fault::Host,
+            | Error::File(_) => Fault::Host,
             _ => Fault::Input,
         }
     }
@@ -242,16 +224,7 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn open(path: &Path) -> Result<Settings, Error> {
-        let file = read_json(path).map_err(|e| match e {
-            ReadJsonError::Read(source) => Error::Read {
-                path: path.to_path_buf(),
-                source,
-            },
-            ReadJsonError::Corrupt(source) => Error::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let file = read_json(path)?;
         Ok(Settings {
             path: path.to_path_buf(),
             file,
@@ -344,16 +317,7 @@ impl Settings {
         if next == self.file {
             return Ok(());
         }
-        let data = serde_json::to_vec_pretty(&next).map_err(|e| Error::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| {
-            Error::Write {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+        write_json(&self.path, &next)?;
         self.file = next;
         Ok(())
     }
@@ -466,6 +430,9 @@ mod tests {
         s.set_local_socket_open().unwrap();
         assert!(Settings::open(&path).unwrap().local_socket_open());
         std::fs::write(&path, b"[]").unwrap();
-        assert!(matches!(Settings::open(&path), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            Settings::open(&path),
+            Err(Error::File(crate::store::Error::Corrupt { .. }))
+        ));
     }
 }
