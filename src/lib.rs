@@ -60,7 +60,7 @@ pub use server::tokens::JoinToken;
 pub use server::trust::Role;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
-pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
+pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};
 pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,

@@ -162,9 +162,23 @@ mod tests {
             (404, "instance \"a\" not found".into())
         );
         assert_eq!(answer(&Error::Exists("image \"b\"".into())).0, 409);
+        let range = "1:2".parse::<crate::vmm::vm::IdRange>().unwrap_err();
         assert_eq!(
-            answer(&Error::Invalid("nothing to boot".into())),
-            (400, "nothing to boot".into())
+            answer(&Error::UidRange(range)),
+            (
+                400,
+                "\"1:2\" starts below 65536, among the host's own accounts".into()
+            )
+        );
+        let memory = "lots".parse::<crate::vmm::qemu::MemorySize>().unwrap_err();
+        let (status, msg) = answer(&Error::Memory {
+            value: "lots".into(),
+            source: memory,
+        });
+        assert_eq!(status, 400);
+        assert!(
+            msg.starts_with("invalid value \"lots\" for limits.memory: "),
+            "{msg}"
         );
         // A file the caller may not use is a refusal, said as one.
         let denied = crate::hostfile::Error::Denied("/root/disk".into());

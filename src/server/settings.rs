@@ -55,16 +55,16 @@ const KEYS: &[&str] = &[
 ];
 
 /// Checks the value of a key that is not a secret.
-fn check_value(key: &str, value: &str) -> Result<(), String> {
+fn check_value(key: &str, value: &str) -> Result<(), Error> {
     match key {
         INSTANCES_ACCEL => value
             .parse::<crate::vmm::accel::AccelMode>()
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(Error::Accel),
         INSTANCES_UID_RANGE => value
             .parse::<crate::vmm::vm::IdRange>()
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(Error::UidRange),
         AA_PROFILE_DIR => {
             let ok = value.starts_with('/')
                 && !value.chars().any(char::is_control)
@@ -72,7 +72,7 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
             if ok {
                 Ok(())
             } else {
-                Err("expected an absolute, normalised path".into())
+                Err(Error::ProfileDir)
             }
         }
         PKI_DEFAULT_ROLE => parse_role(value).map(|_| ()),
@@ -81,12 +81,13 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
 }
 
 /// A value of [`PKI_DEFAULT_ROLE`]: `none` is no role.
-fn parse_role(value: &str) -> Result<Option<crate::server::trust::Role>, String> {
+fn parse_role(value: &str) -> Result<Option<crate::server::trust::Role>, Error> {
     match value {
         "none" => Ok(None),
-        _ => value.parse().map(Some).map_err(|_| {
-            format!("unknown role {value:?}: use none, auditor, user, operator or admin")
-        }),
+        _ => value
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Role(value.to_string())),
     }
 }
 
@@ -119,10 +120,7 @@ pub(crate) fn check(key: &str, value: &str) -> Result<(), Error> {
             Err(_) => Err(Error::BadAddress(value.to_string())),
         };
     }
-    check_value(key, value).map_err(|why| Error::BadValue {
-        key: key.to_string(),
-        why,
-    })
+    check_value(key, value)
 }
 
 /// Whether `key` holds a secret, which the API never shows back.
@@ -138,17 +136,8 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
         if key == INSTANCES_UID_RANGE && !value.is_empty() {
             // Here and not in `check`, which clients run too: the accounts
             // that matter are the daemon host's.
-            let range: crate::vmm::vm::IdRange =
-                value
-                    .parse()
-                    .map_err(|e: crate::vmm::vm::InvalidIdRange| Error::BadValue {
-                        key: key.clone(),
-                        why: e.to_string(),
-                    })?;
-            range.unused().map_err(|source| Error::IdsInUse {
-                key: key.clone(),
-                source,
-            })?;
+            let range: crate::vmm::vm::IdRange = value.parse().map_err(Error::UidRange)?;
+            range.unused().map_err(Error::IdsInUse)?;
         }
         let change = if value.is_empty() {
             Change::Unset
@@ -182,14 +171,19 @@ pub enum Error {
     UnknownKey(String),
     #[error("{0:?} is not an address: use IP:PORT, e.g. 192.0.2.1:8443 or [::1]:8443")]
     BadAddress(String),
-    #[error("invalid value for {key}: {why}")]
-    BadValue { key: String, why: String },
-    #[error("invalid value for {key}")]
-    IdsInUse {
-        key: String,
-        #[source]
-        source: crate::sys::IdInUse,
-    },
+    #[error("invalid value for {INSTANCES_ACCEL}")]
+    Accel(#[source] crate::vmm::accel::Error),
+    #[error("invalid value for {INSTANCES_UID_RANGE}")]
+    UidRange(#[source] crate::vmm::vm::InvalidIdRange),
+    #[error("invalid value for {INSTANCES_UID_RANGE}")]
+    IdsInUse(#[source] crate::sys::IdInUse),
+    #[error("invalid value for {AA_PROFILE_DIR}: expected an absolute, normalised path")]
+    ProfileDir,
+    #[error(
+        "invalid value for {PKI_DEFAULT_ROLE}: unknown role {0:?}: use none, auditor, user, \
+         operator or admin"
+    )]
+    Role(String),
     #[error("{0} is shown as \"true\" when set and cannot be set to that")]
     Redacted(String),
     #[error("invalid value for {key}")]

@@ -31,8 +31,10 @@ use crate::hostfile::Pin;
 use crate::log::log;
 use crate::rt::lock;
 use crate::store::{write_atomic, Overwrite};
+use crate::sys::IdInUse;
 use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
 use crate::vmm::vm::{self, RunAs, Vm, PRIVILEGED_WARNING};
+use kvmbox_aa::Kernel;
 
 pub(crate) use image::Image;
 use record::AaMode;
@@ -51,12 +53,78 @@ pub(crate) enum Error {
     NotFound(String),
     #[error("{0} already exists")]
     Exists(String),
+    /// A request that fails one of the checks here; the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// A request that clashes with the instance's state; the message says how.
     #[error("{0}")]
     Conflict(String),
+    /// A request this daemon does not carry out as it is set up; the
+    /// message says why.
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Config(#[from] crate::vmm::qemu::Error),
+    #[error(transparent)]
+    UidRange(#[from] vm::InvalidIdRange),
+    #[error("instances.uid_range {range} cannot be used")]
+    UidRangeInUse {
+        range: String,
+        #[source]
+        source: IdInUse,
+    },
+    #[error("instance {name:?} cannot run as uid {uid}")]
+    UidInUse {
+        name: String,
+        uid: u32,
+        #[source]
+        source: IdInUse,
+    },
+    #[error("invalid value {value:?} for limits.memory")]
+    Memory {
+        value: String,
+        #[source]
+        source: crate::vmm::qemu::Error,
+    },
+    #[error("invalid value {value:?} for limits.accel")]
+    Accel {
+        value: String,
+        #[source]
+        source: accel::Error,
+    },
+    #[error("device {name}")]
+    Device {
+        name: String,
+        #[source]
+        source: crate::vmm::qemu::Error,
+    },
+    #[error("device {dev}: cannot put a tap {tap} on bridge {bridge}")]
+    Tap {
+        dev: String,
+        tap: String,
+        bridge: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "security.apparmor=required but the kernel has no AppArmor ({why}): refusing to start \
+         {name} unconfined"
+    )]
+    NoAppArmor { name: String, why: String },
+    #[error("AppArmor profile of {name}")]
+    AppArmor {
+        name: String,
+        #[source]
+        source: confine::HelperError,
+    },
+    #[error("qemu-img info gave an answer that is not JSON")]
+    ImageInfo(#[source] serde_json::Error),
+    #[error("{} is not an instance record", path.display())]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Vm(#[from] vm::Error),
     #[error(transparent)]
@@ -83,10 +151,22 @@ impl Blame for Error {
         match self {
             Error::NotFound(_) => Fault::Missing,
             Error::Exists(_) | Error::Conflict(_) => Fault::Conflict,
-            Error::Invalid(_) | Error::Refused(_) => Fault::Input,
+            Error::Invalid(_)
+            | Error::Refused(_)
+            | Error::Config(_)
+            | Error::UidRange(_)
+            | Error::UidRangeInUse { .. }
+            | Error::UidInUse { .. }
+            | Error::Memory { .. }
+            | Error::Accel { .. }
+            | Error::Device { .. }
+            | Error::Tap { .. }
+            | Error::NoAppArmor { .. } => Fault::Input,
+            Error::AppArmor { source, .. } => source.fault(),
+            Error::ImageInfo(_) => Fault::Peer,
             Error::Vm(e) => e.fault(),
             Error::HostFile(e) => e.fault(),
-            Error::Host { .. } => Fault::Host,
+            Error::Record { .. } | Error::Host { .. } => Fault::Host,
         }
     }
 }
@@ -185,14 +265,20 @@ impl Manager {
             .flatten()
         {
             let path = e.path().join("instance.json");
-            let rec: Record = match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| Record::from_json(&b))
-            {
+            let rec = match fs::read(&path)
+                .map_err(|e| Error::host(format!("read {}", path.display()), e))
+                .and_then(|b| {
+                    Record::from_json(&b).map_err(|source| Error::Record { path, source })
+                }) {
                 Ok(r) => r,
                 Err(why) => {
                     // A directory left by a creation the daemon did not finish.
-                    log!(Warn, "ignoring {}: {why}", e.path().display());
+                    log!(
+                        Warn,
+                        "ignoring {}: {}",
+                        e.path().display(),
+                        crate::error_chain(&why)
+                    );
                     continue;
                 }
             };
@@ -292,8 +378,8 @@ impl Manager {
             None => ("probing".into(), "the accelerator probe is running".into()),
         };
         let (driver, why) = match confine::kernel() {
-            Ok(()) => ("apparmor", "the kernel has AppArmor".to_string()),
-            Err(why) => ("none", format!("the kernel has no AppArmor: {why}")),
+            Kernel::Enabled => ("apparmor", "the kernel has AppArmor".to_string()),
+            Kernel::Absent(why) => ("none", format!("the kernel has no AppArmor: {why}")),
         };
         json!({
             "accelerator": accel,
@@ -390,17 +476,13 @@ impl Manager {
         uid_range: &str,
     ) -> Result<Value, Error> {
         let host = self.host()?;
-        let range: vm::IdRange = uid_range
-            .parse()
-            .map_err(|e: vm::InvalidIdRange| Error::Invalid(e.to_string()))?;
+        let range: vm::IdRange = uid_range.parse()?;
         // Again here, not only when the range was set: accounts come later.
-        range.unused().map_err(|e| {
-            Error::Refused(format!(
-                "instances.uid_range {uid_range} cannot be used: {}",
-                crate::error_chain(&e)
-            ))
+        range.unused().map_err(|source| Error::UidRangeInUse {
+            range: uid_range.to_string(),
+            source,
         })?;
-        crate::vmm::qemu::validate_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::vmm::qemu::validate_name(name)?;
         let image = match image {
             Some(alias) => Some(image::find(&host.state, alias)?),
             None => None,
@@ -521,12 +603,10 @@ impl Manager {
         if let RunAs::Isolated { uid, .. } = run_as {
             // Again at each start, not only at creation: an account or a
             // subordinate range given out since then owns the id now.
-            crate::sys::ids_unused(uid..=uid).map_err(|e| {
-                Error::Refused(format!(
-                    "instance {:?} cannot run as uid {uid}: {}",
-                    rec.name,
-                    crate::error_chain(&e)
-                ))
+            crate::sys::ids_unused(uid..=uid).map_err(|source| Error::UidInUse {
+                name: rec.name.clone(),
+                uid,
+                source,
             })?;
         }
         let accel = match rec.accel_mode() {
@@ -559,14 +639,17 @@ impl Manager {
         }
         let taps = rec.bridged();
         for (i, (tap, (dev, bridge))) in taps.iter().enumerate() {
-            if let Err(err) = crate::sys::process::create_tap(tap, bridge) {
+            if let Err(source) = crate::sys::process::create_tap(tap, bridge) {
                 for (t, _) in taps.iter().take(i) {
                     let _ = crate::sys::process::delete_tap(t);
                 }
                 self.unload(&rec).await;
-                return Err(Error::Refused(format!(
-                    "device {dev}: cannot put a tap {tap} on bridge {bridge}: {err}"
-                )));
+                return Err(Error::Tap {
+                    dev: dev.clone(),
+                    tap: tap.clone(),
+                    bridge: bridge.clone(),
+                    source,
+                });
             }
         }
         match Vm::spawn(&spec).await {
@@ -678,7 +761,8 @@ impl Manager {
             if let Err(why) = r {
                 log!(
                     Warn,
-                    "instance {name}: removing its AppArmor profile failed: {why}"
+                    "instance {name}: removing its AppArmor profile failed: {}",
+                    crate::error_chain(&why)
                 );
             }
         }
