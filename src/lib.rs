@@ -54,10 +54,10 @@ pub use client::remotes::{
 pub use fault::{Blame, Fault};
 pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
-pub use log::{set_level as set_log_level, LogLevel};
+pub use log::{set_level as set_log_level, LogLevel, UnknownLevel as UnknownLogLevel};
 pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
-pub use server::trust::Role;
+pub use server::trust::{Role, UnknownRole};
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};

@@ -29,13 +29,18 @@ pub enum Error {
     BadCrl(std::path::PathBuf),
     #[error("cannot read {0}")]
     Read(std::path::PathBuf, #[source] std::io::Error),
-    #[error("cannot build the client certificate verifier: {0}")]
-    Verifier(String),
+    #[error("{0} holds a CA certificate rustls refuses")]
+    CaRefused(std::path::PathBuf, #[source] rustls::Error),
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("{0} was removed after it was in force")]
+    CrlRemoved(std::path::PathBuf),
+    /// Shared: the reason is kept for every check until the file changes.
     #[error(
-        "the server's certificate revocation list (server.crl) is unusable ({0}), so a \
-         certificate signed by its CA is accepted only if the trust store lists it"
+        "the server's certificate revocation list (server.crl) is unusable, so a certificate \
+         signed by its CA is accepted only if the trust store lists it"
     )]
-    CrlUnusable(String),
+    CrlUnusable(#[source] Arc<Error>),
     #[error("the certificate no longer passes the server's CA check")]
     NotVerified(#[source] rustls::Error),
 }
@@ -241,7 +246,7 @@ struct CrlState {
     /// Checks the chain, and revocation by the last CRLs that were read.
     verifier: Arc<dyn ClientCertVerifier>,
     /// `None` while the file is in force (or there is none); else why not.
-    unusable: Option<String>,
+    unusable: Option<Arc<Error>>,
     /// How many CRLs are in force.
     count: usize,
     /// A CRL has been in force at some point: its absence is then a fault.
@@ -302,7 +307,7 @@ fn pki_verifier(
         .enforce_revocation_expiration()
         .allow_unauthenticated()
         .build()
-        .map_err(|e| Error::Verifier(e.to_string()))
+        .map_err(Error::Verifier)
 }
 
 impl Pki {
@@ -324,7 +329,7 @@ impl Pki {
         for c in &ca {
             roots
                 .add(CertificateDer::from(c.der().to_vec()))
-                .map_err(|e| Error::Verifier(e.to_string()))?;
+                .map_err(|e| Error::CaRefused(ca_path.clone(), e))?;
         }
         let roots = Arc::new(roots);
         // Stamped before it is read: a change in between is read next time.
@@ -368,14 +373,11 @@ impl Pki {
         let seen = current.seen;
         let loaded = match &now {
             Stamp::Absent if !seen => Ok(Vec::new()),
-            Stamp::Absent => Err("it was removed".to_string()),
-            _ => read_crls(&self.crl_path).map_err(|e| crate::error_chain(&e)),
+            Stamp::Absent => Err(Error::CrlRemoved(self.crl_path.clone())),
+            _ => read_crls(&self.crl_path),
         };
-        let built = loaded.and_then(|crls| {
-            pki_verifier(&self.roots, &crls)
-                .map(|v| (v, crls.len()))
-                .map_err(|e| crate::error_chain(&e))
-        });
+        let built =
+            loaded.and_then(|crls| pki_verifier(&self.roots, &crls).map(|v| (v, crls.len())));
         let next = match built {
             Ok((verifier, count)) => {
                 log!(
@@ -393,10 +395,12 @@ impl Pki {
             }
             Err(why) => {
                 // Only a change is logged, not every handshake after it.
-                if current.unusable.as_deref() != Some(why.as_str()) {
+                let text = crate::error_chain(&why);
+                let before = current.unusable.as_deref().map(|e| crate::error_chain(e));
+                if before.as_ref() != Some(&text) {
                     log!(
                         Error,
-                        "{} is unusable ({why}): the {} revocation list(s) last read stay in \
+                        "{} is unusable ({text}): the {} revocation list(s) last read stay in \
                          force, and certificates signed by the CA are refused unless the trust \
                          store lists them, until it is fixed",
                         self.crl_path.display(),
@@ -406,7 +410,7 @@ impl Pki {
                 CrlState {
                     stamp: now,
                     verifier: current.verifier.clone(),
-                    unusable: Some(why),
+                    unusable: Some(Arc::new(why)),
                     count: current.count,
                     seen: true,
                 }
@@ -854,8 +858,8 @@ k5T+kTHIgjYw/8RwXAEJnV7y+vevYKOc10Nd2Onn5401CCxOWxWSaUmV+s0IicTU
         assert!(shake(&stranger).is_err());
         // Removed after it was seen: still unusable, not "no CRL".
         std::fs::remove_file(&crl).unwrap();
-        let err = pki.check(leaf.der(), &[]).unwrap_err();
-        assert!(err.to_string().contains("removed"), "{err}");
+        let err = crate::error_chain(&pki.check(leaf.der(), &[]).unwrap_err());
+        assert!(err.contains("server.crl was removed"), "{err}");
         // A CRL present at start that is not one stops the start.
         std::fs::write(
             &crl,

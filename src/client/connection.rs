@@ -24,10 +24,12 @@ pub enum Error {
     ConfDir(PathBuf, #[source] io::Error),
     #[error("{0} is not usable")]
     BadIdentity(PathBuf, #[source] crate::pki::Error),
-    #[error("{0} is not usable: {1}")]
-    BadConfig(PathBuf, String),
     #[error(transparent)]
     File(#[from] crate::store::Error),
+    #[error("remote {0} is checked by client.ca, which is gone")]
+    NoCa(String),
+    #[error("{0:?} is not HOST[:PORT]")]
+    BadAddress(String),
     #[error("cannot create the client certificate")]
     Identity(#[source] crate::pki::Error),
     #[error(transparent)]
@@ -44,8 +46,18 @@ pub enum Error {
     /// The daemon answered with an error envelope.
     #[error("{message}")]
     Api { status: u16, message: String },
-    #[error("the daemon sent an invalid response: {0}")]
-    Protocol(String),
+    #[error("the daemon sent a body that is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the daemon sent no metadata")]
+    NoMetadata(#[source] serde_json::Error),
+    #[error("the daemon sent status {0} without an envelope")]
+    NoEnvelope(u16),
+    #[error("the server sent no certificate")]
+    NoCert,
+    #[error("the server sent a certificate that is not X.509")]
+    BadCert(#[source] crate::pki::Error),
+    #[error("{0:?} cannot name a TLS server")]
+    ServerName(String, #[source] rustls::pki_types::InvalidDnsNameError),
     #[error("cannot connect to {addr}")]
     ConnectTcp {
         addr: String,
@@ -207,12 +219,12 @@ pub enum RemoteTrust {
 
 /// Splits `HOST[:PORT]` (also `https://HOST:PORT`, `[v6]:PORT`) into a
 /// connectable `host:port` and the bare host; the port defaults to 8443.
-pub fn parse_address(text: &str) -> Result<(String, String), String> {
+pub fn parse_address(text: &str) -> Result<(String, String), Error> {
     let t = text
         .strip_prefix("https://")
         .unwrap_or(text)
         .trim_end_matches('/');
-    let bad = || format!("{text:?} is not HOST[:PORT]");
+    let bad = || Error::BadAddress(text.to_string());
     if t.is_empty() || t.contains(['/', '@', ' ']) {
         return Err(bad());
     }
@@ -272,7 +284,7 @@ impl Client {
         sock.set_write_timeout(Some(Duration::from_secs(60)))?;
         let config = crate::tls::client_config(&id.cert, &id.key, ServerTrust::LocalSocket)?;
         let name = rustls::pki_types::ServerName::try_from("kvmbox")
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+            .map_err(|e| Error::ServerName("kvmbox".into(), e))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
         let mut stream =
@@ -325,7 +337,7 @@ impl Client {
         // rustls; an address that is no DNS name still needs a ServerName.
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .or_else(|_| rustls::pki_types::ServerName::try_from("kvmbox".to_string()))
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+            .map_err(|e| Error::ServerName("kvmbox".into(), e))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
         let mut stream =
@@ -366,8 +378,8 @@ impl Client {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec())
-            .ok_or_else(|| Error::Protocol("the server sent no certificate".into()))?;
-        let cert = Cert::from_der(&der).map_err(|e| Error::Protocol(e.to_string()))?;
+            .ok_or(Error::NoCert)?;
+        let cert = Cert::from_der(&der).map_err(Error::BadCert)?;
         Ok((Client { stream }, cert))
     }
 
@@ -411,8 +423,7 @@ impl Client {
                 .map_err(|_| Error::Io(e))?,
             Err(e) => return Err(e.into()),
         };
-        let value = serde_json::from_slice(&body)
-            .map_err(|e| Error::Protocol(format!("body is not JSON ({e})")))?;
+        let value = serde_json::from_slice(&body).map_err(Error::NotJson)?;
         Ok((status, value))
     }
 
@@ -434,15 +445,14 @@ impl Client {
         match (e.kind.as_deref(), e.metadata) {
             (Some("sync" | "async"), Some(m)) => Ok(m),
             // `null` metadata: only a type that takes null (a Value) fits.
-            (Some("sync" | "async"), None) => serde_json::from_value(Value::Null)
-                .map_err(|e| Error::Protocol(format!("no metadata ({e})"))),
+            (Some("sync" | "async"), None) => {
+                serde_json::from_value(Value::Null).map_err(Error::NoMetadata)
+            }
             (Some("error"), _) => Err(Error::Api {
                 status,
                 message: e.error.unwrap_or_else(|| "unknown error".into()),
             }),
-            _ => Err(Error::Protocol(format!(
-                "status {status} without an envelope"
-            ))),
+            _ => Err(Error::NoEnvelope(status)),
         }
     }
 }

@@ -39,10 +39,6 @@ pub struct Remotes {
     pub remotes: BTreeMap<String, Remote>,
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::BadConfig(path.to_path_buf(), e.to_string())
-}
-
 /// Remote names: what LXD allows, minus anything that could be a path.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -98,12 +94,7 @@ pub fn client_ca(dir: &Path) -> Result<Option<Vec<Cert>>, Error> {
 /// How to check remote `name`'s server now.
 pub fn trust_for(dir: &Path, name: &str, remote: &Remote) -> Result<RemoteTrust, Error> {
     if remote.ca {
-        let ca = client_ca(dir)?.ok_or_else(|| {
-            io_err(
-                &dir.join("client.ca"),
-                format!("remote {name} is checked by client.ca, which is gone"),
-            )
-        })?;
+        let ca = client_ca(dir)?.ok_or_else(|| Error::NoCa(name.to_string()))?;
         return Ok(RemoteTrust::Ca(ca));
     }
     let path = cert_path(dir, name);

@@ -7,6 +7,37 @@
 
 use serde_json::Value;
 
+use crate::fault::{Blame, Fault};
+
+/// Why a filter is refused. Each message says "invalid filter" itself: the
+/// caller sees it on its own, as the answer to a list.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("invalid filter: longer than {MAX_LEN} bytes")]
+    TooLong,
+    #[error("invalid filter: unterminated quote")]
+    Unterminated,
+    #[error("invalid filter: `not` needs a term")]
+    NoTerm,
+    #[error("invalid filter: no operator after {0:?}")]
+    NoOperator(String),
+    #[error("invalid filter: unsupported operator {0:?}")]
+    Operator(String),
+    #[error("invalid filter: no value after {0}")]
+    NoValue(String),
+    #[error("invalid filter: expected and/or, not {0:?}")]
+    Junction(String),
+}
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        Fault::Input
+    }
+}
+
+/// The longest filter taken, decoded.
+const MAX_LEN: usize = 1024;
+
 /// One `FIELD op VALUE` term.
 #[derive(Debug, PartialEq, Eq)]
 struct Term {
@@ -20,7 +51,7 @@ struct Term {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Filter(Vec<Vec<Term>>);
 
-fn tokens(text: &str) -> Result<Vec<String>, String> {
+fn tokens(text: &str) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -33,7 +64,7 @@ fn tokens(text: &str) -> Result<Vec<String>, String> {
                 match chars.next() {
                     Some('"') => break,
                     Some(ch) => t.push(ch),
-                    None => return Err("unterminated quote".into()),
+                    None => return Err(Error::Unterminated),
                 }
             }
             out.push(t);
@@ -78,10 +109,10 @@ fn unescape(q: &str) -> String {
 
 impl Filter {
     /// Parses a (still URL-encoded) filter; the empty filter keeps everything.
-    pub(crate) fn parse(raw: &str) -> Result<Filter, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Filter, Error> {
         let text = unescape(raw);
-        if text.len() > 1024 {
-            return Err("filter too long".into());
+        if text.len() > MAX_LEN {
+            return Err(Error::TooLong);
         }
         let toks = tokens(&text)?;
         let mut alts = Vec::new();
@@ -90,17 +121,17 @@ impl Filter {
         while let Some(mut field) = it.next() {
             let negate = field == "not";
             if negate {
-                field = it.next().ok_or("`not` needs a term")?;
+                field = it.next().ok_or(Error::NoTerm)?;
             }
-            let op = it
-                .next()
-                .ok_or_else(|| format!("no operator after {field:?}"))?;
+            let Some(op) = it.next() else {
+                return Err(Error::NoOperator(field));
+            };
             let equal = match op.as_str() {
                 "eq" => true,
                 "ne" => false,
-                other => return Err(format!("unsupported operator {other:?}")),
+                _ => return Err(Error::Operator(op)),
             };
-            let value = it.next().ok_or_else(|| format!("no value after {op}"))?;
+            let value = it.next().ok_or(Error::NoValue(op))?;
             conj.push(Term {
                 field,
                 equal,
@@ -111,7 +142,7 @@ impl Filter {
                 None => break,
                 Some("and") => {}
                 Some("or") => alts.push(std::mem::take(&mut conj)),
-                Some(other) => return Err(format!("expected and/or, not {other:?}")),
+                Some(other) => return Err(Error::Junction(other.to_string())),
             }
         }
         if !conj.is_empty() {
@@ -181,14 +212,17 @@ mod tests {
         );
         assert_eq!(names("not name eq a"), ["b"]);
         assert_eq!(names("name ne \"a\""), ["b"]);
-        for bad in [
-            "name",
-            "name gt 1",
-            "name eq",
-            "name eq a xor b",
-            "name eq \"a",
+        for (bad, why) in [
+            ("name", Error::NoOperator("name".into())),
+            ("name gt 1", Error::Operator("gt".into())),
+            ("name eq", Error::NoValue("eq".into())),
+            ("name eq a xor b", Error::Junction("xor".into())),
+            ("name eq \"a", Error::Unterminated),
+            ("not", Error::NoTerm),
         ] {
-            assert!(Filter::parse(bad).is_err(), "{bad}");
+            assert_eq!(Filter::parse(bad), Err(why), "{bad}");
         }
+        let long = format!("name eq {}", "a".repeat(MAX_LEN));
+        assert_eq!(Filter::parse(&long), Err(Error::TooLong));
     }
 }

@@ -29,17 +29,21 @@ pub enum Role {
     Admin,
 }
 
+/// A name that is none of the roles. Its own type rather than a variant of
+/// [`Error`], so that it goes wherever [`Role`] goes.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: use auditor, user, operator or admin")]
+pub struct UnknownRole(String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "auditor" => Ok(Role::Auditor),
             "user" => Ok(Role::User),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role {s:?}: use auditor, user, operator or admin"
-            )),
+            _ => Err(UnknownRole(s.to_string())),
         }
     }
 }

@@ -97,7 +97,7 @@ pub(crate) async fn handle(
                 match crate::server::filter::Filter::parse(req.query_param("filter").unwrap_or(""))
                 {
                     Ok(f) => sync(f.apply(json!(m.list(r == "2")))),
-                    Err(e) => error(400, &format!("invalid filter: {e}")),
+                    Err(e) => fail(&e),
                 }
             }
         },
