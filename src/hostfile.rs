@@ -55,7 +55,7 @@ pub struct Pin {
 }
 
 /// Why a host file cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("{}: no such file", .0.display())]
     Missing(PathBuf),
@@ -82,6 +82,8 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     /// The caller named something it may not use, unless opening it failed

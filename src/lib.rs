@@ -83,3 +83,17 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     line
 }
+
+/// `Debug` for error types: their message. An error is only ever read as
+/// words, and what `derive(Debug)` writes instead, every variant's and
+/// field's name, costs bytes in a binary that has a size budget.
+macro_rules! debug_as_display {
+    ($($t:ty),+ $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(self, f)
+            }
+        }
+    )+};
+}
+pub(crate) use debug_as_display;

@@ -13,9 +13,11 @@ pub enum LogLevel {
 }
 
 /// A name that is none of the levels.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("unknown log level {0:?}: use error, warn, info or debug")]
 pub struct UnknownLevel(String);
+
+crate::debug_as_display!(UnknownLevel);
 
 impl std::str::FromStr for LogLevel {
     type Err = UnknownLevel;

@@ -22,7 +22,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// What can go wrong; split by who is at fault, as callers report it.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The input is not what it should be (the user can fix it).
     #[error("{0}")]
@@ -46,6 +46,8 @@ pub enum Error {
     #[error("cannot build the certificate")]
     Build(#[from] rcgen::Error),
 }
+
+crate::debug_as_display!(Error);
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())

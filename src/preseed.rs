@@ -38,7 +38,7 @@ use crate::pki::Cert;
 use crate::server::trust::Role;
 use crate::vmm::instances::{check_config, check_device, Device};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The document is wrong: nothing was applied.
     #[error("invalid preseed document: {0}")]
@@ -47,6 +47,8 @@ pub enum Error {
     #[error("{what}: {message}")]
     Step { what: String, message: String },
 }
+
+crate::debug_as_display!(Error);
 
 fn invalid(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{what}: {why}"))

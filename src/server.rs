@@ -55,7 +55,7 @@ const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
 /// At most this much of a `--preseed` document is read.
 const PRESEED_LIMIT: u64 = 16 * 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("cannot create state directory {0}")]
     StateDir(PathBuf, #[source] std::io::Error),
@@ -94,6 +94,8 @@ pub enum Error {
     #[error("preseed {0}")]
     Preseed(PathBuf, #[source] crate::preseed::Error),
 }
+
+crate::debug_as_display!(Error);
 
 /// Loads the server key and certificate, generating both if either is
 /// missing (LXD: remove them to have them regenerated).

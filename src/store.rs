@@ -63,7 +63,7 @@ fn write_tmp(tmp: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 /// Why a JSON state file could not be read or written. Each names its
 /// file, so that the stores built on these files (trust, tokens, settings)
 /// need no wording of their own for it.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}")]
     Read {
@@ -84,6 +84,8 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+crate::debug_as_display!(Error);
 
 /// Reads a JSON state file; one that does not exist yet is `T::default()`,
 /// since every state file starts out absent.

@@ -19,7 +19,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use crate::log::log;
 use crate::pki::{Cert, Key};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("TLS configuration failed")]
     Config(#[from] rustls::Error),
@@ -29,21 +29,24 @@ pub enum Error {
     BadCrl(std::path::PathBuf),
     #[error("cannot read {0}")]
     Read(std::path::PathBuf, #[source] std::io::Error),
-    #[error("{0} holds a CA certificate rustls refuses")]
-    CaRefused(std::path::PathBuf, #[source] rustls::Error),
+    #[error("server.ca holds a certificate rustls refuses as a CA")]
+    CaRefused(#[source] rustls::Error),
     #[error("cannot build the client certificate verifier")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error("{0} was removed after it was in force")]
     CrlRemoved(std::path::PathBuf),
-    /// Shared: the reason is kept for every check until the file changes.
+    /// Why is the host's business: the daemon's log says it, once.
     #[error(
         "the server's certificate revocation list (server.crl) is unusable, so a certificate \
-         signed by its CA is accepted only if the trust store lists it"
+         signed by its CA is accepted only if the trust store lists it (the daemon's log says \
+         why)"
     )]
-    CrlUnusable(#[source] Arc<Error>),
+    CrlUnusable,
     #[error("the certificate no longer passes the server's CA check")]
     NotVerified(#[source] rustls::Error),
 }
+
+crate::debug_as_display!(Error);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -245,8 +248,9 @@ struct CrlState {
     stamp: Stamp,
     /// Checks the chain, and revocation by the last CRLs that were read.
     verifier: Arc<dyn ClientCertVerifier>,
-    /// `None` while the file is in force (or there is none); else why not.
-    unusable: Option<Arc<Error>>,
+    /// `None` while the file is in force (or there is none); else why not,
+    /// in the words logged, so that a change of reason is logged once.
+    unusable: Option<String>,
     /// How many CRLs are in force.
     count: usize,
     /// A CRL has been in force at some point: its absence is then a fault.
@@ -329,7 +333,7 @@ impl Pki {
         for c in &ca {
             roots
                 .add(CertificateDer::from(c.der().to_vec()))
-                .map_err(|e| Error::CaRefused(ca_path.clone(), e))?;
+                .map_err(Error::CaRefused)?;
         }
         let roots = Arc::new(roots);
         // Stamped before it is read: a change in between is read next time.
@@ -396,8 +400,7 @@ impl Pki {
             Err(why) => {
                 // Only a change is logged, not every handshake after it.
                 let text = crate::error_chain(&why);
-                let before = current.unusable.as_deref().map(|e| crate::error_chain(e));
-                if before.as_ref() != Some(&text) {
+                if current.unusable.as_ref() != Some(&text) {
                     log!(
                         Error,
                         "{} is unusable ({text}): the {} revocation list(s) last read stay in \
@@ -410,7 +413,7 @@ impl Pki {
                 CrlState {
                     stamp: now,
                     verifier: current.verifier.clone(),
-                    unusable: Some(Arc::new(why)),
+                    unusable: Some(text),
                     count: current.count,
                     seen: true,
                 }
@@ -430,8 +433,8 @@ impl Pki {
         intermediates: &[CertificateDer<'static>],
     ) -> Result<(), Error> {
         let state = self.refresh();
-        if let Some(why) = &state.unusable {
-            return Err(Error::CrlUnusable(why.clone()));
+        if state.unusable.is_some() {
+            return Err(Error::CrlUnusable);
         }
         Self::verify(&state, end_entity, intermediates)
     }
@@ -851,15 +854,19 @@ k5T+kTHIgjYw/8RwXAEJnV7y+vevYKOc10Nd2Onn5401CCxOWxWSaUmV+s0IicTU
         std::fs::write(&crl, "not a crl").unwrap();
         assert!(matches!(
             pki.check(leaf.der(), &[]),
-            Err(Error::CrlUnusable(_))
+            Err(Error::CrlUnusable)
         ));
         assert!(shake(&leaf).is_ok());
         assert!(pki.check_listed(leaf.der(), &[]).is_ok());
         assert!(shake(&stranger).is_err());
         // Removed after it was seen: still unusable, not "no CRL".
         std::fs::remove_file(&crl).unwrap();
-        let err = crate::error_chain(&pki.check(leaf.der(), &[]).unwrap_err());
-        assert!(err.contains("server.crl was removed"), "{err}");
+        assert!(matches!(
+            pki.check(leaf.der(), &[]),
+            Err(Error::CrlUnusable)
+        ));
+        let why = pki.refresh().unusable.clone().unwrap();
+        assert!(why.contains("server.crl was removed"), "{why}");
         // A CRL present at start that is not one stops the start.
         std::fs::write(
             &crl,

@@ -18,7 +18,7 @@ use crate::pki::{Cert, CertSpec, Curve, Key, Profile};
 use crate::store::{write_atomic, Overwrite};
 use crate::tls::ServerTrust;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("cannot use client configuration directory {0} (KVMBOX_CONF names another)")]
     ConfDir(PathBuf, #[source] io::Error),
@@ -56,8 +56,9 @@ pub enum Error {
     NoCert,
     #[error("the server sent a certificate that is not X.509")]
     BadCert(#[source] crate::pki::Error),
+    /// Not expected: the name is a constant when the address is none.
     #[error("{0:?} cannot name a TLS server")]
-    ServerName(String, #[source] rustls::pki_types::InvalidDnsNameError),
+    ServerName(&'static str),
     #[error("cannot connect to {addr}")]
     ConnectTcp {
         addr: String,
@@ -83,6 +84,8 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+crate::debug_as_display!(Error);
 
 /// Where the client keeps its key and certificate: `$KVMBOX_CONF`, else
 /// `$HOME/.config/kvmbox`, else `$XDG_RUNTIME_DIR/kvmbox`, else
@@ -284,7 +287,7 @@ impl Client {
         sock.set_write_timeout(Some(Duration::from_secs(60)))?;
         let config = crate::tls::client_config(&id.cert, &id.key, ServerTrust::LocalSocket)?;
         let name = rustls::pki_types::ServerName::try_from("kvmbox")
-            .map_err(|e| Error::ServerName("kvmbox".into(), e))?;
+            .map_err(|_| Error::ServerName("kvmbox"))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
         let mut stream =
@@ -337,7 +340,7 @@ impl Client {
         // rustls; an address that is no DNS name still needs a ServerName.
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .or_else(|_| rustls::pki_types::ServerName::try_from("kvmbox".to_string()))
-            .map_err(|e| Error::ServerName("kvmbox".into(), e))?;
+            .map_err(|_| Error::ServerName("kvmbox"))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
         let mut stream =

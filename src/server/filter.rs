@@ -9,30 +9,38 @@ use serde_json::Value;
 
 use crate::fault::{Blame, Fault};
 
-/// Why a filter is refused. Each message says "invalid filter" itself: the
-/// caller sees it on its own, as the answer to a list.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Error {
-    #[error("invalid filter: longer than {MAX_LEN} bytes")]
-    TooLong,
-    #[error("invalid filter: unterminated quote")]
-    Unterminated,
-    #[error("invalid filter: `not` needs a term")]
-    NoTerm,
-    #[error("invalid filter: no operator after {0:?}")]
-    NoOperator(String),
-    #[error("invalid filter: unsupported operator {0:?}")]
-    Operator(String),
-    #[error("invalid filter: no value after {0}")]
-    NoValue(String),
-    #[error("invalid filter: expected and/or, not {0:?}")]
-    Junction(String),
-}
+/// A filter refused; the caller reads it on its own, as the answer to a
+/// list, so it says what it is about.
+#[derive(PartialEq, Eq, thiserror::Error)]
+#[error("invalid filter: {0}")]
+pub(crate) struct Error(Why);
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     fn fault(&self) -> Fault {
         Fault::Input
     }
+}
+
+/// What is wrong with a filter: part of [`Error`]'s message, not an error
+/// of its own.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Why {
+    #[error("longer than {MAX_LEN} bytes")]
+    TooLong,
+    #[error("unterminated quote")]
+    Unterminated,
+    #[error("`not` needs a term")]
+    NoTerm,
+    #[error("no operator after {0:?}")]
+    NoOperator(String),
+    #[error("unsupported operator {0:?}")]
+    Operator(String),
+    #[error("no value after {0}")]
+    NoValue(String),
+    #[error("expected and/or, not {0:?}")]
+    Junction(String),
 }
 
 /// The longest filter taken, decoded.
@@ -64,7 +72,7 @@ fn tokens(text: &str) -> Result<Vec<String>, Error> {
                 match chars.next() {
                     Some('"') => break,
                     Some(ch) => t.push(ch),
-                    None => return Err(Error::Unterminated),
+                    None => return Err(Error(Why::Unterminated)),
                 }
             }
             out.push(t);
@@ -112,7 +120,7 @@ impl Filter {
     pub(crate) fn parse(raw: &str) -> Result<Filter, Error> {
         let text = unescape(raw);
         if text.len() > MAX_LEN {
-            return Err(Error::TooLong);
+            return Err(Error(Why::TooLong));
         }
         let toks = tokens(&text)?;
         let mut alts = Vec::new();
@@ -121,17 +129,17 @@ impl Filter {
         while let Some(mut field) = it.next() {
             let negate = field == "not";
             if negate {
-                field = it.next().ok_or(Error::NoTerm)?;
+                field = it.next().ok_or(Error(Why::NoTerm))?;
             }
             let Some(op) = it.next() else {
-                return Err(Error::NoOperator(field));
+                return Err(Error(Why::NoOperator(field)));
             };
             let equal = match op.as_str() {
                 "eq" => true,
                 "ne" => false,
-                _ => return Err(Error::Operator(op)),
+                _ => return Err(Error(Why::Operator(op))),
             };
-            let value = it.next().ok_or(Error::NoValue(op))?;
+            let value = it.next().ok_or(Error(Why::NoValue(op)))?;
             conj.push(Term {
                 field,
                 equal,
@@ -142,7 +150,7 @@ impl Filter {
                 None => break,
                 Some("and") => {}
                 Some("or") => alts.push(std::mem::take(&mut conj)),
-                Some(other) => return Err(Error::Junction(other.to_string())),
+                Some(other) => return Err(Error(Why::Junction(other.to_string()))),
             }
         }
         if !conj.is_empty() {
@@ -213,16 +221,20 @@ mod tests {
         assert_eq!(names("not name eq a"), ["b"]);
         assert_eq!(names("name ne \"a\""), ["b"]);
         for (bad, why) in [
-            ("name", Error::NoOperator("name".into())),
-            ("name gt 1", Error::Operator("gt".into())),
-            ("name eq", Error::NoValue("eq".into())),
-            ("name eq a xor b", Error::Junction("xor".into())),
-            ("name eq \"a", Error::Unterminated),
-            ("not", Error::NoTerm),
+            ("name", Error(Why::NoOperator("name".into()))),
+            ("name gt 1", Error(Why::Operator("gt".into()))),
+            ("name eq", Error(Why::NoValue("eq".into()))),
+            ("name eq a xor b", Error(Why::Junction("xor".into()))),
+            ("name eq \"a", Error(Why::Unterminated)),
+            ("not", Error(Why::NoTerm)),
         ] {
             assert_eq!(Filter::parse(bad), Err(why), "{bad}");
         }
         let long = format!("name eq {}", "a".repeat(MAX_LEN));
-        assert_eq!(Filter::parse(&long), Err(Error::TooLong));
+        assert_eq!(Filter::parse(&long), Err(Error(Why::TooLong)));
+        assert_eq!(
+            Filter::parse("name").unwrap_err().to_string(),
+            "invalid filter: no operator after \"name\""
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! LXD's response envelope: every answer of the API is one of these; and
 //! the one way an error becomes an answer ([`fail`]).
 
+use std::error::Error;
+use std::fmt;
+
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -41,8 +44,22 @@ pub(crate) fn error(code: u16, message: &str) -> Response {
 
 /// The answer to a call that failed with `e`: its status says whose fault
 /// it is, its message is [`told`].
-pub(crate) fn fail(e: &dyn Blame) -> Response {
-    error(status(e.fault()), &told(e))
+// Inlined, as `told` is: what each error type adds is a call, not a
+// function (and its unwind entry) of its own.
+#[inline(always)]
+pub(crate) fn fail<E: Blame>(e: &E) -> Response {
+    answer(e.fault(), format_args!("{e}"), e.source())
+}
+
+/// What the caller is told of `e` (in an error response, or as a failed
+/// operation's `err`); see [`words`].
+#[inline(always)]
+pub(crate) fn told<E: Blame>(e: &E) -> String {
+    words(e.fault(), format_args!("{e}"), e.source())
+}
+
+fn answer(fault: Fault, top: fmt::Arguments<'_>, source: Option<&dyn Error>) -> Response {
+    error(status(fault), &words(fault, top, source))
 }
 
 /// The HTTP status of a fault: the caller's are 4xx, the rest 500.
@@ -56,15 +73,20 @@ fn status(fault: Fault) -> u16 {
     }
 }
 
-/// What the caller is told of `e` (in an error response, or as a failed
-/// operation's `err`). Its own fault is told whole, the chain being about
-/// its request; so is a peer's, QEMU misbehaving being about the caller's
-/// VM. Both of those are logged; of the host's fault, the caller is told
-/// only what failed, not the system's account of why (paths, errno), which
-/// is the administrator's business and goes to the log.
-pub(crate) fn told(e: &dyn Blame) -> String {
-    let chain = crate::error_chain(e);
-    let fault = e.fault();
+/// What the caller is told of an error, `top` with `source` under it,
+/// whose fault is `fault`. Its own fault is told whole, the chain being
+/// about its request; so is a peer's, QEMU misbehaving being about the
+/// caller's VM. Both of those are logged; of the host's fault, the caller
+/// is told only what failed, not the system's account of why (paths,
+/// errno), which is the administrator's business and goes to the log.
+/// (The generic [`fail`] and [`told`] only split the error: the rest is
+/// done once, and needs no `dyn Error` of each type that reaches it.)
+fn words(fault: Fault, top: fmt::Arguments<'_>, source: Option<&dyn Error>) -> String {
+    let mut chain = top.to_string();
+    if let Some(source) = source {
+        chain.push_str(": ");
+        chain.push_str(&crate::error_chain(source));
+    }
     if fault.is_caller() {
         return match fault {
             Fault::Denied => format!("not authorized: {chain}"),
@@ -73,15 +95,17 @@ pub(crate) fn told(e: &dyn Blame) -> String {
     }
     log!(Error, "{chain}");
     match fault {
-        Fault::Host if e.source().is_some() => format!("{e} (see the daemon's log)"),
+        Fault::Host if source.is_some() => format!("{top} (see the daemon's log)"),
         _ => chain,
     }
 }
 
 /// A request body that is not the JSON its endpoint takes.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("invalid JSON body")]
 pub(crate) struct BadBody(#[source] serde_json::Error);
+
+crate::debug_as_display!(BadBody);
 
 impl Blame for BadBody {
     fn fault(&self) -> Fault {
@@ -147,7 +171,7 @@ mod tests {
     }
 
     /// The answer to `e`: its status and the message the caller reads.
-    fn answer(e: &dyn Blame) -> (u16, String) {
+    fn answer<E: Blame>(e: &E) -> (u16, String) {
         let r = fail(e);
         let body = body_of(&r);
         assert_eq!(body["error_code"], r.status);
@@ -171,13 +195,10 @@ mod tests {
             )
         );
         let memory = "lots".parse::<crate::vmm::qemu::MemorySize>().unwrap_err();
-        let (status, msg) = answer(&Error::Memory {
-            value: "lots".into(),
-            source: memory,
-        });
+        let (status, msg) = answer(&Error::Memory(memory));
         assert_eq!(status, 400);
         assert!(
-            msg.starts_with("invalid value \"lots\" for limits.memory: "),
+            msg.starts_with("invalid value for limits.memory: invalid memory size \"lots\""),
             "{msg}"
         );
         // A file the caller may not use is a refusal, said as one.

@@ -165,7 +165,7 @@ struct File {
     local_socket_open: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("unknown configuration key {0:?}")]
     UnknownKey(String),
@@ -195,6 +195,8 @@ pub enum Error {
     #[error(transparent)]
     File(#[from] crate::store::Error),
 }
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     fn fault(&self) -> Fault {

@@ -62,13 +62,15 @@ pub(crate) struct Pending {
     pub expires: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("the system random source failed")]
     Random,
     #[error(transparent)]
     File(#[from] crate::store::Error),
 }
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     fn fault(&self) -> Fault {

@@ -31,9 +31,11 @@ pub enum Role {
 
 /// A name that is none of the roles. Its own type rather than a variant of
 /// [`Error`], so that it goes wherever [`Role`] goes.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(PartialEq, Eq, thiserror::Error)]
 #[error("unknown role {0:?}: use auditor, user, operator or admin")]
 pub struct UnknownRole(String);
+
+crate::debug_as_display!(UnknownRole);
 
 impl std::str::FromStr for Role {
     type Err = UnknownRole;
@@ -66,13 +68,15 @@ pub(crate) struct Entry {
     pub added: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     File(#[from] crate::store::Error),
     #[error("project {0:?} not found: kvmbox has only the default project")]
     UnknownProject(String),
 }
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     fn fault(&self) -> Fault {

@@ -42,7 +42,7 @@ pub enum AccelMode {
 
 /// An `instances.accel` value that is none of `auto`, `kvm`, `tcg`, or
 /// why the probe found KVM unusable.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("invalid accelerator {0:?}: expected auto, kvm or tcg")]
     Invalid(String),
@@ -69,6 +69,8 @@ pub enum Error {
     )]
     TooSlow { accel: Accel, secs: u64 },
 }
+
+crate::debug_as_display!(Error);
 
 /// How a probe QEMU ended, in [`Error::Failed`]'s words.
 fn exit(code: Option<i32>) -> String {

@@ -47,7 +47,7 @@ pub(crate) const DEFAULT_UID_RANGE: &str = "1000000:65536";
 const CONSOLE_LIMIT: u64 = 1 << 20;
 
 /// Why an instance call failed; [`Blame`] says whose fault.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub(crate) enum Error {
     #[error("{0} not found")]
     NotFound(String),
@@ -80,27 +80,18 @@ pub(crate) enum Error {
         #[source]
         source: IdInUse,
     },
-    #[error("invalid value {value:?} for limits.memory")]
-    Memory {
-        value: String,
-        #[source]
-        source: crate::vmm::qemu::Error,
-    },
-    #[error("invalid value {value:?} for limits.accel")]
-    Accel {
-        value: String,
-        #[source]
-        source: accel::Error,
-    },
+    #[error("invalid value for limits.memory")]
+    Memory(#[source] crate::vmm::qemu::Error),
+    #[error("invalid value for limits.accel")]
+    Accel(#[source] accel::Error),
     #[error("device {name}")]
     Device {
         name: String,
         #[source]
         source: crate::vmm::qemu::Error,
     },
-    #[error("device {dev}: cannot put a tap {tap} on bridge {bridge}")]
+    #[error("cannot put a tap {tap} on bridge {bridge}")]
     Tap {
-        dev: String,
         tap: String,
         bridge: String,
         #[source]
@@ -137,6 +128,8 @@ pub(crate) enum Error {
     },
 }
 
+crate::debug_as_display!(Error);
+
 impl Error {
     fn host(what: impl Into<String>, source: io::Error) -> Error {
         Error::Host {
@@ -157,8 +150,8 @@ impl Blame for Error {
             | Error::UidRange(_)
             | Error::UidRangeInUse { .. }
             | Error::UidInUse { .. }
-            | Error::Memory { .. }
-            | Error::Accel { .. }
+            | Error::Memory(_)
+            | Error::Accel(_)
             | Error::Device { .. }
             | Error::Tap { .. }
             | Error::NoAppArmor { .. } => Fault::Input,
@@ -638,14 +631,13 @@ impl Manager {
             });
         }
         let taps = rec.bridged();
-        for (i, (tap, (dev, bridge))) in taps.iter().enumerate() {
+        for (i, (tap, (_, bridge))) in taps.iter().enumerate() {
             if let Err(source) = crate::sys::process::create_tap(tap, bridge) {
                 for (t, _) in taps.iter().take(i) {
                     let _ = crate::sys::process::delete_tap(t);
                 }
                 self.unload(&rec).await;
                 return Err(Error::Tap {
-                    dev: dev.clone(),
                     tap: tap.clone(),
                     bridge: bridge.clone(),
                     source,

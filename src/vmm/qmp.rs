@@ -27,7 +27,7 @@ const MAX_EVENTS: usize = 256;
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What went wrong, split by who is at fault.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Host: the socket could not be reached.
     #[error("cannot connect to QMP socket {path}")]
@@ -55,6 +55,8 @@ pub enum Error {
         desc: String,
     },
 }
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     fn fault(&self) -> Fault {

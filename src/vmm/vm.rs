@@ -47,13 +47,15 @@ pub struct IdRange {
 }
 
 /// An `instances.uid_range` that cannot be one.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum InvalidIdRange {
     #[error("{0:?} is not FIRST:COUNT (e.g. 1000000:65536)")]
     Syntax(String),
     #[error("{0:?} starts below {MIN_ID}, among the host's own accounts")]
     Low(String),
 }
+
+crate::debug_as_display!(InvalidIdRange);
 
 /// The lowest id a range may start at: below it are the host's own
 /// accounts (system users, people, `nobody` at 65534).
@@ -135,7 +137,7 @@ pub enum Stopped {
 }
 
 /// Errors of the VM layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("invalid VM configuration")]
     Config(#[from] qemu::Error),
@@ -166,6 +168,8 @@ pub enum Error {
     #[error("cannot hand a disk to the VM")]
     Disk(#[from] hostfile::Error),
 }
+
+crate::debug_as_display!(Error);
 
 impl Blame for Error {
     fn fault(&self) -> Fault {

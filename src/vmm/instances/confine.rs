@@ -35,7 +35,7 @@ pub(crate) fn kernel() -> Kernel {
 }
 
 /// Why the helper did not do what it was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub(crate) enum HelperError {
     #[error("cannot run {}", .0.display())]
     Run(PathBuf, #[source] io::Error),
@@ -46,6 +46,8 @@ pub(crate) enum HelperError {
     #[error("{0}")]
     Refused(String),
 }
+
+crate::debug_as_display!(HelperError);
 
 impl Blame for HelperError {
     fn fault(&self) -> Fault {

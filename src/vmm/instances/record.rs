@@ -426,16 +426,10 @@ pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
             v.parse::<u32>().map_err(|_| bad("expected a number"))?;
         }
         "limits.memory" => {
-            v.parse::<MemorySize>().map_err(|source| Error::Memory {
-                value: v.to_string(),
-                source,
-            })?;
+            v.parse::<MemorySize>().map_err(Error::Memory)?;
         }
         "limits.accel" => {
-            v.parse::<AccelMode>().map_err(|source| Error::Accel {
-                value: v.to_string(),
-                source,
-            })?;
+            v.parse::<AccelMode>().map_err(Error::Accel)?;
         }
         "security.privileged" if !["true", "false", ""].contains(&v) => {
             return Err(bad("expected true or false"));
