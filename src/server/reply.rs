@@ -171,7 +171,7 @@ mod tests {
     }
 
     /// The answer to `e`: its status and the message the caller reads.
-    fn answer<E: Blame>(e: &E) -> (u16, String) {
+    fn reply_to<E: Blame>(e: &E) -> (u16, String) {
         let r = fail(e);
         let body = body_of(&r);
         assert_eq!(body["error_code"], r.status);
@@ -182,20 +182,20 @@ mod tests {
     fn the_callers_faults_are_4xx_with_the_whole_chain() {
         use crate::vmm::instances::Error;
         assert_eq!(
-            answer(&Error::NotFound("instance \"a\"".into())),
+            reply_to(&Error::NotFound("instance \"a\"".into())),
             (404, "instance \"a\" not found".into())
         );
-        assert_eq!(answer(&Error::Exists("image \"b\"".into())).0, 409);
+        assert_eq!(reply_to(&Error::Exists("image \"b\"".into())).0, 409);
         let range = "1:2".parse::<crate::vmm::vm::IdRange>().unwrap_err();
         assert_eq!(
-            answer(&Error::UidRange(range)),
+            reply_to(&Error::UidRange(range)),
             (
                 400,
                 "\"1:2\" starts below 65536, among the host's own accounts".into()
             )
         );
         let memory = "lots".parse::<crate::vmm::qemu::MemorySize>().unwrap_err();
-        let (status, msg) = answer(&Error::Memory(memory));
+        let (status, msg) = reply_to(&Error::Memory(memory));
         assert_eq!(status, 400);
         assert!(
             msg.starts_with("invalid value for limits.memory: invalid memory size \"lots\""),
@@ -204,7 +204,7 @@ mod tests {
         // A file the caller may not use is a refusal, said as one.
         let denied = crate::hostfile::Error::Denied("/root/disk".into());
         assert_eq!(
-            answer(&Error::HostFile(denied)),
+            reply_to(&Error::HostFile(denied)),
             (
                 403,
                 "not authorized: /root/disk: the calling user cannot read it".into()
@@ -212,11 +212,11 @@ mod tests {
         );
         let settings = crate::server::settings::Error::UnknownKey("core.nope".into());
         assert_eq!(
-            answer(&settings),
+            reply_to(&settings),
             (400, "unknown configuration key \"core.nope\"".into())
         );
         let bad: Result<Value, _> = serde_json::from_slice(b"{");
-        let (status, msg) = answer(&BadBody(bad.unwrap_err()));
+        let (status, msg) = reply_to(&BadBody(bad.unwrap_err()));
         assert_eq!(status, 400);
         assert!(msg.starts_with("invalid JSON body: EOF"), "{msg}");
     }
@@ -228,12 +228,12 @@ mod tests {
             path: "/state/trust.json".into(),
             source: io(),
         };
-        let (status, msg) = answer(&crate::server::trust::Error::File(full));
+        let (status, msg) = reply_to(&crate::server::trust::Error::File(full));
         assert_eq!(status, 500);
         assert_eq!(msg, "cannot write /state/trust.json (see the daemon's log)");
         // Without a source there is nothing more in the log to point at.
         assert_eq!(
-            answer(&crate::server::tokens::Error::Random),
+            reply_to(&crate::server::tokens::Error::Random),
             (500, "the system random source failed".into())
         );
         // The same kind of error is the caller's or the host's by what
@@ -243,14 +243,14 @@ mod tests {
             source: io(),
         };
         assert_eq!(
-            answer(&crate::vmm::instances::Error::HostFile(opened)),
+            reply_to(&crate::vmm::instances::Error::HostFile(opened)),
             (500, "cannot open /srv/disk (see the daemon's log)".into())
         );
         let secret = crate::server::settings::Error::Invalid {
             key: "local.passphrase".into(),
             source: crate::server::secret::Error::Random,
         };
-        assert_eq!(answer(&secret).0, 500);
+        assert_eq!(reply_to(&secret).0, 500);
     }
 
     #[test]
@@ -261,7 +261,7 @@ mod tests {
         };
         let e = crate::vmm::instances::Error::Vm(crate::vmm::vm::Error::Qmp(timeout));
         assert_eq!(
-            answer(&e),
+            reply_to(&e),
             (
                 500,
                 "QEMU monitor: QEMU did not answer query-status within 10s".into()
@@ -274,6 +274,6 @@ mod tests {
             desc: "Duplicate ID".into(),
         };
         let e = crate::vmm::instances::Error::Vm(crate::vmm::vm::Error::Qmp(refused));
-        assert_eq!(answer(&e).0, 400);
+        assert_eq!(reply_to(&e).0, 400);
     }
 }
