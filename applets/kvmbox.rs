@@ -125,7 +125,7 @@ impl Ctx {
             .get(name)
             .ok_or_else(|| remote::no_such(name))?;
         let trust = kvmbox::remote_trust(&dir, name, r)?;
-        let (addr, host) = kvmbox::parse_address(&r.addr).map_err(Error::Msg)?;
+        let (addr, host) = kvmbox::parse_address(&r.addr)?;
         Ok(Client::connect_tcp(&addr, &host, &id, &trust)?.0)
     }
 

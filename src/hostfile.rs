@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Blame, Fault};
 use crate::sys::fs::{self as sysfs, Creds};
 
 /// Whom the daemon opens a file for.
@@ -54,7 +55,7 @@ pub struct Pin {
 }
 
 /// Why a host file cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("{}: no such file", .0.display())]
     Missing(PathBuf),
@@ -82,10 +83,16 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The caller named something it may not use (as opposed to a host fault).
-    pub(crate) fn is_refusal(&self) -> bool {
-        !matches!(self, Error::Io { .. })
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    /// The caller named something it may not use, unless opening it failed
+    /// for a reason of the host's.
+    fn fault(&self) -> Fault {
+        match self {
+            Error::Io { .. } => Fault::Host,
+            _ => Fault::Denied,
+        }
     }
 }
 

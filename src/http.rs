@@ -57,7 +57,7 @@ impl Request {
 }
 
 /// Why no request came out of the stream.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub(crate) enum ReadError {
     /// The peer closed the connection between requests.
     #[error("connection closed")]
@@ -68,6 +68,8 @@ pub(crate) enum ReadError {
     #[error("{1}")]
     Refused(u16, &'static str),
 }
+
+crate::debug_as_display!(ReadError);
 
 /// Reads one request. `buf` carries bytes read past the previous request
 /// (pipelining) and keeps those past this one.

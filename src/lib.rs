@@ -10,12 +10,14 @@
 //! - `client`: a connection to a daemon, and the user's remotes;
 //! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the accelerator;
 //! - the ground floor: `wire` (API vocabulary shared by server and client),
+//!   `fault` (whose fault an error is: the caller's, a peer's, the host's),
 //!   `http`, `tls`, `pki`, `store`, `log`, `rt` (lock, deadline), `clock`,
 //!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
 //!   or `-`), `websocket`, and `sys` (system calls).
 
 mod client;
 mod clock;
+mod fault;
 mod hostfile;
 mod http;
 mod log;
@@ -38,7 +40,7 @@ pub use operand::{
 };
 pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile as CertProfile};
 pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
-pub use store::{write_atomic, Overwrite};
+pub use store::{write_atomic, Error as StoreError, Overwrite};
 pub use sys::default_sigpipe;
 
 pub use client::connection::{
@@ -49,24 +51,25 @@ pub use client::remotes::{
     cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
     valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
 };
+pub use fault::{Blame, Fault};
 pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
-pub use log::{set_level as set_log_level, LogLevel};
+pub use log::{set_level as set_log_level, LogLevel, UnknownLevel as UnknownLogLevel};
 pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
 pub use wire::{
     path as api_path, CertificatePut, CertificatesPost, Device, ImageAlias, ImageSource,
-    ImagesPost, InstancePut, InstanceSource, InstancesPost, Role, ServerPut, StatePut,
+    ImagesPost, InstancePut, InstanceSource, InstancesPost, Role, ServerPut, StatePut, UnknownRole,
 };
 
-pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
+pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};
 pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
-pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
+pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Status as VmStatus};
 pub use vmm::vm::{
     console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, RunAs,
     Stopped, Vm, VmSpec, PRIVILEGED_WARNING,
@@ -84,3 +87,17 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     line
 }
+
+/// `Debug` for error types: their message. An error is only ever read as
+/// words, and what `derive(Debug)` writes instead, every variant's and
+/// field's name, costs bytes in a binary that has a size budget.
+macro_rules! debug_as_display {
+    ($($t:ty),+ $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(self, f)
+            }
+        }
+    )+};
+}
+pub(crate) use debug_as_display;

@@ -12,17 +12,22 @@ pub enum LogLevel {
     Debug = 3,
 }
 
+/// A name that is none of the levels.
+#[derive(thiserror::Error)]
+#[error("unknown log level {0:?}: use error, warn, info or debug")]
+pub struct UnknownLevel(String);
+
+crate::debug_as_display!(UnknownLevel);
+
 impl std::str::FromStr for LogLevel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownLevel;
+    fn from_str(s: &str) -> Result<Self, UnknownLevel> {
         match s {
             "error" => Ok(LogLevel::Error),
             "warn" => Ok(LogLevel::Warn),
             "info" => Ok(LogLevel::Info),
             "debug" => Ok(LogLevel::Debug),
-            _ => Err(format!(
-                "unknown log level {s:?}: use error, warn, info or debug"
-            )),
+            _ => Err(UnknownLevel(s.to_string())),
         }
     }
 }

@@ -22,7 +22,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// What can go wrong; split by who is at fault, as callers report it.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The input is not what it should be (the user can fix it).
     #[error("{0}")]
@@ -30,10 +30,24 @@ pub enum Error {
     /// The certificate fails a chain or validity check.
     #[error("certificate rejected: {0}")]
     Rejected(String),
+    #[error("unknown curve {0:?}: use p256 or p384")]
+    UnknownCurve(String),
+    #[error("no private key in PEM input")]
+    NoKey(#[source] rustls_pki_types::pem::Error),
+    #[error("unreadable private key")]
+    BadKey(#[source] rcgen::Error),
+    #[error("malformed PEM")]
+    BadPem(#[source] rustls_pki_types::pem::Error),
+    #[error("not a valid X.509 certificate")]
+    NotX509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("unusable CA certificate")]
+    BadCa(#[source] webpki::Error),
     /// Encoding or signing failed inside the crypto library.
-    #[error("cannot build certificate: {0}")]
+    #[error("cannot build the certificate")]
     Build(#[from] rcgen::Error),
 }
+
+crate::debug_as_display!(Error);
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
@@ -50,12 +64,12 @@ pub enum Curve {
 }
 
 impl std::str::FromStr for Curve {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s.to_ascii_lowercase().as_str() {
             "p256" | "p-256" | "prime256v1" | "secp256r1" => Ok(Curve::P256),
             "p384" | "p-384" | "secp384r1" => Ok(Curve::P384),
-            _ => Err(format!("unknown curve {s:?}: use p256 or p384")),
+            _ => Err(Error::UnknownCurve(s.to_string())),
         }
     }
 }
@@ -82,8 +96,7 @@ impl Key {
 
     /// Reads a PEM private key, refusing anything but a PKCS#8 P-256/P-384 key.
     pub fn from_pem(pem: &[u8]) -> Result<Key, Error> {
-        let der = PrivateKeyDer::from_pem_slice(pem)
-            .map_err(|e| invalid(format!("no private key in PEM input ({e})")))?;
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(Error::NoKey)?;
         let pkcs8 = match der {
             PrivateKeyDer::Pkcs8(k) => k,
             PrivateKeyDer::Pkcs1(_) => {
@@ -98,8 +111,7 @@ impl Key {
             }
             _ => return Err(invalid("unsupported private key format")),
         };
-        let pair = KeyPair::try_from(pkcs8.secret_pkcs8_der())
-            .map_err(|e| invalid(format!("unreadable private key ({e})")))?;
+        let pair = KeyPair::try_from(pkcs8.secret_pkcs8_der()).map_err(Error::BadKey)?;
         let alg = pair.algorithm();
         if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ECDSA_P384_SHA384 {
             // ring reads only EC, Ed25519 and RSA PKCS#8 keys.
@@ -313,7 +325,7 @@ impl Cert {
     pub fn all_from_pem(pem: &[u8]) -> Result<Vec<Cert>, Error> {
         let mut certs = Vec::new();
         for item in CertificateDer::pem_slice_iter(pem) {
-            let der = item.map_err(|e| invalid(format!("malformed PEM ({e})")))?;
+            let der = item.map_err(Error::BadPem)?;
             certs.push(Cert::from_der(der.as_ref())?);
         }
         if certs.is_empty() {
@@ -335,7 +347,7 @@ impl Cert {
         match X509Certificate::from_der(der) {
             Ok(([], _)) => Ok(Cert { der: der.to_vec() }),
             Ok(_) => Err(invalid("trailing bytes after the certificate")),
-            Err(e) => Err(invalid(format!("not a valid X.509 certificate ({e})"))),
+            Err(e) => Err(Error::NotX509(e)),
         }
     }
 
@@ -358,7 +370,7 @@ impl Cert {
     fn parsed(&self) -> Result<X509Certificate<'_>, Error> {
         X509Certificate::from_der(&self.der)
             .map(|(_, c)| c)
-            .map_err(|e| invalid(format!("not a valid X.509 certificate ({e})")))
+            .map_err(Error::NotX509)
     }
 
     /// Not-before and not-after, in seconds since the epoch.
@@ -456,10 +468,7 @@ impl Cert {
             .collect();
         let mut roots = Vec::new();
         for der in &ders {
-            roots.push(
-                webpki::anchor_from_trusted_cert(der)
-                    .map_err(|e| invalid(format!("unusable CA certificate ({e:?})")))?,
-            );
+            roots.push(webpki::anchor_from_trusted_cert(der).map_err(Error::BadCa)?);
         }
         let leaf_der = CertificateDer::from(self.der());
         let leaf = webpki::EndEntityCert::try_from(&leaf_der)

@@ -42,7 +42,7 @@ use crate::wire::{
     InstancePut, InstancesPost, Role, ServerPut, StatePut,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The document is wrong: nothing was applied.
     #[error("invalid preseed document: {0}")]
@@ -51,6 +51,8 @@ pub enum Error {
     #[error("{what}: {message}")]
     Step { what: String, message: String },
 }
+
+crate::debug_as_display!(Error);
 
 fn invalid(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{what}: {why}"))

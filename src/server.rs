@@ -57,7 +57,7 @@ const DEFAULT_GROUPS: &[&str] = &["sudo", "admin", "wheel"];
 /// At most this much of a `--preseed` document is read.
 const PRESEED_LIMIT: u64 = 16 * 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("cannot create state directory {0}")]
     StateDir(PathBuf, #[source] std::io::Error),
@@ -87,13 +87,17 @@ pub enum Error {
     Tokens(#[from] crate::server::tokens::Error),
     #[error("cannot listen on {0}")]
     ListenTcp(std::net::SocketAddr, #[source] std::io::Error),
-    #[error("cannot load the instances: {0}")]
-    Instances(String),
+    /// Boxed: the VM layer's error is the crate's own business, not part
+    /// of its public surface; its chain is kept all the same.
+    #[error("cannot load the instances")]
+    Instances(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
     #[error("preseed {0}")]
     Preseed(PathBuf, #[source] crate::preseed::Error),
 }
+
+crate::debug_as_display!(Error);
 
 /// Loads the server key and certificate, generating both if either is
 /// missing (LXD: remove them to have them regenerated).
@@ -314,7 +318,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
     let _probe = shared.instances.probe_guard();
     // Running VMs are taken over before the first request is served.
     smol::block_on(ex.run(shared.instances.open(setup)))
-        .map_err(|e| Error::Instances(crate::error_chain(&e)))?;
+        .map_err(|e| Error::Instances(Box::new(e)))?;
     // The socket is bound but nothing is accepted yet, and the TLS listener
     // starts after: no client sees a half-applied document.
     if let Some((path, plan)) = preseed {

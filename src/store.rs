@@ -11,6 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Whether a write may replace a file that is already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,24 +60,58 @@ fn write_tmp(tmp: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Why [`read_json`] failed; each caller words it in its own error enum,
-/// with the path.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadJsonError {
-    #[error("cannot read the file")]
-    Read(#[source] io::Error),
-    #[error("the file is not valid JSON")]
-    Corrupt(#[source] serde_json::Error),
+/// Why a JSON state file could not be read or written. Each names its
+/// file, so that the stores built on these files (trust, tokens, settings)
+/// need no wording of their own for it.
+#[derive(thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
+
+crate::debug_as_display!(Error);
 
 /// Reads a JSON state file; one that does not exist yet is `T::default()`,
 /// since every state file starts out absent.
-pub(crate) fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ReadJsonError> {
+pub(crate) fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, Error> {
     match fs::read(path) {
-        Ok(data) => serde_json::from_slice(&data).map_err(ReadJsonError::Corrupt),
+        Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(ReadJsonError::Read(e)),
+        Err(source) => Err(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
+}
+
+/// Writes a JSON state file with [`write_atomic`], readable by its owner
+/// only (some hold secrets' hashes).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
+    let write = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let data = serde_json::to_vec_pretty(value).map_err(|e| write(io::Error::other(e)))?;
+    write_atomic(path, &data, 0o600, Overwrite::Replace).map_err(write)
 }
 
 #[cfg(test)]
@@ -112,21 +147,24 @@ mod tests {
     }
 
     #[test]
-    fn read_json_absent_is_default_corrupt_and_unreadable_are_told_apart() -> io::Result<()> {
+    fn json_files_absent_is_default_corrupt_and_unreadable_are_told_apart() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.json");
         assert_eq!(read_json::<Vec<u32>>(&path).ok(), Some(Vec::new()));
         fs::write(&path, b"[1, 2]")?;
         assert_eq!(read_json::<Vec<u32>>(&path).ok(), Some(vec![1, 2]));
         fs::write(&path, b"[1,")?;
-        assert!(matches!(
-            read_json::<Vec<u32>>(&path),
-            Err(ReadJsonError::Corrupt(_))
-        ));
+        let corrupt = read_json::<Vec<u32>>(&path)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(corrupt, Err(format!("{} is corrupt", path.display())));
         assert!(matches!(
             read_json::<Vec<u32>>(dir.path()),
-            Err(ReadJsonError::Read(_))
+            Err(Error::Read { .. })
         ));
+        write_json(&path, &vec![3u32]).map_err(io::Error::other)?;
+        assert_eq!(read_json::<Vec<u32>>(&path).ok(), Some(vec![3]));
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use crate::log::log;
 use crate::pki::{Cert, Key};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("TLS configuration failed")]
     Config(#[from] rustls::Error),
@@ -29,16 +29,24 @@ pub enum Error {
     BadCrl(std::path::PathBuf),
     #[error("cannot read {0}")]
     Read(std::path::PathBuf, #[source] std::io::Error),
-    #[error("cannot build the client certificate verifier: {0}")]
-    Verifier(String),
+    #[error("server.ca holds a certificate rustls refuses as a CA")]
+    CaRefused(#[source] rustls::Error),
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("{0} was removed after it was in force")]
+    CrlRemoved(std::path::PathBuf),
+    /// Why is the host's business: the daemon's log says it, once.
     #[error(
-        "the server's certificate revocation list (server.crl) is unusable ({0}), so a \
-         certificate signed by its CA is accepted only if the trust store lists it"
+        "the server's certificate revocation list (server.crl) is unusable, so a certificate \
+         signed by its CA is accepted only if the trust store lists it (the daemon's log says \
+         why)"
     )]
-    CrlUnusable(String),
+    CrlUnusable,
     #[error("the certificate no longer passes the server's CA check")]
     NotVerified(#[source] rustls::Error),
 }
+
+crate::debug_as_display!(Error);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -240,7 +248,8 @@ struct CrlState {
     stamp: Stamp,
     /// Checks the chain, and revocation by the last CRLs that were read.
     verifier: Arc<dyn ClientCertVerifier>,
-    /// `None` while the file is in force (or there is none); else why not.
+    /// `None` while the file is in force (or there is none); else why not,
+    /// in the words logged, so that a change of reason is logged once.
     unusable: Option<String>,
     /// How many CRLs are in force.
     count: usize,
@@ -302,7 +311,7 @@ fn pki_verifier(
         .enforce_revocation_expiration()
         .allow_unauthenticated()
         .build()
-        .map_err(|e| Error::Verifier(e.to_string()))
+        .map_err(Error::Verifier)
 }
 
 impl Pki {
@@ -324,7 +333,7 @@ impl Pki {
         for c in &ca {
             roots
                 .add(CertificateDer::from(c.der().to_vec()))
-                .map_err(|e| Error::Verifier(e.to_string()))?;
+                .map_err(Error::CaRefused)?;
         }
         let roots = Arc::new(roots);
         // Stamped before it is read: a change in between is read next time.
@@ -368,14 +377,11 @@ impl Pki {
         let seen = current.seen;
         let loaded = match &now {
             Stamp::Absent if !seen => Ok(Vec::new()),
-            Stamp::Absent => Err("it was removed".to_string()),
-            _ => read_crls(&self.crl_path).map_err(|e| crate::error_chain(&e)),
+            Stamp::Absent => Err(Error::CrlRemoved(self.crl_path.clone())),
+            _ => read_crls(&self.crl_path),
         };
-        let built = loaded.and_then(|crls| {
-            pki_verifier(&self.roots, &crls)
-                .map(|v| (v, crls.len()))
-                .map_err(|e| crate::error_chain(&e))
-        });
+        let built =
+            loaded.and_then(|crls| pki_verifier(&self.roots, &crls).map(|v| (v, crls.len())));
         let next = match built {
             Ok((verifier, count)) => {
                 log!(
@@ -393,10 +399,11 @@ impl Pki {
             }
             Err(why) => {
                 // Only a change is logged, not every handshake after it.
-                if current.unusable.as_deref() != Some(why.as_str()) {
+                let text = crate::error_chain(&why);
+                if current.unusable.as_ref() != Some(&text) {
                     log!(
                         Error,
-                        "{} is unusable ({why}): the {} revocation list(s) last read stay in \
+                        "{} is unusable ({text}): the {} revocation list(s) last read stay in \
                          force, and certificates signed by the CA are refused unless the trust \
                          store lists them, until it is fixed",
                         self.crl_path.display(),
@@ -406,7 +413,7 @@ impl Pki {
                 CrlState {
                     stamp: now,
                     verifier: current.verifier.clone(),
-                    unusable: Some(why),
+                    unusable: Some(text),
                     count: current.count,
                     seen: true,
                 }
@@ -426,8 +433,8 @@ impl Pki {
         intermediates: &[CertificateDer<'static>],
     ) -> Result<(), Error> {
         let state = self.refresh();
-        if let Some(why) = &state.unusable {
-            return Err(Error::CrlUnusable(why.clone()));
+        if state.unusable.is_some() {
+            return Err(Error::CrlUnusable);
         }
         Self::verify(&state, end_entity, intermediates)
     }
@@ -847,15 +854,19 @@ k5T+kTHIgjYw/8RwXAEJnV7y+vevYKOc10Nd2Onn5401CCxOWxWSaUmV+s0IicTU
         std::fs::write(&crl, "not a crl").unwrap();
         assert!(matches!(
             pki.check(leaf.der(), &[]),
-            Err(Error::CrlUnusable(_))
+            Err(Error::CrlUnusable)
         ));
         assert!(shake(&leaf).is_ok());
         assert!(pki.check_listed(leaf.der(), &[]).is_ok());
         assert!(shake(&stranger).is_err());
         // Removed after it was seen: still unusable, not "no CRL".
         std::fs::remove_file(&crl).unwrap();
-        let err = pki.check(leaf.der(), &[]).unwrap_err();
-        assert!(err.to_string().contains("removed"), "{err}");
+        assert!(matches!(
+            pki.check(leaf.der(), &[]),
+            Err(Error::CrlUnusable)
+        ));
+        let why = pki.refresh().unusable.clone().unwrap();
+        assert!(why.contains("server.crl was removed"), "{why}");
         // A CRL present at start that is not one stops the start.
         std::fs::write(
             &crl,

@@ -31,7 +31,7 @@ const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Error {
     #[error("a client frame was not masked")]
     Unmasked,
@@ -42,6 +42,8 @@ pub(crate) enum Error {
     #[error("a control frame was fragmented or longer than 125 bytes")]
     BadControl,
 }
+
+crate::debug_as_display!(Error);
 
 impl Error {
     fn close_code(&self) -> u16 {

@@ -32,6 +32,21 @@ pub(crate) enum Error {
     UnknownProject(String),
 }
 
+impl crate::fault::Blame for Error {
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::Fault;
+        match self {
+            // A project list naming what does not exist is the request's.
+            Error::UnknownProject(_) => Fault::Input,
+            // The rest is what a daemon answered: its account of it.
+            Error::Refused { .. }
+            | Error::NotJson(_)
+            | Error::NoMetadata(_)
+            | Error::NoEnvelope(_) => Fault::Peer,
+        }
+    }
+}
+
 /// The API's paths, as clients ask for them and the daemon shows them
 /// (a list's entries, an operation's resources). Each `…_FULL` list has
 /// every entry in full (`?recursion=1`), not as its path.
@@ -493,17 +508,22 @@ pub enum Role {
     Admin,
 }
 
+/// A name that is none of the roles.
+#[derive(PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: use auditor, user, operator or admin")]
+pub struct UnknownRole(String);
+
+crate::debug_as_display!(UnknownRole);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "auditor" => Ok(Role::Auditor),
             "user" => Ok(Role::User),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role {s:?}: use auditor, user, operator or admin"
-            )),
+            _ => Err(UnknownRole(s.to_string())),
         }
     }
 }

@@ -223,7 +223,7 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
     let mut last = None;
     let mut connected = None;
     for c in &candidates {
-        let (addr, host) = kvmbox::parse_address(c).map_err(Error::Usage)?;
+        let (addr, host) = kvmbox::parse_address(c).map_err(|e| Error::Usage(e.to_string()))?;
         match Client::connect_tcp(&addr, &host, &id, &RemoteTrust::Probe) {
             Ok((client, cert)) => {
                 connected = Some((client, cert, addr, host));

@@ -19,14 +19,18 @@ use crate::store::{write_atomic, Overwrite};
 use crate::tls::ServerTrust;
 use crate::wire::Exchange;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("cannot use client configuration directory {0} (KVMBOX_CONF names another)")]
     ConfDir(PathBuf, #[source] io::Error),
     #[error("{0} is not usable")]
     BadIdentity(PathBuf, #[source] crate::pki::Error),
-    #[error("{0} is not usable: {1}")]
-    BadConfig(PathBuf, String),
+    #[error(transparent)]
+    File(#[from] crate::store::Error),
+    #[error("remote {0} is checked by client.ca, which is gone")]
+    NoCa(String),
+    #[error("{0:?} is not HOST[:PORT]")]
+    BadAddress(String),
     #[error("cannot create the client certificate")]
     Identity(#[source] crate::pki::Error),
     #[error(transparent)]
@@ -43,8 +47,19 @@ pub enum Error {
     /// The daemon answered with an error envelope.
     #[error("{message}")]
     Api { status: u16, message: String },
-    #[error("the daemon sent an invalid response: {0}")]
-    Protocol(String),
+    #[error("the daemon sent a body that is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("the daemon sent no metadata")]
+    NoMetadata(#[source] serde_json::Error),
+    #[error("the daemon sent status {0} without an envelope")]
+    NoEnvelope(u16),
+    #[error("the server sent no certificate")]
+    NoCert,
+    #[error("the server sent a certificate that is not X.509")]
+    BadCert(#[source] crate::pki::Error),
+    /// Not expected: the name is a constant when the address is none.
+    #[error("{0:?} cannot name a TLS server")]
+    ServerName(&'static str),
     #[error("cannot connect to {addr}")]
     ConnectTcp {
         addr: String,
@@ -70,6 +85,8 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+crate::debug_as_display!(Error);
 
 /// Where the client keeps its key and certificate: `$KVMBOX_CONF`, else
 /// `$HOME/.config/kvmbox`, else `$XDG_RUNTIME_DIR/kvmbox`, else
@@ -206,12 +223,12 @@ pub enum RemoteTrust {
 
 /// Splits `HOST[:PORT]` (also `https://HOST:PORT`, `[v6]:PORT`) into a
 /// connectable `host:port` and the bare host; the port defaults to 8443.
-pub fn parse_address(text: &str) -> Result<(String, String), String> {
+pub fn parse_address(text: &str) -> Result<(String, String), Error> {
     let t = text
         .strip_prefix("https://")
         .unwrap_or(text)
         .trim_end_matches('/');
-    let bad = || format!("{text:?} is not HOST[:PORT]");
+    let bad = || Error::BadAddress(text.to_string());
     if t.is_empty() || t.contains(['/', '@', ' ']) {
         return Err(bad());
     }
@@ -271,7 +288,7 @@ impl Client {
         sock.set_write_timeout(Some(Duration::from_secs(60)))?;
         let config = crate::tls::client_config(&id.cert, &id.key, ServerTrust::LocalSocket)?;
         let name = rustls::pki_types::ServerName::try_from("kvmbox")
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+            .map_err(|_| Error::ServerName("kvmbox"))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
         let mut stream =
@@ -324,7 +341,7 @@ impl Client {
         // rustls; an address that is no DNS name still needs a ServerName.
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .or_else(|_| rustls::pki_types::ServerName::try_from("kvmbox".to_string()))
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+            .map_err(|_| Error::ServerName("kvmbox"))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| Error::Tls(crate::tls::Error::Config(e)))?;
         let mut stream =
@@ -365,8 +382,8 @@ impl Client {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec())
-            .ok_or_else(|| Error::Protocol("the server sent no certificate".into()))?;
-        let cert = Cert::from_der(&der).map_err(|e| Error::Protocol(e.to_string()))?;
+            .ok_or(Error::NoCert)?;
+        let cert = Cert::from_der(&der).map_err(Error::BadCert)?;
         Ok((Client { stream }, cert))
     }
 
@@ -384,8 +401,7 @@ impl Client {
     ) -> Result<(u16, Value), Error> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let (status, body) = self.exchange(method, path, body.as_deref())?;
-        let value = serde_json::from_slice(&body)
-            .map_err(|e| Error::Protocol(format!("body is not JSON ({e})")))?;
+        let value = serde_json::from_slice(&body).map_err(Error::NotJson)?;
         Ok((status, value))
     }
 
@@ -457,9 +473,16 @@ impl Exchange for Client {
 
 impl From<crate::wire::Error> for Error {
     fn from(e: crate::wire::Error) -> Error {
+        use crate::wire::Error as Wire;
         match e {
-            crate::wire::Error::Refused { status, message } => Error::Api { status, message },
-            other => Error::Protocol(other.to_string()),
+            Wire::Refused { status, message } => Error::Api { status, message },
+            Wire::NotJson(e) => Error::NotJson(e),
+            Wire::NoMetadata(e) => Error::NoMetadata(e),
+            Wire::NoEnvelope(status) => Error::NoEnvelope(status),
+            e @ Wire::UnknownProject(_) => Error::Api {
+                status: 404,
+                message: e.to_string(),
+            },
         }
     }
 }

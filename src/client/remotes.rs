@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::connection::{Error, RemoteTrust};
 use crate::pki::Cert;
-use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
+use crate::store::{read_json, write_atomic, write_json, Overwrite};
 
 /// The name of the Unix socket "remote".
 pub const LOCAL: &str = "local";
@@ -39,10 +39,6 @@ pub struct Remotes {
     pub remotes: BTreeMap<String, Remote>,
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::BadConfig(path.to_path_buf(), e.to_string())
-}
-
 /// Remote names: what LXD allows, minus anything that could be a path.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -56,17 +52,11 @@ pub fn valid_name(name: &str) -> bool {
 impl Remotes {
     /// Reads `dir/config.json`; missing means no remotes.
     pub fn load(dir: &Path) -> Result<Remotes, Error> {
-        let path = dir.join("config.json");
-        read_json(&path).map_err(|e| match e {
-            ReadJsonError::Read(e) => Error::ConfDir(path, e),
-            ReadJsonError::Corrupt(e) => io_err(&path, e),
-        })
+        Ok(read_json(&dir.join("config.json"))?)
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        let path = dir.join("config.json");
-        let data = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path, e))?;
-        write_atomic(&path, &data, 0o600, Overwrite::Replace).map_err(|e| Error::ConfDir(path, e))
+        Ok(write_json(&dir.join("config.json"), self)?)
     }
 
     /// The default remote's name.
@@ -104,12 +94,7 @@ pub fn client_ca(dir: &Path) -> Result<Option<Vec<Cert>>, Error> {
 /// How to check remote `name`'s server now.
 pub fn trust_for(dir: &Path, name: &str, remote: &Remote) -> Result<RemoteTrust, Error> {
     if remote.ca {
-        let ca = client_ca(dir)?.ok_or_else(|| {
-            io_err(
-                &dir.join("client.ca"),
-                format!("remote {name} is checked by client.ca, which is gone"),
-            )
-        })?;
+        let ca = client_ca(dir)?.ok_or_else(|| Error::NoCa(name.to_string()))?;
         return Ok(RemoteTrust::Ca(ca));
     }
     let path = cert_path(dir, name);

@@ -7,6 +7,45 @@
 
 use serde_json::Value;
 
+use crate::fault::{Blame, Fault};
+
+/// A filter refused; the caller reads it on its own, as the answer to a
+/// list, so it says what it is about.
+#[derive(PartialEq, Eq, thiserror::Error)]
+#[error("invalid filter: {0}")]
+pub(crate) struct Error(Why);
+
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        Fault::Input
+    }
+}
+
+/// What is wrong with a filter: part of [`Error`]'s message, not an error
+/// of its own.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Why {
+    #[error("longer than {MAX_LEN} bytes")]
+    TooLong,
+    #[error("unterminated quote")]
+    Unterminated,
+    #[error("`not` needs a term")]
+    NoTerm,
+    #[error("no operator after {0:?}")]
+    NoOperator(String),
+    #[error("unsupported operator {0:?}")]
+    Operator(String),
+    #[error("no value after {0}")]
+    NoValue(String),
+    #[error("expected and/or, not {0:?}")]
+    Junction(String),
+}
+
+/// The longest filter taken, decoded.
+const MAX_LEN: usize = 1024;
+
 /// One `FIELD op VALUE` term.
 #[derive(Debug, PartialEq, Eq)]
 struct Term {
@@ -20,7 +59,7 @@ struct Term {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Filter(Vec<Vec<Term>>);
 
-fn tokens(text: &str) -> Result<Vec<String>, String> {
+fn tokens(text: &str) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -33,7 +72,7 @@ fn tokens(text: &str) -> Result<Vec<String>, String> {
                 match chars.next() {
                     Some('"') => break,
                     Some(ch) => t.push(ch),
-                    None => return Err("unterminated quote".into()),
+                    None => return Err(Error(Why::Unterminated)),
                 }
             }
             out.push(t);
@@ -78,10 +117,10 @@ fn unescape(q: &str) -> String {
 
 impl Filter {
     /// Parses a (still URL-encoded) filter; the empty filter keeps everything.
-    pub(crate) fn parse(raw: &str) -> Result<Filter, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Filter, Error> {
         let text = unescape(raw);
-        if text.len() > 1024 {
-            return Err("filter too long".into());
+        if text.len() > MAX_LEN {
+            return Err(Error(Why::TooLong));
         }
         let toks = tokens(&text)?;
         let mut alts = Vec::new();
@@ -90,17 +129,17 @@ impl Filter {
         while let Some(mut field) = it.next() {
             let negate = field == "not";
             if negate {
-                field = it.next().ok_or("`not` needs a term")?;
+                field = it.next().ok_or(Error(Why::NoTerm))?;
             }
-            let op = it
-                .next()
-                .ok_or_else(|| format!("no operator after {field:?}"))?;
+            let Some(op) = it.next() else {
+                return Err(Error(Why::NoOperator(field)));
+            };
             let equal = match op.as_str() {
                 "eq" => true,
                 "ne" => false,
-                other => return Err(format!("unsupported operator {other:?}")),
+                _ => return Err(Error(Why::Operator(op))),
             };
-            let value = it.next().ok_or_else(|| format!("no value after {op}"))?;
+            let value = it.next().ok_or(Error(Why::NoValue(op)))?;
             conj.push(Term {
                 field,
                 equal,
@@ -111,7 +150,7 @@ impl Filter {
                 None => break,
                 Some("and") => {}
                 Some("or") => alts.push(std::mem::take(&mut conj)),
-                Some(other) => return Err(format!("expected and/or, not {other:?}")),
+                Some(other) => return Err(Error(Why::Junction(other.to_string()))),
             }
         }
         if !conj.is_empty() {
@@ -181,14 +220,21 @@ mod tests {
         );
         assert_eq!(names("not name eq a"), ["b"]);
         assert_eq!(names("name ne \"a\""), ["b"]);
-        for bad in [
-            "name",
-            "name gt 1",
-            "name eq",
-            "name eq a xor b",
-            "name eq \"a",
+        for (bad, why) in [
+            ("name", Error(Why::NoOperator("name".into()))),
+            ("name gt 1", Error(Why::Operator("gt".into()))),
+            ("name eq", Error(Why::NoValue("eq".into()))),
+            ("name eq a xor b", Error(Why::Junction("xor".into()))),
+            ("name eq \"a", Error(Why::Unterminated)),
+            ("not", Error(Why::NoTerm)),
         ] {
-            assert!(Filter::parse(bad).is_err(), "{bad}");
+            assert_eq!(Filter::parse(bad), Err(why), "{bad}");
         }
+        let long = format!("name eq {}", "a".repeat(MAX_LEN));
+        assert_eq!(Filter::parse(&long), Err(Error(Why::TooLong)));
+        assert_eq!(
+            Filter::parse("name").unwrap_err().to_string(),
+            "invalid filter: no operator after \"name\""
+        );
     }
 }

@@ -149,6 +149,13 @@ impl Operations {
     }
 
     /// Starts `work` on `ex` as a new operation and returns its description.
+    ///
+    /// A failure arrives as text, LXD's `err`, and not as an error: an
+    /// operation outlives the request that started it, is copied to every
+    /// caller that looks at it and is kept after its work is gone, so what
+    /// it holds is what the API shows. The handler that starts the work
+    /// turns its error into that text with `reply::told`, the same words
+    /// (and log line) a synchronous answer would have.
     pub(crate) fn spawn<F>(
         &self,
         ex: &smol::Executor<'static>,

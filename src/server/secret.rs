@@ -18,13 +18,15 @@ const SALT_LEN: usize = 16;
 const HASH_LEN: usize = 32;
 const SCHEME: &str = "pbkdf2-sha256";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("the passphrase must not be empty")]
     Empty,
     #[error("the system random source failed")]
     Random,
 }
+
+crate::debug_as_display!(Error);
 
 /// Hashes `passphrase` with a fresh random salt.
 pub(crate) fn hash(passphrase: &str) -> Result<String, Error> {

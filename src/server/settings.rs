@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Blame, Fault};
 use crate::server::secret;
-use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
+use crate::store::{read_json, write_json};
 
 /// The passphrase other local users authenticate with (Multipass's model).
 pub(crate) const LOCAL_PASSPHRASE: &str = "local.passphrase";
@@ -54,16 +55,16 @@ const KEYS: &[&str] = &[
 ];
 
 /// Checks the value of a key that is not a secret.
-fn check_value(key: &str, value: &str) -> Result<(), String> {
+fn check_value(key: &str, value: &str) -> Result<(), Error> {
     match key {
         INSTANCES_ACCEL => value
             .parse::<crate::vmm::accel::AccelMode>()
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(Error::Accel),
         INSTANCES_UID_RANGE => value
             .parse::<crate::vmm::vm::IdRange>()
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(Error::UidRange),
         AA_PROFILE_DIR => {
             let ok = value.starts_with('/')
                 && !value.chars().any(char::is_control)
@@ -71,7 +72,7 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
             if ok {
                 Ok(())
             } else {
-                Err("expected an absolute, normalised path".into())
+                Err(Error::ProfileDir)
             }
         }
         PKI_DEFAULT_ROLE => parse_role(value).map(|_| ()),
@@ -80,12 +81,13 @@ fn check_value(key: &str, value: &str) -> Result<(), String> {
 }
 
 /// A value of [`PKI_DEFAULT_ROLE`]: `none` is no role.
-fn parse_role(value: &str) -> Result<Option<crate::server::trust::Role>, String> {
+fn parse_role(value: &str) -> Result<Option<crate::server::trust::Role>, Error> {
     match value {
         "none" => Ok(None),
-        _ => value.parse().map(Some).map_err(|_| {
-            format!("unknown role {value:?}: use none, auditor, user, operator or admin")
-        }),
+        _ => value
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Role(value.to_string())),
     }
 }
 
@@ -118,10 +120,7 @@ pub(crate) fn check(key: &str, value: &str) -> Result<(), Error> {
             Err(_) => Err(Error::BadAddress(value.to_string())),
         };
     }
-    check_value(key, value).map_err(|why| Error::BadValue {
-        key: key.to_string(),
-        why,
-    })
+    check_value(key, value)
 }
 
 /// Whether `key` holds a secret, which the API never shows back.
@@ -137,17 +136,8 @@ pub(crate) fn prepare(changes: &BTreeMap<String, String>) -> Result<Prepared, Er
         if key == INSTANCES_UID_RANGE && !value.is_empty() {
             // Here and not in `check`, which clients run too: the accounts
             // that matter are the daemon host's.
-            let range: crate::vmm::vm::IdRange =
-                value
-                    .parse()
-                    .map_err(|e: crate::vmm::vm::InvalidIdRange| Error::BadValue {
-                        key: key.clone(),
-                        why: e.to_string(),
-                    })?;
-            range.unused().map_err(|source| Error::IdsInUse {
-                key: key.clone(),
-                source,
-            })?;
+            let range: crate::vmm::vm::IdRange = value.parse().map_err(Error::UidRange)?;
+            range.unused().map_err(Error::IdsInUse)?;
         }
         let change = if value.is_empty() {
             Change::Unset
@@ -175,20 +165,25 @@ struct File {
     local_socket_open: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("unknown configuration key {0:?}")]
     UnknownKey(String),
     #[error("{0:?} is not an address: use IP:PORT, e.g. 192.0.2.1:8443 or [::1]:8443")]
     BadAddress(String),
-    #[error("invalid value for {key}: {why}")]
-    BadValue { key: String, why: String },
-    #[error("invalid value for {key}")]
-    IdsInUse {
-        key: String,
-        #[source]
-        source: crate::sys::IdInUse,
-    },
+    #[error("invalid value for {INSTANCES_ACCEL}")]
+    Accel(#[source] crate::vmm::accel::Error),
+    #[error("invalid value for {INSTANCES_UID_RANGE}")]
+    UidRange(#[source] crate::vmm::vm::InvalidIdRange),
+    #[error("invalid value for {INSTANCES_UID_RANGE}")]
+    IdsInUse(#[source] crate::sys::IdInUse),
+    #[error("invalid value for {AA_PROFILE_DIR}: expected an absolute, normalised path")]
+    ProfileDir,
+    #[error(
+        "invalid value for {PKI_DEFAULT_ROLE}: unknown role {0:?}: use none, auditor, user, \
+         operator or admin"
+    )]
+    Role(String),
     #[error("{0} is shown as \"true\" when set and cannot be set to that")]
     Redacted(String),
     #[error("invalid value for {key}")]
@@ -197,24 +192,23 @@ pub enum Error {
         #[source]
         source: secret::Error,
     },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::store::Error),
+}
+
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        match self {
+            Error::Invalid {
+                source: secret::Error::Random,
+                ..
+            }
+            | Error::File(_) => Fault::Host,
+            _ => Fault::Input,
+        }
+    }
 }
 
 /// The settings, in memory and on disk.
@@ -226,16 +220,7 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn open(path: &Path) -> Result<Settings, Error> {
-        let file = read_json(path).map_err(|e| match e {
-            ReadJsonError::Read(source) => Error::Read {
-                path: path.to_path_buf(),
-                source,
-            },
-            ReadJsonError::Corrupt(source) => Error::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let file = read_json(path)?;
         Ok(Settings {
             path: path.to_path_buf(),
             file,
@@ -328,16 +313,7 @@ impl Settings {
         if next == self.file {
             return Ok(());
         }
-        let data = serde_json::to_vec_pretty(&next).map_err(|e| Error::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| {
-            Error::Write {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+        write_json(&self.path, &next)?;
         self.file = next;
         Ok(())
     }
@@ -450,6 +426,9 @@ mod tests {
         s.set_local_socket_open().unwrap();
         assert!(Settings::open(&path).unwrap().local_socket_open());
         std::fs::write(&path, b"[]").unwrap();
-        assert!(matches!(Settings::open(&path), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            Settings::open(&path),
+            Err(Error::File(crate::store::Error::Corrupt { .. }))
+        ));
     }
 }

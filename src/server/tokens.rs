@@ -15,9 +15,10 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Blame, Fault};
 use crate::pki::hex;
 use crate::server::trust::Role;
-use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
+use crate::store::{read_json, write_json};
 
 /// How long a token is valid unless told otherwise: one day.
 pub(crate) const DEFAULT_TTL: u64 = 24 * 3600;
@@ -61,28 +62,20 @@ pub(crate) struct Pending {
     pub expires: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("the system random source failed")]
     Random,
-    #[error("{path} is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::store::Error),
+}
+
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        Fault::Host
+    }
 }
 
 /// Pending tokens, in memory and in `tokens.json`.
@@ -98,16 +91,7 @@ fn hash(secret: &str) -> String {
 
 impl Tokens {
     pub(crate) fn open(path: &Path) -> Result<Tokens, Error> {
-        let pending = read_json(path).map_err(|e| match e {
-            ReadJsonError::Read(source) => Error::Read {
-                path: path.to_path_buf(),
-                source,
-            },
-            ReadJsonError::Corrupt(source) => Error::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let pending = read_json(path)?;
         Ok(Tokens {
             path: path.to_path_buf(),
             pending,
@@ -162,16 +146,7 @@ impl Tokens {
     }
 
     fn save(&mut self, next: Vec<Pending>) -> Result<(), Error> {
-        let data = serde_json::to_vec_pretty(&next).map_err(|e| Error::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| {
-            Error::Write {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+        write_json(&self.path, &next)?;
         self.pending = next;
         Ok(())
     }

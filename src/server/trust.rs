@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now;
+use crate::fault::{Blame, Fault};
 use crate::pki::Cert;
-use crate::store::{read_json, write_atomic, Overwrite, ReadJsonError};
+use crate::store::{read_json, write_json};
 pub(crate) use crate::wire::{check_projects, Role, DEFAULT_PROJECT};
 
 /// One trusted certificate, in the shape `GET /1.0/certificates/<fp>` shows.
@@ -32,28 +33,23 @@ pub(crate) struct Entry {
     pub added: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
-    #[error("cannot read trust store {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("trust store {path} is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write trust store {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::store::Error),
     #[error("project {0:?} not found: kvmbox has only the default project")]
     UnknownProject(String),
+}
+
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
+        match self {
+            Error::File(_) => Fault::Host,
+            Error::UnknownProject(_) => Fault::Input,
+        }
+    }
 }
 
 /// The file as written. A plain list of entries is what kvmbox wrote before
@@ -135,16 +131,7 @@ fn key_index(entries: &BTreeMap<String, Entry>) -> BTreeMap<String, Vec<String>>
 impl TrustStore {
     /// Loads `path`; a missing file is an empty store.
     pub(crate) fn open(path: &Path) -> Result<TrustStore, Error> {
-        let file = read_json::<OnDisk>(path).map_err(|e| match e {
-            ReadJsonError::Read(source) => Error::Read {
-                path: path.to_path_buf(),
-                source,
-            },
-            ReadJsonError::Corrupt(source) => Error::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let file = read_json::<OnDisk>(path)?;
         let (list, mut denied, mut denied_keys) = match file {
             OnDisk::Entries(list) => (list, BTreeSet::new(), BTreeSet::new()),
             OnDisk::Store(f) => (f.certificates, f.denied, f.denied_keys),
@@ -252,9 +239,11 @@ impl TrustStore {
             self.denied = denied;
             self.denied_keys = denied_keys;
         }
-        self.entries.get(&fingerprint).ok_or_else(|| Error::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other("entry vanished"),
+        self.entries.get(&fingerprint).ok_or_else(|| {
+            Error::File(crate::store::Error::Write {
+                path: self.path.clone(),
+                source: std::io::Error::other("entry vanished"),
+            })
         })
     }
 
@@ -313,23 +302,19 @@ impl TrustStore {
         denied_keys: &BTreeSet<String>,
     ) -> Result<(), Error> {
         let list: Vec<Entry> = entries.values().cloned().collect();
-        let data = if denied.is_empty() && denied_keys.is_empty() {
-            serde_json::to_vec_pretty(&list)
+        if denied.is_empty() && denied_keys.is_empty() {
+            write_json(&self.path, &list)?;
         } else {
-            serde_json::to_vec_pretty(&StoreFile {
-                certificates: list,
-                denied: denied.clone(),
-                denied_keys: denied_keys.clone(),
-            })
-        };
-        let data = data.map_err(|e| Error::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&self.path, &data, 0o600, Overwrite::Replace).map_err(|source| Error::Write {
-            path: self.path.clone(),
-            source,
-        })
+            write_json(
+                &self.path,
+                &StoreFile {
+                    certificates: list,
+                    denied: denied.clone(),
+                    denied_keys: denied_keys.clone(),
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -467,7 +452,7 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(
             TrustStore::open(&path),
-            Err(Error::Corrupt { .. })
+            Err(Error::File(crate::store::Error::Corrupt { .. }))
         ));
     }
 }

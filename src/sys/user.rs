@@ -7,17 +7,16 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 
 /// A uid or gid some account already has.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum IdInUse {
     #[error("uid {id} belongs to user {name:?} in /etc/passwd")]
     User { name: String, id: u32 },
     #[error("gid {id} belongs to group {name:?} in /etc/group")]
     Group { name: String, id: u32 },
     /// A user namespace of `owner` may run as any id of the entry.
-    #[error("{kind} {id} is a subordinate {kind} of {owner:?} in {path} ({first}:{count})")]
+    #[error("{kind} {id} is a subordinate {kind} of {owner:?} in {} ({first}:{count})", kind.path())]
     Subordinate {
-        kind: &'static str,
-        path: &'static str,
+        kind: IdKind,
         owner: String,
         id: u32,
         first: u32,
@@ -31,6 +30,34 @@ pub enum IdInUse {
     },
 }
 
+crate::debug_as_display!(IdInUse);
+
+/// Which ids a subordinate range gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    Uid,
+    Gid,
+}
+
+impl IdKind {
+    /// The file that lists the ranges of this kind.
+    fn path(self) -> &'static str {
+        match self {
+            IdKind::Uid => SUBUID,
+            IdKind::Gid => SUBGID,
+        }
+    }
+}
+
+impl std::fmt::Display for IdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdKind::Uid => "uid",
+            IdKind::Gid => "gid",
+        })
+    }
+}
+
 /// Refuses `ids` when a user in /etc/passwd or a group in /etc/group has a
 /// uid or gid in it, or when a range of /etc/subuid (as uids) or /etc/subgid
 /// (as gids) overlaps it: whoever owns that range can become those ids in a
@@ -42,11 +69,10 @@ pub(crate) fn ids_unused(ids: RangeInclusive<u32>) -> Result<(), IdInUse> {
     if let Some((name, id)) = entry_in(&read("/etc/group")?, &ids) {
         return Err(IdInUse::Group { name, id });
     }
-    for (kind, path) in [("uid", SUBUID), ("gid", SUBGID)] {
-        if let Some(r) = sub_ranges(&read(path)?).find(|r| r.overlaps(&ids)) {
+    for kind in [IdKind::Uid, IdKind::Gid] {
+        if let Some(r) = sub_ranges(&read(kind.path())?).find(|r| r.overlaps(&ids)) {
             return Err(IdInUse::Subordinate {
                 kind,
-                path,
                 owner: r.owner.to_string(),
                 id: r.first.max(*ids.start()),
                 first: r.first,

@@ -7,7 +7,8 @@
 //! port's status within the time limit is KVM chosen.
 
 use std::fmt;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,19 +40,53 @@ pub enum AccelMode {
     Tcg,
 }
 
-/// An `instances.accel` value that is none of `auto`, `kvm`, `tcg`.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid accelerator {0:?}: expected auto, kvm or tcg")]
-pub struct InvalidAccel(String);
+/// An `instances.accel` value that is none of `auto`, `kvm`, `tcg`, or
+/// why the probe found KVM unusable.
+#[derive(thiserror::Error)]
+pub enum Error {
+    #[error("invalid accelerator {0:?}: expected auto, kvm or tcg")]
+    Invalid(String),
+    #[error("cannot open /dev/kvm")]
+    NoDevice(#[source] io::Error),
+    #[error("cannot write the KVM probe firmware")]
+    Firmware(#[source] io::Error),
+    #[error("cannot create {}", .0.display())]
+    Log(PathBuf, #[source] io::Error),
+    #[error("the daemon is stopping")]
+    Stopping,
+    #[error("cannot run {}", .0.display())]
+    Run(PathBuf, #[source] io::Error),
+    #[error("the {accel} test guest failed ({}: {last})", exit(*.code))]
+    Failed {
+        accel: Accel,
+        /// Its exit code; `None`: killed by a signal.
+        code: Option<i32>,
+        /// The last line it logged.
+        last: String,
+    },
+    #[error(
+        "/dev/kvm opens but a {accel} test vCPU did not reach 64-bit mode and finish within {secs}s"
+    )]
+    TooSlow { accel: Accel, secs: u64 },
+}
+
+crate::debug_as_display!(Error);
+
+/// How a probe QEMU ended, in [`Error::Failed`]'s words.
+fn exit(code: Option<i32>) -> String {
+    code.map_or("killed by a signal".to_string(), |c| {
+        format!("exit code {c}")
+    })
+}
 
 impl FromStr for AccelMode {
-    type Err = InvalidAccel;
-    fn from_str(s: &str) -> Result<Self, InvalidAccel> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "auto" => Ok(AccelMode::Auto),
             "kvm" => Ok(AccelMode::Kvm),
             "tcg" => Ok(AccelMode::Tcg),
-            _ => Err(InvalidAccel(s.to_string())),
+            _ => Err(Error::Invalid(s.to_string())),
         }
     }
 }
@@ -152,7 +187,7 @@ impl Probe {
                 },
                 Err(why) => AccelChoice {
                     accel: Accel::Tcg,
-                    reason: format!("auto: {why}; using TCG emulation"),
+                    reason: format!("auto: {}; using TCG emulation", crate::error_chain(&why)),
                 },
             },
         }
@@ -180,14 +215,12 @@ impl Probe {
     }
 
     /// Runs the throwaway KVM guest; `Err` says why KVM is not usable.
-    fn probe_kvm(&self, qemu: &Path, scratch: &Path, timeout: Duration) -> Result<(), String> {
-        if let Err(e) = std::fs::OpenOptions::new()
+    fn probe_kvm(&self, qemu: &Path, scratch: &Path, timeout: Duration) -> Result<(), Error> {
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/kvm")
-        {
-            return Err(format!("cannot open /dev/kvm ({e})"));
-        }
+            .map_err(Error::NoDevice)?;
         run_probe(self, qemu, scratch, Accel::Kvm, timeout)
     }
 }
@@ -237,7 +270,7 @@ fn run_probe(
     scratch: &Path,
     accel: Accel,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let rom = scratch.join("kvm-probe.rom");
     let log_path = scratch.join("kvm-probe.log");
     let result = boot_probe(probe, qemu, &rom, &log_path, accel, timeout);
@@ -253,16 +286,15 @@ fn boot_probe(
     log_path: &Path,
     accel: Accel,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     crate::store::write_atomic(
         rom,
         &probe_firmware(),
         0o600,
         crate::store::Overwrite::Replace,
     )
-    .map_err(|e| format!("cannot write the KVM probe firmware ({e})"))?;
-    let log = std::fs::File::create(log_path)
-        .map_err(|e| format!("cannot create {} ({e})", log_path.display()))?;
+    .map_err(Error::Firmware)?;
+    let log = std::fs::File::create(log_path).map_err(|e| Error::Log(log_path.into(), e))?;
     let accel_name = accel.to_string();
     let accel_name = accel_name.as_str();
     let args = [
@@ -291,7 +323,7 @@ fn boot_probe(
         // first (and nothing starts) or finds the pid.
         let mut running = probe.running();
         if running.stopped {
-            return Err("the daemon is stopping".into());
+            return Err(Error::Stopping);
         }
         let pid = process::spawn(process::Spawn {
             program: qemu.to_path_buf(),
@@ -303,7 +335,7 @@ fn boot_probe(
             // This thread waits for the QEMU below, so it outlives it.
             dies_with_thread: true,
         })
-        .map_err(|e| format!("cannot run {} ({e})", qemu.display()))?;
+        .map_err(|e| Error::Run(qemu.into(), e))?;
         running.pid = Some(pid);
         pid
     };
@@ -314,19 +346,14 @@ fn boot_probe(
             State::Exited(code) => {
                 let msg = std::fs::read_to_string(log_path).unwrap_or_default();
                 let last = msg.lines().last().unwrap_or("no message").to_string();
-                return Err(format!(
-                    "the {accel} test guest failed ({}: {last})",
-                    code.map_or("killed by a signal".to_string(), |c| format!(
-                        "exit code {c}"
-                    ))
-                ));
+                return Err(Error::Failed { accel, code, last });
             }
             State::Running if started.elapsed() > timeout => {
                 end_probe(&probe.running, pid);
-                return Err(format!(
-                    "/dev/kvm opens but a {accel} test vCPU did not reach 64-bit mode and finish within {}s",
-                    timeout.as_secs()
-                ));
+                return Err(Error::TooSlow {
+                    accel,
+                    secs: timeout.as_secs(),
+                });
             }
             State::Running => std::thread::sleep(Duration::from_millis(10)),
         }
@@ -416,7 +443,7 @@ mod tests {
         dir: tempfile::TempDir,
         qemu: std::path::PathBuf,
         probe: Arc<Probe>,
-        thread: std::thread::JoinHandle<Result<(), String>>,
+        thread: std::thread::JoinHandle<Result<(), Error>>,
         pid: u32,
         started: Instant,
     }
@@ -461,7 +488,7 @@ mod tests {
         probe.stop();
         assert!(probe.running().pid.is_none());
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "not reaped");
-        let err = t.join().unwrap().unwrap_err();
+        let err = t.join().unwrap().unwrap_err().to_string();
         assert!(err.contains("killed by a signal"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         let err = run_probe(
@@ -471,7 +498,7 @@ mod tests {
             Accel::Tcg,
             Duration::from_secs(20),
         );
-        assert_eq!(err, Err("the daemon is stopping".into()));
+        assert!(matches!(err, Err(Error::Stopping)), "{err:?}");
         assert!(!dir.path().join("kvm-probe.rom").exists());
     }
 
@@ -520,7 +547,7 @@ mod tests {
             let _ = t.join();
             return;
         }
-        let err = t.join().unwrap().unwrap_err();
+        let err = t.join().unwrap().unwrap_err().to_string();
         assert!(err.contains("did not reach 64-bit mode"), "{err}");
         assert_eq!(probe.running().pid, Some(pid), "forgotten before reaped");
         tracer.wait().unwrap();

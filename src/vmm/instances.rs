@@ -26,12 +26,15 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use smol::lock::Mutex as AsyncMutex;
 
+use crate::fault::{Blame, Fault};
 use crate::hostfile::Pin;
 use crate::log::log;
 use crate::rt::lock;
 use crate::store::{write_atomic, Overwrite};
+use crate::sys::IdInUse;
 use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
 use crate::vmm::vm::{self, RunAs, Vm, PRIVILEGED_WARNING};
+use kvmbox_aa::Kernel;
 
 pub(crate) use image::Image;
 use record::AaMode;
@@ -43,19 +46,76 @@ pub(crate) const DEFAULT_UID_RANGE: &str = "1000000:65536";
 /// How much of the console log `GET …/console` returns.
 const CONSOLE_LIMIT: u64 = 1 << 20;
 
-/// Why an instance call failed; [`Error::status`] says whose fault.
-#[derive(Debug, thiserror::Error)]
+/// Why an instance call failed; [`Blame`] says whose fault.
+#[derive(thiserror::Error)]
 pub(crate) enum Error {
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0} already exists")]
     Exists(String),
+    /// A request that fails one of the checks here; the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// A request that clashes with the instance's state; the message says how.
     #[error("{0}")]
     Conflict(String),
+    /// A request this daemon does not carry out as it is set up; the
+    /// message says why.
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Config(#[from] crate::vmm::qemu::Error),
+    #[error(transparent)]
+    UidRange(#[from] vm::InvalidIdRange),
+    #[error("instances.uid_range {range} cannot be used")]
+    UidRangeInUse {
+        range: String,
+        #[source]
+        source: IdInUse,
+    },
+    #[error("instance {name:?} cannot run as uid {uid}")]
+    UidInUse {
+        name: String,
+        uid: u32,
+        #[source]
+        source: IdInUse,
+    },
+    #[error("invalid value for limits.memory")]
+    Memory(#[source] crate::vmm::qemu::Error),
+    #[error("invalid value for limits.accel")]
+    Accel(#[source] accel::Error),
+    #[error("device {name}")]
+    Device {
+        name: String,
+        #[source]
+        source: crate::vmm::qemu::Error,
+    },
+    #[error("cannot put a tap {tap} on bridge {bridge}")]
+    Tap {
+        tap: String,
+        bridge: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "security.apparmor=required but the kernel has no AppArmor ({why}): refusing to start \
+         {name} unconfined"
+    )]
+    NoAppArmor { name: String, why: String },
+    #[error("AppArmor profile of {name}")]
+    AppArmor {
+        name: String,
+        #[source]
+        source: confine::HelperError,
+    },
+    #[error("qemu-img info gave an answer that is not JSON")]
+    ImageInfo(#[source] serde_json::Error),
+    #[error("{} is not an instance record", path.display())]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Vm(#[from] vm::Error),
     #[error(transparent)]
@@ -68,6 +128,8 @@ pub(crate) enum Error {
     },
 }
 
+crate::debug_as_display!(Error);
+
 impl Error {
     fn host(what: impl Into<String>, source: io::Error) -> Error {
         Error::Host {
@@ -75,19 +137,29 @@ impl Error {
             source,
         }
     }
+}
 
-    /// The HTTP status the API answers with.
-    pub(crate) fn status(&self) -> u16 {
+impl Blame for Error {
+    fn fault(&self) -> Fault {
         match self {
-            Error::NotFound(_) => 404,
-            Error::Exists(_) | Error::Conflict(_) => 409,
-            Error::Invalid(_) | Error::Refused(_) => 400,
-            Error::Vm(e) => match e.fault() {
-                crate::vmm::qmp::Fault::Input => 400,
-                _ => 500,
-            },
-            Error::HostFile(e) if e.is_refusal() => 403,
-            Error::Host { .. } | Error::HostFile(_) => 500,
+            Error::NotFound(_) => Fault::Missing,
+            Error::Exists(_) | Error::Conflict(_) => Fault::Conflict,
+            Error::Invalid(_)
+            | Error::Refused(_)
+            | Error::Config(_)
+            | Error::UidRange(_)
+            | Error::UidRangeInUse { .. }
+            | Error::UidInUse { .. }
+            | Error::Memory(_)
+            | Error::Accel(_)
+            | Error::Device { .. }
+            | Error::Tap { .. }
+            | Error::NoAppArmor { .. } => Fault::Input,
+            Error::AppArmor { source, .. } => source.fault(),
+            Error::ImageInfo(_) => Fault::Peer,
+            Error::Vm(e) => e.fault(),
+            Error::HostFile(e) => e.fault(),
+            Error::Record { .. } | Error::Host { .. } => Fault::Host,
         }
     }
 }
@@ -186,14 +258,20 @@ impl Manager {
             .flatten()
         {
             let path = e.path().join("instance.json");
-            let rec: Record = match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| Record::from_json(&b))
-            {
+            let rec = match fs::read(&path)
+                .map_err(|e| Error::host(format!("read {}", path.display()), e))
+                .and_then(|b| {
+                    Record::from_json(&b).map_err(|source| Error::Record { path, source })
+                }) {
                 Ok(r) => r,
                 Err(why) => {
                     // A directory left by a creation the daemon did not finish.
-                    log!(Warn, "ignoring {}: {why}", e.path().display());
+                    log!(
+                        Warn,
+                        "ignoring {}: {}",
+                        e.path().display(),
+                        crate::error_chain(&why)
+                    );
                     continue;
                 }
             };
@@ -293,8 +371,8 @@ impl Manager {
             None => ("probing".into(), "the accelerator probe is running".into()),
         };
         let (driver, why) = match confine::kernel() {
-            Ok(()) => ("apparmor", "the kernel has AppArmor".to_string()),
-            Err(why) => ("none", format!("the kernel has no AppArmor: {why}")),
+            Kernel::Enabled => ("apparmor", "the kernel has AppArmor".to_string()),
+            Kernel::Absent(why) => ("none", format!("the kernel has no AppArmor: {why}")),
         };
         json!({
             "accelerator": accel,
@@ -391,17 +469,13 @@ impl Manager {
         uid_range: &str,
     ) -> Result<Value, Error> {
         let host = self.host()?;
-        let range: vm::IdRange = uid_range
-            .parse()
-            .map_err(|e: vm::InvalidIdRange| Error::Invalid(e.to_string()))?;
+        let range: vm::IdRange = uid_range.parse()?;
         // Again here, not only when the range was set: accounts come later.
-        range.unused().map_err(|e| {
-            Error::Refused(format!(
-                "instances.uid_range {uid_range} cannot be used: {}",
-                crate::error_chain(&e)
-            ))
+        range.unused().map_err(|source| Error::UidRangeInUse {
+            range: uid_range.to_string(),
+            source,
         })?;
-        crate::vmm::qemu::validate_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::vmm::qemu::validate_name(name)?;
         let image = match image {
             Some(alias) => Some(image::find(&host.state, alias)?),
             None => None,
@@ -522,12 +596,10 @@ impl Manager {
         if let RunAs::Isolated { uid, .. } = run_as {
             // Again at each start, not only at creation: an account or a
             // subordinate range given out since then owns the id now.
-            crate::sys::ids_unused(uid..=uid).map_err(|e| {
-                Error::Refused(format!(
-                    "instance {:?} cannot run as uid {uid}: {}",
-                    rec.name,
-                    crate::error_chain(&e)
-                ))
+            crate::sys::ids_unused(uid..=uid).map_err(|source| Error::UidInUse {
+                name: rec.name.clone(),
+                uid,
+                source,
             })?;
         }
         let accel = match rec.accel_mode() {
@@ -559,15 +631,17 @@ impl Manager {
             });
         }
         let taps = rec.bridged();
-        for (i, (tap, (dev, bridge))) in taps.iter().enumerate() {
-            if let Err(err) = crate::sys::process::create_tap(tap, bridge) {
+        for (i, (tap, (_, bridge))) in taps.iter().enumerate() {
+            if let Err(source) = crate::sys::process::create_tap(tap, bridge) {
                 for (t, _) in taps.iter().take(i) {
                     let _ = crate::sys::process::delete_tap(t);
                 }
                 self.unload(&rec).await;
-                return Err(Error::Refused(format!(
-                    "device {dev}: cannot put a tap {tap} on bridge {bridge}: {err}"
-                )));
+                return Err(Error::Tap {
+                    tap: tap.clone(),
+                    bridge: bridge.clone(),
+                    source,
+                });
             }
         }
         match Vm::spawn(&spec).await {
@@ -679,7 +753,8 @@ impl Manager {
             if let Err(why) = r {
                 log!(
                     Warn,
-                    "instance {name}: removing its AppArmor profile failed: {why}"
+                    "instance {name}: removing its AppArmor profile failed: {}",
+                    crate::error_chain(&why)
                 );
             }
         }

@@ -24,7 +24,7 @@ pub(crate) const MIN_MEMORY: u64 = 32 << 20;
 pub(crate) const MAX_MEMORY: u64 = 1 << 40;
 
 /// Why a VM description cannot become a command line: always the input.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("invalid memory size {0:?}: expected a number with a unit such as 256MiB or 1GiB")]
     MemorySyntax(String),
@@ -55,6 +55,8 @@ pub enum Error {
     #[error("kernel boot options (initrd, cmdline) need a kernel")]
     InitrdWithoutKernel,
 }
+
+crate::debug_as_display!(Error);
 
 /// A memory size in bytes, parsed from LXD-style strings: `256MiB`, `1GiB`
 /// (binary), `512MB`, `2GB` (decimal), or plain bytes.

@@ -17,6 +17,8 @@ use serde_json::{json, Map, Value};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use smol::net::unix::UnixStream;
 
+use crate::fault::{Blame, Fault};
+
 /// Longest line accepted from QEMU; real replies are a few KiB.
 const MAX_LINE: usize = 1 << 20;
 /// Events kept while nobody reads them; the oldest are dropped beyond this.
@@ -25,7 +27,7 @@ const MAX_EVENTS: usize = 256;
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What went wrong, split by who is at fault.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Host: the socket could not be reached.
     #[error("cannot connect to QMP socket {path}")]
@@ -54,9 +56,10 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Who is at fault.
-    pub fn fault(&self) -> Fault {
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
         match self {
             Error::Connect { .. } | Error::Io(_) => Fault::Host,
             Error::Closed | Error::Timeout { .. } | Error::Protocol(_) | Error::LineTooLong => {
@@ -65,17 +68,6 @@ impl Error {
             Error::Command { .. } => Fault::Input,
         }
     }
-}
-
-/// Who caused an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// QEMU misbehaved or went away.
-    Peer,
-    /// The request was invalid.
-    Input,
-    /// The host lacks something (socket, permissions).
-    Host,
 }
 
 /// An asynchronous QMP event (`SHUTDOWN`, `DEVICE_DELETED`, …).

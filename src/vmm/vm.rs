@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use smol::Timer;
 
+use crate::fault::{Blame, Fault};
 use crate::hostfile::{self, Pin};
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::process::{self, State, EXIT_APPARMOR};
 use crate::vmm::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
-use crate::vmm::qmp::{self, Fault, Qmp, Ready, Status};
+use crate::vmm::qmp::{self, Qmp, Ready, Status};
 
 /// What the daemon logs when a VM runs with `security.privileged=true`.
 pub const PRIVILEGED_WARNING: &str =
@@ -46,13 +47,15 @@ pub struct IdRange {
 }
 
 /// An `instances.uid_range` that cannot be one.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum InvalidIdRange {
     #[error("{0:?} is not FIRST:COUNT (e.g. 1000000:65536)")]
     Syntax(String),
     #[error("{0:?} starts below {MIN_ID}, among the host's own accounts")]
     Low(String),
 }
+
+crate::debug_as_display!(InvalidIdRange);
 
 /// The lowest id a range may start at: below it are the host's own
 /// accounts (system users, people, `nobody` at 65534).
@@ -134,7 +137,7 @@ pub enum Stopped {
 }
 
 /// Errors of the VM layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("invalid VM configuration")]
     Config(#[from] qemu::Error),
@@ -166,9 +169,10 @@ pub enum Error {
     Disk(#[from] hostfile::Error),
 }
 
-impl Error {
-    /// Who is at fault, for the API's status code.
-    pub fn fault(&self) -> Fault {
+crate::debug_as_display!(Error);
+
+impl Blame for Error {
+    fn fault(&self) -> Fault {
         match self {
             Error::Config(_)
             | Error::Missing { .. }

@@ -14,7 +14,7 @@ use crate::http::{Request, Response};
 use crate::log::log;
 use crate::pki::Cert;
 use crate::server::auth::{Identity, Peer};
-use crate::server::reply::{error, sync};
+use crate::server::reply::{body, error, fail, sync};
 use crate::server::state::Shared;
 use crate::server::tokens::{JoinToken, DEFAULT_TTL};
 use crate::server::trust::Role;
@@ -59,11 +59,6 @@ fn entry_json(e: &crate::server::trust::Entry) -> Value {
     v
 }
 
-fn save_failed(e: &dyn std::error::Error) -> Response {
-    log!(Error, "{}", crate::error_chain(e));
-    error(500, "cannot save the trust store")
-}
-
 pub(crate) fn delete(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
     match shared.trust().remove(fp) {
         Ok(true) => {
@@ -75,7 +70,7 @@ pub(crate) fn delete(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response 
             sync(json!({}))
         }
         Ok(false) => error(404, "certificate not found"),
-        Err(e) => save_failed(&e),
+        Err(e) => fail(&e),
     }
 }
 
@@ -85,7 +80,7 @@ fn check_projects(projects: &[String]) -> Result<(), Response> {
     if projects.len() > 64 {
         return Err(error(400, "invalid project list"));
     }
-    crate::server::trust::check_projects(projects).map_err(|e| error(400, &e.to_string()))
+    crate::server::trust::check_projects(projects).map_err(|e| fail(&e))
 }
 
 /// LXD's `restricted` flag against the list it comes with: restricted to
@@ -115,9 +110,9 @@ fn check_name(name: &str) -> Result<(), Response> {
 /// PUT and PATCH alike: LXD's `lxc config trust edit` sends the whole
 /// entry, and anything left out is kept rather than reset.
 pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Request) -> Response {
-    let body: CertificatePut = match serde_json::from_slice(&req.body) {
+    let body: CertificatePut = match body(req) {
         Ok(b) => b,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+        Err(r) => return r,
     };
     let mut trust = shared.trust();
     let Some(old) = trust.get(fp).cloned() else {
@@ -144,7 +139,7 @@ pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Reques
             );
             sync(json!({}))
         }
-        Err(e) => save_failed(&e),
+        Err(e) => fail(&e),
     }
 }
 
@@ -154,9 +149,9 @@ const DENIED_SELF_ADD: &str = "not authorized: an administrator removed this cer
      administrator can (`kvmbox config trust add`)";
 
 pub(crate) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
-    let body: CertificatesPost = match serde_json::from_slice(&req.body) {
+    let body: CertificatesPost = match body(req) {
         Ok(b) => b,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+        Err(r) => return r,
     };
     // lxc 5.0 sends `"type": ""` with a token: the default, a client.
     if body
@@ -229,10 +224,7 @@ fn issue_token(
     let issued = shared.tokens().issue(name, role, projects, ttl, now());
     let (secret, expires) = match issued {
         Ok(s) => s,
-        Err(e) => {
-            log!(Error, "{}", crate::error_chain(&e));
-            return error(500, "cannot save the token");
-        }
+        Err(e) => return fail(&e),
     };
     let token = JoinToken {
         client_name: name.to_string(),
@@ -299,7 +291,7 @@ fn add_other(
             );
             sync(json!({}))
         }
-        Err(e) => save_failed(&e),
+        Err(e) => fail(&e),
     }
 }
 
@@ -396,7 +388,7 @@ async fn self_add(
             );
             sync(json!({}))
         }
-        Err(e) => save_failed(&e),
+        Err(e) => fail(&e),
     }
 }
 
@@ -416,10 +408,7 @@ async fn check_secret(
                 how: "token",
             })),
             Ok(None) => Ok(None),
-            Err(e) => {
-                log!(Error, "{}", crate::error_chain(&e));
-                Err(error(500, "cannot save the token store"))
-            }
+            Err(e) => Err(fail(&e)),
         }
     };
     if let Some(secret) = token {

@@ -11,14 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::hostfile::{self, Error as HostFileError, Need, Pin};
+use crate::hostfile::{self, Need, Pin};
 use crate::http::{Request, Response};
 use crate::log::log;
 use crate::server::auth::{may_change, opener, Identity};
-use crate::server::reply::{error, operation, sync, sync_json};
+use crate::server::reply::{body, error, fail, operation, sync, sync_json, told};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
@@ -57,18 +56,6 @@ pub(crate) enum Call {
 
 /// The default wait for a graceful stop when the request gives none.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn fail(e: &Error) -> Response {
-    let msg = crate::error_chain(e);
-    if e.status() >= 500 {
-        log!(Error, "{msg}");
-    }
-    error(e.status(), &msg)
-}
-
-fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, Response> {
-    serde_json::from_slice(&req.body).map_err(|e| error(400, &format!("invalid JSON body: {e}")))
-}
 
 /// Answers one instances or images request; `name` is the path's `{}`.
 pub(crate) async fn handle(
@@ -110,7 +97,7 @@ pub(crate) async fn handle(
                 match crate::server::filter::Filter::parse(req.query_param("filter").unwrap_or(""))
                 {
                     Ok(f) => sync(f.apply(json!(m.list(r == "2")))),
-                    Err(e) => error(400, &format!("invalid filter: {e}")),
+                    Err(e) => fail(&e),
                 }
             }
         },
@@ -179,20 +166,9 @@ where
     resources.insert("instances".to_string(), vec![path::instance(name)]);
     let fut = work(shared.clone());
     let op = shared.ops.spawn(&ex, description, resources, async move {
-        fut.await
-            .map(|()| json!({}))
-            .map_err(|e| crate::error_chain(&e))
+        fut.await.map(|()| json!({})).map_err(|e| told(&e))
     });
     operation(&op)
-}
-
-fn refused(e: &HostFileError) -> Response {
-    if e.is_refusal() {
-        error(403, &format!("not authorized: {}", crate::error_chain(e)))
-    } else {
-        log!(Error, "{}", crate::error_chain(e));
-        error(500, &crate::error_chain(e))
-    }
 }
 
 /// How long opening the host files of one request may take: a path on a
@@ -242,13 +218,13 @@ async fn check_files(
                     pins.insert(path.display().to_string(), pin);
                 }
             }
-            Ok(pins)
+            Ok::<_, hostfile::Error>(pins)
         }),
     )
     .await;
     match checked {
         Some(Ok(pins)) => Ok(pins),
-        Some(Err(e)) => Err(refused(&e)),
+        Some(Err(e)) => Err(fail(&e)),
         None => Err(too_slow()),
     }
 }
@@ -423,7 +399,7 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     .await;
     let file = match opened {
         Some(Ok((file, _))) => file,
-        Some(Err(e)) => return refused(&e),
+        Some(Err(e)) => return fail(&e),
         None => return too_slow(),
     };
     let ex = match shared.instances.executor() {
@@ -443,7 +419,7 @@ async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
                     log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
                     Ok(json!(img))
                 }
-                Err(e) => Err(crate::error_chain(&e)),
+                Err(e) => Err(told(&e)),
             }
         });
     operation(&op)

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::http::{Request, Response};
 use crate::log::log;
 use crate::server::auth::Identity;
-use crate::server::reply::{error, sync};
+use crate::server::reply::{body, error, fail, sync};
 use crate::server::state::Shared;
 use crate::sys;
 use crate::wire::ServerPut;
@@ -59,9 +59,9 @@ pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
 }
 
 pub(crate) async fn put(shared: &Arc<Shared>, req: &Request, replace: bool) -> Response {
-    let body: ServerPut = match serde_json::from_slice(&req.body) {
+    let body: ServerPut = match body(req) {
         Ok(b) => b,
-        Err(e) => return error(400, &format!("invalid JSON body: {e}")),
+        Err(r) => return r,
     };
     let mut changes = BTreeMap::new();
     for (k, v) in body.config {
@@ -84,17 +84,6 @@ pub(crate) async fn put(shared: &Arc<Shared>, req: &Request, replace: bool) -> R
             shared.notify_config();
             sync(json!({}))
         }
-        Err(
-            e @ (crate::server::settings::Error::UnknownKey(_)
-            | crate::server::settings::Error::Invalid { .. }
-            | crate::server::settings::Error::BadValue { .. }
-            | crate::server::settings::Error::IdsInUse { .. }
-            | crate::server::settings::Error::Redacted(_)
-            | crate::server::settings::Error::BadAddress(_)),
-        ) => error(400, &crate::error_chain(&e)),
-        Err(e) => {
-            log!(Error, "{}", crate::error_chain(&e));
-            error(500, "cannot save the configuration")
-        }
+        Err(e) => fail(&e),
     }
 }

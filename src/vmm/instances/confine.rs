@@ -3,13 +3,14 @@
 //! name) with the instance's definition on stdin, and reads its one-line
 //! answer.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::record::{AaMode, Record};
 use super::{profile_name, Error, Manager, SecLabel};
+use crate::fault::{Blame, Fault};
 use crate::log::log;
 use crate::rt::lock;
 use crate::vmm::qemu::RunFiles;
@@ -27,11 +28,33 @@ pub(crate) struct Helper {
     pub parser: Option<String>,
 }
 
-/// Whether the kernel can confine QEMU, and why not.
-pub(crate) fn kernel() -> Result<(), String> {
-    match apparmor::kernel_apparmor() {
-        Kernel::Enabled => Ok(()),
-        Kernel::Absent(why) => Err(why),
+/// Whether the kernel can confine QEMU, and why not: a state of the host
+/// that decides what is done, not a failure.
+pub(crate) fn kernel() -> Kernel {
+    apparmor::kernel_apparmor()
+}
+
+/// Why the helper did not do what it was asked.
+#[derive(thiserror::Error)]
+pub(crate) enum HelperError {
+    #[error("cannot run {}", .0.display())]
+    Run(PathBuf, #[source] io::Error),
+    #[error("kvmbox-aa-helper failed")]
+    Wait(#[source] io::Error),
+    /// Its own message, the last line it wrote on stderr: it refused the
+    /// definition, or the parser refused the profile.
+    #[error("{0}")]
+    Refused(String),
+}
+
+crate::debug_as_display!(HelperError);
+
+impl Blame for HelperError {
+    fn fault(&self) -> Fault {
+        match self {
+            HelperError::Run(..) | HelperError::Wait(_) => Fault::Host,
+            HelperError::Refused(_) => Fault::Input,
+        }
     }
 }
 
@@ -62,7 +85,7 @@ impl Helper {
         profile_dir: &Path,
         required: bool,
         input: Option<&apparmor::Instance>,
-    ) -> Result<String, String> {
+    ) -> Result<String, HelperError> {
         let mut cmd = Command::new(&self.program);
         cmd.arg0("kvmbox-aa-helper")
             .arg(mode)
@@ -93,15 +116,13 @@ impl Helper {
         .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+            .map_err(|e| HelperError::Run(self.program.clone(), e))?;
         if let (Some(def), Some(mut stdin)) = (input, child.stdin.take()) {
             let json = serde_json::to_vec(def).unwrap_or_default();
             // A helper that refused early closes stdin: its stderr says why.
             let _ = stdin.write_all(&json);
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("kvmbox-aa-helper failed: {e}"))?;
+        let out = child.wait_with_output().map_err(HelperError::Wait)?;
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if out.status.success() {
@@ -114,7 +135,7 @@ impl Helper {
                 .unwrap_or("no message")
                 .trim_start_matches("kvmbox-aa-helper: ")
                 .to_string();
-            Err(msg)
+            Err(HelperError::Refused(msg))
         }
     }
 }
@@ -194,7 +215,10 @@ impl Manager {
         let uuid = rec.uuid.clone();
         smol::unblock(move || helper.run(&mode, &args, &uuid, &dir, required, Some(&def)))
             .await
-            .map_err(|why| Error::Refused(format!("AppArmor profile of {}: {why}", rec.name)))
+            .map_err(|source| Error::AppArmor {
+                name: rec.name.clone(),
+                source,
+            })
     }
 
     /// Writes and loads the instance's profile before QEMU starts.
@@ -207,20 +231,19 @@ impl Manager {
             });
         }
         let kernel = kernel();
-        if let (AaMode::Required, Err(why)) = (mode, &kernel) {
-            return Err(Error::Refused(format!(
-                "security.apparmor=required but the kernel has no AppArmor ({why}): \
-                 refusing to start {} unconfined",
-                rec.name
-            )));
+        if let (AaMode::Required, Kernel::Absent(why)) = (mode, &kernel) {
+            return Err(Error::NoAppArmor {
+                name: rec.name.clone(),
+                why: why.clone(),
+            });
         }
         let line = self.helper(rec, "replace", Vec::new()).await?;
         let loaded = line.ends_with(" loaded");
-        let confined = loaded && kernel.is_ok();
+        let confined = loaded && kernel == Kernel::Enabled;
         let reason = match (&kernel, loaded) {
             (_, true) if confined => String::new(),
-            (Err(why), _) => format!("the kernel has no AppArmor: {why}"),
-            (Ok(()), _) => line.clone(),
+            (Kernel::Absent(why), _) => format!("the kernel has no AppArmor: {why}"),
+            (Kernel::Enabled, _) => line.clone(),
         };
         if !confined {
             log!(
@@ -252,8 +275,9 @@ impl Manager {
         if let Err(why) = r {
             log!(
                 Warn,
-                "instance {}: unloading its profile failed: {why}",
-                rec.name
+                "instance {}: unloading its profile failed: {}",
+                rec.name,
+                crate::error_chain(&why)
             );
         }
     }

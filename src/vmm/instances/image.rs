@@ -84,8 +84,7 @@ fn probe(path: &Path, source: &Path) -> Result<(String, Option<String>), Error> 
             source.display()
         )));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::Invalid(format!("qemu-img info: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(Error::ImageInfo)?;
     let format = v
         .get("format")
         .and_then(|f| f.as_str())

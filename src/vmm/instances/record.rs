@@ -80,13 +80,12 @@ impl Record {
     /// file belongs to that owner or to the instance's uid; a disk that
     /// cannot be is left without a pin, and the VM then refuses it until it
     /// is added again.
-    pub(crate) fn from_json(bytes: &[u8]) -> Result<Record, String> {
-        let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub(crate) fn from_json(bytes: &[u8]) -> serde_json::Result<Record> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
         let legacy = v.as_object_mut().and_then(|o| o.remove("disk_owners"));
-        let mut rec: Record = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let mut rec: Record = serde_json::from_value(v)?;
         if let Some(owners) = legacy {
-            let owners: BTreeMap<String, (u32, u32, u32)> =
-                serde_json::from_value(owners).map_err(|e| e.to_string())?;
+            let owners: BTreeMap<String, (u32, u32, u32)> = serde_json::from_value(owners)?;
             rec.pin_legacy(&owners);
         }
         Ok(rec)
@@ -278,7 +277,7 @@ impl Record {
 
     /// Checks config keys and devices; every error names what is wrong.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        qemu::validate_name(&self.name).map_err(|e| Error::Invalid(e.to_string()))?;
+        qemu::validate_name(&self.name)?;
         for (k, v) in &self.config {
             check_config(k, v)?;
             if (k == "boot.kernel" || k == "boot.initrd") && !v.is_empty() {
@@ -328,8 +327,7 @@ impl Record {
         let memory: MemorySize = self
             .get("limits.memory")
             .unwrap_or(DEFAULT_MEMORY)
-            .parse()
-            .map_err(|e: qemu::Error| Error::Invalid(e.to_string()))?;
+            .parse()?;
         let boot = match self.get("boot.kernel") {
             Some(k) => Boot::Kernel {
                 kernel: k.into(),
@@ -382,8 +380,7 @@ impl Record {
             hotplug_ports: qemu::DEFAULT_HOTPLUG_PORTS,
         };
         let dir = self.dir(state).join("vm");
-        qemu::command_line(&config, &RunFiles::in_dir(&dir.join("qemu")))
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        qemu::command_line(&config, &RunFiles::in_dir(&dir.join("qemu")))?;
         Ok(VmSpec {
             config,
             dir,
@@ -428,10 +425,10 @@ pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
             v.parse::<u32>().map_err(|_| bad("expected a number"))?;
         }
         "limits.memory" => {
-            v.parse::<MemorySize>().map_err(|e| bad(&e.to_string()))?;
+            v.parse::<MemorySize>().map_err(Error::Memory)?;
         }
         "limits.accel" => {
-            v.parse::<AccelMode>().map_err(|e| bad(&e.to_string()))?;
+            v.parse::<AccelMode>().map_err(Error::Accel)?;
         }
         "security.privileged" if !["true", "false", ""].contains(&v) => {
             return Err(bad("expected true or false"));
@@ -446,7 +443,7 @@ pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
 
 /// Checks one device's name, type and properties without looking at the host.
 pub(crate) fn check_device(name: &str, dev: &Device) -> Result<(), Error> {
-    qemu::validate_id(name).map_err(|e| Error::Invalid(e.to_string()))?;
+    qemu::validate_id(name)?;
     match dev.get("type").map(String::as_str) {
         Some("disk") if dev.get("path").map(String::as_str) == Some("/") => Ok(()),
         Some("disk") => disk_of(name, dev).map(|_| ()),
@@ -501,7 +498,10 @@ fn nic_of(name: &str, dev: &Device) -> Result<Nic, Error> {
                     .split(',')
                     .map(qemu::parse_forward)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(e.to_string()))?,
+                    .map_err(|source| Error::Device {
+                        name: name.to_string(),
+                        source,
+                    })?,
                 _ => Vec::new(),
             };
             Ok(Nic::User {

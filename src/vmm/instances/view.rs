@@ -28,7 +28,7 @@ pub(super) fn show(v: &View, with_state: bool) -> Value {
         config.insert("volatile.base_image".into(), img.fingerprint.clone());
     }
     let model = match confine::kernel() {
-        Ok(()) if r.apparmor() != AaMode::Off => "apparmor",
+        kvmbox_aa::Kernel::Enabled if r.apparmor() != AaMode::Off => "apparmor",
         _ => "none",
     };
     let mut out = json!({
