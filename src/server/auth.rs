@@ -115,6 +115,16 @@ impl Identity {
         self.role == Some(Role::Admin) && self.projects.is_empty()
     }
 
+    /// Whether the caller may see the trust store's entry `e`: a
+    /// certificate restricted to projects sees only its own, as in LXD.
+    pub(crate) fn may_see(&self, e: &crate::server::trust::Entry) -> bool {
+        !self.restricted()
+            || self
+                .cert
+                .as_ref()
+                .is_some_and(|c| c.fingerprint() == e.fingerprint)
+    }
+
     pub(crate) fn describe(&self) -> String {
         match &self.peer {
             Peer::Local(c) => format!("uid {} (pid {})", c.uid, c.pid),

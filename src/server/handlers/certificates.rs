@@ -20,19 +20,9 @@ use crate::server::tokens::{JoinToken, DEFAULT_TTL};
 use crate::server::trust::Role;
 use crate::wire::{path, CertificatePut, CertificatesPost};
 
-/// Whether `id` may see the entry `e`: a certificate restricted to
-/// projects sees only its own, as in LXD.
-fn visible(id: &Identity, e: &crate::server::trust::Entry) -> bool {
-    !id.restricted()
-        || id
-            .cert
-            .as_ref()
-            .is_some_and(|c| c.fingerprint() == e.fingerprint)
-}
-
 pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Response {
     let trust = shared.trust();
-    let entries = trust.entries().filter(|e| visible(id, e));
+    let entries = trust.entries().filter(|e| id.may_see(e));
     if recursion {
         let list: Vec<Value> = entries.map(entry_json).collect();
         sync(Value::Array(list))
@@ -43,7 +33,7 @@ pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Resp
 }
 
 pub(crate) fn get(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
-    match shared.trust().get(fp).filter(|e| visible(id, e)) {
+    match shared.trust().get(fp).filter(|e| id.may_see(e)) {
         Some(e) => sync(entry_json(e)),
         None => error(404, "certificate not found"),
     }
