@@ -12,13 +12,15 @@ command -v qemu-system-x86_64 >/dev/null || { echo "SKIPPED: no qemu-system-x86_
 out=$REPO/qemu-tests/cache/confine
 sh "$REPO/qemu-tests/confine/image.sh" "$K" "$out"
 console=$PWD/console.log
-# A hung guest must not hang the run: the whole boot is bounded.
-timeout 900 qemu-system-x86_64 -accel tcg -smp 2 -m 2048 -nographic -no-reboot \
+# A hung guest must not hang the run: the whole boot is bounded, loosely,
+# since on a busy machine TCG inside TCG runs several times slower.
+timeout 1800 qemu-system-x86_64 -accel tcg -smp 2 -m 2048 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initrd.gz" \
     -append "console=ttyS0 apparmor=1 security=apparmor panic=-1" >"$console" 2>&1 </dev/null ||
     fail "the confinement guest did not power off: $(tail -20 "$console")"
-tr -d '\r' <"$console" | grep -E "^(CONFINE-|kernel:|failed start:|device add|QMP |.*apparmor=\"DENIED\")" || true
+tr -d '\r' <"$console" |
+    grep -E "^(CONFINE-|kernel:|failed start:|start with|device add|QMP |the (probe|helper) |accelerator|.*apparmor=\"DENIED\")" || true
 grep -q "^CONFINE-DONE 0" "$console" || fail "the guest's checks failed (see above)"
 # Each check must have run: a check skipped by an early exit is no pass.
 n=$(grep -c "^CONFINE-PASS" "$console")
-[ "$n" -ge 24 ] || fail "only $n checks passed"
+[ "$n" -ge 43 ] || fail "only $n checks passed"

@@ -50,6 +50,14 @@ make -s -C "$repo" -o "$bin" install OUT="$bin" DESTDIR="$root" PREFIX=/usr >/de
 musl-gcc -static -Os -o "$root/usr/bin/uconnect" "$here/uconnect.c"
 
 cp "$cache/vmlinuz" "$cache/initrd.gz" "$root/srv/guest/"
+# KVM, for the daemon's accelerator probe: under TCG the guest's CPU has SVM,
+# so /dev/kvm opens, but its vCPUs never run guest code (the case the probe
+# is there to catch). Listed in load order; dpkg-deb -x ran no depmod.
+kver=$(ls "$cache/kernel/lib/modules" | head -n1)
+mkdir -p "$root/lib/modules"
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+    cp "$cache/kernel/lib/modules/$kver/kernel/$m.ko" "$root/lib/modules/"
+done
 cp "$here/init.sh" "$root/init"
 chmod 755 "$root/init"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
@@ -60,5 +68,4 @@ chmod 644 "$root/etc/shadow"
 
 (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$out/initrd.gz.tmp"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
-kver=$(ls "$cache/kernel/lib/modules" | head -n1)
 cp "$cache/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
