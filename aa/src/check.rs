@@ -43,9 +43,14 @@ pub struct Instance {
     /// Firmware variables: writable, inside `dir`.
     #[serde(default)]
     pub nvram: Option<String>,
-    /// QMP socket, pid file and log: writable, inside `dir`.
+    /// QMP, serial console and guest agent sockets, pid file and log:
+    /// writable, inside `dir`.
     #[serde(default)]
     pub qmp_socket: Option<String>,
+    #[serde(default)]
+    pub console_socket: Option<String>,
+    #[serde(default)]
+    pub agent_socket: Option<String>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]
@@ -233,6 +238,8 @@ pub fn check(
     for (what, p) in [
         ("nvram", &inst.nvram),
         ("QMP socket", &inst.qmp_socket),
+        ("console socket", &inst.console_socket),
+        ("guest agent socket", &inst.agent_socket),
         ("pid file", &inst.pid_file),
         ("log file", &inst.log_file),
         ("QEMU's log", &inst.stderr_log),

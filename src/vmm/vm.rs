@@ -5,9 +5,10 @@
 //! Layout of a VM's runtime directory `dir` (the daemon picks it):
 //! - `dir/` root, 0711: traversable, not listable, by the VM's uid;
 //! - `dir/vm.pid` root, 0600: the pid we started, trusted for adoption;
-//! - `dir/qemu/` the VM's uid, 0700: QMP socket, QEMU's pid file, serial
-//!   console log and QEMU's own stderr (`qemu.log`). Other VMs' uids cannot
-//!   enter it (the VM analogue of LXD's `security.idmap.isolated`).
+//! - `dir/qemu/` the VM's uid, 0700: the QMP, serial console and guest
+//!   agent sockets, QEMU's pid file, the console log and QEMU's own stderr
+//!   (`qemu.log`). Other VMs' uids cannot enter it (the VM analogue of
+//!   LXD's `security.idmap.isolated`).
 
 use std::fs;
 use std::io;
@@ -337,7 +338,11 @@ pub fn process_running(pid: u32) -> bool {
 /// Removes what a QEMU that is gone leaves behind; the console log stays.
 fn clean_up(dir: &Path) {
     let files = RunFiles::in_dir(&qemu_dir(dir));
-    for f in [dir.join("vm.pid"), files.qmp, files.pidfile] {
+    let sockets = [files.qmp, files.console_socket, files.agent];
+    for f in [dir.join("vm.pid"), files.pidfile]
+        .into_iter()
+        .chain(sockets)
+    {
         let _ = fs::remove_file(f);
     }
 }
