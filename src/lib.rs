@@ -62,6 +62,7 @@ pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
+pub use vmm::qga::{Agent, Error as AgentError, ExecRequest, ExecResult, MAX_STDIN};
 pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Fault, Status as VmStatus};
 pub use vmm::vm::{
     console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, RunAs,

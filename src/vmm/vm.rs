@@ -23,6 +23,7 @@ use crate::hostfile::{self, Pin};
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::process::{self, State, EXIT_APPARMOR};
 use crate::vmm::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
+use crate::vmm::qga::{self, Agent};
 use crate::vmm::qmp::{self, Fault, Qmp, Ready, Status};
 
 /// What the daemon logs when a VM runs with `security.privileged=true`.
@@ -208,6 +209,8 @@ pub struct Vm {
     dir: PathBuf,
     run_as: RunAs,
     qmp: Qmp<Ready>,
+    /// The one client of the guest agent's channel (QEMU serves one).
+    agent: Agent,
 }
 
 fn ids(run_as: RunAs) -> Option<(u32, u32)> {
@@ -566,6 +569,7 @@ impl Vm {
                 dir: spec.dir.clone(),
                 run_as: spec.run_as,
                 qmp,
+                agent: Agent::new(&files.agent, qga::DEFAULT_TIMEOUT),
             }),
             Err(e) => {
                 let _ = process::kill(pid, libc::SIGKILL);
@@ -598,6 +602,7 @@ impl Vm {
             dir: dir.to_path_buf(),
             run_as,
             qmp,
+            agent: Agent::new(&files.agent, qga::DEFAULT_TIMEOUT),
         })
     }
 
@@ -608,6 +613,11 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The guest agent (a handle on the VM's one connection).
+    pub fn agent(&self) -> Agent {
+        self.agent.clone()
     }
 
     /// Whether the QEMU process is still there.
