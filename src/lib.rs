@@ -8,7 +8,8 @@
 //! - `server`: the daemon (`kvmboxd`): state, auth, routes, handlers, listeners;
 //! - `preseed`: a preseed document, applied over the socket or in-process;
 //! - `client`: a connection to a daemon, and the user's remotes;
-//! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the accelerator;
+//! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the guest
+//!   agent, the console fan-out, the accelerator;
 //! - the ground floor: `wire` (API vocabulary shared by server and client),
 //!   `http`, `tls`, `pki`, `store`, `log`, `rt` (lock, deadline), `clock`,
 //!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
@@ -58,6 +59,10 @@ pub use server::trust::Role;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, InvalidAccel};
+pub use vmm::console::{
+    Console, Error as ConsoleError, Input as ConsoleInput, Output as ConsoleOutput,
+    Pump as ConsolePump,
+};
 pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,

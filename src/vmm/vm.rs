@@ -22,6 +22,7 @@ use smol::Timer;
 use crate::hostfile::{self, Pin};
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::process::{self, State, EXIT_APPARMOR};
+use crate::vmm::console::{self, Console, Pump};
 use crate::vmm::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
 use crate::vmm::qga::{self, Agent};
 use crate::vmm::qmp::{self, Fault, Qmp, Ready, Status};
@@ -618,6 +619,13 @@ impl Vm {
     /// The guest agent (a handle on the VM's one connection).
     pub fn agent(&self) -> Agent {
         self.agent.clone()
+    }
+
+    /// Connects to the serial console, once per VM: QEMU serves one client
+    /// and the [`Pump`] must then run, or the guest's console output stalls.
+    pub async fn connect_console(&self) -> Result<(Console, Pump), console::Error> {
+        let files = RunFiles::in_dir(&qemu_dir(&self.dir));
+        Console::connect(&files.console_socket, &files.console, holder(self.run_as)).await
     }
 
     /// Whether the QEMU process is still there.
