@@ -7,9 +7,11 @@
 //! lock, which also holds the running [`Vm`]: a second request on the same
 //! instance waits for the first to finish (it is not refused), then acts on
 //! the state the first left. Reads (`GET`) never wait: they see a snapshot
-//! updated by whoever holds the lock.
+//! updated by whoever holds the lock. Nor do the ways into a running guest
+//! (exec, files, console: see `guest`).
 
 mod confine;
+mod guest;
 mod image;
 mod record;
 mod update;
@@ -32,7 +34,9 @@ use crate::rt::lock;
 use crate::store::{write_atomic, Overwrite};
 use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
 use crate::vmm::vm::{self, RunAs, Vm, PRIVILEGED_WARNING};
+use crate::vmm::{console, qga};
 
+use guest::Guest;
 pub(crate) use image::Image;
 use record::AaMode;
 pub(crate) use record::{check_config, check_device, Device, Record};
@@ -60,6 +64,10 @@ pub(crate) enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     HostFile(#[from] crate::hostfile::Error),
+    #[error(transparent)]
+    Agent(#[from] qga::Error),
+    #[error(transparent)]
+    Console(#[from] console::Error),
     #[error("cannot {what}")]
     Host {
         what: String,
@@ -86,8 +94,13 @@ impl Error {
                 crate::vmm::qmp::Fault::Input => 400,
                 _ => 500,
             },
+            Error::Agent(e) => match e.fault() {
+                crate::vmm::qmp::Fault::Input => 400,
+                _ => 500,
+            },
+            Error::Console(console::Error::Closed | console::Error::Full) => 409,
             Error::HostFile(e) if e.is_refusal() => 403,
-            Error::Host { .. } | Error::HostFile(_) => 500,
+            Error::Host { .. } | Error::HostFile(_) | Error::Console(_) => 500,
         }
     }
 }
@@ -120,6 +133,9 @@ struct Entry {
     /// Serialises operations; holds the running QEMU.
     vm: AsyncMutex<Option<Vm>>,
     view: Shown,
+    /// The running VM's ways in, set and cleared with `vm` but read without
+    /// its lock.
+    guest: Mutex<Option<Guest>>,
 }
 
 /// Set once at daemon start.
@@ -199,6 +215,7 @@ impl Manager {
             };
             let entry = Arc::new(Entry {
                 vm: AsyncMutex::new(None),
+                guest: Mutex::new(None),
                 view: Shown::new(View {
                     record: rec.clone(),
                     pid: None,
@@ -223,6 +240,7 @@ impl Manager {
                         v.pid = Some(vm.pid());
                         v.seclabel = label;
                     });
+                    self.open_guest(&entry, &vm, &rec.name).await;
                     *entry.vm.lock().await = Some(vm);
                 }
                 Err(vm::Error::NotRunning) => {
@@ -317,6 +335,7 @@ impl Manager {
                 if guard.as_ref().is_none_or(Vm::is_running) {
                     continue;
                 }
+                *lock(&e.guest) = None;
                 if let Some(vm) = guard.take() {
                     // Nothing to wait for: this only tidies its run files.
                     let _ = vm.stop(Duration::ZERO).await;
@@ -465,6 +484,7 @@ impl Manager {
             rec.name.clone(),
             Arc::new(Entry {
                 vm: AsyncMutex::new(None),
+                guest: Mutex::new(None),
                 view: Shown::new(view),
             }),
         );
@@ -583,6 +603,7 @@ impl Manager {
                     rec.name,
                     vm.pid()
                 );
+                self.open_guest(e, &vm, &rec.name).await;
                 *slot = Some(vm);
                 Ok(())
             }
@@ -623,6 +644,7 @@ impl Manager {
                 rec.name
             )));
         };
+        *lock(&e.guest) = None;
         let how = if force {
             vm.kill().await.map(|()| "forced")
         } else {
