@@ -8,7 +8,8 @@
 //! - `server`: the daemon (`kvmboxd`): state, auth, routes, handlers, listeners;
 //! - `preseed`: a preseed document, applied over the socket or in-process;
 //! - `client`: a connection to a daemon, and the user's remotes;
-//! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the accelerator;
+//! - `vmm`: the VM layer: instances, one VM's life, QEMU, QMP, the guest
+//!   agent, the console fan-out, the accelerator;
 //! - the ground floor: `wire` (API vocabulary shared by server and client),
 //!   `fault` (whose fault an error is: the caller's, a peer's, the host's),
 //!   `http`, `tls`, `pki`, `store`, `log`, `rt` (lock, deadline), `clock`,
@@ -65,10 +66,15 @@ pub use wire::{
 };
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};
+pub use vmm::console::{
+    Console, Error as ConsoleError, Input as ConsoleInput, Output as ConsoleOutput,
+    Pump as ConsolePump,
+};
 pub use vmm::qemu::{
     command_line, parse_forward, validate_name, Boot, Disk, DiskFormat, Error as QemuError,
     Forward, MemorySize, Nic, RunFiles, VmConfig, DEFAULT_HOTPLUG_PORTS,
 };
+pub use vmm::qga::{Agent, Error as AgentError, ExecRequest, ExecResult, MAX_STDIN};
 pub use vmm::qmp::{Error as QmpError, Event as QmpEvent, Status as VmStatus};
 pub use vmm::vm::{
     console_log, process_running, read_console, AppArmor, Error as VmError, IdRange, RunAs,

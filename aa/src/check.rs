@@ -43,9 +43,14 @@ pub struct Instance {
     /// Firmware variables: writable, inside `dir`.
     #[serde(default)]
     pub nvram: Option<String>,
-    /// QMP socket, pid file and log: writable, inside `dir`.
+    /// QMP, serial console and guest agent sockets, pid file and log:
+    /// writable, inside `dir`.
     #[serde(default)]
     pub qmp_socket: Option<String>,
+    #[serde(default)]
+    pub console_socket: Option<String>,
+    #[serde(default)]
+    pub agent_socket: Option<String>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]
@@ -233,6 +238,8 @@ pub fn check(
     for (what, p) in [
         ("nvram", &inst.nvram),
         ("QMP socket", &inst.qmp_socket),
+        ("console socket", &inst.console_socket),
+        ("guest agent socket", &inst.agent_socket),
         ("pid file", &inst.pid_file),
         ("log file", &inst.log_file),
         ("QEMU's log", &inst.stderr_log),
@@ -668,17 +675,29 @@ mod tests {
         i.log_file = None;
         i.stderr_log = Some(f.p("disks/qemu.log"));
         assert!(check(&i, &f.host, None, &BTreeMap::new()).is_err());
-        // QEMU's own log gets its rule like the other run files.
+        i.stderr_log = None;
+        i.console_socket = Some(f.p("disks/console.sock"));
+        assert!(check(&i, &f.host, None, &BTreeMap::new()).is_err());
+        i.console_socket = None;
+        i.agent_socket = Some(f.p("disks/qga.sock"));
+        assert!(check(&i, &f.host, None, &BTreeMap::new()).is_err());
+        // QEMU's own log and its sockets get their rules like the other run files.
         let log = f.p("state/instances/vm1/qemu.log");
+        let console = f.p("state/instances/vm1/console.sock");
+        let agent = f.p("state/instances/vm1/qga.sock");
         i.stderr_log = Some(log.clone());
+        i.console_socket = Some(console.clone());
+        i.agent_socket = Some(agent.clone());
         let v = check(&i, &f.host, None, &BTreeMap::new()).unwrap();
-        assert!(
-            v.rules
-                .iter()
-                .any(|r| r.path == log && r.kind == RuleKind::Runtime),
-            "{:?}",
-            v.rules
-        );
+        for p in [log, console, agent] {
+            assert!(
+                v.rules
+                    .iter()
+                    .any(|r| r.path == p && r.kind == RuleKind::Runtime),
+                "{p}: {:?}",
+                v.rules
+            );
+        }
     }
 
     #[test]

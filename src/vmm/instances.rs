@@ -7,9 +7,11 @@
 //! lock, which also holds the running [`Vm`]: a second request on the same
 //! instance waits for the first to finish (it is not refused), then acts on
 //! the state the first left. Reads (`GET`) never wait: they see a snapshot
-//! updated by whoever holds the lock.
+//! updated by whoever holds the lock. Nor do the ways into a running guest
+//! (exec, files, console: see `guest`).
 
 mod confine;
+mod guest;
 mod image;
 mod record;
 mod update;
@@ -34,8 +36,10 @@ use crate::store::{write_atomic, Overwrite};
 use crate::sys::IdInUse;
 use crate::vmm::accel::{self, Accel, AccelChoice, AccelMode};
 use crate::vmm::vm::{self, RunAs, Vm, PRIVILEGED_WARNING};
+use crate::vmm::{console, qga};
 use kvmbox_aa::Kernel;
 
+use guest::Guest;
 pub(crate) use image::Image;
 use record::AaMode;
 pub(crate) use record::{check_config, check_device, Device, Record};
@@ -120,6 +124,10 @@ pub(crate) enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     HostFile(#[from] crate::hostfile::Error),
+    #[error(transparent)]
+    Agent(#[from] qga::Error),
+    #[error(transparent)]
+    Console(#[from] console::Error),
     #[error("cannot {what}")]
     Host {
         what: String,
@@ -158,6 +166,8 @@ impl Blame for Error {
             Error::AppArmor { source, .. } => source.fault(),
             Error::ImageInfo(_) => Fault::Peer,
             Error::Vm(e) => e.fault(),
+            Error::Agent(e) => e.fault(),
+            Error::Console(e) => e.fault(),
             Error::HostFile(e) => e.fault(),
             Error::Record { .. } | Error::Host { .. } => Fault::Host,
         }
@@ -192,6 +202,9 @@ struct Entry {
     /// Serialises operations; holds the running QEMU.
     vm: AsyncMutex<Option<Vm>>,
     view: Shown,
+    /// The running VM's ways in, set and cleared with `vm` but read without
+    /// its lock.
+    guest: Mutex<Option<Guest>>,
 }
 
 /// Set once at daemon start.
@@ -277,6 +290,7 @@ impl Manager {
             };
             let entry = Arc::new(Entry {
                 vm: AsyncMutex::new(None),
+                guest: Mutex::new(None),
                 view: Shown::new(View {
                     record: rec.clone(),
                     pid: None,
@@ -301,6 +315,7 @@ impl Manager {
                         v.pid = Some(vm.pid());
                         v.seclabel = label;
                     });
+                    self.open_guest(&entry, &vm, &rec.name).await;
                     *entry.vm.lock().await = Some(vm);
                 }
                 Err(vm::Error::NotRunning) => {
@@ -395,6 +410,7 @@ impl Manager {
                 if guard.as_ref().is_none_or(Vm::is_running) {
                     continue;
                 }
+                *lock(&e.guest) = None;
                 if let Some(vm) = guard.take() {
                     // Nothing to wait for: this only tidies its run files.
                     let _ = vm.stop(Duration::ZERO).await;
@@ -539,6 +555,7 @@ impl Manager {
             rec.name.clone(),
             Arc::new(Entry {
                 vm: AsyncMutex::new(None),
+                guest: Mutex::new(None),
                 view: Shown::new(view),
             }),
         );
@@ -657,6 +674,7 @@ impl Manager {
                     rec.name,
                     vm.pid()
                 );
+                self.open_guest(e, &vm, &rec.name).await;
                 *slot = Some(vm);
                 Ok(())
             }
@@ -697,6 +715,7 @@ impl Manager {
                 rec.name
             )));
         };
+        *lock(&e.guest) = None;
         let how = if force {
             vm.kill().await.map(|()| "forced")
         } else {

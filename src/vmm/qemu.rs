@@ -221,7 +221,12 @@ pub struct VmConfig {
 pub struct RunFiles {
     pub qmp: PathBuf,
     pub pidfile: PathBuf,
+    /// The serial console's log, written by QEMU whoever is attached.
     pub console: PathBuf,
+    /// The serial console itself (QEMU listens; the daemon attaches).
+    pub console_socket: PathBuf,
+    /// The guest agent's channel (QEMU listens; the daemon attaches).
+    pub agent: PathBuf,
     /// QEMU's own stdout and stderr: what it says when it fails to start.
     pub stderr: PathBuf,
 }
@@ -232,6 +237,8 @@ impl RunFiles {
             qmp: dir.join("qmp.sock"),
             pidfile: dir.join("qemu.pid"),
             console: dir.join("console.log"),
+            console_socket: dir.join("console.sock"),
+            agent: dir.join("qga.sock"),
             stderr: dir.join("qemu.log"),
         }
     }
@@ -408,6 +415,8 @@ pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, E
     let qmp = validate_path("QMP socket", &files.qmp)?;
     let pidfile = validate_path("pid file", &files.pidfile)?;
     let console = validate_path("console log", &files.console)?;
+    let console_socket = validate_path("console socket", &files.console_socket)?;
+    let agent = validate_path("guest agent socket", &files.agent)?;
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_string()));
     push(&["-name", &format!("guest={},debug-threads=on", cfg.name)]);
@@ -429,11 +438,31 @@ pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, E
         &format!("unix:{},server=on,wait=off", opt_path(&qmp)),
     ]);
     push(&["-pidfile", &pidfile]);
+    // The serial console: a socket the daemon attaches to, which also logs
+    // everything the guest writes, attached or not (logappend: QEMU then
+    // writes with O_APPEND, so the daemon can trim the log under it).
     push(&[
         "-chardev",
-        &format!("file,id=serial0,path={}", opt_path(&console)),
+        &format!(
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            opt_path(&console_socket),
+            opt_path(&console)
+        ),
     ]);
     push(&["-serial", "chardev:serial0"]);
+    // The guest agent's channel: the virtio-serial port name qemu-ga looks for.
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            opt_path(&agent)
+        ),
+    ]);
+    push(&["-device", "virtio-serial-pci,id=vser0"]);
+    push(&[
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+    ]);
     push(&["-msg", "timestamp=on"]);
     match &cfg.boot {
         Boot::Kernel {
@@ -607,7 +636,11 @@ mod tests {
         assert_eq!(after(&a, "-pidfile"), ["/run/vm,1/qemu.pid"]);
         assert_eq!(
             after(&a, "-chardev"),
-            ["file,id=serial0,path=/run/vm,,1/console.log"]
+            [
+                "socket,id=serial0,path=/run/vm,,1/console.sock,server=on,wait=off,\
+                 logfile=/run/vm,,1/console.log,logappend=on",
+                "socket,id=qga0,path=/run/vm,,1/qga.sock,server=on,wait=off",
+            ]
         );
         assert_eq!(after(&a, "-kernel"), ["/k/vmlinuz"]);
         assert_eq!(after(&a, "-initrd"), ["/k/initrd.gz"]);
@@ -615,6 +648,8 @@ mod tests {
         assert_eq!(
             after(&a, "-device"),
             [
+                "virtio-serial-pci,id=vser0",
+                "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
                 "pcie-root-port,id=hp0,chassis=1,bus=pcie.0",
                 "pcie-root-port,id=hp1,chassis=2,bus=pcie.0"
             ]
@@ -680,7 +715,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            after(&a, "-device"),
+            after(&a, "-device")[2..],
             [
                 "virtio-blk-pci,id=disk-root,drive=blk-root,bootindex=0",
                 "virtio-blk-pci,id=disk-data,drive=blk-data",

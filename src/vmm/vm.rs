@@ -5,9 +5,10 @@
 //! Layout of a VM's runtime directory `dir` (the daemon picks it):
 //! - `dir/` root, 0711: traversable, not listable, by the VM's uid;
 //! - `dir/vm.pid` root, 0600: the pid we started, trusted for adoption;
-//! - `dir/qemu/` the VM's uid, 0700: QMP socket, QEMU's pid file, serial
-//!   console log and QEMU's own stderr (`qemu.log`). Other VMs' uids cannot
-//!   enter it (the VM analogue of LXD's `security.idmap.isolated`).
+//! - `dir/qemu/` the VM's uid, 0700: the QMP, serial console and guest
+//!   agent sockets, QEMU's pid file, the console log and QEMU's own stderr
+//!   (`qemu.log`). Other VMs' uids cannot enter it (the VM analogue of
+//!   LXD's `security.idmap.isolated`).
 
 use std::fs;
 use std::io;
@@ -22,7 +23,9 @@ use crate::fault::{Blame, Fault};
 use crate::hostfile::{self, Pin};
 use crate::store::{write_atomic, Overwrite};
 use crate::sys::process::{self, State, EXIT_APPARMOR};
+use crate::vmm::console::{self, Console, Pump};
 use crate::vmm::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
+use crate::vmm::qga::{self, Agent};
 use crate::vmm::qmp::{self, Qmp, Ready, Status};
 
 /// What the daemon logs when a VM runs with `security.privileged=true`.
@@ -211,6 +214,8 @@ pub struct Vm {
     dir: PathBuf,
     run_as: RunAs,
     qmp: Qmp<Ready>,
+    /// The one client of the guest agent's channel (QEMU serves one).
+    agent: Agent,
 }
 
 fn ids(run_as: RunAs) -> Option<(u32, u32)> {
@@ -341,7 +346,11 @@ pub fn process_running(pid: u32) -> bool {
 /// Removes what a QEMU that is gone leaves behind; the console log stays.
 fn clean_up(dir: &Path) {
     let files = RunFiles::in_dir(&qemu_dir(dir));
-    for f in [dir.join("vm.pid"), files.qmp, files.pidfile] {
+    let sockets = [files.qmp, files.console_socket, files.agent];
+    for f in [dir.join("vm.pid"), files.pidfile]
+        .into_iter()
+        .chain(sockets)
+    {
         let _ = fs::remove_file(f);
     }
 }
@@ -565,6 +574,7 @@ impl Vm {
                 dir: spec.dir.clone(),
                 run_as: spec.run_as,
                 qmp,
+                agent: Agent::new(&files.agent, qga::DEFAULT_TIMEOUT),
             }),
             Err(e) => {
                 let _ = process::kill(pid, libc::SIGKILL);
@@ -597,6 +607,7 @@ impl Vm {
             dir: dir.to_path_buf(),
             run_as,
             qmp,
+            agent: Agent::new(&files.agent, qga::DEFAULT_TIMEOUT),
         })
     }
 
@@ -607,6 +618,18 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The guest agent (a handle on the VM's one connection).
+    pub fn agent(&self) -> Agent {
+        self.agent.clone()
+    }
+
+    /// Connects to the serial console, once per VM: QEMU serves one client
+    /// and the [`Pump`] must then run, or the guest's console output stalls.
+    pub async fn connect_console(&self) -> Result<(Console, Pump), console::Error> {
+        let files = RunFiles::in_dir(&qemu_dir(&self.dir));
+        Console::connect(&files.console_socket, &files.console, holder(self.run_as)).await
     }
 
     /// Whether the QEMU process is still there.

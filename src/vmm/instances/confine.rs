@@ -194,6 +194,8 @@ impl Manager {
             firmware: None,
             nvram: None,
             qmp_socket: Some(s(&files.qmp)),
+            console_socket: Some(s(&files.console_socket)),
+            agent_socket: Some(s(&files.agent)),
             pid_file: Some(s(&files.pidfile)),
             log_file: Some(s(&files.console)),
             stderr_log: Some(s(&files.stderr)),
