@@ -61,8 +61,9 @@ pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
 pub use wire::{
-    path as api_path, CertificatePut, CertificatesPost, Device, ImageAlias, ImageSource,
-    ImagesPost, InstancePut, InstanceSource, InstancesPost, Role, ServerPut, StatePut, UnknownRole,
+    path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, Device, ImageAlias,
+    ImageInfo, ImageSource, ImagesPost, InstancePut, InstanceSource, InstancesPost, Role,
+    ServerPut, StatePut, UnknownRole,
 };
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};

@@ -38,7 +38,7 @@ use serde_json::Value;
 use crate::pki::Cert;
 use crate::vmm::instances::{check_config, check_device, Device};
 use crate::wire::{
-    self, check_projects, path, CertificatePut, CertificatesPost, Exchange, ImagesPost,
+    self, check_projects, path, CertificatePut, CertificatesPost, Exchange, ImageInfo, ImagesPost,
     InstancePut, InstancesPost, Role, ServerPut, StatePut,
 };
 
@@ -512,12 +512,8 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             Ok(Outcome::Updated)
         }
         Step::Image { alias, path: file } => {
-            let list: Value = get(t, path::IMAGES_FULL)?;
-            let exists = list.as_array().is_some_and(|l| {
-                l.iter()
-                    .any(|i| i.get("alias").and_then(Value::as_str) == Some(alias))
-            });
-            if exists {
+            let list: Vec<ImageInfo> = get(t, path::IMAGES_FULL)?;
+            if list.iter().any(|i| i.has_alias(alias)) {
                 return Ok(Outcome::Unchanged);
             }
             let body = ImagesPost::from_path(file.clone(), alias.clone());
@@ -561,6 +557,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
                 return Ok(Outcome::Unchanged);
             }
             let body = InstancePut {
+                profiles: None,
                 config: Some(changed),
                 devices: Some(changed_devices),
             };
@@ -835,8 +832,10 @@ mod tests {
             format!("/1.0/certificates/{fp}"),
             json!({"name": "alice", "role": "operator", "projects": [], "added": 5}),
         );
-        t.gets
-            .insert("/1.0/images?recursion=1".into(), json!([{"alias": "base"}]));
+        t.gets.insert(
+            "/1.0/images?recursion=1".into(),
+            json!([{"fingerprint": "ab12", "aliases": [{"name": "base"}]}]),
+        );
         t.gets.insert(
             "/1.0/instances/vm1".into(),
             json!({"config": {"limits.memory": "256MiB", "limits.cpu": "2", "volatile.uuid": "u"},

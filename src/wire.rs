@@ -80,6 +80,17 @@ pub mod path {
         format!("{IMAGES}/{fingerprint}")
     }
 
+    pub const IMAGE_ALIASES: &str = "/1.0/images/aliases";
+
+    pub fn image_alias(name: &str) -> String {
+        format!("{IMAGE_ALIASES}/{name}")
+    }
+
+    pub const PROFILES: &str = "/1.0/profiles";
+    pub const PROJECTS: &str = "/1.0/projects";
+    pub const STORAGE_POOLS: &str = "/1.0/storage-pools";
+    pub const NETWORKS: &str = "/1.0/networks";
+
     pub fn operation(id: &str) -> String {
         format!("/1.0/operations/{id}")
     }
@@ -261,9 +272,8 @@ pub(crate) fn settle<X: Exchange + ?Sized>(x: &mut X, answer: Value) -> Result<V
 /// One device: LXD's flat string map (`type`, `source`, …).
 pub type Device = BTreeMap<String, String>;
 
-/// The body of `POST /1.0/instances` (LXD's `InstancesPost`). Fields LXD
-/// has and kvmbox does not use are accepted and ignored; a client leaves
-/// them out.
+/// The body of `POST /1.0/instances` (LXD's `InstancesPost`): LXD's
+/// fields, and no others.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesPost {
@@ -285,6 +295,17 @@ pub struct InstancesPost {
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub architecture: String,
+    /// LXD's fields for what kvmbox does not do (a cloud instance type, a
+    /// stateful start, a snapshot to restore, a state to start in): lxc
+    /// sends them empty, and anything else is refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_type: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stateful: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restore: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
 }
 
 impl InstancesPost {
@@ -303,6 +324,7 @@ impl InstancesPost {
                 kind: if alias.is_some() { "image" } else { "none" }.into(),
                 alias,
                 fingerprint: None,
+                server: String::new(),
             }),
             config,
             devices,
@@ -310,6 +332,10 @@ impl InstancesPost {
             profiles: None,
             ephemeral: false,
             architecture: String::new(),
+            instance_type: String::new(),
+            stateful: false,
+            restore: String::new(),
+            state: None,
         }
     }
 }
@@ -324,6 +350,9 @@ pub struct InstanceSource {
     pub alias: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Another server to copy the image from: not supported, refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server: String,
 }
 
 /// The body of `PUT` and `PATCH /1.0/instances/<name>`: what is left out
@@ -335,6 +364,10 @@ pub struct InstancePut {
     pub config: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub devices: Option<BTreeMap<String, Device>>,
+    /// Only the `default` profile exists; a client that puts back what it
+    /// read sends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Value>,
 }
 
 /// The body of `PUT /1.0/instances/<name>/state` (LXD's
@@ -395,6 +428,71 @@ pub struct ImageSource {
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageAlias {
     pub name: String,
+}
+
+/// An image as `GET /1.0/images/<fingerprint>` shows it: LXD's shape,
+/// which `lxc image list` and `lxc init` parse. kvmbox's images are VM
+/// disks for the host's architecture, private, never expiring or updated;
+/// `properties.format` says whether the disk is raw or qcow2.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub fingerprint: String,
+    #[serde(default)]
+    pub aliases: Vec<AliasInfo>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub filename: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub auto_update: bool,
+    #[serde(default)]
+    pub cached: bool,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// RFC 3339, as every date LXD shows.
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub uploaded_at: String,
+    #[serde(default)]
+    pub expires_at: String,
+    #[serde(default)]
+    pub last_used_at: String,
+}
+
+impl ImageInfo {
+    /// Whether `name` is one of the image's aliases.
+    pub fn has_alias(&self, name: &str) -> bool {
+        self.aliases.iter().any(|a| a.name == name)
+    }
+}
+
+/// An alias as an image lists it.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AliasInfo {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An alias as `GET /1.0/images/aliases/<name>` shows it.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AliasEntry {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The image's fingerprint.
+    pub target: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
 }
 
 /// The body of `POST /1.0/certificates` (LXD's `CertificatesPost`, as
@@ -728,6 +826,7 @@ mod tests {
 
         shape(
             &InstancePut {
+                profiles: None,
                 config: Some(map(&[("limits.memory", "1GiB".to_string())])),
                 devices: None,
             },
@@ -735,6 +834,7 @@ mod tests {
         );
         shape(
             &InstancePut {
+                profiles: None,
                 config: None,
                 devices: Some(map(&[("eth0", nic)])),
             },

@@ -294,7 +294,8 @@ fn trust_add(ctx: &Ctx, a: TrustAdd) -> Result<(), Error> {
             }
             body.token = true;
             body.expires_in = a.expires_hours.map(|h| h.saturating_mul(3600));
-            let out = client.send("POST", path::CERTIFICATES, &body)?;
+            let answer = client.send("POST", path::CERTIFICATES, &body)?;
+            let out = client.wait(answer)?;
             let token = out.get("token").and_then(Value::as_str).unwrap_or_default();
             if token.is_empty() {
                 return Err(Error::Msg("the server returned no token".into()));

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-use kvmbox::{api_path as path, Client, Device, ImagesPost, InstancePut, InstancesPost, StatePut};
+use kvmbox::{
+    api_path as path, Client, Device, ImageInfo, ImagesPost, InstancePut, InstancesPost, StatePut,
+};
 use serde_json::Value;
 
 use super::output::{self, Format};
@@ -446,21 +448,20 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
         }
         ImageCmd::List(l) => {
             let list = ctx.connect()?.call("GET", path::IMAGES_FULL, None)?;
-            let rows: Vec<Vec<String>> = list
-                .as_array()
-                .into_iter()
-                .flatten()
+            let images: Vec<ImageInfo> = serde_json::from_value(list.clone()).map_err(|e| {
+                Error::Msg(format!(
+                    "the server sent an image list kvmbox cannot read: {e}"
+                ))
+            })?;
+            let rows: Vec<Vec<String>> = images
+                .iter()
                 .map(|i| {
-                    let f = |k: &str| match i.get(k) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(v) => v.to_string(),
-                        None => String::new(),
-                    };
+                    let aliases: Vec<&str> = i.aliases.iter().map(|a| a.name.as_str()).collect();
                     vec![
-                        f("alias"),
-                        f("fingerprint").chars().take(12).collect(),
-                        f("format"),
-                        f("size"),
+                        aliases.join(","),
+                        i.fingerprint.chars().take(12).collect(),
+                        i.properties.get("format").cloned().unwrap_or_default(),
+                        i.size.to_string(),
                     ]
                 })
                 .collect();
@@ -480,7 +481,7 @@ pub(crate) fn info(ctx: &Ctx, name: &str, format: Format) -> Result<(), Error> {
     let (mut c, name) = ctx.target(name)?;
     let v = c.call(
         "GET",
-        &format!("{}?recursion=2", path::instance(&name)),
+        &format!("{}?recursion=1", path::instance(&name)),
         None,
     )?;
     let mut rows: Vec<Vec<String>> = [
@@ -534,10 +535,12 @@ pub(crate) fn config_set(ctx: &Ctx, name: &str, key: &str, value: &str) -> Resul
     let mut config = BTreeMap::new();
     config.insert(key.to_string(), value.to_string());
     let body = InstancePut {
+        profiles: None,
         config: Some(config),
         devices: None,
     };
-    c.send("PATCH", &path::instance(&name), &body)?;
+    let answer = c.send("PATCH", &path::instance(&name), &body)?;
+    c.wait(answer)?;
     Ok(())
 }
 
@@ -561,10 +564,12 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
             let mut devices = BTreeMap::new();
             devices.insert(d.device.clone(), dev);
             let body = InstancePut {
+                profiles: None,
                 config: None,
                 devices: Some(devices),
             };
-            c.send("PATCH", &path::instance(&name), &body)?;
+            let answer = c.send("PATCH", &path::instance(&name), &body)?;
+            c.wait(answer)?;
             println!("Device {} added to {}", d.device, d.name);
         }
         DeviceSub::Remove(d) => {
@@ -579,10 +584,12 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
                 )));
             }
             let body = InstancePut {
+                profiles: None,
                 config: None,
                 devices: Some(devices),
             };
-            c.send("PUT", &path::instance(&name), &body)?;
+            let answer = c.send("PUT", &path::instance(&name), &body)?;
+            c.wait(answer)?;
             println!("Device {} removed from {}", d.device, d.name);
         }
     }

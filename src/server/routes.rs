@@ -4,14 +4,14 @@
 //! Reference: <https://documentation.ubuntu.com/lxd/en/latest/rest-api/>.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::http::{Request, Response};
 use crate::server::auth::{authorize, project, Identity, Need, Scope};
-use crate::server::handlers::{self, certificates, instances::Call};
-use crate::server::reply::{error, operation, sync};
+use crate::server::handlers::discovery::{self, Kind};
+use crate::server::handlers::{self, certificates, images, instances::Call};
+use crate::server::reply::{error, sync};
 use crate::server::state::Shared;
 use crate::server::trust::Role;
 use crate::wire::is_param;
@@ -27,16 +27,20 @@ enum Route {
     Certificate,
     CertificateDelete,
     CertificateUpdate,
-    /// Instances and images: see `handlers::instances`.
+    /// Instances: see `handlers::instances`.
     Instances(Call),
-    /// An instance call whose operation has ended before the answer: lxc 5.0
-    /// waits on operations through the `/1.0/events` websocket, which kvmbox
-    /// does not serve, unless the operation it is handed is already final.
-    Settled(Call),
-    /// `/1.0/events`: the websocket is accepted so that LXD clients can wait
-    /// on operations, but kvmbox emits no events on it yet.
+    Images,
+    Image,
+    ImageAdd,
+    ImageDelete,
+    Aliases,
+    Alias,
+    /// The read-only resources of `handlers::discovery`.
+    List(Kind),
+    Get(Kind),
+    /// `/1.0/events`: operation and lifecycle events, on a websocket.
     Events,
-    /// Snapshots and image deletion: routed (so roles apply) but not built yet.
+    /// Snapshots and backups: routed (so roles apply) but not built yet.
     NotImplemented(&'static str),
     Operations,
     Operation,
@@ -68,18 +72,6 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("PUT", "/1.0/certificates/{}", Route::CertificateUpdate, ADMIN, SERVER),
     ("PATCH", "/1.0/certificates/{}", Route::CertificateUpdate, ADMIN, SERVER),
     ("GET", "/1.0/instances", Route::Instances(Call::List), AUDITOR, PROJECT),
-    // lxc 5.0 asks for containers: the same instances under LXD's old name.
-    ("GET", "/1.0/containers", Route::Instances(Call::List), AUDITOR, PROJECT),
-    ("GET", "/1.0/containers/{}", Route::Instances(Call::Get), AUDITOR, PROJECT),
-    ("GET", "/1.0/containers/{}/state", Route::Instances(Call::State), AUDITOR, PROJECT),
-    ("PUT", "/1.0/containers/{}/state", Route::Settled(Call::StatePut), USER, PROJECT),
-    ("GET", "/1.0/instances/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
-    ("GET", "/1.0/containers/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
-    ("GET", "/1.0/instances/{}/backups", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
-    ("GET", "/1.0/containers/{}/backups", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
-    ("POST", "/1.0/instances/{}/backups", Route::NotImplemented("backups"), USER, PROJECT),
-    ("POST", "/1.0/instances/{}/snapshots", Route::NotImplemented("snapshots"), USER, PROJECT),
-    ("DELETE", "/1.0/images/{}", Route::NotImplemented("deleting images"), OPERATOR, PROJECT),
     ("POST", "/1.0/instances", Route::Instances(Call::Create), OPERATOR, PROJECT),
     ("GET", "/1.0/instances/{}", Route::Instances(Call::Get), AUDITOR, PROJECT),
     ("PUT", "/1.0/instances/{}", Route::Instances(Call::Put), OPERATOR, PROJECT),
@@ -88,8 +80,25 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("GET", "/1.0/instances/{}/state", Route::Instances(Call::State), AUDITOR, PROJECT),
     ("PUT", "/1.0/instances/{}/state", Route::Instances(Call::StatePut), USER, PROJECT),
     ("GET", "/1.0/instances/{}/console", Route::Instances(Call::Console), USER, PROJECT),
-    ("GET", "/1.0/images", Route::Instances(Call::Images), AUDITOR, PROJECT),
-    ("POST", "/1.0/images", Route::Instances(Call::ImageAdd), OPERATOR, PROJECT),
+    ("GET", "/1.0/instances/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("POST", "/1.0/instances/{}/snapshots", Route::NotImplemented("snapshots"), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/backups", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("POST", "/1.0/instances/{}/backups", Route::NotImplemented("backups"), USER, PROJECT),
+    ("GET", "/1.0/images", Route::Images, AUDITOR, PROJECT),
+    ("POST", "/1.0/images", Route::ImageAdd, OPERATOR, PROJECT),
+    // Before `/1.0/images/{}`, which would take `aliases` for a fingerprint.
+    ("GET", "/1.0/images/aliases", Route::Aliases, AUDITOR, PROJECT),
+    ("GET", "/1.0/images/aliases/{}", Route::Alias, AUDITOR, PROJECT),
+    ("GET", "/1.0/images/{}", Route::Image, AUDITOR, PROJECT),
+    ("DELETE", "/1.0/images/{}", Route::ImageDelete, OPERATOR, PROJECT),
+    ("GET", "/1.0/profiles", Route::List(Kind::Profiles), AUDITOR, PROJECT),
+    ("GET", "/1.0/profiles/{}", Route::Get(Kind::Profiles), AUDITOR, PROJECT),
+    ("GET", "/1.0/projects", Route::List(Kind::Projects), AUDITOR, PROJECT),
+    ("GET", "/1.0/projects/{}", Route::Get(Kind::Projects), AUDITOR, PROJECT),
+    ("GET", "/1.0/storage-pools", Route::List(Kind::StoragePools), AUDITOR, SERVER),
+    ("GET", "/1.0/storage-pools/{}", Route::Get(Kind::StoragePools), AUDITOR, SERVER),
+    ("GET", "/1.0/networks", Route::List(Kind::Networks), AUDITOR, PROJECT),
+    ("GET", "/1.0/networks/{}", Route::Get(Kind::Networks), AUDITOR, PROJECT),
     ("GET", "/1.0/events", Route::Events, AUDITOR, PROJECT),
     ("GET", "/1.0/operations", Route::Operations, AUDITOR, PROJECT),
     ("GET", "/1.0/operations/{}", Route::Operation, AUDITOR, PROJECT),
@@ -111,11 +120,23 @@ fn matches(pattern: &str, path: &str) -> Option<Vec<String>> {
     }
 }
 
+/// LXD's older name for the instances endpoints: every call under it is
+/// the same call under `/1.0/instances`.
+const CONTAINERS: &str = "/1.0/containers";
+
 fn find(method: &str, path: &str) -> Result<(Route, Need, Scope, Vec<String>), Response> {
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
     } else {
         path
+    };
+    let renamed;
+    let path = match path.strip_prefix(CONTAINERS) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            renamed = format!("{}{rest}", crate::wire::path::INSTANCES);
+            renamed.as_str()
+        }
+        _ => path,
     };
     let mut path_known = false;
     for (m, pattern, route, need, scope) in ROUTES {
@@ -155,31 +176,19 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
         Route::Instances(call) => handlers::instances::handle(shared, id, req, call, param).await,
-        Route::Settled(call) => {
-            let resp = handlers::instances::handle(shared, id, req, call, param).await;
-            settled(shared, resp).await
-        }
+        Route::Images => images::list(shared, recursion),
+        Route::Image => images::get(shared, param),
+        Route::ImageAdd => images::add(shared, id, req).await,
+        Route::ImageDelete => images::delete(shared, param),
+        Route::Aliases => images::aliases(shared, recursion),
+        Route::Alias => images::alias(shared, param),
+        Route::List(kind) => discovery::list(shared, kind, recursion),
+        Route::Get(kind) => discovery::get(shared, kind, param),
         Route::Events => handlers::operations::events(req),
         Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
         Route::Operations => handlers::operations::list(shared),
         Route::Operation => handlers::operations::get(shared, param),
         Route::OperationWait => handlers::operations::wait(shared, req, param).await,
-    }
-}
-
-/// Waits for the operation an async response started and answers with it in
-/// its final state; any other response passes through.
-async fn settled(shared: &Arc<Shared>, resp: Response) -> Response {
-    if resp.status != 202 {
-        return resp;
-    }
-    let body: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
-    let Some(op_id) = body.pointer("/metadata/id").and_then(Value::as_str) else {
-        return resp;
-    };
-    match shared.ops.wait(op_id, Duration::from_secs(3600)).await {
-        Some(op) => operation(&op),
-        None => resp,
     }
 }
 
@@ -193,6 +202,7 @@ mod tests {
     use super::*;
     use crate::server::auth::{Peer, UNTRUSTED_HINT};
     use crate::sys::PeerCred;
+    use serde_json::Value;
 
     #[test]
     fn routing() {
@@ -472,7 +482,7 @@ mod tests {
             assert!(v["error"].as_str().unwrap().contains("only the default"));
         }
         let ok = r#"{"token": true, "name": "n", "projects": ["default"]}"#;
-        assert_eq!(call(&s, a, "POST", "/1.0/certificates", ok).0, 200);
+        assert_eq!(call(&s, a, "POST", "/1.0/certificates", ok).0, 202);
     }
 
     #[test]

@@ -217,6 +217,19 @@ struct Host {
 }
 
 /// Every instance of this daemon.
+/// An instance whose name, uid and image are taken: what
+/// [`Manager::create`] makes.
+#[derive(Debug)]
+pub(crate) struct Reserved(Record);
+
+/// A name taken by a creation under way: its uid, and the image it
+/// overlays (which must not be deleted meanwhile).
+#[derive(Debug)]
+struct Reservation {
+    uid: u32,
+    image: Option<String>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Manager {
     host: OnceLock<Host>,
@@ -225,7 +238,7 @@ pub(crate) struct Manager {
     probe: Arc<accel::Probe>,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Names and uids taken by creations under way.
-    reserved: Mutex<BTreeMap<String, u32>>,
+    reserved: Mutex<BTreeMap<String, Reservation>>,
     /// `security.apparmor_profile_dir`, as last configured.
     profile_dir: Mutex<Option<PathBuf>>,
 }
@@ -475,7 +488,11 @@ impl Manager {
     }
 
     /// Creates an instance (stopped). Nothing is left behind on failure.
-    pub(crate) async fn create(
+    /// The first half of a creation, which takes no time: checks
+    /// everything, and takes the name, a uid and the image, so that what
+    /// is refused is refused at once and the rest ([`Manager::create`])
+    /// cannot clash with another creation or an image's deletion.
+    pub(crate) fn reserve(
         &self,
         name: &str,
         image: Option<&str>,
@@ -483,7 +500,7 @@ impl Manager {
         devices: BTreeMap<String, Device>,
         pins: &BTreeMap<String, Pin>,
         uid_range: &str,
-    ) -> Result<Value, Error> {
+    ) -> Result<Reserved, Error> {
         let host = self.host()?;
         let range: vm::IdRange = uid_range.parse()?;
         // Again here, not only when the range was set: accounts come later.
@@ -492,7 +509,8 @@ impl Manager {
             source,
         })?;
         crate::vmm::qemu::validate_name(name)?;
-        let image = match image {
+        // Found again under the locks below: that is the one that counts.
+        let image_ref = match image {
             Some(alias) => Some(image::find(&host.state, alias)?),
             None => None,
         };
@@ -501,7 +519,7 @@ impl Manager {
             uuid: crate::uuid::new(),
             created_at: crate::clock::now(),
             uid: 0,
-            image,
+            image: image_ref,
             config,
             devices,
             pins: BTreeMap::new(),
@@ -520,10 +538,15 @@ impl Manager {
             if entries.contains_key(name) || reserved.contains_key(name) {
                 return Err(Error::Exists(format!("instance {name:?}")));
             }
+            // Under the locks an image deletion takes: the image cannot go
+            // between this look-up and the instance's entry.
+            if let Some(alias) = image {
+                rec.image = Some(image::find(&host.state, alias)?);
+            }
             let used: Vec<u32> = entries
                 .values()
                 .map(|e| e.view.read(|v| v.record.uid))
-                .chain(reserved.values().copied())
+                .chain(reserved.values().map(|r| r.uid))
                 .collect();
             rec.uid = match range.pick(&used) {
                 Some(RunAs::Isolated { uid, .. }) => uid,
@@ -533,12 +556,25 @@ impl Manager {
                     )))
                 }
             };
-            reserved.insert(name.into(), rec.uid);
+            reserved.insert(
+                name.into(),
+                Reservation {
+                    uid: rec.uid,
+                    image: rec.image.as_ref().map(|i| i.fingerprint.clone()),
+                },
+            );
         }
-        let dir = rec.dir(&host.state);
-        let made = self.materialise(&rec, &dir).await;
-        lock(&self.reserved).remove(name);
-        if let Err(e) = made {
+        Ok(Reserved(rec))
+    }
+
+    /// Creates the instance [`Manager::reserve`] made room for (stopped).
+    /// Nothing is left behind on failure.
+    pub(crate) async fn create(&self, reserved: Reserved) -> Result<Value, Error> {
+        let Reserved(rec) = reserved;
+        let name = rec.name.as_str();
+        let dir = rec.dir(&self.host()?.state);
+        if let Err(e) = self.materialise(&rec, &dir).await {
+            lock(&self.reserved).remove(name);
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -551,7 +587,9 @@ impl Manager {
             deleted: false,
         };
         let shown = show(&view, false);
-        lock(&self.entries).insert(
+        // The entry takes over from the reservation with no gap between.
+        let mut entries = lock(&self.entries);
+        entries.insert(
             rec.name.clone(),
             Arc::new(Entry {
                 vm: AsyncMutex::new(None),
@@ -559,6 +597,8 @@ impl Manager {
                 view: Shown::new(view),
             }),
         );
+        lock(&self.reserved).remove(name);
+        drop(entries);
         log!(Info, "instance {name} created (uid {})", rec.uid);
         Ok(shown)
     }
@@ -805,6 +845,44 @@ impl Manager {
 
     pub(crate) fn images(&self) -> Result<Vec<Image>, Error> {
         Ok(image::list(&self.host()?.state))
+    }
+
+    /// The image whose fingerprint starts with `prefix` (LXD takes any
+    /// unique prefix).
+    pub(crate) fn image(&self, prefix: &str) -> Result<Image, Error> {
+        image::by_prefix(&self.host()?.state, prefix)
+    }
+
+    /// Deletes the image whose fingerprint starts with `prefix`, unless an
+    /// instance (or one being created) overlays it.
+    pub(crate) fn delete_image(&self, prefix: &str) -> Result<Image, Error> {
+        let state = self.host()?.state.clone();
+        let entries = lock(&self.entries);
+        let reserved = lock(&self.reserved);
+        let img = image::by_prefix(&state, prefix)?;
+        let fp = Some(img.fingerprint.as_str());
+        let user = entries
+            .iter()
+            .find(|(_, e)| {
+                e.view
+                    .read(|v| v.record.image.as_ref().map(|i| i.fingerprint.as_str()) == fp)
+            })
+            .map(|(n, _)| n.clone())
+            .or_else(|| {
+                reserved
+                    .iter()
+                    .find(|(_, r)| r.image.as_deref() == fp)
+                    .map(|(n, _)| n.clone())
+            });
+        if let Some(name) = user {
+            return Err(Error::Conflict(format!(
+                "image {} is in use by instance {name:?}: delete the instance first",
+                img.alias
+            )));
+        }
+        image::remove(&state, &img)?;
+        log!(Info, "image {} ({}) deleted", img.fingerprint, img.alias);
+        Ok(img)
     }
 
     /// Imports an image; `progress` sees the operation's metadata change

@@ -14,10 +14,10 @@ use crate::http::{Request, Response};
 use crate::log::log;
 use crate::pki::Cert;
 use crate::server::auth::{Identity, Peer};
-use crate::server::reply::{body, error, fail, sync};
+use crate::server::reply::{body, error, fail, operation, sync};
 use crate::server::state::Shared;
 use crate::server::tokens::{JoinToken, DEFAULT_TTL};
-use crate::server::trust::Role;
+use crate::server::trust::{Role, TrustStore};
 use crate::wire::{path, CertificatePut, CertificatesPost};
 
 pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Response {
@@ -32,10 +32,29 @@ pub(crate) fn list(shared: &Arc<Shared>, id: &Identity, recursion: bool) -> Resp
     }
 }
 
-pub(crate) fn get(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
-    match shared.trust().get(fp).filter(|e| id.may_see(e)) {
-        Some(e) => sync(entry_json(e)),
-        None => error(404, "certificate not found"),
+/// The fingerprint of the one entry `id` may see whose fingerprint starts
+/// with `prefix` (LXD takes any unique prefix, such as the 12 characters
+/// `lxc config trust list` shows).
+fn resolve(trust: &TrustStore, id: &Identity, prefix: &str) -> Result<String, Response> {
+    let mut found = trust
+        .entries()
+        .filter(|e| id.may_see(e) && e.fingerprint.starts_with(prefix));
+    match (found.next(), found.next()) {
+        (Some(e), None) if !prefix.is_empty() => Ok(e.fingerprint.clone()),
+        (Some(_), Some(_)) => Err(error(
+            400,
+            &format!("more than one certificate's fingerprint starts with {prefix:?}"),
+        )),
+        _ => Err(error(404, "certificate not found")),
+    }
+}
+
+pub(crate) fn get(shared: &Arc<Shared>, id: &Identity, prefix: &str) -> Response {
+    let trust = shared.trust();
+    match resolve(&trust, id, prefix).map(|fp| trust.get(&fp).map(entry_json)) {
+        Ok(Some(e)) => sync(e),
+        Ok(None) => error(404, "certificate not found"),
+        Err(r) => r,
     }
 }
 
@@ -49,8 +68,13 @@ fn entry_json(e: &crate::server::trust::Entry) -> Value {
     v
 }
 
-pub(crate) fn delete(shared: &Arc<Shared>, id: &Identity, fp: &str) -> Response {
-    match shared.trust().remove(fp) {
+pub(crate) fn delete(shared: &Arc<Shared>, id: &Identity, prefix: &str) -> Response {
+    let mut trust = shared.trust();
+    let fp = match resolve(&trust, id, prefix) {
+        Ok(fp) => fp,
+        Err(r) => return r,
+    };
+    match trust.remove(&fp) {
         Ok(true) => {
             log!(
                 Info,
@@ -99,12 +123,17 @@ fn check_name(name: &str) -> Result<(), Response> {
 
 /// PUT and PATCH alike: LXD's `lxc config trust edit` sends the whole
 /// entry, and anything left out is kept rather than reset.
-pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, fp: &str, req: &Request) -> Response {
+pub(crate) fn update(shared: &Arc<Shared>, id: &Identity, prefix: &str, req: &Request) -> Response {
     let body: CertificatePut = match body(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
     let mut trust = shared.trust();
+    let fp = match resolve(&trust, id, prefix) {
+        Ok(fp) => fp,
+        Err(r) => return r,
+    };
+    let fp = fp.as_str();
     let Some(old) = trust.get(fp).cloned() else {
         return error(404, "certificate not found");
     };
@@ -233,13 +262,24 @@ fn issue_token(
         id.describe(),
         token.expires_at
     );
-    sync(json!({
-        "token": token.encode(),
-        "client_name": token.client_name,
-        "fingerprint": token.fingerprint,
-        "addresses": token.addresses,
-        "expires_at": token.expires_at,
-    }))
+    // An operation, as LXD's `certificate_token` has it: lxc reads the
+    // token's parts (`request.name`, `secret`, `fingerprint`, `addresses`,
+    // `expiresAt`) from its metadata; kvmbox's client reads `token`.
+    let op = shared.ops.finished(
+        "token",
+        "Certificate add token",
+        json!({
+            "request": {"name": token.client_name, "type": "client", "projects": projects},
+            "secret": token.secret,
+            "expiresAt": token.expires_at,
+            "token": token.encode(),
+            "client_name": token.client_name,
+            "fingerprint": token.fingerprint,
+            "addresses": token.addresses,
+            "expires_at": token.expires_at,
+        }),
+    );
+    operation(&op)
 }
 
 fn add_other(

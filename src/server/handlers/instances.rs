@@ -1,12 +1,12 @@
-//! The instances and images endpoints of the REST API, in LXD's shapes
+//! The instances endpoints of the REST API, in LXD's shapes
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>):
-//! `/1.0/instances[/<name>[/state|/console]]` and `/1.0/images`.
+//! `/1.0/instances[/<name>[/state|/console]]`.
 //!
 //! [`handle`] is the one entry point; [`Call`] names the endpoint, so other
 //! routes (such as LXD's older `/1.0/containers`) can map onto the same calls.
 //! Roles are checked by the route table before any of this runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +15,12 @@ use serde_json::{json, Value};
 
 use crate::hostfile::{self, Need, Pin};
 use crate::http::{Request, Response};
-use crate::log::log;
 use crate::server::auth::{may_change, opener, Identity};
 use crate::server::reply::{body, error, fail, operation, sync, sync_json, told};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
-use crate::wire::{path, ImagesPost, InstancePut, InstancesPost, StatePut};
+use crate::wire::{path, InstancePut, InstancesPost, StatePut};
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +47,6 @@ pub(crate) enum Call {
     /// neither yet, so the list of an existing instance is empty (lxc list
     /// and info read them).
     Snapshots,
-    /// `GET /1.0/images`
-    Images,
-    /// `POST /1.0/images`
-    ImageAdd,
 }
 
 /// The default wait for a graceful stop when the request gives none.
@@ -69,6 +64,15 @@ pub(crate) async fn handle(
     shared.configure_instances();
     let recursion = req.query_param("recursion").unwrap_or("0");
     match call {
+        // Every instance is a VM: a list of containers is empty.
+        Call::List
+            if !matches!(
+                req.query_param("instance-type"),
+                None | Some("" | "virtual-machine")
+            ) =>
+        {
+            sync(json!([]))
+        }
         Call::List => match recursion {
             "0" => sync(json!(m
                 .names()
@@ -101,8 +105,9 @@ pub(crate) async fn handle(
                 }
             }
         },
+        // LXD's `instance_get_full`: with `recursion=1`, the state too.
         Call::Get => m
-            .get(name, recursion == "2")
+            .get(name, recursion != "0")
             .map_or_else(|e| fail(&e), sync),
         Call::State => match m.get(name, true) {
             Ok(v) => sync(v.get("state").cloned().unwrap_or(Value::Null)),
@@ -140,15 +145,6 @@ pub(crate) async fn handle(
             })
         }
         Call::StatePut => state(shared, req, name),
-        Call::Images => match m.images() {
-            Ok(list) if recursion != "0" => sync(json!(list)),
-            Ok(list) => sync(json!(list
-                .iter()
-                .map(|i| path::image(&i.fingerprint))
-                .collect::<Vec<_>>())),
-            Err(e) => fail(&e),
-        },
-        Call::ImageAdd => import(shared, id, req).await,
     }
 }
 
@@ -173,7 +169,7 @@ where
 
 /// How long opening the host files of one request may take: a path on a
 /// filesystem the caller controls (FUSE) could otherwise hold it for ever.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks that the caller may make a change to an instance (`current`,
 /// none when it is made), then opens, as the daemon will use them, the
@@ -229,7 +225,7 @@ async fn check_files(
     }
 }
 
-fn too_slow() -> Response {
+pub(super) fn too_slow() -> Response {
     error(
         400,
         &format!("opening the host files named took longer than {OPEN_TIMEOUT:?}"),
@@ -253,7 +249,25 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
             &format!("this server runs {} VMs only", std::env::consts::ARCH),
         );
     }
-    let _ = (&b.description, &b.profiles);
+    if let Err(r) = only_default_profile(b.profiles.as_ref()) {
+        return r;
+    }
+    if !b.instance_type.is_empty() {
+        return error(
+            400,
+            "instance types are not supported: set limits.cpu and limits.memory",
+        );
+    }
+    if b.stateful || !b.restore.is_empty() || b.state.as_ref().is_some_and(|s| !s.is_null()) {
+        return error(400, "stateful instances and restores are not supported");
+    }
+    if b.source.as_ref().is_some_and(|s| !s.server.is_empty()) {
+        return error(
+            400,
+            "images are taken from this server's store only: import the image first",
+        );
+    }
+    let _ = &b.description;
     let image = match &b.source {
         None => None,
         Some(s)
@@ -281,20 +295,35 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
         .get(INSTANCES_UID_RANGE)
         .unwrap_or(DEFAULT_UID_RANGE)
         .to_string();
-    let created = shared
-        .instances
-        .create(
-            &b.name,
-            image.as_deref(),
-            b.config,
-            b.devices,
-            &pins,
-            &range,
-        )
-        .await;
-    match created {
-        Ok(v) => sync(v),
-        Err(e) => fail(&e),
+    // What can be refused is refused at once, so that the caller sees
+    // why; making the root disk and the record is the operation's work, as
+    // in LXD, whose clients wait on it.
+    let reserved = match shared.instances.reserve(
+        &b.name,
+        image.as_deref(),
+        b.config,
+        b.devices,
+        &pins,
+        &range,
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    spawn(shared, "Creating instance", &b.name, move |s| async move {
+        s.instances.create(reserved).await.map(|_| ())
+    })
+}
+
+/// Refuses a profile list that names anything but the one, empty,
+/// `default` profile there is (absent, null or empty means it too).
+fn only_default_profile(profiles: Option<&Value>) -> Result<(), Response> {
+    match profiles {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(list)) if list.iter().all(|p| p.as_str() == Some("default")) => Ok(()),
+        Some(other) => Err(error(
+            400,
+            &format!("profiles {other}: kvmbox has only the empty default profile"),
+        )),
     }
 }
 
@@ -309,6 +338,9 @@ async fn update(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Err(r) = only_default_profile(b.profiles.as_ref()) {
+        return r;
+    }
     // What `GET` shows and only the daemon sets: a PUT of a GET must work.
     let config = b.config.map(|c| {
         c.into_iter()
@@ -332,9 +364,17 @@ async fn update(
         Ok(p) => p,
         Err(r) => return r,
     };
+    // LXD answers a PUT with an operation (its clients wait on one) and a
+    // PATCH at once.
+    if replace {
+        let n = name.to_string();
+        return spawn(shared, "Updating instance", name, move |s| async move {
+            s.instances.update(&n, config, b.devices, true, &pins).await
+        });
+    }
     match shared
         .instances
-        .update(name, config, b.devices, replace, &pins)
+        .update(name, config, b.devices, false, &pins)
         .await
     {
         Ok(()) => sync(json!({})),
@@ -370,57 +410,4 @@ fn state(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
             &format!("unknown action {a:?}: use start, stop or restart"),
         ),
     }
-}
-
-async fn import(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
-    let b: ImagesPost = match body(req) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if b.source.kind != "path" {
-        return error(400, "only {\"type\": \"path\"} image sources are supported");
-    }
-    let names: BTreeSet<&str> = b.aliases.iter().map(|a| a.name.as_str()).collect();
-    let [alias] = names.into_iter().collect::<Vec<_>>()[..] else {
-        return error(400, "give exactly one alias");
-    };
-    if !b.source.path.is_absolute() {
-        return error(400, "the image path must be absolute");
-    }
-    let who = match opener(id) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let source = b.source.path.clone();
-    let opened = crate::rt::timed(
-        OPEN_TIMEOUT,
-        smol::unblock(move || hostfile::check(&source, &who, Need::Read)),
-    )
-    .await;
-    let file = match opened {
-        Some(Ok((file, _))) => file,
-        Some(Err(e)) => return fail(&e),
-        None => return too_slow(),
-    };
-    let ex = match shared.instances.executor() {
-        Ok(ex) => ex,
-        Err(e) => return fail(&e),
-    };
-    let (s, path, alias) = (shared.clone(), b.source.path.clone(), alias.to_string());
-    let op = shared
-        .ops
-        .spawn_reporting(&ex, "Importing image", BTreeMap::new(), |p| async move {
-            match s
-                .instances
-                .import_image(file, path, alias, move |m| p.set(m))
-                .await
-            {
-                Ok(img) => {
-                    log!(Info, "image {} imported as {}", img.fingerprint, img.alias);
-                    Ok(json!(img))
-                }
-                Err(e) => Err(told(&e)),
-            }
-        });
-    operation(&op)
 }

@@ -14,14 +14,44 @@ use crate::server::state::Shared;
 use crate::sys;
 use crate::wire::ServerPut;
 
+/// LXD's API extensions that kvmbox serves, and only those: a client
+/// takes each as a promise.
+/// - `api_filtering`: `?filter=` on lists (lxc list sends it);
+/// - `container_backup`: the backups list, always empty (lxc info reads
+///   it; making a backup answers 501);
+/// - `container_full`, `instance_get_full`: an instance with its state,
+///   snapshots and backups in one request (`recursion=2` on the list,
+///   `recursion=1` on one);
+/// - `instances`, `virtual-machines`: `/1.0/instances`, of type
+///   `virtual-machine` (without them lxc uses `/1.0/containers` and
+///   refuses `--vm`);
+/// - `image_types`: images say their type;
+/// - `projects`, `storage`, `network`: the read-only `default` project and
+///   storage pool, and the host's bridges (`handlers/discovery.rs`);
+/// - `operation_wait`: `GET /1.0/operations/<id>/wait`;
+/// - `certificate_token`: `POST /1.0/certificates` with `token: true`
+///   answers an operation whose metadata is the token (an operation that
+///   is over at once: a token is revoked by removing it, not by
+///   cancelling the operation).
+const EXTENSIONS: &[&str] = &[
+    "certificate_token",
+    "api_filtering",
+    "container_backup",
+    "container_full",
+    "instances",
+    "image_types",
+    "virtual-machines",
+    "projects",
+    "storage",
+    "network",
+    "instance_get_full",
+    "operation_wait",
+];
+
 /// `GET /1.0`: everything for a trusted caller, the bare minimum for others.
 pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
     let mut info = json!({
-        // Only what is implemented: `?filter=` on lists (lxc list needs it).
-        // Only what is served: `api_filtering` (lxc list needs it) and
-        // `container_backup`, whose list lxc info reads (kvmbox makes no
-        // backups, so it is always empty; making one answers 501).
-        "api_extensions": ["api_filtering", "container_backup"],
+        "api_extensions": EXTENSIONS,
         "api_status": "stable",
         "api_version": "1.0",
         "auth": if id.role.is_some() { "trusted" } else { "untrusted" },

@@ -62,6 +62,39 @@ pub(crate) fn find(state: &Path, alias: &str) -> Result<ImageRef, Error> {
         .ok_or_else(|| Error::NotFound(format!("image {alias:?}")))
 }
 
+/// The image whose fingerprint starts with `prefix`: refused when none or
+/// more than one does.
+pub(crate) fn by_prefix(state: &Path, prefix: &str) -> Result<Image, Error> {
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::NotFound(format!("image {prefix:?}")));
+    }
+    let mut found = list(state)
+        .into_iter()
+        .filter(|i| i.fingerprint.starts_with(prefix));
+    match (found.next(), found.next()) {
+        (Some(img), None) => Ok(img),
+        (None, _) => Err(Error::NotFound(format!("image {prefix:?}"))),
+        (Some(_), Some(_)) => Err(Error::Invalid(format!(
+            "more than one image's fingerprint starts with {prefix:?}: give more of it"
+        ))),
+    }
+}
+
+/// Removes `img` from the store: its record first, so that a crash
+/// between the two steps leaves at worst a disk nobody lists, never a
+/// listed image without its disk.
+pub(crate) fn remove(state: &Path, img: &Image) -> Result<(), Error> {
+    let d = dir(state);
+    fs::remove_file(d.join(format!("{}.json", img.fingerprint)))
+        .map_err(|e| Error::host("remove the image's record", e))?;
+    match fs::remove_file(d.join(format!("{}.img", img.fingerprint))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::host("remove the image's disk", e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What `qemu-img info` says about the copy at `path` of the file named
 /// `source`: (format, another file it refers to — a backing or data file).
 /// qemu-img runs as `nobody` when the daemon is root: an image that refers

@@ -43,7 +43,8 @@ pub(super) fn show(v: &View, with_state: bool) -> Value {
         "stateful": false,
         "ephemeral": false,
         "project": "default",
-        "profiles": [],
+        // The one profile there is, empty: see `server/handlers/discovery.rs`.
+        "profiles": ["default"],
         "location": "none",
         "config": config,
         "devices": r.devices,
@@ -76,6 +77,9 @@ pub(super) fn show(v: &View, with_state: bool) -> Value {
                 "processes": if v.pid.is_some() { 1 } else { 0 },
             }),
         );
+        // LXD's full form has them; kvmbox makes neither yet.
+        obj.insert("snapshots".into(), json!([]));
+        obj.insert("backups".into(), json!([]));
     }
     out
 }
