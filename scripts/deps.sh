@@ -69,3 +69,24 @@ if [ ! -x "$zig_dir/ziglang/zig" ]; then
     # Into place whole, so that an interrupted install is not taken as done.
     mv "$tmp/zig" "$zig_dir"
 fi
+
+# The conformance test's Ansible (qemu-tests/ansible/versions.env).
+. qemu-tests/ansible/versions.env
+if [ ! -x "$ANSIBLE_DIR/bin/ansible-playbook" ]; then
+    echo "deps: installing ansible-core $ANSIBLE_CORE_VERSION and community.general into $ANSIBLE_DIR"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --target "$tmp/ansible" "ansible-core==$ANSIBLE_CORE_VERSION"
+    printf 'ansible==%s --hash=sha256:%s\n' "$ANSIBLE_VERSION" "$ANSIBLE_SHA256" >"$tmp/requirements.txt"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+        --dest "$tmp/wheel" -r "$tmp/requirements.txt"
+    # Only the one collection of the 50 MB package is needed.
+    python3 -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+z.extractall(sys.argv[2], [n for n in z.namelist()
+    if n.startswith("ansible_collections/community/general/")])' \
+        "$tmp/wheel/ansible-$ANSIBLE_VERSION-py3-none-any.whl" "$tmp/ansible"
+    mkdir -p "$KVMBOX_TOOLS"
+    mv "$tmp/ansible" "$ANSIBLE_DIR"
+fi

@@ -111,7 +111,13 @@ fn server_identity(dir: &Path) -> Result<(Cert, Key), Error> {
     }
     let key = Key::generate(Curve::P256).map_err(Error::Identity)?;
     let host = sys::hostname();
-    let mut sans = vec!["kvmbox".to_string()];
+    // The loopback names too, as LXD's server certificate has them: a
+    // client on the host that checks the name it dialled against the
+    // certificate it pinned (Python's ssl, so Ansible's LXD modules) can
+    // then reach https://127.0.0.1.
+    let mut sans: Vec<String> = ["kvmbox", "localhost", "127.0.0.1", "::1"]
+        .map(String::from)
+        .into();
     if host != "kvmbox" && crate::pki::is_dns_name(&host) {
         sans.insert(0, host.clone());
     }
