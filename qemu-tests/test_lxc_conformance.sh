@@ -78,6 +78,9 @@ lifecycle() {
     contains "$(timeout 30 lxc config device list "$r:$vm")" "data"
     timeout 30 lxc config device remove "$r:$vm" data >/dev/null || fail "lxc config device remove"
     ! timeout 30 lxc config device list "$r:$vm" | grep -q data || fail "the device is still there"
+    timeout 30 lxc config device add "$r:$vm" net1 nic nictype=user >/dev/null || fail "lxc config device add nic"
+    contains "$(timeout 30 lxc config device list "$r:$vm")" "net1"
+    timeout 30 lxc config device remove "$r:$vm" net1 >/dev/null || fail "lxc config device remove nic"
 
     timeout 120 lxc start "$r:$vm" || fail "lxc start"
     state_is "$r" "$vm" RUNNING
@@ -94,6 +97,10 @@ lifecycle() {
     contains "$ERR" "in use by instance"
     timeout 120 lxc delete "$r:$vm" --force || fail "lxc delete --force"
     ! timeout 30 lxc list "$r:" --format csv | grep -q "^$vm," || fail "$vm is still listed"
+    # shellcheck disable=SC2086
+    timeout 120 lxc launch "$r:base" "$r:$vm" --vm $boot >/dev/null || fail "lxc launch"
+    state_is "$r" "$vm" RUNNING
+    timeout 120 lxc delete "$r:$vm" --force || fail "lxc delete --force after launch"
 }
 lifecycle kb vm-tls
 lifecycle kbl vm-local
