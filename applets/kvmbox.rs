@@ -25,6 +25,7 @@ mod info;
 mod instance;
 mod output;
 mod remote;
+mod snapshot;
 
 const NAME: &str = "kvmbox";
 
@@ -66,6 +67,8 @@ enum Cmd {
     Delete(instance::Delete),
     Console(instance::Console),
     Image(instance::Image),
+    Snapshot(snapshot::Snapshot),
+    Restore(snapshot::Restore),
 }
 
 /// What a subcommand can fail with.
@@ -175,6 +178,8 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Cmd::Delete(c) => instance::delete(&ctx, &c),
         Cmd::Console(c) => instance::console(&ctx, &c),
         Cmd::Image(c) => instance::image(&ctx, &c),
+        Cmd::Snapshot(c) => snapshot::snapshot(&ctx, &c),
+        Cmd::Restore(c) => snapshot::restore(&ctx, &c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

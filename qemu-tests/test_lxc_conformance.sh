@@ -107,6 +107,40 @@ lifecycle kbl vm-local
 # The token's client, an administrator too, drives a VM as well.
 (LXD_CONF=$PWD/lxc-token; lifecycle kbt vm-token)
 
+# Snapshots: the root disk's content comes back with the config. A pattern
+# is written into the disk from the host (qemu-io) between snapshots.
+pattern() { qemu-io -f qcow2 -c "$1 -P $2 0 64k" "state/instances/vm-snap/root.qcow2" >/dev/null; }
+# shellcheck disable=SC2086
+timeout 120 lxc init kb:base kb:vm-snap --vm $boot >/dev/null || fail "lxc init for snapshots"
+pattern write 0xaa
+timeout 60 lxc snapshot kb:vm-snap s0 || fail "lxc snapshot"
+pattern write 0xbb
+timeout 30 lxc config set kb:vm-snap limits.cpu 2
+timeout 120 lxc start kb:vm-snap || fail "lxc start for snapshots"
+timeout 60 lxc snapshot kb:vm-snap s1 || fail "lxc snapshot of a running VM"
+expect_fail timeout 60 lxc restore kb:vm-snap s0
+contains "$ERR" "stop it to restore"
+expect_fail timeout 60 lxc snapshot kb:vm-snap ../s2
+contains "$ERR" "invalid snapshot name"
+timeout 120 lxc stop kb:vm-snap --force || fail "lxc stop for snapshots"
+info=$(timeout 30 lxc info kb:vm-snap)
+contains "$info" "s0"
+contains "$info" "s1"
+timeout 60 lxc restore kb:vm-snap s0 || fail "lxc restore"
+pattern read 0xaa || fail "the disk did not come back as snapshot s0 had it"
+[ -z "$(timeout 30 lxc config get kb:vm-snap limits.cpu)" ] || fail "the config did not come back"
+timeout 60 lxc delete kb:vm-snap/s1 || fail "lxc delete INSTANCE/SNAPSHOT"
+! qemu-img snapshot -l state/instances/vm-snap/root.qcow2 | grep -qw s1 || fail "s1 is still in the disk"
+# kvmbox's own client, on its socket, does the same.
+kv snapshot vm-snap k1
+pattern write 0xcc
+kv restore vm-snap k1
+pattern read 0xaa || fail "kvmbox restore did not bring the disk back"
+kv delete vm-snap/k1
+expect_fail kv restore vm-snap k1
+contains "$ERR" "not found"
+timeout 120 lxc delete kb:vm-snap --force || fail "lxc delete with snapshots"
+
 # Trust: a certificate added from a file is removed by the 12-character
 # fingerprint lxc shows.
 applet kvmbox-cert gen --key other.key --cert other.crt --cn other >/dev/null

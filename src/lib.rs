@@ -63,7 +63,7 @@ pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 pub use wire::{
     path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, Device, ImageAlias,
     ImageInfo, ImageSource, ImagesPost, InstancePut, InstanceSource, InstancesPost, Role,
-    ServerPut, StatePut, UnknownRole,
+    ServerPut, SnapshotsPost, StatePut, UnknownRole,
 };
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};

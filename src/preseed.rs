@@ -558,6 +558,7 @@ fn run(step: &Step, t: &mut dyn Transport) -> Result<Outcome, CallError> {
             }
             let body = InstancePut {
                 profiles: None,
+                restore: None,
                 config: Some(changed),
                 devices: Some(changed_devices),
             };

@@ -72,6 +72,14 @@ pub mod path {
         format!("{INSTANCES}/{name}/state")
     }
 
+    pub fn instance_snapshots(name: &str) -> String {
+        format!("{INSTANCES}/{name}/snapshots")
+    }
+
+    pub fn instance_snapshot(name: &str, snapshot: &str) -> String {
+        format!("{INSTANCES}/{name}/snapshots/{snapshot}")
+    }
+
     pub fn instance_console(name: &str) -> String {
         format!("{INSTANCES}/{name}/console")
     }
@@ -368,6 +376,23 @@ pub struct InstancePut {
     /// read sends it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiles: Option<Value>,
+    /// A snapshot to put the instance back to (`lxc restore`); the rest of
+    /// the body is then ignored, as in LXD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
+}
+
+/// The body of `POST /1.0/instances/<name>/snapshots` (LXD's
+/// `InstanceSnapshotsPost`).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotsPost {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stateful: bool,
+    /// LXD's expiry date: kvmbox's snapshots do not expire, so only null
+    /// or absent is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Value>,
 }
 
 /// The body of `PUT /1.0/instances/<name>/state` (LXD's
@@ -827,6 +852,7 @@ mod tests {
         shape(
             &InstancePut {
                 profiles: None,
+                restore: None,
                 config: Some(map(&[("limits.memory", "1GiB".to_string())])),
                 devices: None,
             },
@@ -835,6 +861,7 @@ mod tests {
         shape(
             &InstancePut {
                 profiles: None,
+                restore: None,
                 config: None,
                 devices: Some(map(&[("eth0", nic)])),
             },

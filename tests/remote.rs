@@ -150,9 +150,9 @@ fn each_role_against_each_class_of_endpoint() {
             "snapshot",
             "POST",
             "/1.0/instances/vm1/snapshots",
-            Some(json!({})),
+            Some(json!({"name": "s0"})),
             1,
-            501,
+            404,
         ),
         (
             "create",

@@ -125,7 +125,8 @@ pub(crate) struct Restart {
     name: String,
 }
 
-/// Delete an instance and everything it has on disk.
+/// Delete an instance and everything it has on disk, or one snapshot
+/// (NAME/SNAPSHOT).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "delete")]
 pub(crate) struct Delete {
@@ -418,7 +419,11 @@ pub(crate) fn restart(ctx: &Ctx, a: &Restart) -> Result<(), Error> {
 pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
     let q = if a.force { "?force=true" } else { "" };
     let (mut c, name) = ctx.target(&a.name)?;
-    let answer = c.call("DELETE", &format!("{}{q}", path::instance(&name)), None)?;
+    let url = match super::snapshot::path_of(&name) {
+        Some(snapshot) => snapshot,
+        None => format!("{}{q}", path::instance(&name)),
+    };
+    let answer = c.call("DELETE", &url, None)?;
     c.wait(answer)?;
     Ok(())
 }
@@ -536,6 +541,7 @@ pub(crate) fn config_set(ctx: &Ctx, name: &str, key: &str, value: &str) -> Resul
     config.insert(key.to_string(), value.to_string());
     let body = InstancePut {
         profiles: None,
+        restore: None,
         config: Some(config),
         devices: None,
     };
@@ -565,6 +571,7 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
             devices.insert(d.device.clone(), dev);
             let body = InstancePut {
                 profiles: None,
+                restore: None,
                 config: None,
                 devices: Some(devices),
             };
@@ -585,6 +592,7 @@ pub(crate) fn device(ctx: &Ctx, a: &DeviceCmd) -> Result<(), Error> {
             }
             let body = InstancePut {
                 profiles: None,
+                restore: None,
                 config: None,
                 devices: Some(devices),
             };

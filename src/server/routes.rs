@@ -40,7 +40,7 @@ enum Route {
     Get(Kind),
     /// `/1.0/events`: operation and lifecycle events, on a websocket.
     Events,
-    /// Snapshots and backups: routed (so roles apply) but not built yet.
+    /// Backups: routed (so roles apply) but not built yet.
     NotImplemented(&'static str),
     Operations,
     Operation,
@@ -81,8 +81,10 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("PUT", "/1.0/instances/{}/state", Route::Instances(Call::StatePut), USER, PROJECT),
     ("GET", "/1.0/instances/{}/console", Route::Instances(Call::Console), USER, PROJECT),
     ("GET", "/1.0/instances/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
-    ("POST", "/1.0/instances/{}/snapshots", Route::NotImplemented("snapshots"), USER, PROJECT),
-    ("GET", "/1.0/instances/{}/backups", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
+    ("POST", "/1.0/instances/{}/snapshots", Route::Instances(Call::SnapshotAdd), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/snapshots/{}", Route::Instances(Call::Snapshot), AUDITOR, PROJECT),
+    ("DELETE", "/1.0/instances/{}/snapshots/{}", Route::Instances(Call::SnapshotDelete), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/backups", Route::Instances(Call::Backups), AUDITOR, PROJECT),
     ("POST", "/1.0/instances/{}/backups", Route::NotImplemented("backups"), USER, PROJECT),
     ("GET", "/1.0/images", Route::Images, AUDITOR, PROJECT),
     ("POST", "/1.0/images", Route::ImageAdd, OPERATOR, PROJECT),
@@ -175,7 +177,10 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Certificate => certificates::get(shared, id, param),
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
-        Route::Instances(call) => handlers::instances::handle(shared, id, req, call, param).await,
+        Route::Instances(call) => {
+            let sub = params.get(1).map(String::as_str).unwrap_or_default();
+            handlers::instances::handle(shared, id, req, call, param, sub).await
+        }
         Route::Images => images::list(shared, recursion),
         Route::Image => images::get(shared, param),
         Route::ImageAdd => images::add(shared, id, req).await,

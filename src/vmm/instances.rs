@@ -14,6 +14,7 @@ mod confine;
 mod guest;
 mod image;
 mod record;
+mod snapshot;
 mod update;
 mod view;
 
@@ -43,6 +44,8 @@ use guest::Guest;
 pub(crate) use image::Image;
 use record::AaMode;
 pub(crate) use record::{check_config, check_device, Device, Record};
+pub(crate) use snapshot::Snapshot;
+pub(crate) use view::snapshot as show_snapshot;
 use view::{show, Shown};
 
 /// `instances.uid_range` when unset.
@@ -523,6 +526,7 @@ impl Manager {
             config,
             devices,
             pins: BTreeMap::new(),
+            snapshots: Vec::new(),
         };
         if rec.image.is_some() && !rec.devices.contains_key("root") {
             let mut root = Device::new();

@@ -315,6 +315,30 @@ impl Qmp<Ready> {
             .map(drop)
     }
 
+    /// An internal snapshot `name` of the qcow2 node `node`, taken while
+    /// the guest runs (its disk as a power cut would leave it).
+    pub(crate) async fn snapshot_internal(&mut self, node: &str, name: &str) -> Result<(), Error> {
+        self.send(
+            "blockdev-snapshot-internal-sync",
+            Some(json!({ "device": node, "name": name })),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(crate) async fn snapshot_delete_internal(
+        &mut self,
+        node: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        self.send(
+            "blockdev-snapshot-delete-internal-sync",
+            Some(json!({ "device": node, "name": name })),
+        )
+        .await
+        .map(drop)
+    }
+
     pub(crate) async fn device_add(&mut self, options: Value) -> Result<(), Error> {
         self.send("device_add", Some(options)).await.map(drop)
     }

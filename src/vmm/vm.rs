@@ -740,6 +740,19 @@ impl Vm {
         Ok(())
     }
 
+    /// Takes (`take`) or deletes an internal snapshot `name` of disk `id`
+    /// while the VM runs.
+    pub async fn disk_snapshot(&mut self, id: &str, name: &str, take: bool) -> Result<(), Error> {
+        qemu::validate_id(id)?;
+        let (node, _) = qemu::disk_ids(id);
+        if take {
+            self.qmp.snapshot_internal(&node, name).await?;
+        } else {
+            self.qmp.snapshot_delete_internal(&node, name).await?;
+        }
+        Ok(())
+    }
+
     /// The first hotplug root port with nothing behind it.
     async fn free_port(&mut self) -> Result<String, Error> {
         let buses = self.qmp.query_pci().await?;

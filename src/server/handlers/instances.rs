@@ -20,7 +20,7 @@ use crate::server::reply::{body, error, fail, operation, sync, sync_json, told};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
 use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
-use crate::wire::{path, InstancePut, InstancesPost, StatePut};
+use crate::wire::{path, InstancePut, InstancesPost, SnapshotsPost, StatePut};
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +43,17 @@ pub(crate) enum Call {
     StatePut,
     /// `GET /1.0/instances/<name>/console`
     Console,
-    /// `GET /1.0/instances/<name>/snapshots` and `…/backups`: kvmbox makes
-    /// neither yet, so the list of an existing instance is empty (lxc list
-    /// and info read them).
+    /// `GET /1.0/instances/<name>/snapshots`
     Snapshots,
+    /// `POST /1.0/instances/<name>/snapshots`
+    SnapshotAdd,
+    /// `GET /1.0/instances/<name>/snapshots/<snapshot>`
+    Snapshot,
+    /// `DELETE /1.0/instances/<name>/snapshots/<snapshot>`
+    SnapshotDelete,
+    /// `GET /1.0/instances/<name>/backups`: kvmbox makes none, so the list
+    /// of an existing instance is empty (lxc info reads it).
+    Backups,
 }
 
 /// The default wait for a graceful stop when the request gives none.
@@ -59,6 +66,7 @@ pub(crate) async fn handle(
     req: &Request,
     call: Call,
     name: &str,
+    snap: &str,
 ) -> Response {
     let m = &shared.instances;
     shared.configure_instances();
@@ -113,9 +121,39 @@ pub(crate) async fn handle(
             Ok(v) => sync(v.get("state").cloned().unwrap_or(Value::Null)),
             Err(e) => fail(&e),
         },
-        Call::Snapshots => m
+        Call::Backups => m
             .get(name, false)
             .map_or_else(|e| fail(&e), |_| sync(json!([]))),
+        Call::Snapshots => match m.record(name) {
+            Ok(r) if recursion != "0" => sync(json!(r
+                .snapshots
+                .iter()
+                .map(|s| crate::vmm::instances::show_snapshot(&r, s))
+                .collect::<Vec<_>>())),
+            Ok(r) => sync(json!(r
+                .snapshots
+                .iter()
+                .map(|s| path::instance_snapshot(name, &s.name))
+                .collect::<Vec<_>>())),
+            Err(e) => fail(&e),
+        },
+        Call::Snapshot => match m.record(name) {
+            Ok(r) => match r.snapshots.iter().find(|s| s.name == snap) {
+                Some(s) => sync(crate::vmm::instances::show_snapshot(&r, s)),
+                None => error(404, &format!("snapshot {name}/{snap} not found")),
+            },
+            Err(e) => fail(&e),
+        },
+        Call::SnapshotAdd => take_snapshot(shared, req, name),
+        Call::SnapshotDelete => {
+            if let Err(e) = m.record(name) {
+                return fail(&e);
+            }
+            let (n, sn) = (name.to_string(), snap.to_string());
+            spawn(shared, "Deleting snapshot", name, move |s| async move {
+                s.instances.delete_snapshot(&n, &sn).await
+            })
+        }
         Call::Console => match m.console(name) {
             Ok(text) => sync(json!(text)),
             Err(e) => fail(&e),
@@ -314,6 +352,55 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     })
 }
 
+/// `PUT /1.0/instances/<name>` with `restore`: the snapshot's config and
+/// devices are checked as if the caller put them now (a disk the instance
+/// no longer has must be the caller's to use again).
+async fn restore(shared: &Arc<Shared>, id: &Identity, current: &Record, snap: String) -> Response {
+    // lxc names it `instance/snapshot`.
+    let snap = match snap.split_once('/') {
+        Some((inst, s)) if inst == current.name => s.to_string(),
+        _ => snap,
+    };
+    let Some(s) = current.snapshots.iter().find(|s| s.name == snap) else {
+        return error(404, &format!("snapshot {}/{snap} not found", current.name));
+    };
+    let pins = match check_files(id, &s.config, &s.devices, Some(current)).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let n = current.name.clone();
+    spawn(
+        shared,
+        "Restoring snapshot",
+        &n.clone(),
+        move |sh| async move { sh.instances.restore(&n, &snap, &pins).await },
+    )
+}
+
+/// `POST /1.0/instances/<name>/snapshots` (LXD's `InstanceSnapshotsPost`).
+fn take_snapshot(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
+    let b: SnapshotsPost = match body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.stateful {
+        return error(400, "stateful snapshots are not supported");
+    }
+    if b.expires_at.as_ref().is_some_and(|e| !e.is_null()) {
+        return error(
+            400,
+            "snapshots do not expire in kvmbox: leave expires_at out",
+        );
+    }
+    if let Err(e) = shared.instances.record(name) {
+        return fail(&e);
+    }
+    let (n, snap) = (name.to_string(), b.name);
+    spawn(shared, "Snapshotting instance", name, move |s| async move {
+        s.instances.snapshot(&n, &snap).await
+    })
+}
+
 /// Refuses a profile list that names anything but the one, empty,
 /// `default` profile there is (absent, null or empty means it too).
 fn only_default_profile(profiles: Option<&Value>) -> Result<(), Response> {
@@ -353,6 +440,9 @@ async fn update(
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    if let (true, Some(snap)) = (replace, b.restore) {
+        return restore(shared, id, &current, snap).await;
+    }
     let pins = match check_files(
         id,
         config.as_ref().unwrap_or(&BTreeMap::new()),

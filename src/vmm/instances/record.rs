@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
 const DEFAULT_MEMORY: &str = "1GiB";
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
+use super::snapshot::Snapshot;
 pub(crate) use crate::wire::Device;
 
 /// The image an instance's root disk overlays.
@@ -63,6 +64,9 @@ pub(crate) struct Record {
     /// following the path again.
     #[serde(default)]
     pub pins: BTreeMap<String, Pin>,
+    /// Oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Snapshot>,
 }
 
 /// `security.apparmor`.
@@ -558,6 +562,7 @@ mod tests {
             config: BTreeMap::new(),
             devices: BTreeMap::new(),
             pins: BTreeMap::new(),
+            snapshots: Vec::new(),
         }
     }
 

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use super::confine;
-use super::record::AaMode;
+use super::record::{AaMode, Record};
+use super::Snapshot;
 use super::{profile_name, View};
 use crate::rt::lock;
 
@@ -77,8 +78,15 @@ pub(super) fn show(v: &View, with_state: bool) -> Value {
                 "processes": if v.pid.is_some() { 1 } else { 0 },
             }),
         );
-        // LXD's full form has them; kvmbox makes neither yet.
-        obj.insert("snapshots".into(), json!([]));
+        // LXD's full form has them; kvmbox makes no backups.
+        obj.insert(
+            "snapshots".into(),
+            json!(r
+                .snapshots
+                .iter()
+                .map(|s| snapshot(r, s))
+                .collect::<Vec<_>>()),
+        );
         obj.insert("backups".into(), json!([]));
     }
     out
@@ -120,4 +128,24 @@ impl Shown {
     pub(super) fn json(&self) -> Arc<[u8]> {
         lock(&self.0).1.clone()
     }
+}
+
+/// Snapshot `s` of instance `r` as LXD shows one.
+pub(crate) fn snapshot(r: &Record, s: &Snapshot) -> Value {
+    json!({
+        "name": s.name,
+        "created_at": rfc3339(s.created_at),
+        "last_used_at": rfc3339(s.created_at),
+        "expires_at": rfc3339(0),
+        "stateful": false,
+        "ephemeral": false,
+        "architecture": std::env::consts::ARCH,
+        "profiles": ["default"],
+        "config": s.config,
+        "devices": s.devices,
+        "expanded_config": s.config,
+        "expanded_devices": s.devices,
+        "size": -1,
+        "instance": r.name,
+    })
 }
