@@ -45,8 +45,12 @@ pub(crate) struct Launch {
     /// put eth0 on this existing bridge instead of user-mode NAT
     network: Option<String>,
     #[argh(option, short = 'c')]
-    /// any config key: KEY=VALUE (e.g. security.privileged=true); repeatable
+    /// any config key: KEY=VALUE, or KEY=@FILE for a file's content
+    /// (e.g. security.privileged=true); repeatable
     config: Vec<String>,
+    #[argh(option)]
+    /// cloud-init user-data from this file (cloud-init.user-data)
+    cloud_init: Option<PathBuf>,
     #[argh(positional)]
     /// [IMAGE] NAME
     args: Vec<String>,
@@ -82,8 +86,12 @@ pub(crate) struct Init {
     /// put eth0 on this existing bridge instead of user-mode NAT
     network: Option<String>,
     #[argh(option, short = 'c')]
-    /// any config key: KEY=VALUE (e.g. security.privileged=true); repeatable
+    /// any config key: KEY=VALUE, or KEY=@FILE for a file's content
+    /// (e.g. security.privileged=true); repeatable
     config: Vec<String>,
+    #[argh(option)]
+    /// cloud-init user-data from this file (cloud-init.user-data)
+    cloud_init: Option<PathBuf>,
     #[argh(positional)]
     /// [IMAGE] NAME
     args: Vec<String>,
@@ -289,7 +297,14 @@ struct CreateArgs<'a> {
     forward: &'a [String],
     network: &'a Option<String>,
     config: &'a [String],
+    cloud_init: &'a Option<PathBuf>,
     args: &'a [String],
+}
+
+/// A text file named on the command line (a config value).
+fn read_text(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))
 }
 
 /// POST /1.0/instances; the instance's name.
@@ -315,11 +330,18 @@ fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
     if let Some(m) = a.memory {
         config.insert("limits.memory".to_string(), m.clone());
     }
+    if let Some(f) = a.cloud_init {
+        config.insert("cloud-init.user-data".to_string(), read_text(f)?);
+    }
     for kv in a.config {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| Error::Usage(format!("--config {kv:?} is not KEY=VALUE")))?;
-        config.insert(k.to_string(), v.to_string());
+        let v = match v.strip_prefix('@') {
+            Some(file) => read_text(Path::new(file))?,
+            None => v.to_string(),
+        };
+        config.insert(k.to_string(), v);
     }
     let mut devices = BTreeMap::new();
     for (i, d) in a.disk.iter().enumerate() {
@@ -375,6 +397,7 @@ pub(crate) fn launch(ctx: &Ctx, a: &Launch) -> Result<(), Error> {
             forward: &a.forward,
             network: &a.network,
             config: &a.config,
+            cloud_init: &a.cloud_init,
             args: &a.args,
         },
     )?;
@@ -397,6 +420,7 @@ pub(crate) fn init(ctx: &Ctx, a: &Init) -> Result<(), Error> {
             forward: &a.forward,
             network: &a.network,
             config: &a.config,
+            cloud_init: &a.cloud_init,
             args: &a.args,
         },
     )?;

@@ -14,6 +14,7 @@ mod confine;
 mod guest;
 mod image;
 mod record;
+mod seed;
 mod snapshot;
 mod update;
 mod view;

@@ -26,9 +26,12 @@ const KEYS: &[&str] = &[
     "security.privileged",
     "security.apparmor",
 ];
+/// The longest config value (cloud-init user-data is the large one).
+const MAX_VALUE: usize = 1 << 20;
 const DEFAULT_MEMORY: &str = "1GiB";
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
+use super::seed;
 use super::snapshot::Snapshot;
 pub(crate) use crate::wire::Device;
 
@@ -357,6 +360,16 @@ impl Record {
                 read_only: false,
             });
         }
+        if let Some(seed) = seed::write(self, &self.dir(state))? {
+            let (_, pin) = crate::hostfile::check(&seed, &Opener::Daemon, Need::Read)?;
+            pins.push(pin);
+            disks.push(Disk {
+                id: "cidata".into(),
+                path: seed,
+                format: DiskFormat::Raw,
+                read_only: true,
+            });
+        }
         disks.extend(self.disks()?);
         let mut nics = Vec::new();
         for (name, dev) in &self.devices {
@@ -420,8 +433,15 @@ fn require_file(what: &str, p: &Path) -> Result<(), Error> {
 /// Checks one config key and its value without looking at the host (what
 /// a client can check before it sends anything; files are checked at create).
 pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
-    if !KEYS.contains(&k) && !k.starts_with("user.") {
+    if !KEYS.contains(&k) && !seed::KEYS.contains(&k) && !k.starts_with("user.") {
         return Err(Error::Invalid(format!("unknown configuration key {k:?}")));
+    }
+    // The record keeps every value and the seed is a small disk.
+    if v.len() > MAX_VALUE {
+        return Err(Error::Invalid(format!(
+            "the value of {k} is {} bytes, more than {MAX_VALUE}",
+            v.len()
+        )));
     }
     let bad = |why: &str| Error::Invalid(format!("invalid value {v:?} for {k}: {why}"));
     match k {
