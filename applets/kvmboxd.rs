@@ -27,6 +27,8 @@ const NAME: &str = "kvmboxd";
 #[argh(note = "Environment: KVMBOX_DIR is the default state directory.
 KVMBOX_AA_PARSER names a program kvmbox-aa-helper runs instead of apparmor_parser
 (for tests; profiles are then compiled even where the kernel has no AppArmor).
+NOTIFY_SOCKET (set by systemd for Type=notify) is told READY=1 once the daemon answers.
+Signals: SIGTERM or SIGINT stop it; SIGHUP reads STATE/trust.json and STATE/daemon.json again.
 Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version.")]
 struct Args {
     /// state directory (default $KVMBOX_DIR, else /var/lib/kvmbox)

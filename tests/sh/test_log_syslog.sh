@@ -1,7 +1,8 @@
 # kvmboxd --log syslog: each line one RFC 3164 datagram with facility daemon
 # (3) and the level's severity, sent to a socket this test binds (never the
-# host's /dev/log); SIGHUP re-reads the configuration on disk, and a
-# configuration it cannot read is refused and logged as an error.
+# host's /dev/log); SIGHUP re-reads the configuration and the trust store
+# on disk, and a configuration it cannot read is refused and logged as an
+# error.
 . "$TESTLIB"
 
 export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
@@ -45,6 +46,28 @@ wait_for syslog.txt "^<30>kvmboxd\[$pid\]: info: listening on https://127\.0\.0\
 # At --log-level debug, what was read is said at debug severity: <31>.
 wait_for syslog.txt "^<31>kvmboxd\[$pid\]: debug: read $PWD/state/trust.json and daemon.json again$"
 [ "$(bin/kvmbox config get core.https_address)" = 127.0.0.1:0 ] || fail "the configuration was not re-read"
+# And a trust store written by hand: a provisioning tool adds a client.
+ln -sf "$K" bin/kvmbox-cert
+bin/kvmbox-cert gen --key prov.key --cert prov.crt --cn provisioned >/dev/null
+fp=$(bin/kvmbox-cert fingerprint prov.crt)
+python3 - "$fp" <<'PY'
+import json, sys
+path = "state/trust.json"
+try:
+    store = json.load(open(path))
+except FileNotFoundError:
+    store = []
+entries = store if isinstance(store, list) else store["certificates"]
+entries.append({"fingerprint": sys.argv[1], "name": "provisioned", "type": "client",
+                "certificate": open("prov.crt").read(), "role": "operator",
+                "projects": [], "added": 0})
+json.dump(store, open(path, "w"))
+PY
+! bin/kvmbox config trust list --format csv | grep -q "$fp" || fail "listed before the reload"
+kill -HUP $pid
+i=0; until bin/kvmbox config trust list --format csv | grep -q "$fp,"; do
+    i=$((i + 1)); [ $i -lt 200 ] || fail "trust store not re-read: $(bin/kvmbox config trust list)"; sleep 0.05
+done
 # A file that does not parse: an error (<27>), the old one stays in force.
 echo '{"config": ' >state/daemon.json
 kill -HUP $pid
