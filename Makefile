@@ -7,6 +7,10 @@ ARCH      ?= x86_64
 CARGO     ?= cargo
 PREFIX    ?= /usr/local
 DESTDIR   ?=
+# Where `make install` puts the service definitions (dist/): systemd looks
+# in /usr/lib/systemd/system and /usr/local/lib/systemd/system alike.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR     ?= /etc
 APPLETS   := kvmbox kvmbox-aa-helper kvmbox-cert kvmboxd
 
 # Every release binary is a static musl executable; Rust's names for the
@@ -116,6 +120,18 @@ install: $(OUT)
 	install -D -m 0644 profiles/usr.sbin.kvmboxd $(DESTDIR)/etc/apparmor.d/usr.sbin.kvmboxd
 	install -D -m 0644 profiles/usr.libexec.kvmbox-aa-helper $(DESTDIR)/etc/apparmor.d/usr.libexec.kvmbox-aa-helper
 	install -D -m 0644 profiles/TEMPLATE.qemu $(DESTDIR)/etc/apparmor.d/kvmbox/TEMPLATE.qemu
+	@# The services of dist/, with the daemon's installed path filled in:
+	@# a systemd unit, an OpenRC script and a runit (or busybox runsv)
+	@# service directory. Installing them starts nothing.
+	mkdir -p $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSCONFDIR)/init.d \
+		$(DESTDIR)$(SYSCONFDIR)/sv/kvmboxd/log
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|g' dist/systemd/kvmboxd.service >$(DESTDIR)$(SYSTEMDUNITDIR)/kvmboxd.service
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|g' dist/openrc/kvmboxd >$(DESTDIR)$(SYSCONFDIR)/init.d/kvmboxd
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|g' dist/runit/kvmboxd/run >$(DESTDIR)$(SYSCONFDIR)/sv/kvmboxd/run
+	cp dist/runit/kvmboxd/log/run $(DESTDIR)$(SYSCONFDIR)/sv/kvmboxd/log/run
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/kvmboxd.service
+	chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/kvmboxd $(DESTDIR)$(SYSCONFDIR)/sv/kvmboxd/run \
+		$(DESTDIR)$(SYSCONFDIR)/sv/kvmboxd/log/run
 
 clean:
 	rm -rf build target

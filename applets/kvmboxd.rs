@@ -7,14 +7,16 @@
 //! and over TCP on `core.https_address` or `--https` with LXD's trust model
 //! (<https://documentation.ubuntu.com/lxd/en/latest/authentication/>; PKI
 //! mode when `server.ca` is in the state directory at start).
-//! Runs in the foreground; SIGTERM or SIGINT stop it cleanly.
+//! Runs in the foreground; SIGTERM or SIGINT stop it cleanly, SIGHUP
+//! re-reads the trust store and the server configuration. Under systemd's
+//! `Type=notify` it says when it is ready (`NOTIFY_SOCKET`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
-use kvmbox::{DaemonOptions, LogLevel};
+use kvmbox::{DaemonOptions, LogLevel, LogTarget};
 
 use crate::cli;
 
@@ -25,6 +27,8 @@ const NAME: &str = "kvmboxd";
 #[argh(note = "Environment: KVMBOX_DIR is the default state directory.
 KVMBOX_AA_PARSER names a program kvmbox-aa-helper runs instead of apparmor_parser
 (for tests; profiles are then compiled even where the kernel has no AppArmor).
+NOTIFY_SOCKET (set by systemd for Type=notify) is told READY=1 once the daemon answers.
+Signals: SIGTERM or SIGINT stop it; SIGHUP reads STATE/trust.json and STATE/daemon.json again.
 Exit codes: 0 ok, 1 failed, 2 bad command line. --version prints the version.")]
 struct Args {
     /// state directory (default $KVMBOX_DIR, else /var/lib/kvmbox)
@@ -51,9 +55,16 @@ struct Args {
     /// instances; - for stdin) before serving; a failure stops the daemon
     #[argh(option)]
     preseed: Option<PathBuf>,
-    /// error, warn, info (default) or debug
+    /// where the log goes: stderr (default) or syslog (/dev/log, facility
+    /// daemon)
+    #[argh(option, default = "LogTarget::Stderr")]
+    log: LogTarget,
+    /// the least severe lines logged: error, warn, info (default) or debug
     #[argh(option, default = "LogLevel::Info")]
     log_level: LogLevel,
+    /// the syslog socket (default /dev/log)
+    #[argh(option, hidden_help)]
+    syslog_socket: Option<PathBuf>,
     /// seconds a client has to send a request, and that an idle connection stays open
     #[argh(option, default = "30", hidden_help)]
     timeout: u64,
@@ -74,6 +85,15 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         return cli::usage_error(NAME, "a timeout must be at least 1 second");
     }
     kvmbox::set_log_level(args.log_level);
+    if args.syslog_socket.is_some() && args.log != LogTarget::Syslog {
+        return cli::usage_error(NAME, "--syslog-socket needs --log syslog");
+    }
+    let syslog = args
+        .syslog_socket
+        .unwrap_or_else(|| PathBuf::from(kvmbox::SYSLOG_SOCKET));
+    if let Err(e) = kvmbox::set_log_target(args.log, &syslog) {
+        return cli::report(NAME, Err::<(), _>(e));
+    }
     let state_dir = args
         .state_dir
         .or_else(|| {

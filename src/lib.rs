@@ -12,7 +12,7 @@
 //!   agent, the console fan-out, the accelerator;
 //! - the ground floor: `wire` (API vocabulary shared by server and client),
 //!   `fault` (whose fault an error is: the caller's, a peer's, the host's),
-//!   `http`, `tls`, `pki`, `store`, `log`, `rt` (lock, deadline), `clock`,
+//!   `http`, `tls`, `pki`, `store`, `log`, `notify`, `rt` (lock, deadline), `clock`,
 //!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
 //!   or `-`), `websocket`, and `sys` (system calls).
 
@@ -22,6 +22,7 @@ mod fault;
 mod hostfile;
 mod http;
 mod log;
+mod notify;
 mod operand;
 mod pki;
 mod preseed;
@@ -55,7 +56,10 @@ pub use client::remotes::{
 pub use fault::{Blame, Fault};
 pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
-pub use log::{set_level as set_log_level, LogLevel, UnknownLevel as UnknownLogLevel};
+pub use log::{
+    set_level as set_log_level, set_target as set_log_target, LogLevel, LogTarget,
+    UnknownLevel as UnknownLogLevel, UnknownTarget as UnknownLogTarget, SYSLOG_SOCKET,
+};
 pub use server::auth::{REMOTE_UNTRUSTED_HINT, UNTRUSTED_HINT};
 pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};

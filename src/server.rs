@@ -34,11 +34,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_signal::Signal;
 use futures_rustls::TlsAcceptor;
 use smol::stream::StreamExt;
 use smol::Executor;
 
 use crate::log::log;
+use crate::notify::Notifier;
 use crate::pki::{Cert, CertSpec, Curve, Key, Profile};
 use crate::server::settings::Settings;
 use crate::server::tokens::Tokens;
@@ -217,8 +219,42 @@ fn lxd_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Tells the service manager, if one asked (`NOTIFY_SOCKET`), how the
+/// daemon is; a failure is logged, never fatal.
+fn tell(notifier: Option<&Notifier>, state: &str) {
+    if let Some(Err(e)) = notifier.map(|n| n.send(state)) {
+        log!(Warn, "{e}");
+    }
+}
+
+/// SIGHUP: the state files an administrator or a provisioning tool may
+/// have written while the daemon ran, the trust store and the server
+/// configuration, are read again and take effect as if set through the API
+/// (`instances.accel`, the server certificate and `server.ca` stay as read
+/// at start). Either file unreadable or invalid: both stay as they were.
+fn reload(shared: &Shared, dir: &Path) -> Result<(), Error> {
+    let trust = TrustStore::open(&dir.join("trust.json"))?;
+    let settings = Settings::open(&dir.join("daemon.json"))?;
+    *shared.trust() = trust;
+    *shared.settings() = settings;
+    shared.configure_instances();
+    shared.notify_config();
+    log!(
+        Debug,
+        "read {} and daemon.json again",
+        dir.join("trust.json").display()
+    );
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP re-reads its state
+/// files ([`reload`]).
 pub fn run(opts: DaemonOptions) -> Result<(), Error> {
+    // First, before any thread starts: it edits the environment.
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        log!(Warn, "{e}");
+        None
+    });
     // Nothing the daemon creates is readable by others unless it says so.
     sys::umask(0o077);
     // Each listener may hold max_connections, and VMs, the helper and the
@@ -283,9 +319,8 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         tokens,
         pki,
     ));
-    let mut signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-            .map_err(Error::Signals)?;
+    let mut signals = async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+        .map_err(Error::Signals)?;
     // `--https` is bound before anything else is: a bad address stops the
     // daemon before it has touched the socket.
     let pinned = match opts.https {
@@ -351,13 +386,32 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         Some(tls),
         opts.clone(),
     );
+    let status = format!("STATUS=serving on {}", socket.display());
     let stop = async {
-        let name = match signals.next().await {
-            Some(Ok(async_signal::Signal::Int)) => "SIGINT",
-            _ => "SIGTERM",
+        let name = loop {
+            match signals.next().await {
+                Some(Ok(Signal::Hup)) => {
+                    log!(
+                        Info,
+                        "received SIGHUP, reading the trust store and configuration again"
+                    );
+                    tell(notifier.as_ref(), "RELOADING=1\nSTATUS=reloading");
+                    if let Err(e) = reload(&shared, dir) {
+                        log!(Error, "reload failed, keeping what was in force: {e}");
+                    }
+                    tell(notifier.as_ref(), &format!("READY=1\n{status}"));
+                }
+                Some(Ok(Signal::Int)) => break "SIGINT",
+                _ => break "SIGTERM",
+            }
         };
         log!(Info, "received {name}, shutting down");
+        tell(notifier.as_ref(), "STOPPING=1\nSTATUS=shutting down");
     };
+    // The sockets are bound and the preseed applied: a client that
+    // connects from here on is answered.
+    log!(Info, "ready: serving on {}", socket.display());
+    tell(notifier.as_ref(), &format!("READY=1\n{status}"));
     smol::block_on(ex.run(smol::future::or(serve, stop)));
     Ok(())
 }

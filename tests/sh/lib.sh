@@ -44,3 +44,28 @@ guest_assets() {
     chmod 755 guest && chmod 644 guest/vmlinuz guest/initrd.gz
     kernel=$PWD/guest/vmlinuz initrd=$PWD/guest/initrd.gz
 }
+
+# dgram_sink ADDR FILE: receives Unix datagrams at ADDR (a path, or @NAME
+# for an abstract socket), appending each to FILE and a newline after it;
+# runs until killed. FILE appears, empty, once the socket is bound.
+dgram_sink() {
+    python3 -c '
+import socket, sys
+addr, out = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("\0" + addr[1:] if addr.startswith("@") else addr)
+f = open(out, "ab", buffering=0)
+while True:
+    f.write(s.recv(65536) + b"\n")
+' "$1" "$2" &
+    _i=0
+    until [ -e "$2" ]; do _i=$((_i + 1)); [ $_i -lt 200 ] || fail "no datagram sink at $1"; sleep 0.05; done
+}
+
+# wait_for FILE PATTERN: until a line of FILE matches (grep -E), 10 s at most.
+wait_for() {
+    _i=0
+    until grep -Eq "$2" "$1" 2>/dev/null; do
+        _i=$((_i + 1)); [ $_i -lt 200 ] || fail "no '$2' in $1: $(cat "$1" 2>/dev/null)"; sleep 0.05
+    done
+}
