@@ -67,7 +67,7 @@ cp "$busybox" "$root/bin/busybox"
 for a in $("$busybox" --list-full); do
     [ -e "$root/$a" ] || ln -s /bin/busybox "$root/$a"
 done
-# kvmbox and one symlink per applet, as `kvmbox --install` lays them out.
+# kvmbox, and a symlink to it for each of its other applets.
 cp "$bin" "$root/usr/bin/kvmbox"
 for a in $("$bin" --list-applets); do
     [ "$a" = kvmbox ] || ln -s kvmbox "$root/usr/bin/$a"
