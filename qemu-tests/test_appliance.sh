@@ -127,7 +127,7 @@ out=$(timeout 60 bin/kvmbox list appl: --format csv) || fail "kvmbox list: $out"
 
 # --- the preseeded guest, TCG inside TCG ---------------------------------
 # The first line of its kernel on its console shows that QEMU runs it. Its
-# whole boot takes minutes here (2 to 3.5 on a busy 2-core machine), too
+# whole boot takes minutes here (110 to 190 s on a busy 2-core machine), too
 # long for every run: KVMBOX_APPLIANCE_GUEST_BOOT=1 waits for its marker too.
 wait_demo() { # TEXT SECONDS
     i=0
