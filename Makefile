@@ -101,6 +101,21 @@ qemu-test:
 	KVMBOX_BIN=$(CURDIR)/build/kvmbox KVMBOX_REQUIRE_GUESTS=1 $(CARGO) test --locked --test vm
 	@KVMBOX_BIN=$(CURDIR)/build/kvmbox sh qemu-tests/run.sh
 
+# An example appliance in build/appliance/: Debian's cloud kernel and an
+# initramfs with busybox, kvmbox, QEMU and a preseed (appliance/build.sh).
+# x86_64 only: it carries this host's QEMU and kernel.
+.PHONY: appliance
+appliance: deps
+	@[ "$(ARCH)" = x86_64 ] || { echo "make appliance: x86_64 only (ARCH=$(ARCH))" >&2; exit 2; }
+	@$(MAKE) --no-print-directory all
+	@sh appliance/build.sh $(OUT) build/appliance
+	@echo "build/appliance/: vmlinuz, initrd.gz; boot it with:"
+	@echo "  qemu-system-x86_64 -accel kvm -accel tcg -m 1536 -smp 2 -nographic \\"
+	@echo "    -kernel build/appliance/vmlinuz -initrd build/appliance/initrd.gz -append console=ttyS0 \\"
+	@echo "    -netdev user,id=n0,hostfwd=tcp:127.0.0.1:8443-:8443 -device virtio-net-pci,netdev=n0"
+	@echo "then: kvmbox remote add appliance 127.0.0.1:8443 --password-file build/appliance/trust-password \\"
+	@echo "        --fingerprint $$(cat build/appliance/server.fingerprint)"
+
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory all ARCH=aarch64
