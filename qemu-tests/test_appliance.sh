@@ -121,7 +121,7 @@ out=$(timeout 60 lxc list lx: --format csv -c ns) || fail "lxc list: $out"
 [ "$out" = "$(printf 'demo,RUNNING\nvm2,RUNNING')" ] || fail "lxc list after the launch: $out"
 timeout 120 lxc stop --force lx:vm2 || fail "lxc stop"
 [ "$(timeout 60 lxc list lx: --format csv -c ns)" = "$(printf 'demo,RUNNING\nvm2,STOPPED')" ] || fail "lxc stop left vm2 running"
-timeout 120 bin/kvmbox delete appl:vm2 || fail "kvmbox delete"
+timeout 120 lxc delete lx:vm2 || fail "lxc delete"
 out=$(timeout 60 bin/kvmbox list appl: --format csv) || fail "kvmbox list: $out"
 [ "$(printf '%s\n' "$out" | sed 1d | cut -d, -f1)" = demo ] || fail "vm2 is still listed: $out"
 

@@ -498,6 +498,10 @@ impl ClientCertVerifier for PkiClients {
 #[derive(Debug)]
 struct OptionalEcClient;
 
+/// How far ahead of the daemon's clock a client certificate's start of
+/// validity may be.
+const CLOCK_SKEW_SECS: i64 = 300;
+
 impl ClientCertVerifier for OptionalEcClient {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
@@ -519,7 +523,11 @@ impl ClientCertVerifier for OptionalEcClient {
             .validity()
             .map_err(|_| bad(rustls::CertificateError::BadEncoding))?;
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        if now < from {
+        // lxc makes its certificate valid from the second it makes it: a
+        // server whose clock is a little behind (an appliance that starts
+        // from its RTC's whole seconds) must not refuse it as not yet
+        // valid.
+        if now.saturating_add(CLOCK_SKEW_SECS) < from {
             return Err(bad(rustls::CertificateError::NotValidYet));
         }
         if now > to {
@@ -817,6 +825,19 @@ k5T+kTHIgjYw/8RwXAEJnV7y+vevYKOc10Nd2Onn5401CCxOWxWSaUmV+s0IicTU
             .verify_client_cert(&CertificateDer::from(c.der()), &[], later)
             .unwrap_err();
         assert!(format!("{err:?}").contains("Expired"), "{err:?}");
+        // Made a little after the daemon's clock (lxc's certificates start
+        // the second they are made): accepted within the skew, not beyond.
+        let from = c.validity().unwrap().0;
+        let at = |secs: i64| {
+            let t = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                u64::try_from(secs).unwrap(),
+            ));
+            v.verify_client_cert(&CertificateDer::from(c.der()), &[], t)
+        };
+        assert!(at(from - 2).is_ok());
+        assert!(at(from - CLOCK_SKEW_SECS).is_ok());
+        let err = at(from - CLOCK_SKEW_SECS - 1).unwrap_err();
+        assert!(format!("{err:?}").contains("NotValidYet"), "{err:?}");
     }
 
     #[test]
