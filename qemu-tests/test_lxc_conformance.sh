@@ -9,22 +9,10 @@ KVMBOX_TOOLS=$(sed -n 's/^KVMBOX_TOOLS=//p' "$REPO/cross/release.env")
 . "$REPO/qemu-tests/ansible/versions.env"
 [ -x "$ANSIBLE_DIR/bin/ansible-playbook" ] || fail "Ansible is not installed: run scripts/deps.sh"
 
-export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf LXD_CONF=$PWD/lxc
-unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
 chmod 711 .
 guest_assets
-mkdir -p bin lxc lxc-token; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
-kv() { bin/kvmbox "$@"; }
-bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
-dpid=$!
-cleanup() {
-    kill -9 "$dpid" 2>/dev/null || true
-    for p in $(grep -lasF "$PWD/state/instances/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
-        kill -9 "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-port=$(https_port daemon.log)
+lxc_daemon
+mkdir -p lxc-token
 boot="-c boot.kernel=$kernel -c boot.initrd=$initrd -c boot.cmdline=console=ttyS0 -c limits.memory=256MiB"
 qemu-img create -q -f qcow2 base.qcow2 64M
 kv image import "$PWD/base.qcow2" --alias base >/dev/null

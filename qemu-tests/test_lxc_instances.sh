@@ -4,22 +4,9 @@
 . "$TESTLIB"
 command -v lxc >/dev/null || fail "lxc (Debian's lxd-client) is not installed"
 
-export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf LXD_CONF=$PWD/lxc
-unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
 chmod 711 .
 guest_assets
-mkdir -p bin lxc; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
-kv() { bin/kvmbox "$@"; }
-bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
-dpid=$!
-cleanup() {
-    kill -9 "$dpid" 2>/dev/null || true
-    for p in $(grep -lasF "$PWD/state/instances/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
-        kill -9 "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-port=$(https_port daemon.log)
+lxc_daemon
 kv config set core.trust_password lxc-vm-pw
 kv init vm1 --kernel "$kernel" --initrd "$initrd" \
     --cmdline "console=ttyS0 quiet" --memory 256MiB >/dev/null

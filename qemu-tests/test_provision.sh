@@ -1,4 +1,4 @@
-# Scripted provisioning from an initramfs (issue: remote API): a guest whose
+# Scripted provisioning from an initramfs: a guest whose
 # initramfs holds only busybox and the static kvmbox binary — no HOME, no
 # /etc/passwd, no terminal — adds the host daemon as a remote with
 # --fingerprint and --token over user-mode networking, lists it, and fails

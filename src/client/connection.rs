@@ -1,7 +1,7 @@
 //! The client side: its identity (a P-256 key and self-signed certificate
 //! made on first use, as Multipass and LXD clients do), where it keeps them, and a blocking HTTP
 //! client over TLS that speaks LXD's envelope. Blocking on purpose: a CLI
-//! makes one or two calls and exits. The remote issue reuses it over TCP.
+//! makes one or two calls and exits. Remote access reuses it over TCP.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;

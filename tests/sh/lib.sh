@@ -69,3 +69,24 @@ wait_for() {
         _i=$((_i + 1)); [ $_i -lt 200 ] || fail "no '$2' in $1: $(cat "$1" 2>/dev/null)"; sleep 0.05
     done
 }
+
+# lxc_daemon: starts kvmboxd on ./state (admin group root) with a TLS
+# listener on a free loopback port, left in $port, for the client `kv` and
+# the real `lxc` (its config in ./lxc); HOME and the like are unset, as on
+# a bare host. On exit the daemon and every QEMU of ./state are killed.
+lxc_daemon() {
+    export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf LXD_CONF=$PWD/lxc
+    unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
+    mkdir -p bin lxc; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
+    bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
+    dpid=$!
+    trap end_daemon EXIT
+    port=$(https_port daemon.log)
+}
+kv() { bin/kvmbox "$@"; }
+end_daemon() {
+    kill -9 "$dpid" 2>/dev/null || true
+    for p in $(grep -lasF "$PWD/state/instances/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+        kill -9 "$p" 2>/dev/null || true
+    done
+}
