@@ -14,10 +14,13 @@
 )]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "support.rs"]
+mod support;
+use support::{copy_in, debian_image, repo, Reap};
 
 use kvmbox::{
     read_console, Accel, AgentError, Boot, Disk, DiskFormat, ExecRequest, IdRange, Pin, Vm,
@@ -29,35 +32,6 @@ const BUSYBOX_UUID: &str = "3a1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e61";
 /// Bytes the guest writes to its console at once: more than the log may
 /// keep, so that it is trimmed.
 const FLOOD: usize = 1_100_000;
-
-/// Ends a VM's QEMU when the test ends, passed or not, so that a failed
-/// check leaves no guest running: the process of that pid, if it still
-/// runs that VM (the pid may be another process's by then).
-struct Reap(u32, &'static str);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(self.1) {
-            let _ = Command::new("kill")
-                .args(["-9", &self.0.to_string()])
-                .status();
-        }
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Copies `from` into `dir`, readable by the VM's uid (the clone's own
-/// directories may not let it through).
-fn copy_in(dir: &Path, from: &Path) -> PathBuf {
-    let to = dir.join(from.file_name().unwrap());
-    std::fs::copy(from, &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
-    to
-}
 
 fn spec(dir: &Path, uuid: &str, uid: u32, boot: Boot, memory: &str) -> VmSpec {
     VmSpec {
@@ -117,27 +91,9 @@ fn run(words: &[&str]) -> ExecRequest {
 
 #[test]
 fn exec_files_and_console_in_a_real_guest() {
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    if uid.ok() != Some(0) {
-        eprintln!("SKIPPED: building the Debian guest and per-VM uids need root");
+    let Some(img) = debian_image() else {
         return;
-    }
-    let built = Command::new("sh")
-        .arg(repo().join("qemu-tests/debian/image.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let img = PathBuf::from(
-        String::from_utf8(built.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    );
+    };
     let busybox = repo().join("qemu-tests/cache");
     if !busybox.join("initrd.gz").is_file() {
         let why = "the busybox guest is missing: run qemu-tests/assets.sh";

@@ -17,9 +17,12 @@
 )]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "support.rs"]
+mod support;
+use support::{copy_in, debian_image, repo, Reap};
 
 use kvmbox::{
     Accel, Agent, Boot, Disk, DiskFormat, ExecRequest, IdRange, Pin, Vm, VmConfig, VmSpec,
@@ -29,33 +32,6 @@ const UUID: &str = "3a1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e70";
 /// The unit's CapabilityBoundingSet: CHOWN, DAC_OVERRIDE, FOWNER, KILL,
 /// SETGID, SETUID, NET_BIND_SERVICE, NET_ADMIN, MAC_ADMIN.
 const CAP_BOUNDING: &str = "00000002000014eb";
-
-/// Ends the guest's QEMU when the test ends, passed or not, if that pid
-/// still runs this VM.
-struct Reap(u32);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(UUID) {
-            let _ = Command::new("kill")
-                .args(["-9", &self.0.to_string()])
-                .status();
-        }
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Copies `from` into `dir`, readable by the VM's uid.
-fn copy_in(dir: &Path, from: &Path) -> PathBuf {
-    let to = dir.join(from.file_name().unwrap());
-    std::fs::copy(from, &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
-    to
-}
 
 /// Runs `script` with `sh -c` in the guest; its status and stdout, with
 /// stderr appended to the panic message of a caller that expects 0.
@@ -96,27 +72,9 @@ fn prop<'a>(shown: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn kvmboxd_as_a_systemd_service_in_a_real_guest() {
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    if uid.ok() != Some(0) {
-        eprintln!("SKIPPED: building the Debian guest and per-VM uids need root");
+    let Some(img) = debian_image() else {
         return;
-    }
-    let built = Command::new("sh")
-        .arg(repo().join("qemu-tests/debian/image.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let img = PathBuf::from(
-        String::from_utf8(built.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    );
+    };
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
 
@@ -188,7 +146,7 @@ fn kvmboxd_as_a_systemd_service_in_a_real_guest() {
     smol::block_on(async {
         let t0 = Instant::now();
         let vm = Vm::spawn(&spec).await.unwrap();
-        let _reap = Reap(vm.pid());
+        let _reap = Reap(vm.pid(), UUID);
         let agent = vm.agent();
         let until = Instant::now() + Duration::from_secs(420);
         while let Err(e) = agent.ping().await {
