@@ -114,6 +114,22 @@ impl Events {
         rx
     }
 
+    /// A lifecycle event in LXD's shape (`action` such as
+    /// `instance-started`, `source` the instance's path), for what was done
+    /// to instance `name`. Every listener may see it: the events route
+    /// admits only callers with a role in the default project, the one
+    /// project there is and the one every instance is in.
+    pub(crate) fn lifecycle(&self, action: &str, name: &str, context: Value) {
+        self.send(
+            Kind::Lifecycle,
+            &serde_json::json!({
+                "action": action,
+                "source": crate::wire::path::instance(name),
+                "context": context,
+            }),
+        );
+    }
+
     /// Sends an event of `kind` to every listener that asked for it.
     pub(crate) fn send(&self, kind: Kind, metadata: &Value) {
         let mut listeners = lock(&self.listeners);
@@ -168,6 +184,14 @@ mod tests {
         );
         assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(next(&all)["type"], "operation");
+        events.lifecycle("instance-stopped", "vm1", json!({"reason": "exited"}));
+        let e = next(&all);
+        assert_eq!(
+            (e["type"].as_str(), e["metadata"]["source"].as_str()),
+            (Some("lifecycle"), Some("/1.0/instances/vm1"))
+        );
+        assert_eq!(e["metadata"]["action"], "instance-stopped");
+        assert_eq!(e["metadata"]["context"]["reason"], "exited");
         assert_eq!(next(&ops)["metadata"]["id"], "x");
         assert!(
             ops.try_recv().is_err(),

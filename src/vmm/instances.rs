@@ -228,6 +228,9 @@ pub(crate) struct Manager {
     reserved: Mutex<BTreeMap<String, u32>>,
     /// `security.apparmor_profile_dir`, as last configured.
     profile_dir: Mutex<Option<PathBuf>>,
+    /// Where the names of instances whose QEMU exited by itself are told
+    /// (the server announces them); unbounded, as exits are few.
+    exited: OnceLock<smol::channel::Sender<String>>,
 }
 
 /// Daemon start-up settings for [`Manager::open`].
@@ -420,11 +423,23 @@ impl Manager {
                     v.record.clone()
                 });
                 log!(Info, "instance {}: QEMU exited", rec.name);
+                if let Some(tx) = self.exited.get() {
+                    let _ = tx.try_send(rec.name.clone());
+                }
                 remove_taps(&rec);
                 self.unload(&rec).await;
                 e.view.change(|v| v.seclabel = SecLabel::default());
             }
         }
+    }
+
+    /// The names of instances whose QEMU exits by itself from now on (a
+    /// guest powering off, a crash), as the reaper notices them. Only the
+    /// first caller is told.
+    pub(crate) fn exits(&self) -> smol::channel::Receiver<String> {
+        let (tx, rx) = smol::channel::unbounded();
+        let _ = self.exited.set(tx);
+        rx
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {

@@ -135,9 +135,13 @@ pub(crate) async fn handle(
                 Ok(_) => {}
             }
             let n = name.to_string();
-            spawn(shared, "Deleting instance", name, move |s| async move {
-                s.instances.delete(&n, force).await
-            })
+            spawn(
+                shared,
+                "Deleting instance",
+                name,
+                "instance-deleted",
+                move |s| async move { s.instances.delete(&n, force).await },
+            )
         }
         Call::StatePut => state(shared, req, name),
         Call::Images => match m.images() {
@@ -152,8 +156,15 @@ pub(crate) async fn handle(
     }
 }
 
-/// Runs `work` as an operation on instance `name`; answers 202.
-fn spawn<F, Fut>(shared: &Arc<Shared>, description: &str, name: &str, work: F) -> Response
+/// Runs `work` as an operation on instance `name`; answers 202. Its
+/// success is announced as the lifecycle event `action`.
+fn spawn<F, Fut>(
+    shared: &Arc<Shared>,
+    description: &str,
+    name: &str,
+    action: &'static str,
+    work: F,
+) -> Response
 where
     F: FnOnce(Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
@@ -165,8 +176,11 @@ where
     let mut resources = BTreeMap::new();
     resources.insert("instances".to_string(), vec![path::instance(name)]);
     let fut = work(shared.clone());
+    let (events, name) = (shared.events.clone(), name.to_string());
     let op = shared.ops.spawn(&ex, description, resources, async move {
-        fut.await.map(|()| json!({})).map_err(|e| told(&e))
+        fut.await.map_err(|e| told(&e))?;
+        events.lifecycle(action, &name, json!({}));
+        Ok(json!({}))
     });
     operation(&op)
 }
@@ -293,7 +307,12 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
         )
         .await;
     match created {
-        Ok(v) => sync(v),
+        Ok(v) => {
+            shared
+                .events
+                .lifecycle("instance-created", &b.name, json!({}));
+            sync(v)
+        }
         Err(e) => fail(&e),
     }
 }
@@ -337,7 +356,10 @@ async fn update(
         .update(name, config, b.devices, replace, &pins)
         .await
     {
-        Ok(()) => sync(json!({})),
+        Ok(()) => {
+            shared.events.lifecycle("instance-updated", name, json!({}));
+            sync(json!({}))
+        }
         Err(e) => fail(&e),
     }
 }
@@ -356,15 +378,27 @@ fn state(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     let timeout = u64::try_from(b.timeout).map_or(STOP_TIMEOUT, Duration::from_secs);
     let (force, n) = (b.force, name.to_string());
     match b.action.as_str() {
-        "start" => spawn(shared, "Starting instance", name, move |s| async move {
-            s.instances.start(&n).await
-        }),
-        "stop" => spawn(shared, "Stopping instance", name, move |s| async move {
-            s.instances.stop(&n, force, timeout).await
-        }),
-        "restart" => spawn(shared, "Restarting instance", name, move |s| async move {
-            s.instances.restart(&n, force, timeout).await
-        }),
+        "start" => spawn(
+            shared,
+            "Starting instance",
+            name,
+            "instance-started",
+            move |s| async move { s.instances.start(&n).await },
+        ),
+        "stop" => spawn(
+            shared,
+            "Stopping instance",
+            name,
+            "instance-stopped",
+            move |s| async move { s.instances.stop(&n, force, timeout).await },
+        ),
+        "restart" => spawn(
+            shared,
+            "Restarting instance",
+            name,
+            "instance-restarted",
+            move |s| async move { s.instances.restart(&n, force, timeout).await },
+        ),
         a => error(
             400,
             &format!("unknown action {a:?}: use start, stop or restart"),
