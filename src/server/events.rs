@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::rt::lock;
 use crate::server::trust::DEFAULT_PROJECT;
+use crate::websocket::Message;
 
 /// How many events may wait for one listener before it is dropped.
 pub(crate) const QUEUE: usize = 256;
@@ -89,7 +90,7 @@ struct Event<'a> {
 
 struct Listener {
     kinds: Kinds,
-    queue: smol::channel::Sender<Arc<[u8]>>,
+    queue: smol::channel::Sender<Message>,
 }
 
 /// The listeners, and the way in for events.
@@ -108,7 +109,7 @@ impl Events {
     /// A new listener for `kinds`: each event arrives as the JSON text of
     /// one websocket message. The queue ends when the listener is dropped
     /// for falling behind.
-    pub(crate) fn listen(&self, kinds: Kinds) -> smol::channel::Receiver<Arc<[u8]>> {
+    pub(crate) fn listen(&self, kinds: Kinds) -> smol::channel::Receiver<Message> {
         let (queue, rx) = smol::channel::bounded(QUEUE);
         lock(&self.listeners).push(Listener { kinds, queue });
         rx
@@ -146,7 +147,7 @@ impl Events {
             project: DEFAULT_PROJECT,
             metadata,
         };
-        let text: Arc<[u8]> = serde_json::to_vec(&event).unwrap_or_default().into();
+        let text = Message::Text(serde_json::to_vec(&event).unwrap_or_default().into());
         // A full queue drops its listener; a closed one has gone already.
         listeners.retain(|l| {
             !l.queue.is_closed() && (!l.kinds.has(kind) || l.queue.try_send(text.clone()).is_ok())
@@ -164,8 +165,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn next(rx: &smol::channel::Receiver<Arc<[u8]>>) -> Value {
-        serde_json::from_slice(&rx.try_recv().unwrap()).unwrap()
+    fn next(rx: &smol::channel::Receiver<Message>) -> Value {
+        match rx.try_recv().unwrap() {
+            Message::Text(t) => serde_json::from_slice(&t).unwrap(),
+            m => panic!("{m:?}"),
+        }
     }
 
     #[test]

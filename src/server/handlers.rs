@@ -1,6 +1,7 @@
 //! The handlers behind the route table, one file per API area.
 
 pub(crate) mod certificates;
+pub(crate) mod guest;
 pub(crate) mod instances;
 pub(crate) mod operations;
 pub(crate) mod server;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::http::{Request, Response};
 use crate::server::auth::{authorize, project, Identity, Need, Scope};
-use crate::server::handlers::{self, certificates, instances::Call};
+use crate::server::handlers::{self, certificates, guest, instances::Call};
 use crate::server::reply::{error, operation, sync};
 use crate::server::state::Shared;
 use crate::server::trust::Role;
@@ -33,6 +33,8 @@ enum Route {
     /// waits on operations through the `/1.0/events` websocket, which kvmbox
     /// does not serve, unless the operation it is handed is already final.
     Settled(Call),
+    /// Exec, console, files and operation websockets: see `handlers::guest`.
+    Guest(guest::Call),
     /// `/1.0/events`: the websocket is accepted so that LXD clients can wait
     /// on operations, but kvmbox emits no events on it yet.
     Events,
@@ -87,9 +89,24 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("DELETE", "/1.0/instances/{}", Route::Instances(Call::Delete), OPERATOR, PROJECT),
     ("GET", "/1.0/instances/{}/state", Route::Instances(Call::State), AUDITOR, PROJECT),
     ("PUT", "/1.0/instances/{}/state", Route::Instances(Call::StatePut), USER, PROJECT),
-    ("GET", "/1.0/instances/{}/console", Route::Instances(Call::Console), USER, PROJECT),
     ("GET", "/1.0/images", Route::Instances(Call::Images), AUDITOR, PROJECT),
     ("POST", "/1.0/images", Route::Instances(Call::ImageAdd), OPERATOR, PROJECT),
+    // Getting into a running instance: exec, console, files, and where the
+    // clients of their operations connect. An auditor never may; lxc 5.0
+    // uses the containers paths.
+    ("POST", "/1.0/instances/{}/exec", Route::Guest(guest::Call::Exec), USER, PROJECT),
+    ("POST", "/1.0/containers/{}/exec", Route::Guest(guest::Call::Exec), USER, PROJECT),
+    ("POST", "/1.0/instances/{}/console", Route::Guest(guest::Call::Console), USER, PROJECT),
+    ("POST", "/1.0/containers/{}/console", Route::Guest(guest::Call::Console), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/console", Route::Guest(guest::Call::ConsoleLog), USER, PROJECT),
+    ("GET", "/1.0/containers/{}/console", Route::Guest(guest::Call::ConsoleLog), USER, PROJECT),
+    ("DELETE", "/1.0/instances/{}/console", Route::Guest(guest::Call::ConsoleClear), USER, PROJECT),
+    ("DELETE", "/1.0/containers/{}/console", Route::Guest(guest::Call::ConsoleClear), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/files", Route::Guest(guest::Call::FileGet), USER, PROJECT),
+    ("GET", "/1.0/containers/{}/files", Route::Guest(guest::Call::FileGet), USER, PROJECT),
+    ("POST", "/1.0/instances/{}/files", Route::Guest(guest::Call::FilePost), USER, PROJECT),
+    ("POST", "/1.0/containers/{}/files", Route::Guest(guest::Call::FilePost), USER, PROJECT),
+    ("GET", "/1.0/operations/{}/websocket", Route::Guest(guest::Call::Websocket), USER, PROJECT),
     ("GET", "/1.0/events", Route::Events, AUDITOR, PROJECT),
     ("GET", "/1.0/operations", Route::Operations, AUDITOR, PROJECT),
     ("GET", "/1.0/operations/{}", Route::Operation, AUDITOR, PROJECT),
@@ -159,6 +176,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
             let resp = handlers::instances::handle(shared, id, req, call, param).await;
             settled(shared, resp).await
         }
+        Route::Guest(call) => guest::handle(shared, req, call, param).await,
         Route::Events => handlers::operations::events(req),
         Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
         Route::Operations => handlers::operations::list(shared),
@@ -282,6 +300,7 @@ mod tests {
             body: body.as_bytes().to_vec(),
             keep_alive: true,
             websocket_key: None,
+            lxd_headers: Vec::new(),
         };
         let resp = smol::block_on(handle(s, &id, &req));
         (resp.status, body_of(&resp))
@@ -394,6 +413,34 @@ mod tests {
         assert_eq!(call(&s, u, "PUT", "/1.0/instances/vm1/state", start).0, 404);
         assert_eq!(call(&s, a, "GET", "/1.0/instances/vm1/console", "").0, 403);
         assert_eq!(call(&s, u, "GET", "/1.0/instances/vm1/console", "").0, 404);
+        // Getting into an instance: never an auditor, a user and up may.
+        let exec = r#"{"command": ["true"], "wait-for-websocket": true}"#;
+        for (m, p, b) in [
+            ("POST", "/1.0/instances/vm1/exec", exec),
+            ("POST", "/1.0/containers/vm1/exec", exec),
+            ("POST", "/1.0/instances/vm1/console", "{}"),
+            ("DELETE", "/1.0/instances/vm1/console", ""),
+            ("GET", "/1.0/instances/vm1/files?path=/etc/hosts", ""),
+            ("POST", "/1.0/instances/vm1/files?path=/tmp/x", "data"),
+        ] {
+            let (code, v) = call(&s, a, m, p, b);
+            assert_eq!(code, 403, "{m} {p}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("user role"), "{v}");
+            for r in [u, o, Some(Role::Admin)] {
+                assert_eq!(call(&s, r, m, p, b).0, 404, "{r:?} {m} {p}");
+            }
+        }
+        assert_eq!(
+            call(&s, a, "GET", "/1.0/operations/x/websocket?secret=y", "").0,
+            403
+        );
+        assert_eq!(
+            call(&s, u, "GET", "/1.0/operations/x/websocket?secret=y", "").0,
+            400
+        );
+        // A user restricted to projects other than default gets nowhere.
+        let (code, _) = call_in(&s, u, &["p1"], "POST", "/1.0/instances/vm1/exec", exec);
+        assert_eq!(code, 403);
         for (m, p) in [
             ("POST", "/1.0/instances"),
             ("PUT", "/1.0/instances/vm1"),

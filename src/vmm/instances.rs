@@ -818,6 +818,18 @@ impl Manager {
         }
     }
 
+    /// Empties the serial console log.
+    pub(crate) fn clear_console(&self, name: &str) -> Result<(), Error> {
+        let rec = current(&*self.entry(name)?)?;
+        let host = self.host()?;
+        match vm::clear_console(&rec.dir(&host.state).join("vm")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(Error::host("clear the console log", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn images(&self) -> Result<Vec<Image>, Error> {
         Ok(image::list(&self.host()?.state))
     }

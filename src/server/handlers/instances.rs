@@ -1,6 +1,6 @@
 //! The instances and images endpoints of the REST API, in LXD's shapes
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>):
-//! `/1.0/instances[/<name>[/state|/console]]` and `/1.0/images`.
+//! `/1.0/instances[/<name>[/state]]` and `/1.0/images`.
 //!
 //! [`handle`] is the one entry point; [`Call`] names the endpoint, so other
 //! routes (such as LXD's older `/1.0/containers`) can map onto the same calls.
@@ -42,8 +42,6 @@ pub(crate) enum Call {
     State,
     /// `PUT /1.0/instances/<name>/state`
     StatePut,
-    /// `GET /1.0/instances/<name>/console`
-    Console,
     /// `GET /1.0/instances/<name>/snapshots` and `…/backups`: kvmbox makes
     /// neither yet, so the list of an existing instance is empty (lxc list
     /// and info read them).
@@ -111,10 +109,6 @@ pub(crate) async fn handle(
         Call::Snapshots => m
             .get(name, false)
             .map_or_else(|e| fail(&e), |_| sync(json!([]))),
-        Call::Console => match m.console(name) {
-            Ok(text) => sync(json!(text)),
-            Err(e) => fail(&e),
-        },
         Call::Create => create(shared, id, req).await,
         Call::Put | Call::Patch => update(shared, id, req, name, call == Call::Put).await,
         Call::Delete => {

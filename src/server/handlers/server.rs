@@ -28,6 +28,14 @@ pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
         "auth_methods": ["tls"],
         "public": false,
     });
+    // The guest endpoints' extensions join the list, once each.
+    if let Some(list) = info.get_mut("api_extensions").and_then(Value::as_array_mut) {
+        for e in crate::server::handlers::guest::EXTENSIONS {
+            if !list.iter().any(|x| x == e) {
+                list.push(json!(e));
+            }
+        }
+    }
     if let (Some(role), Some(obj)) = (id.role, info.as_object_mut()) {
         obj.insert("auth_role".into(), json!(role));
         obj.insert("config".into(), json!(shared.settings().public()));
