@@ -3,8 +3,9 @@
 # stderr apart), file push and pull, the interactive console (the login
 # prompt, Ctrl-a q), and the hostile cases: an auditor refused exec, a
 # guest without the agent answered with the fix at once, a console viewer
-# that never reads stalling nobody, the agent killed mid-exec, and no
-# daemon fd left behind by 50 console attach/detach cycles. A busybox guest (no agent) is checked while
+# that never reads stalling nobody, the agent killed mid-exec, no daemon
+# fd left behind by 50 console attach/detach cycles; and a lifecycle event
+# when a QEMU exits by itself. A busybox guest (no agent) is checked while
 # the one Debian guest (qemu-tests/debian/image.sh) boots under TCG.
 . "$TESTLIB"
 
@@ -25,6 +26,9 @@ bin/kvmboxd --group root --https 127.0.0.1:0 >daemon.log 2>&1 &
 dpid=$!
 bg=
 cleanup() {
+    rc=$?
+    # A failure shows what the daemon made of it.
+    [ "$rc" -eq 0 ] || tail -n 25 daemon.log >&2
     kill -9 "$dpid" $bg 2>/dev/null || true
     for p in $(grep -lasF "$PWD/state/instances/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
         kill -9 "$p" 2>/dev/null || true
@@ -80,6 +84,21 @@ while [ "$(fds)" -ne "$before" ]; do
     i=$((i + 1)); [ $i -lt 100 ] || fail "daemon fds: $before before 50 console cycles, $(fds) after"; sleep 0.1
 done
 echo "daemon fds before and after 50 console attach/detach cycles: $before, $(fds)"
+# A QEMU that exits by itself is announced as LXD does, once noticed.
+lxc monitor kb: --type=lifecycle --format json >life.json 2>life.err &
+bg=$!
+sleep 2
+qpid=$(kv info bb --format json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
+[ -n "$qpid" ] || fail "no QEMU pid: $(kv info bb)"
+kill -9 "$qpid"
+i=0
+until tr -d ' \n' <life.json | grep -q '"action":"instance-stopped"'; do
+    i=$((i + 1)); [ $i -lt 100 ] || fail "no instance-stopped event: $(cat life.json life.err)"; sleep 0.1
+done
+life=$(tr -d ' \n' <life.json)
+contains "$life" '"reason":"exited"'
+contains "$life" '"source":"/1.0/instances/bb"'
+kill $bg; wait $bg 2>/dev/null || true; bg=
 kv delete bb --force
 
 # --- Debian: exec, files, console ----------------------------------------
