@@ -21,6 +21,7 @@ use crate::cli;
 mod admin;
 mod auth;
 mod config;
+mod guest;
 mod info;
 mod instance;
 mod output;
@@ -65,7 +66,9 @@ enum Cmd {
     Stop(instance::Stop),
     Restart(instance::Restart),
     Delete(instance::Delete),
-    Console(instance::Console),
+    Console(guest::Console),
+    Exec(guest::Exec),
+    File(guest::File),
     Image(instance::Image),
     Snapshot(snapshot::Snapshot),
     Restore(snapshot::Restore),
@@ -80,6 +83,11 @@ pub(crate) enum Error {
     Msg(String),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Not a failure of kvmbox: a command's exit status, passed on.
+    #[error("exit status {0}")]
+    Exit(u8),
 }
 
 /// What every subcommand gets: a way to reach the daemon.
@@ -176,7 +184,9 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Cmd::Stop(c) => instance::stop(&ctx, &c),
         Cmd::Restart(c) => instance::restart(&ctx, &c),
         Cmd::Delete(c) => instance::delete(&ctx, &c),
-        Cmd::Console(c) => instance::console(&ctx, &c),
+        Cmd::Console(c) => guest::console(&ctx, &c),
+        Cmd::Exec(c) => guest::exec(&ctx, &c),
+        Cmd::File(c) => guest::file(&ctx, &c),
         Cmd::Image(c) => instance::image(&ctx, &c),
         Cmd::Snapshot(c) => snapshot::snapshot(&ctx, &c),
         Cmd::Restore(c) => snapshot::restore(&ctx, &c),
@@ -184,6 +194,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Usage(m)) => cli::usage_error(NAME, &m),
+        Err(Error::Exit(code)) => ExitCode::from(code),
         Err(e) => cli::fail(NAME, &kvmbox::error_chain(&e)),
     }
 }

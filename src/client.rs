@@ -3,3 +3,4 @@
 
 pub(crate) mod connection;
 pub(crate) mod remotes;
+pub(crate) mod ws;

@@ -44,6 +44,9 @@ pub(crate) struct Request {
     pub keep_alive: bool,
     /// `Sec-WebSocket-Key` of a request to upgrade to a websocket.
     pub websocket_key: Option<String>,
+    /// LXD's own headers (`X-LXD-*`, names in lower case), the only ones
+    /// a handler reads (file uploads carry type, owner and mode in them).
+    pub lxd_headers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -53,6 +56,14 @@ impl Request {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             (k == key).then_some(v)
         })
+    }
+
+    /// The value of header `X-LXD-<name>` (`name` in lower case).
+    pub(crate) fn lxd_header(&self, name: &str) -> Option<&str> {
+        self.lxd_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -100,6 +111,7 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
                     body,
                     keep_alive: head.keep_alive,
                     websocket_key: head.websocket_key,
+                    lxd_headers: head.lxd_headers,
                 });
             }
             Ok(httparse::Status::Partial) => {
@@ -132,6 +144,7 @@ struct Head {
     body: Framing,
     keep_alive: bool,
     websocket_key: Option<String>,
+    lxd_headers: Vec<(String, String)>,
 }
 
 /// How a request's body is delimited.
@@ -154,7 +167,15 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     let mut connection = None;
     let mut upgrade = false;
     let mut websocket_key = None;
+    let mut lxd_headers = Vec::new();
     for h in req.headers.iter() {
+        let lower = h.name.to_ascii_lowercase();
+        if let (Some(name), Ok(value)) =
+            (lower.strip_prefix("x-lxd-"), std::str::from_utf8(h.value))
+        {
+            lxd_headers.push((name.to_string(), value.trim().to_string()));
+            continue;
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -225,6 +246,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         body,
         keep_alive,
         websocket_key: websocket_key.filter(|_| upgrade),
+        lxd_headers,
     })
 }
 
@@ -330,11 +352,22 @@ async fn read_chunked<R: AsyncRead + Unpin>(
     }
 }
 
-/// A response: a status and a JSON body.
+/// A response: a status and a body, JSON unless `extra` says otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// What few answers need beyond a JSON body.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// A raw body's headers, or the websocket an accepted upgrade serves.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Extra {
+    /// Sent as they are; a `Content-Type` among them replaces JSON's.
+    pub headers: Vec<(&'static str, String)>,
+    /// For a 101: the operation's end of the websocket (none: events).
+    pub websocket: Option<crate::websocket::Link>,
 }
 
 /// RFC 6455's fixed suffix for the accept key.
@@ -353,6 +386,19 @@ impl Response {
             body: base64::engine::general_purpose::STANDARD
                 .encode(digest.as_ref())
                 .into_bytes(),
+            extra: None,
+        }
+    }
+
+    /// 200 with a body that is not JSON, with `headers`.
+    pub(crate) fn raw(body: Vec<u8>, headers: Vec<(&'static str, String)>) -> Response {
+        Response {
+            status: 200,
+            body,
+            extra: Some(Box::new(Extra {
+                headers,
+                websocket: None,
+            })),
         }
     }
 
@@ -365,14 +411,24 @@ impl Response {
             out.extend_from_slice(b"\r\n\r\n");
             return out;
         }
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-            self.status,
-            reason(self.status),
+        let headers = self.extra.as_ref().map(|e| e.headers.as_slice());
+        let headers = headers.unwrap_or_default();
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            out.push_str("Content-Type: application/json\r\n");
+        }
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str(&format!(
+            "Content-Length: {}\r\nConnection: {}\r\n\r\n",
             self.body.len(),
             if keep_alive { "keep-alive" } else { "close" },
-        )
-        .into_bytes();
+        ));
+        let mut out = out.into_bytes();
         out.extend_from_slice(&self.body);
         out
     }
@@ -401,13 +457,26 @@ fn reason(status: u16) -> &'static str {
 
 /// Writes a request (client side).
 pub(crate) fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    request_bytes_with(method, path, body, &[("Content-Type", "application/json")])
+}
+
+/// Writes a request with `headers` (client side).
+pub(crate) fn request_bytes_with(
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
     let body = body.unwrap_or_default();
-    let mut out = format!(
-        "{method} {path} HTTP/1.1\r\nHost: kvmbox\r\nUser-Agent: kvmbox/{}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kvmbox\r\nUser-Agent: kvmbox/{}\r\nAccept: application/json\r\n",
         env!("CARGO_PKG_VERSION"),
-        body.len()
-    )
-    .into_bytes();
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut out = head.into_bytes();
     out.extend_from_slice(body);
     out
 }
@@ -637,6 +706,7 @@ mod tests {
         let resp = Response {
             status: 403,
             body: br#"{"a":1}"#.to_vec(),
+            extra: None,
         };
         let wire = resp.to_bytes(true);
         let (status, body) = read_response(&mut &wire[..], Limits::default()).unwrap();

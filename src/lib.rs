@@ -44,6 +44,7 @@ pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile a
 pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
 pub use store::{write_atomic, Error as StoreError, Overwrite};
 pub use sys::default_sigpipe;
+pub use sys::RawTerminal;
 
 pub use client::connection::{
     config_dir, parse_address, prompt_secret, socket_path, Client, ClientIdentity,
@@ -53,6 +54,7 @@ pub use client::remotes::{
     cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
     valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
 };
+pub use client::ws::{WebSocket, WsMessage};
 pub use fault::{Blame, Fault};
 pub use hostfile::{Error as HostFileError, Pin};
 pub use http::Limits as HttpLimits;
@@ -65,9 +67,9 @@ pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
 pub use wire::{
-    path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, Device, ImageAlias,
-    ImageInfo, ImageSource, ImagesPost, InstancePut, InstanceSource, InstancesPost, Role,
-    ServerPut, SnapshotsPost, StatePut, UnknownRole,
+    path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, ConsolePost, Device,
+    ExecPost, ImageAlias, ImageInfo, ImageSource, ImagesPost, InstancePut, InstanceSource,
+    InstancesPost, Role, ServerPut, SnapshotsPost, StatePut, UnknownRole,
 };
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};

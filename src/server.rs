@@ -366,6 +366,18 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         crate::server::preseed::apply_locally(&plan, &shared, &ex)
             .map_err(|e| Error::Preseed(path.clone(), e))?;
     }
+    // A VM that stops by itself is announced as LXD does (`lxc monitor`).
+    let (exits, events) = (shared.instances.exits(), shared.events.clone());
+    ex.spawn(async move {
+        while let Ok(name) = exits.recv().await {
+            events.lifecycle(
+                "instance-stopped",
+                &name,
+                serde_json::json!({"reason": "exited"}),
+            );
+        }
+    })
+    .detach();
     ex.spawn(crate::server::listen::supervise(
         shared.clone(),
         ex.clone(),

@@ -1,32 +1,41 @@
 //! The server side of an accepted websocket (RFC 6455), as much as
-//! `/1.0/events` needs: messages go out as they are handed over, and pings
-//! tell a live peer from one that vanished without closing (a dead TCP peer
-//! sends no FIN, and an idle one would otherwise hold its slot for ever).
+//! `/1.0/events` and an operation's streams (exec, console) need: messages
+//! go out as they are handed over, data the peer sends is handed on, and
+//! pings tell a live peer from one that vanished without closing (a dead TCP
+//! peer sends no FIN, and an idle one would otherwise hold its slot for
+//! ever).
 //!
 //! A peer is pinged after `every` of silence and dropped if it sends no
-//! complete frame within `every` again. Pings are answered with pongs, a
-//! close frame with a close frame; data frames are read and ignored. Each
+//! complete frame within `every` again (unless its [`Link`] says it may stay
+//! silent). Pings are answered with pongs, a close frame with a close
+//! frame; data frames go to the link's input, if it has one. Each
 //! time `every` has passed the caller's identity is looked up again, and
 //! the socket is closed once it is no longer trusted (removed from the
 //! trust store, or revoked by the CA in PKI mode), as a request would be.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use smol::channel::{Receiver, Sender};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::log::log;
 use crate::rt::timed;
 
-/// The largest frame a peer may send; a client has nothing to say on the
-/// events socket, so this only bounds the buffer.
+/// The largest frame a peer may send (a text message too: control
+/// messages are small); binary data passes frame by frame.
 const MAX_FRAME: usize = 64 * 1024;
+/// Messages waiting in each direction of a [`Link`].
+const LINK_QUEUE: usize = 16;
 
 const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// Close codes (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -60,7 +69,100 @@ enum Frame {
     Close(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
-    Data,
+    /// Text, binary or a continuation (opcode 0, 1, 2), and whether it ends
+    /// its message.
+    Data {
+        opcode: u8,
+        fin: bool,
+        payload: Vec<u8>,
+    },
+}
+
+/// One whole message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Message {
+    Text(Arc<[u8]>),
+    Binary(Vec<u8>),
+}
+
+/// What an accepted websocket carries, as [`hold`] takes it.
+#[derive(Debug)]
+pub(crate) struct Session {
+    out: Receiver<Message>,
+    input: Option<Sender<Message>>,
+    /// The end of `out` is the end of the stream (closed as normal), not
+    /// a listener dropped for falling behind.
+    finished: bool,
+    /// Whether a peer that answers no ping is dropped. The control socket
+    /// of an operation may have a client that never reads (and so never
+    /// answers); the operation closes it when it ends.
+    pinged: bool,
+}
+
+/// An accepted websocket's session, handed from the handler that accepted
+/// it to the connection that serves it (inside its 101 response).
+#[derive(Clone)]
+pub(crate) struct Link(Arc<Mutex<Option<Session>>>);
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
+}
+
+impl PartialEq for Link {
+    fn eq(&self, other: &Link) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Link {}
+
+/// The handler's end of a websocket: messages to send, and what the peer
+/// sends (ending when it closes). Dropping `out` closes the websocket.
+#[derive(Debug)]
+pub(crate) struct Ends {
+    pub out: Sender<Message>,
+    pub input: Receiver<Message>,
+}
+
+impl Link {
+    /// A websocket sending what a listener of events is handed.
+    pub(crate) fn events(out: Receiver<Message>) -> Link {
+        Link::of(Session {
+            out,
+            input: None,
+            finished: false,
+            pinged: true,
+        })
+    }
+
+    /// A two-way websocket and the handler's end of it; `pinged`: see
+    /// [`Session`].
+    pub(crate) fn pair(pinged: bool) -> (Link, Ends) {
+        let (out_tx, out) = smol::channel::bounded(LINK_QUEUE);
+        let (input, in_rx) = smol::channel::bounded(LINK_QUEUE);
+        let link = Link::of(Session {
+            out,
+            input: Some(input),
+            finished: true,
+            pinged,
+        });
+        let ends = Ends {
+            out: out_tx,
+            input: in_rx,
+        };
+        (link, ends)
+    }
+
+    fn of(session: Session) -> Link {
+        Link(Arc::new(Mutex::new(Some(session))))
+    }
+
+    /// The session, once.
+    pub(crate) fn take(&self) -> Option<Session> {
+        crate::rt::lock(&self.0).take()
+    }
 }
 
 /// The first complete frame in `buf` and its length on the wire, or `None`
@@ -107,7 +209,11 @@ fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, Error> {
             .collect()
     };
     let frame = match opcode {
-        0x0..=0x2 => Frame::Data,
+        0x0..=0x2 => Frame::Data {
+            opcode,
+            fin,
+            payload: unmasked(),
+        },
         OP_CLOSE => Frame::Close(unmasked()),
         OP_PING => Frame::Ping(unmasked()),
         OP_PONG => Frame::Pong,
@@ -124,9 +230,16 @@ fn control(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A server text message (never masked, never fragmented).
-fn text(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | OP_TEXT];
+/// A server message (never masked, never fragmented).
+fn message(m: &Message) -> Vec<u8> {
+    match m {
+        Message::Text(t) => data(OP_TEXT, t),
+        Message::Binary(b) => data(OP_BINARY, b),
+    }
+}
+
+fn data(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
     match payload.len() {
         n @ 0..=125 => out.push(n as u8),
         n @ 126..=0xffff => {
@@ -145,25 +258,35 @@ fn text(payload: &[u8]) -> Vec<u8> {
 /// What woke the loop of [`hold`].
 enum Woke {
     Read(std::io::Result<usize>),
-    /// A message to send; `None` once the sender has let go (the events
-    /// listener was dropped for falling behind).
-    Message(Option<std::sync::Arc<[u8]>>),
+    /// A message to send; `None` once the sender has let go (the stream
+    /// ended, or the events listener was dropped for falling behind).
+    Message(Option<Message>),
 }
 
-/// Serves an accepted websocket, sending each message `messages` yields as
-/// text, until the peer closes it, breaks the protocol, stays silent for
-/// `every` after being pinged, cannot take a message within `every`, falls
-/// so far behind that `messages` ends, or `trusted` (asked again once
-/// `every` has passed since it last was) says it may no longer have it.
+/// Serves an accepted websocket, sending each message the session yields,
+/// and handing on what the peer sends, until the peer closes it, breaks the
+/// protocol, stays silent for `every` after being pinged, cannot take a
+/// message within `every` (or leaves its input untaken as long), the
+/// session's messages end, or `trusted` (asked again once `every` has
+/// passed since it last was) says it may no longer have it.
 pub(crate) async fn hold<S>(
     stream: &mut S,
     every: Duration,
     who: &str,
     trusted: impl Fn() -> bool,
-    messages: smol::channel::Receiver<std::sync::Arc<[u8]>>,
+    session: Session,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Session {
+        out: messages,
+        mut input,
+        finished,
+        pinged: drop_silent,
+    } = session;
+    // A text message being put together from its fragments (binary data
+    // goes on frame by frame).
+    let mut text: Option<Vec<u8>> = None;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut pinged = false;
@@ -183,14 +306,19 @@ pub(crate) async fn hold<S>(
         // before it returns data, so nothing is lost between iterations:
         // partial frames wait in `buf`.
         let read = async { Woke::Read(stream.read(&mut chunk).await) };
-        let message = async { Woke::Message(messages.recv().await.ok()) };
-        let n = match timed(every, smol::future::or(read, message)).await {
+        let next = async { Woke::Message(messages.recv().await.ok()) };
+        let n = match timed(every, smol::future::or(read, next)).await {
             Some(Woke::Message(Some(m))) => {
-                if !send(stream, &text(&m), every).await {
+                if !send(stream, &message(&m), every).await {
                     log!(Info, "websocket of {who} dropped: it does not read");
                     return;
                 }
                 continue;
+            }
+            Some(Woke::Message(None)) if finished => {
+                let code = CLOSE_NORMAL.to_be_bytes();
+                let _ = send(stream, &control(OP_CLOSE, &code), every).await;
+                return;
             }
             Some(Woke::Message(None)) => {
                 log!(Info, "websocket of {who} dropped: it fell behind");
@@ -200,10 +328,11 @@ pub(crate) async fn hold<S>(
             }
             Some(Woke::Read(Ok(0) | Err(_))) => return,
             Some(Woke::Read(Ok(n))) => n,
-            None if pinged => {
+            None if pinged && drop_silent => {
                 log!(Info, "websocket of {who} dropped: no answer to a ping");
                 return;
             }
+            None if pinged => continue,
             None => {
                 pinged = true;
                 if !send(stream, &control(OP_PING, b""), every).await {
@@ -239,7 +368,45 @@ pub(crate) async fn hold<S>(
                         return;
                     }
                 }
-                Frame::Pong | Frame::Data => {}
+                Frame::Pong => {}
+                Frame::Data {
+                    opcode,
+                    fin,
+                    payload,
+                } => {
+                    let whole = match (opcode, text.as_mut()) {
+                        (OP_TEXT, _) if fin => Some(Message::Text(payload.into())),
+                        (OP_TEXT, _) => {
+                            text = Some(payload);
+                            None
+                        }
+                        (0, Some(t)) => {
+                            if t.len() + payload.len() > MAX_FRAME {
+                                log!(Info, "websocket of {who} closed: a text message too long");
+                                let code = CLOSE_TOO_BIG.to_be_bytes();
+                                let _ = send(stream, &control(OP_CLOSE, &code), every).await;
+                                return;
+                            }
+                            t.extend_from_slice(&payload);
+                            match fin {
+                                true => text.take().map(|t| Message::Text(t.into())),
+                                false => None,
+                            }
+                        }
+                        _ => (!payload.is_empty()).then_some(Message::Binary(payload)),
+                    };
+                    if let (Some(m), Some(tx)) = (whole, input.as_ref()) {
+                        match timed(every, tx.send(m)).await {
+                            Some(Ok(())) => {}
+                            // The handler is done with the input.
+                            Some(Err(_)) => input = None,
+                            None => {
+                                log!(Info, "websocket of {who} dropped: its input is not taken");
+                                return;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -299,9 +466,20 @@ mod tests {
         two.extend(client(0x1, b"ignored"));
         let (frame, used) = parse(&two).unwrap().unwrap();
         assert_eq!(frame, Frame::Close(vec![0x03, 0xE8]));
-        assert_eq!(parse(&two[used..]).unwrap().unwrap().0, Frame::Data);
+        assert_eq!(
+            parse(&two[used..]).unwrap().unwrap().0,
+            Frame::Data {
+                opcode: 1,
+                fin: true,
+                payload: b"ignored".to_vec()
+            }
+        );
         let long = client(0x2, &[7u8; 300]);
-        assert_eq!(parse(&long).unwrap(), Some((Frame::Data, long.len())));
+        let (frame, used) = parse(&long).unwrap().unwrap();
+        assert_eq!(used, long.len());
+        assert!(
+            matches!(frame, Frame::Data { opcode: 2, fin: true, payload } if payload == [7u8; 300])
+        );
         assert_eq!(
             parse(&client(OP_PONG, b"")).unwrap().unwrap().0,
             Frame::Pong

@@ -84,6 +84,29 @@ pub mod path {
         format!("{INSTANCES}/{name}/console")
     }
 
+    pub fn instance_exec(name: &str) -> String {
+        format!("{INSTANCES}/{name}/exec")
+    }
+
+    /// A guest file, `path` escaped for the query.
+    pub fn instance_file(name: &str, path: &str) -> String {
+        let mut q = String::new();
+        for b in path.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                    q.push(char::from(b))
+                }
+                _ => q.push_str(&format!("%{b:02X}")),
+            }
+        }
+        format!("{INSTANCES}/{name}/files?path={q}")
+    }
+
+    /// Where a client connects an operation's websocket.
+    pub fn operation_websocket(id: &str, secret: &str) -> String {
+        format!("/1.0/operations/{id}/websocket?secret={secret}")
+    }
+
     pub fn image(fingerprint: &str) -> String {
         format!("{IMAGES}/{fingerprint}")
     }
@@ -661,6 +684,41 @@ pub(crate) fn check_projects(projects: &[String]) -> Result<(), Error> {
         Some(p) => Err(Error::UnknownProject(p.clone())),
         None => Ok(()),
     }
+}
+
+/// `POST /1.0/instances/<name>/exec` (LXD's `InstanceExecPost`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ExecPost {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    #[serde(rename = "wait-for-websocket", default)]
+    pub wait_for_websocket: bool,
+    #[serde(default)]
+    pub interactive: bool,
+    #[serde(rename = "record-output", default)]
+    pub record_output: bool,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
+    #[serde(default)]
+    pub user: u32,
+    #[serde(default)]
+    pub group: u32,
+    #[serde(default)]
+    pub cwd: String,
+}
+
+/// `POST /1.0/instances/<name>/console` (LXD's `InstanceConsolePost`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ConsolePost {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
 }
 
 #[cfg(test)]

@@ -147,6 +147,22 @@ fn each_role_against_each_class_of_endpoint() {
         ),
         ("console", "GET", "/1.0/instances/vm1/console", None, 1, 404),
         (
+            "exec",
+            "POST",
+            "/1.0/instances/vm1/exec",
+            Some(json!({"command": ["true"], "wait-for-websocket": true})),
+            1,
+            404,
+        ),
+        (
+            "file",
+            "GET",
+            "/1.0/instances/vm1/files?path=/etc/hostname",
+            None,
+            1,
+            404,
+        ),
+        (
             "snapshot",
             "POST",
             "/1.0/instances/vm1/snapshots",

@@ -1,4 +1,4 @@
-//! `kvmbox launch|init|start|stop|restart|delete|console|image` and the
+//! `kvmbox launch|init|start|stop|restart|delete|image` and the
 //! per-instance parts of `info` and `config`: LXD's instance calls
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>), with the
 //! async operations waited for.
@@ -141,17 +141,6 @@ pub(crate) struct Delete {
     #[argh(switch, short = 'f')]
     /// delete even if it is running (QEMU is ended)
     force: bool,
-    #[argh(positional)]
-    name: String,
-}
-
-/// Show an instance's serial console.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "console")]
-pub(crate) struct Console {
-    #[argh(switch)]
-    /// print the console log (the only mode: there is no interactive console yet)
-    show_log: bool,
     #[argh(positional)]
     name: String,
 }
@@ -449,14 +438,6 @@ pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
     };
     let answer = c.call("DELETE", &url, None)?;
     c.wait(answer)?;
-    Ok(())
-}
-
-pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
-    let _ = a.show_log;
-    let (mut c, name) = ctx.target(&a.name)?;
-    let log = c.call("GET", &path::instance_console(&name), None)?;
-    print!("{}", log.as_str().unwrap_or_default());
     Ok(())
 }
 

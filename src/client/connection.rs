@@ -180,9 +180,19 @@ impl ClientIdentity {
 }
 
 /// A byte stream TLS runs over: the Unix socket or TCP.
-trait Transport: Read + Write + Send + std::fmt::Debug {}
-impl Transport for NoSigPipe<UnixStream> {}
-impl Transport for NoSigPipe<TcpStream> {}
+trait Transport: Read + Write + Send + std::fmt::Debug {
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()>;
+}
+impl Transport for NoSigPipe<UnixStream> {
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(limit)
+    }
+}
+impl Transport for NoSigPipe<TcpStream> {
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(limit)
+    }
+}
 
 /// A socket written with MSG_NOSIGNAL. The applets keep SIGPIPE's default
 /// action so that `kvmbox … | head -1` ends quietly; without this, a daemon
@@ -390,6 +400,47 @@ impl Client {
     /// The raw TLS stream (tests use it to send what no client would).
     pub fn raw(&mut self) -> &mut (impl Read + Write) {
         &mut self.stream
+    }
+
+    /// Waits at most `limit` in each read from now on.
+    pub(crate) fn set_read_timeout(&mut self, limit: Option<Duration>) -> io::Result<()> {
+        self.stream.sock.set_read_timeout(limit)
+    }
+
+    /// A request whose answer is not JSON (a console log, a file), with
+    /// `headers` (LXD's `X-LXD-*`) and a raw `body`: the answer's body, or
+    /// the error the daemon gave.
+    pub fn fetch(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Vec<u8>, Error> {
+        let mut all = vec![("Content-Type", "application/octet-stream")];
+        all.extend_from_slice(headers);
+        let sent = self
+            .stream
+            .write_all(&http::request_bytes_with(method, path, body, &all))
+            .and_then(|()| self.stream.flush());
+        let limits = Limits {
+            max_head: 64 * 1024,
+            max_body: 64 * 1024 * 1024,
+        };
+        let (status, body) = match sent {
+            Ok(()) => http::read_response(&mut self.stream, limits)?,
+            Err(e) if hung_up(&e) => http::read_response(&mut ReadOnly(&mut self.stream), limits)
+                .map_err(|_| Error::Io(e))?,
+            Err(e) => return Err(e.into()),
+        };
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("the daemon answered {status}"));
+        Err(Error::Api { status, message })
     }
 
     /// Sends a request and returns the status and decoded JSON body.

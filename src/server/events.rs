@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::rt::lock;
 use crate::server::trust::DEFAULT_PROJECT;
+use crate::websocket::Message;
 
 /// How many events may wait for one listener before it is dropped.
 pub(crate) const QUEUE: usize = 256;
@@ -89,7 +90,7 @@ struct Event<'a> {
 
 struct Listener {
     kinds: Kinds,
-    queue: smol::channel::Sender<Arc<[u8]>>,
+    queue: smol::channel::Sender<Message>,
 }
 
 /// The listeners, and the way in for events.
@@ -108,10 +109,26 @@ impl Events {
     /// A new listener for `kinds`: each event arrives as the JSON text of
     /// one websocket message. The queue ends when the listener is dropped
     /// for falling behind.
-    pub(crate) fn listen(&self, kinds: Kinds) -> smol::channel::Receiver<Arc<[u8]>> {
+    pub(crate) fn listen(&self, kinds: Kinds) -> smol::channel::Receiver<Message> {
         let (queue, rx) = smol::channel::bounded(QUEUE);
         lock(&self.listeners).push(Listener { kinds, queue });
         rx
+    }
+
+    /// A lifecycle event in LXD's shape (`action` such as
+    /// `instance-started`, `source` the instance's path), for what was done
+    /// to instance `name`. Every listener may see it: the events route
+    /// admits only callers with a role in the default project, the one
+    /// project there is and the one every instance is in.
+    pub(crate) fn lifecycle(&self, action: &str, name: &str, context: Value) {
+        self.send(
+            Kind::Lifecycle,
+            &serde_json::json!({
+                "action": action,
+                "source": crate::wire::path::instance(name),
+                "context": context,
+            }),
+        );
     }
 
     /// Sends an event of `kind` to every listener that asked for it.
@@ -130,7 +147,7 @@ impl Events {
             project: DEFAULT_PROJECT,
             metadata,
         };
-        let text: Arc<[u8]> = serde_json::to_vec(&event).unwrap_or_default().into();
+        let text = Message::Text(serde_json::to_vec(&event).unwrap_or_default().into());
         // A full queue drops its listener; a closed one has gone already.
         listeners.retain(|l| {
             !l.queue.is_closed() && (!l.kinds.has(kind) || l.queue.try_send(text.clone()).is_ok())
@@ -148,8 +165,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn next(rx: &smol::channel::Receiver<Arc<[u8]>>) -> Value {
-        serde_json::from_slice(&rx.try_recv().unwrap()).unwrap()
+    fn next(rx: &smol::channel::Receiver<Message>) -> Value {
+        match rx.try_recv().unwrap() {
+            Message::Text(t) => serde_json::from_slice(&t).unwrap(),
+            m => panic!("{m:?}"),
+        }
     }
 
     #[test]
@@ -168,6 +188,14 @@ mod tests {
         );
         assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(next(&all)["type"], "operation");
+        events.lifecycle("instance-stopped", "vm1", json!({"reason": "exited"}));
+        let e = next(&all);
+        assert_eq!(
+            (e["type"].as_str(), e["metadata"]["source"].as_str()),
+            (Some("lifecycle"), Some("/1.0/instances/vm1"))
+        );
+        assert_eq!(e["metadata"]["action"], "instance-stopped");
+        assert_eq!(e["metadata"]["context"]["reason"], "exited");
         assert_eq!(next(&ops)["metadata"]["id"], "x");
         assert!(
             ops.try_recv().is_err(),

@@ -91,7 +91,7 @@ fn tokens(text: &str) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-fn unescape(q: &str) -> String {
+pub(crate) fn unescape(q: &str) -> String {
     // `lxc` URL-encodes the query; `%20` and friends arrive here still encoded.
     let b = q.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -2,6 +2,7 @@
 
 pub(crate) mod certificates;
 pub(crate) mod discovery;
+pub(crate) mod guest;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod operations;

@@ -231,7 +231,7 @@ pub(crate) async fn serve<S>(
     loop {
         // The events a websocket being accepted will carry: listened for
         // before the 101 goes out, so that none sent after it is missed.
-        let mut events = None;
+        let mut session = None;
         let (resp, keep_alive) = match timed(
             opts.timeout,
             http::read_request(tls_stream, &mut buf, opts.limits),
@@ -263,9 +263,17 @@ pub(crate) async fn serve<S>(
                 // it is closed after each answer.
                 let held = id.role.is_none() && opened.elapsed() >= opts.timeout;
                 if resp.status == 101 {
-                    events = Kinds::parse(req.query_param("type"))
-                        .ok()
-                        .map(|kinds| shared.events.listen(kinds));
+                    // An operation's websocket comes with its session; any
+                    // other is the events one.
+                    session = match resp.extra.as_ref().and_then(|e| e.websocket.as_ref()) {
+                        Some(link) => link.take(),
+                        None => Kinds::parse(req.query_param("type"))
+                            .ok()
+                            .map(|kinds| {
+                                crate::websocket::Link::events(shared.events.listen(kinds))
+                            })
+                            .and_then(|l| l.take()),
+                    };
                 }
                 (resp, req.keep_alive && !held)
             }
@@ -276,12 +284,13 @@ pub(crate) async fn serve<S>(
             tls_stream.flush().await
         })
         .await;
-        if let (Some(events), Some(Ok(()))) = (events, &written) {
-            // An accepted event websocket: held, sent the events it asked
-            // for, and pinged when silent, until the peer closes it, stops
-            // answering, falls behind or is no longer trusted.
+        if let (Some(session), Some(Ok(()))) = (session, &written) {
+            // An accepted websocket: held, sent the events it asked for (or
+            // its operation's stream), and pinged when silent, until the
+            // peer closes it, stops answering, falls behind, its stream
+            // ends or it is no longer trusted.
             let trusted = || identity().role.is_some();
-            crate::websocket::hold(tls_stream, opts.timeout, who, trusted, events).await;
+            crate::websocket::hold(tls_stream, opts.timeout, who, trusted, session).await;
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }

@@ -15,6 +15,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::server::events::{Events, Kind};
+use crate::websocket::{Ends, Link};
+
+/// How long a websocket operation waits for its client to connect a
+/// websocket it needs.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How far an operation got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,6 +76,26 @@ struct Slot {
     last: Arc<OnceLock<Operation>>,
     /// When it ended.
     finished: Option<Instant>,
+    /// Websockets not connected yet, by secret: their name and where the
+    /// connection goes. Each secret works once.
+    sockets: BTreeMap<String, (String, smol::channel::Sender<Ends>)>,
+}
+
+/// The websockets of an operation (LXD's `fds`), as their clients connect.
+/// Those the work never asks for (a control socket it does not read) are
+/// kept open until the operation ends.
+#[derive(Debug)]
+pub(crate) struct Fds {
+    waiting: BTreeMap<String, smol::channel::Receiver<Ends>>,
+}
+
+impl Fds {
+    /// The websocket `name` once its client has connected; `None` if it did
+    /// not within [`CONNECT_TIMEOUT`].
+    pub(crate) async fn connected(&self, name: &str) -> Option<Ends> {
+        let rx = self.waiting.get(name)?;
+        crate::rt::timed(CONNECT_TIMEOUT, rx.recv()).await?.ok()
+    }
 }
 
 /// The operations running and those finished recently (they are not
@@ -182,18 +207,77 @@ impl Operations {
         W: FnOnce(Progress) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
+        self.start(ex, "task", description, resources, &[], |p, _| work(p))
+    }
+
+    /// Like [`Operations::spawn`], for work that streams through
+    /// websockets (LXD's `websocket` class): one per name in `fds`, each
+    /// with a secret shown in the operation's `metadata.fds`, which its
+    /// client connects with (`/1.0/operations/ID/websocket?secret=…`).
+    pub(crate) fn spawn_websocket<F, W>(
+        &self,
+        ex: &smol::Executor<'static>,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        fds: &[&str],
+        work: W,
+    ) -> Operation
+    where
+        W: FnOnce(Fds) -> F,
+        F: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        self.start(ex, "websocket", description, resources, fds, |_, f| work(f))
+    }
+
+    /// The websocket of running operation `id` whose secret is `secret`,
+    /// connected now; `None` if there is none (any more).
+    pub(crate) fn connect(&self, id: &str, secret: &str) -> Option<Link> {
+        let mut map = self.lock();
+        let slot = map.get_mut(id).filter(|s| s.op.status == Status::Running)?;
+        let (name, tx) = slot.sockets.remove(secret)?;
+        let (link, ends) = Link::pair(name != "control");
+        tx.try_send(ends).ok()?;
+        Some(link)
+    }
+
+    fn start<F, W>(
+        &self,
+        ex: &smol::Executor<'static>,
+        class: &'static str,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        fds: &[&str],
+        work: W,
+    ) -> Operation
+    where
+        W: FnOnce(Progress, Fds) -> F,
+        F: Future<Output = Result<Value, String>> + Send + 'static,
+    {
         let now = crate::clock::now();
+        let mut sockets = BTreeMap::new();
+        let mut waiting = BTreeMap::new();
+        let mut secrets = serde_json::Map::new();
+        for name in fds {
+            let secret = secret();
+            let (tx, rx) = smol::channel::bounded(1);
+            sockets.insert(secret.clone(), (name.to_string(), tx));
+            waiting.insert(name.to_string(), rx);
+            secrets.insert(name.to_string(), secret.into());
+        }
         let op = Operation {
             // LXD's operation ids are UUIDs, as its instances' are.
             id: crate::uuid::new(),
-            class: "task",
+            class,
             description: description.to_string(),
             created_at: now,
             updated_at: now,
             status: Status::Running,
             status_code: Status::Running.code(),
             resources,
-            metadata: Value::Null,
+            metadata: match fds.is_empty() {
+                true => Value::Null,
+                false => serde_json::json!({ "fds": secrets }),
+            },
             may_cancel: false,
             err: String::new(),
         };
@@ -205,13 +289,17 @@ impl Operations {
                 done: rx,
                 last: Arc::default(),
                 finished: None,
+                sockets,
             },
         );
         self.announce(&op);
-        let work = work(Progress {
-            ops: self.clone(),
-            id: op.id.clone(),
-        });
+        let work = work(
+            Progress {
+                ops: self.clone(),
+                id: op.id.clone(),
+            },
+            Fds { waiting },
+        );
         let this = self.clone();
         let id = op.id.clone();
         ex.spawn(async move {
@@ -232,6 +320,7 @@ impl Operations {
                 }
                 op.status_code = op.status.code();
                 slot.finished = Some(Instant::now());
+                slot.sockets.clear();
                 let _ = slot.last.set(op.clone());
                 let done = op.clone();
                 drop(map);
@@ -277,6 +366,7 @@ impl Operations {
                 done,
                 last,
                 finished: Some(Instant::now()),
+                sockets: BTreeMap::new(),
             },
         );
         self.announce(&op);
@@ -325,6 +415,14 @@ impl Operations {
         .await;
         self.get(id).or_else(|| last.get().cloned())
     }
+}
+
+/// A websocket's secret: 32 random bytes in hex, as LXD's.
+fn secret() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    crate::pki::hex(&b)
 }
 
 /// A running operation's way to show how far it got.

@@ -58,6 +58,7 @@ impl Exchange for InProcess<'_> {
             body: body.map(<[u8]>::to_vec).unwrap_or_default(),
             keep_alive: false,
             websocket_key: None,
+            lxd_headers: Vec::new(),
         };
         let id = Identity {
             peer: Peer::Local(PeerCred {

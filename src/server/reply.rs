@@ -25,7 +25,11 @@ pub(crate) fn sync_json(metadata: &[u8]) -> Response {
     body.extend_from_slice(HEAD.as_bytes());
     body.extend_from_slice(metadata);
     body.push(b'}');
-    Response { status: 200, body }
+    Response {
+        status: 200,
+        body,
+        extra: None,
+    }
 }
 
 /// LXD's error response.
@@ -118,6 +122,7 @@ fn envelope<T: serde::Serialize>(status: u16, body: &Envelope<T>) -> Response {
     Response {
         status,
         body: serde_json::to_vec(body).unwrap_or_default(),
+        extra: None,
     }
 }
 

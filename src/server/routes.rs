@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::http::{Request, Response};
 use crate::server::auth::{authorize, project, Identity, Need, Scope};
 use crate::server::handlers::discovery::{self, Kind};
-use crate::server::handlers::{self, certificates, images, instances::Call};
+use crate::server::handlers::{self, certificates, guest, images, instances::Call};
 use crate::server::reply::{error, sync};
 use crate::server::state::Shared;
 use crate::server::trust::Role;
@@ -38,6 +38,8 @@ enum Route {
     /// The read-only resources of `handlers::discovery`.
     List(Kind),
     Get(Kind),
+    /// Exec, console, files and operation websockets: see `handlers::guest`.
+    Guest(guest::Call),
     /// `/1.0/events`: operation and lifecycle events, on a websocket.
     Events,
     /// Backups: routed (so roles apply) but not built yet.
@@ -79,7 +81,6 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("DELETE", "/1.0/instances/{}", Route::Instances(Call::Delete), OPERATOR, PROJECT),
     ("GET", "/1.0/instances/{}/state", Route::Instances(Call::State), AUDITOR, PROJECT),
     ("PUT", "/1.0/instances/{}/state", Route::Instances(Call::StatePut), USER, PROJECT),
-    ("GET", "/1.0/instances/{}/console", Route::Instances(Call::Console), USER, PROJECT),
     ("GET", "/1.0/instances/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
     ("POST", "/1.0/instances/{}/snapshots", Route::Instances(Call::SnapshotAdd), USER, PROJECT),
     ("GET", "/1.0/instances/{}/snapshots/{}", Route::Instances(Call::Snapshot), AUDITOR, PROJECT),
@@ -101,6 +102,15 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("GET", "/1.0/storage-pools/{}", Route::Get(Kind::StoragePools), AUDITOR, SERVER),
     ("GET", "/1.0/networks", Route::List(Kind::Networks), AUDITOR, PROJECT),
     ("GET", "/1.0/networks/{}", Route::Get(Kind::Networks), AUDITOR, PROJECT),
+    // Getting into a running instance: exec, console, files, and where the
+    // clients of their operations connect. An auditor never may.
+    ("POST", "/1.0/instances/{}/exec", Route::Guest(guest::Call::Exec), USER, PROJECT),
+    ("POST", "/1.0/instances/{}/console", Route::Guest(guest::Call::Console), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/console", Route::Guest(guest::Call::ConsoleLog), USER, PROJECT),
+    ("DELETE", "/1.0/instances/{}/console", Route::Guest(guest::Call::ConsoleClear), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/files", Route::Guest(guest::Call::FileGet), USER, PROJECT),
+    ("POST", "/1.0/instances/{}/files", Route::Guest(guest::Call::FilePost), USER, PROJECT),
+    ("GET", "/1.0/operations/{}/websocket", Route::Guest(guest::Call::Websocket), USER, PROJECT),
     ("GET", "/1.0/events", Route::Events, AUDITOR, PROJECT),
     ("GET", "/1.0/operations", Route::Operations, AUDITOR, PROJECT),
     ("GET", "/1.0/operations/{}", Route::Operation, AUDITOR, PROJECT),
@@ -189,6 +199,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Alias => images::alias(shared, param),
         Route::List(kind) => discovery::list(shared, kind, recursion),
         Route::Get(kind) => discovery::get(shared, kind, param),
+        Route::Guest(call) => guest::handle(shared, req, call, param).await,
         Route::Events => handlers::operations::events(req),
         Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
         Route::Operations => handlers::operations::list(shared),
@@ -297,6 +308,7 @@ mod tests {
             body: body.as_bytes().to_vec(),
             keep_alive: true,
             websocket_key: None,
+            lxd_headers: Vec::new(),
         };
         let resp = smol::block_on(handle(s, &id, &req));
         (resp.status, body_of(&resp))
@@ -409,6 +421,34 @@ mod tests {
         assert_eq!(call(&s, u, "PUT", "/1.0/instances/vm1/state", start).0, 404);
         assert_eq!(call(&s, a, "GET", "/1.0/instances/vm1/console", "").0, 403);
         assert_eq!(call(&s, u, "GET", "/1.0/instances/vm1/console", "").0, 404);
+        // Getting into an instance: never an auditor, a user and up may.
+        let exec = r#"{"command": ["true"], "wait-for-websocket": true}"#;
+        for (m, p, b) in [
+            ("POST", "/1.0/instances/vm1/exec", exec),
+            ("POST", "/1.0/containers/vm1/exec", exec),
+            ("POST", "/1.0/instances/vm1/console", "{}"),
+            ("DELETE", "/1.0/instances/vm1/console", ""),
+            ("GET", "/1.0/instances/vm1/files?path=/etc/hosts", ""),
+            ("POST", "/1.0/instances/vm1/files?path=/tmp/x", "data"),
+        ] {
+            let (code, v) = call(&s, a, m, p, b);
+            assert_eq!(code, 403, "{m} {p}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("user role"), "{v}");
+            for r in [u, o, Some(Role::Admin)] {
+                assert_eq!(call(&s, r, m, p, b).0, 404, "{r:?} {m} {p}");
+            }
+        }
+        assert_eq!(
+            call(&s, a, "GET", "/1.0/operations/x/websocket?secret=y", "").0,
+            403
+        );
+        assert_eq!(
+            call(&s, u, "GET", "/1.0/operations/x/websocket?secret=y", "").0,
+            400
+        );
+        // A user restricted to projects other than default gets nowhere.
+        let (code, _) = call_in(&s, u, &["p1"], "POST", "/1.0/instances/vm1/exec", exec);
+        assert_eq!(code, 403);
         for (m, p) in [
             ("POST", "/1.0/instances"),
             ("PUT", "/1.0/instances/vm1"),

@@ -30,3 +30,37 @@ pub(crate) fn read_secret(prompt: &str) -> io::Result<String> {
     read?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
+
+/// The terminal on standard input in raw mode (no echo, no line editing,
+/// no signals from keys: every byte typed is passed on) until dropped.
+#[derive(Debug)]
+pub struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    pub fn enter() -> io::Result<RawTerminal> {
+        let fd = libc::STDIN_FILENO;
+        // SAFETY: an all-zero termios is a valid value to be overwritten by
+        // tcgetattr, which is all it is used for.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is a valid, writable termios; fd 0 is open.
+        if unsafe { libc::tcgetattr(fd, &raw mut saved) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut raw = saved;
+        // SAFETY: `raw` is a fully initialised termios.
+        unsafe { libc::cfmakeraw(&raw mut raw) };
+        // SAFETY: `raw` is derived from the terminal's own settings.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const raw) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter` on the same
+        // descriptor.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw const self.0) };
+    }
+}

@@ -156,6 +156,9 @@ impl Console {
     pub fn attach(&self) -> Result<(Output, Input), Error> {
         let mut viewers = lock(&self.shared.viewers);
         let list = viewers.as_mut().ok_or(Error::Closed)?;
+        // Viewers that left are otherwise swept only when the guest says
+        // something: a quiet guest must not fill the list with them.
+        list.retain(|v| !v.wake.is_closed());
         if list.len() >= MAX_VIEWERS {
             return Err(Error::Full);
         }
@@ -314,6 +317,16 @@ mod tests {
                 "{slow_got}"
             );
             assert_eq!(lock(&console.shared.viewers).as_ref().unwrap().len(), 1);
+            // Viewers that left make room even while the guest is silent.
+            let many: Vec<_> = (1..MAX_VIEWERS)
+                .map(|_| console.attach().unwrap())
+                .collect();
+            assert!(matches!(console.attach(), Err(Error::Full)));
+            drop(many);
+            let again: Vec<_> = (1..MAX_VIEWERS)
+                .map(|_| console.attach().unwrap())
+                .collect();
+            drop(again);
             // QEMU going away ends the remaining viewers and refuses new ones.
             drop(qemu);
             task.await;

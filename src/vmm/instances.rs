@@ -245,6 +245,9 @@ pub(crate) struct Manager {
     reserved: Mutex<BTreeMap<String, Reservation>>,
     /// `security.apparmor_profile_dir`, as last configured.
     profile_dir: Mutex<Option<PathBuf>>,
+    /// Where the names of instances whose QEMU exited by itself are told
+    /// (the server announces them); unbounded, as exits are few.
+    exited: OnceLock<smol::channel::Sender<String>>,
 }
 
 /// Daemon start-up settings for [`Manager::open`].
@@ -437,11 +440,23 @@ impl Manager {
                     v.record.clone()
                 });
                 log!(Info, "instance {}: QEMU exited", rec.name);
+                if let Some(tx) = self.exited.get() {
+                    let _ = tx.try_send(rec.name.clone());
+                }
                 remove_taps(&rec);
                 self.unload(&rec).await;
                 e.view.change(|v| v.seclabel = SecLabel::default());
             }
         }
+    }
+
+    /// The names of instances whose QEMU exits by itself from now on (a
+    /// guest powering off, a crash), as the reaper notices them. Only the
+    /// first caller is told.
+    pub(crate) fn exits(&self) -> smol::channel::Receiver<String> {
+        let (tx, rx) = smol::channel::unbounded();
+        let _ = self.exited.set(tx);
+        rx
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {
@@ -845,6 +860,18 @@ impl Manager {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
             Err(e) => Err(Error::host("read the console log", e)),
+        }
+    }
+
+    /// Empties the serial console log.
+    pub(crate) fn clear_console(&self, name: &str) -> Result<(), Error> {
+        let rec = current(&*self.entry(name)?)?;
+        let host = self.host()?;
+        match vm::clear_console(&rec.dir(&host.state).join("vm")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(Error::host("clear the console log", e))
+            }
+            _ => Ok(()),
         }
     }
 

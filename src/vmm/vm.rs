@@ -286,6 +286,25 @@ pub fn read_console(dir: &Path, limit: u64) -> io::Result<String> {
     read_untrusted(&console_log(dir), limit)
 }
 
+/// Empties the serial console log of the VM in `dir` (QEMU appends on).
+/// The file belongs to the VM's uid: it is opened without following links
+/// and must be a plain file with one name.
+pub(crate) fn clear_console(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(console_log(dir))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a plain file with one name",
+        ));
+    }
+    file.set_len(0)
+}
+
 fn tail(path: &Path) -> String {
     let text = read_untrusted(path, 64 * 1024).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -45,6 +45,28 @@ done
 ids=$(grep -ho '"id": *"[^"]*"' local.json tls.json | sort -u | wc -l)
 [ "$ids" -eq 1 ] || fail "expected one operation id, got $ids"
 
+# Lifecycle events: `lxc monitor --type=lifecycle` sees what is done to an
+# instance (created, updated, deleted), with its path as the source, and
+# none of the operations.
+lxc monitor kb: --type=lifecycle --format json >life.json 2>life.err &
+mon1=$!
+i=0; while [ "$(grep -c 'GET /1.0/events' daemon.log)" -lt 3 ]; do
+    i=$((i + 1)); [ $i -lt 200 ] || fail "lifecycle monitor did not connect: $(cat life.err)"; sleep 0.05
+done
+bin/kvmbox init ev lc1 >/dev/null || fail "init"
+bin/kvmbox config set lc1 user.note hi || fail "config set"
+bin/kvmbox delete lc1 || fail "delete"
+i=0; while ! grep -q 'instance-deleted' life.json; do
+    i=$((i + 1)); [ $i -lt 200 ] || fail "no instance-deleted event: $(cat life.json life.err)"; sleep 0.05
+done
+life=$(tr -d ' \n' <life.json)
+contains "$life" '"type":"lifecycle"'
+for a in created updated deleted; do contains "$life" "\"action\":\"instance-$a\""; done
+contains "$life" '"source":"/1.0/instances/lc1"'
+! grep -q '"type": *"operation"' life.json || fail "an operation event reached a lifecycle monitor"
+# The operation monitor, conversely, saw no lifecycle event.
+! grep -q '"type": *"lifecycle"' local.json || fail "a lifecycle event reached an operation monitor"
+
 # An unknown event type is refused before the upgrade.
 out=$(curl -s --unix-socket state/lxd/unix.socket 'http://lxd/1.0/events?type=nope')
 contains "$out" '"error_code":400'

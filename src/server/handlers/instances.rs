@@ -1,6 +1,6 @@
 //! The instances endpoints of the REST API, in LXD's shapes
 //! (<https://documentation.ubuntu.com/lxd/en/latest/rest-api/>):
-//! `/1.0/instances[/<name>[/state|/console]]`.
+//! `/1.0/instances[/<name>[/state|/snapshots]]`.
 //!
 //! [`handle`] is the one entry point; [`Call`] names the endpoint, so other
 //! routes (such as LXD's older `/1.0/containers`) can map onto the same calls.
@@ -41,8 +41,6 @@ pub(crate) enum Call {
     State,
     /// `PUT /1.0/instances/<name>/state`
     StatePut,
-    /// `GET /1.0/instances/<name>/console`
-    Console,
     /// `GET /1.0/instances/<name>/snapshots`
     Snapshots,
     /// `POST /1.0/instances/<name>/snapshots`
@@ -150,14 +148,14 @@ pub(crate) async fn handle(
                 return fail(&e);
             }
             let (n, sn) = (name.to_string(), snap.to_string());
-            spawn(shared, "Deleting snapshot", name, move |s| async move {
-                s.instances.delete_snapshot(&n, &sn).await
-            })
+            spawn(
+                shared,
+                "Deleting snapshot",
+                name,
+                "instance-snapshot-deleted",
+                move |s| async move { s.instances.delete_snapshot(&n, &sn).await },
+            )
         }
-        Call::Console => match m.console(name) {
-            Ok(text) => sync(json!(text)),
-            Err(e) => fail(&e),
-        },
         Call::Create => create(shared, id, req).await,
         Call::Put | Call::Patch => update(shared, id, req, name, call == Call::Put).await,
         Call::Delete => {
@@ -178,16 +176,27 @@ pub(crate) async fn handle(
                 Ok(_) => {}
             }
             let n = name.to_string();
-            spawn(shared, "Deleting instance", name, move |s| async move {
-                s.instances.delete(&n, force).await
-            })
+            spawn(
+                shared,
+                "Deleting instance",
+                name,
+                "instance-deleted",
+                move |s| async move { s.instances.delete(&n, force).await },
+            )
         }
         Call::StatePut => state(shared, req, name),
     }
 }
 
-/// Runs `work` as an operation on instance `name`; answers 202.
-fn spawn<F, Fut>(shared: &Arc<Shared>, description: &str, name: &str, work: F) -> Response
+/// Runs `work` as an operation on instance `name`; answers 202. Its
+/// success is announced as the lifecycle event `action`.
+fn spawn<F, Fut>(
+    shared: &Arc<Shared>,
+    description: &str,
+    name: &str,
+    action: &'static str,
+    work: F,
+) -> Response
 where
     F: FnOnce(Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
@@ -199,8 +208,11 @@ where
     let mut resources = BTreeMap::new();
     resources.insert("instances".to_string(), vec![path::instance(name)]);
     let fut = work(shared.clone());
+    let (events, name) = (shared.events.clone(), name.to_string());
     let op = shared.ops.spawn(&ex, description, resources, async move {
-        fut.await.map(|()| json!({})).map_err(|e| told(&e))
+        fut.await.map_err(|e| told(&e))?;
+        events.lifecycle(action, &name, json!({}));
+        Ok(json!({}))
     });
     operation(&op)
 }
@@ -347,9 +359,13 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    spawn(shared, "Creating instance", &b.name, move |s| async move {
-        s.instances.create(reserved).await.map(|_| ())
-    })
+    spawn(
+        shared,
+        "Creating instance",
+        &b.name,
+        "instance-created",
+        move |s| async move { s.instances.create(reserved).await.map(|_| ()) },
+    )
 }
 
 /// `PUT /1.0/instances/<name>` with `restore`: the snapshot's config and
@@ -373,6 +389,7 @@ async fn restore(shared: &Arc<Shared>, id: &Identity, current: &Record, snap: St
         shared,
         "Restoring snapshot",
         &n.clone(),
+        "instance-restored",
         move |sh| async move { sh.instances.restore(&n, &snap, &pins).await },
     )
 }
@@ -396,9 +413,13 @@ fn take_snapshot(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
         return fail(&e);
     }
     let (n, snap) = (name.to_string(), b.name);
-    spawn(shared, "Snapshotting instance", name, move |s| async move {
-        s.instances.snapshot(&n, &snap).await
-    })
+    spawn(
+        shared,
+        "Snapshotting instance",
+        name,
+        "instance-snapshot-created",
+        move |s| async move { s.instances.snapshot(&n, &snap).await },
+    )
 }
 
 /// Refuses a profile list that names anything but the one, empty,
@@ -458,16 +479,23 @@ async fn update(
     // PATCH at once.
     if replace {
         let n = name.to_string();
-        return spawn(shared, "Updating instance", name, move |s| async move {
-            s.instances.update(&n, config, b.devices, true, &pins).await
-        });
+        return spawn(
+            shared,
+            "Updating instance",
+            name,
+            "instance-updated",
+            move |s| async move { s.instances.update(&n, config, b.devices, true, &pins).await },
+        );
     }
     match shared
         .instances
         .update(name, config, b.devices, false, &pins)
         .await
     {
-        Ok(()) => sync(json!({})),
+        Ok(()) => {
+            shared.events.lifecycle("instance-updated", name, json!({}));
+            sync(json!({}))
+        }
         Err(e) => fail(&e),
     }
 }
@@ -486,15 +514,27 @@ fn state(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     let timeout = u64::try_from(b.timeout).map_or(STOP_TIMEOUT, Duration::from_secs);
     let (force, n) = (b.force, name.to_string());
     match b.action.as_str() {
-        "start" => spawn(shared, "Starting instance", name, move |s| async move {
-            s.instances.start(&n).await
-        }),
-        "stop" => spawn(shared, "Stopping instance", name, move |s| async move {
-            s.instances.stop(&n, force, timeout).await
-        }),
-        "restart" => spawn(shared, "Restarting instance", name, move |s| async move {
-            s.instances.restart(&n, force, timeout).await
-        }),
+        "start" => spawn(
+            shared,
+            "Starting instance",
+            name,
+            "instance-started",
+            move |s| async move { s.instances.start(&n).await },
+        ),
+        "stop" => spawn(
+            shared,
+            "Stopping instance",
+            name,
+            "instance-stopped",
+            move |s| async move { s.instances.stop(&n, force, timeout).await },
+        ),
+        "restart" => spawn(
+            shared,
+            "Restarting instance",
+            name,
+            "instance-restarted",
+            move |s| async move { s.instances.restart(&n, force, timeout).await },
+        ),
         a => error(
             400,
             &format!("unknown action {a:?}: use start, stop or restart"),

@@ -29,12 +29,16 @@ use crate::wire::ServerPut;
 /// - `projects`, `storage`, `network`: the read-only `default` project and
 ///   storage pool, and the host's bridges (`handlers/discovery.rs`);
 /// - `operation_wait`: `GET /1.0/operations/<id>/wait`;
+/// - `console`: `POST /1.0/instances/<name>/console`, a websocket to the
+///   serial console (lxc console refuses to run without it); exec and
+///   files need no extension of their own;
 /// - `certificate_token`: `POST /1.0/certificates` with `token: true`
 ///   answers an operation whose metadata is the token (an operation that
 ///   is over at once: a token is revoked by removing it, not by
 ///   cancelling the operation).
 const EXTENSIONS: &[&str] = &[
     "certificate_token",
+    "console",
     "api_filtering",
     "container_backup",
     "container_full",
