@@ -42,8 +42,8 @@ wait_console() {
 }
 
 # Provisioned by the real cloud-init through the NoCloud seed the daemon
-# builds: a user with an SSH key, a file, a command, and network-config;
-# the command reports each on the serial console.
+# builds: a user with an SSH key, a file, a command, and a static address
+# from network-config; the command reports each on the serial console.
 key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmbox0test0key0for0cloud0init0only00000000 ci@kvmbox"
 cat >user-data <<EOF
 #cloud-config
@@ -55,13 +55,16 @@ write_files:
   - path: /etc/kvmbox-ci
     content: "written-by-cloud-init"
 runcmd:
+  - [systemctl, enable, --now, systemd-networkd]
+  - [sh, -c, 'i=0; until ip -4 -o addr show | grep -q 10.99.0.5 || [ \$i -gt 60 ]; do i=\$((i+1)); sleep 1; done']
   - [sh, -c, 'echo "KVMBOX-CI user=\$(id -un ciuser) file=\$(cat /etc/kvmbox-ci) keys=\$(grep -c kvmbox /home/ciuser/.ssh/authorized_keys) addr=\$(ip -4 -o addr show | grep -o 10.99.0.5/24)" >/dev/ttyS0']
 EOF
+# The interface's id is its name pattern: cloud-init 22.4 renders a v2 id
+# as systemd-networkd's Name= and ignores `match` there.
 cat >network-config <<EOF
 version: 2
 ethernets:
-  nic0:
-    match: {name: "en*"}
+  "en*":
     addresses: [10.99.0.5/24]
 EOF
 kv image import "$img/root.qcow2" --alias debian >/dev/null
@@ -88,10 +91,9 @@ contains "$log" "running 'init-local'"
 contains "$log" "running 'init'"
 wait_console "KVMBOX-CI "
 echo "launch → cloud-init's command: $(($(date +%s) - t0)) s"
-contains "$(console)" "KVMBOX-CI user=ciuser file=written-by-cloud-init keys=1 addr="
-# cloud-init read network-config from the seed (it renders it for
-# systemd-networkd, which this image does not enable, so the address is
-# not checked here).
+contains "$(console)" "KVMBOX-CI user=ciuser file=written-by-cloud-init keys=1 addr=10.99.0.5/24"
+# cloud-init read the seed as NoCloud. (It renders network-config for
+# systemd-networkd, which the image leaves off: the user-data starts it.)
 wait_console "Datasource DataSourceNoCloud \[seed=/dev/vd"
 ! printf '%s\n' "$log" | grep -a "FAILED" || fail "a unit failed during boot"
 

@@ -73,7 +73,8 @@ wait_for() {
 # lxc_daemon: starts kvmboxd on ./state (admin group root) with a TLS
 # listener on a free loopback port, left in $port, for the client `kv` and
 # the real `lxc` (its config in ./lxc); HOME and the like are unset, as on
-# a bare host. On exit the daemon and every QEMU of ./state are killed.
+# a bare host; the VMs' AppArmor profiles go to ./aa. On exit the daemon
+# and every QEMU of ./state are killed.
 lxc_daemon() {
     export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf LXD_CONF=$PWD/lxc
     unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
@@ -82,6 +83,8 @@ lxc_daemon() {
     dpid=$!
     trap end_daemon EXIT
     port=$(https_port daemon.log)
+    # The VMs' AppArmor profiles go to the scratch directory, and with it.
+    kv config set security.apparmor_profile_dir "$PWD/aa"
 }
 kv() { bin/kvmbox "$@"; }
 end_daemon() {
