@@ -189,6 +189,30 @@ wait $bg 2>/dev/null || true
 bg=
 exec 3<&-
 
+# The guest reboots under an attached console: the viewer sees the reboot
+# and the next boot's kernel, and is still attached afterwards.
+bin/kvmbox console deb </dev/null >reboot-view.log 2>&1 &
+bg=$!
+sleep 2
+kv exec deb -n -- systemctl reboot >/dev/null 2>&1 || true
+deadline=$(($(date +%s) + 300))
+until tr -d '\r' <reboot-view.log | awk '/reboot: Restarting system/ { r = 1 } r && /Linux version/ { found = 1 } END { exit !found }'; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "the attached viewer saw no reboot and next boot: $(tail -c 2000 reboot-view.log)"
+    sleep 2
+done
+until kv exec deb -n -- true 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "the guest agent did not come back after the reboot"
+    sleep 2
+done
+until tr -d '\r' <reboot-view.log | awk '/reboot: Restarting system/ { r = 1 } r && /login:/ { found = 1 } END { exit !found }'; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "the viewer saw no login prompt after the reboot: $(tail -c 2000 reboot-view.log)"
+    sleep 2
+done
+kill -0 "$bg" 2>/dev/null || fail "the viewer was detached by the reboot"
+kill $bg 2>/dev/null || true
+wait $bg 2>/dev/null || true
+bg=
+
 # The agent killed mid-exec: an error naming the agent, soon, not a hang.
 t=$(date +%s)
 expect_fail timeout 90 bin/kvmbox exec deb -n -- sh -c 'kill $(pidof qemu-ga); sleep 60'
