@@ -239,19 +239,32 @@ fn message(m: &Message) -> Vec<u8> {
 }
 
 fn data(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(opcode, payload, None)
+}
+
+/// One whole frame: unmasked as a server sends it, or masked with `mask`
+/// as a client must (RFC 6455 §5.3).
+pub(crate) fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let bit = if mask.is_some() { 0x80 } else { 0 };
     let mut out = vec![0x80 | opcode];
     match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
+        n @ 0..=125 => out.push(bit | n as u8),
         n @ 126..=0xffff => {
-            out.push(126);
+            out.push(bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().zip(m.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+        None => out.extend_from_slice(payload),
+    }
     out
 }
 
@@ -434,22 +447,7 @@ mod tests {
 
     /// A client frame: masked, as RFC 6455 requires.
     fn client(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut out = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        out
+        frame(opcode, payload, Some([1, 2, 3, 4]))
     }
 
     #[test]

@@ -106,21 +106,7 @@ impl Client {
 impl WebSocket {
     /// Sends one message (masked, as a client must).
     fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        let mask: [u8; 4] = random();
-        let mut out = vec![0x80 | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        let out = crate::websocket::frame(opcode, payload, Some(random()));
         let stream = self.client.raw();
         stream.write_all(&out)?;
         stream.flush()
