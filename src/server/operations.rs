@@ -67,6 +67,33 @@ const KEEP_FINISHED: Duration = Duration::from_secs(300);
 /// How many finished operations are kept at most; the oldest go first.
 const MAX_FINISHED: usize = 1000;
 
+impl Operation {
+    /// A new operation, as of now.
+    fn new(
+        class: &'static str,
+        description: &str,
+        resources: BTreeMap<String, Vec<String>>,
+        status: Status,
+        metadata: Value,
+    ) -> Operation {
+        let now = crate::clock::now();
+        Operation {
+            // LXD's operation ids are UUIDs, as its instances' are.
+            id: crate::uuid::new(),
+            class,
+            description: description.to_string(),
+            created_at: now,
+            updated_at: now,
+            status,
+            status_code: status.code(),
+            resources,
+            metadata,
+            may_cancel: false,
+            err: String::new(),
+        }
+    }
+}
+
 struct Slot {
     op: Operation,
     /// Closed when the operation ends, which wakes every waiter at once.
@@ -253,7 +280,6 @@ impl Operations {
         W: FnOnce(Progress, Fds) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        let now = crate::clock::now();
         let mut sockets = BTreeMap::new();
         let mut waiting = BTreeMap::new();
         let mut secrets = serde_json::Map::new();
@@ -264,23 +290,11 @@ impl Operations {
             waiting.insert(name.to_string(), rx);
             secrets.insert(name.to_string(), secret.into());
         }
-        let op = Operation {
-            // LXD's operation ids are UUIDs, as its instances' are.
-            id: crate::uuid::new(),
-            class,
-            description: description.to_string(),
-            created_at: now,
-            updated_at: now,
-            status: Status::Running,
-            status_code: Status::Running.code(),
-            resources,
-            metadata: match fds.is_empty() {
-                true => Value::Null,
-                false => serde_json::json!({ "fds": secrets }),
-            },
-            may_cancel: false,
-            err: String::new(),
+        let metadata = match fds.is_empty() {
+            true => Value::Null,
+            false => serde_json::json!({ "fds": secrets }),
         };
+        let op = Operation::new(class, description, resources, Status::Running, metadata);
         let (tx, rx) = smol::channel::bounded::<()>(1);
         self.lock().insert(
             op.id.clone(),
@@ -341,20 +355,13 @@ impl Operations {
         description: &str,
         metadata: Value,
     ) -> Operation {
-        let now = crate::clock::now();
-        let op = Operation {
-            id: crate::uuid::new(),
+        let op = Operation::new(
             class,
-            description: description.to_string(),
-            created_at: now,
-            updated_at: now,
-            status: Status::Success,
-            status_code: Status::Success.code(),
-            resources: BTreeMap::new(),
+            description,
+            BTreeMap::new(),
+            Status::Success,
             metadata,
-            may_cancel: false,
-            err: String::new(),
-        };
+        );
         // Closed at once: a waiter sees the operation over.
         let (_, done) = smol::channel::bounded::<()>(1);
         let last = Arc::new(OnceLock::new());
