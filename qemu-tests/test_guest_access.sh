@@ -1,7 +1,8 @@
 # Getting into guests with the real `lxc` 5.0 over TLS and with kvmbox on
 # its Unix socket: exec (output, exit status, standard input, stdout and
-# stderr apart), file push and pull, the interactive console (the login
-# prompt, Ctrl-a q), and the hostile cases: an auditor refused exec, a
+# stderr apart, signals, record-output), file push and pull (directories,
+# symlinks, append, delete), the interactive console (the login prompt,
+# Ctrl-a q, the window size), and the hostile cases: an auditor refused exec, a
 # guest without the agent answered with the fix at once, a console viewer
 # that never reads stalling nobody, the agent killed mid-exec, no daemon
 # fd left behind by 50 console attach/detach cycles; and a lifecycle event
@@ -152,6 +153,94 @@ head -c 5000000 /dev/urandom >big.bin
 expect_fail kv file push big.bin deb/tmp/big.bin
 contains "$ERR" "too large"
 
+# Directories, symlinks, appending and removing: lxc file push -r and -p,
+# pull -r and delete, and the owner, mode and type LXD's headers tell.
+mkdir -p tree/sub; echo one >tree/a.txt; echo two >tree/sub/b.txt; ln -s a.txt tree/link
+timeout 120 lxc file push -r tree kb:deb/root/ || fail "lxc file push -r"
+[ "$(kv exec deb -n -- readlink /root/tree/link)" = "a.txt" ] || fail "the symlink was not pushed as one"
+[ "$(kv exec deb -n -- cat /root/tree/sub/b.txt)" = "two" ] || fail "a nested file was not pushed"
+timeout 120 lxc file push -p f.bin kb:deb/root/new/deep/f.bin || fail "lxc file push -p"
+[ "$(kv exec deb -n -- sha256sum /root/new/deep/f.bin | cut -d' ' -f1)" = "$(sha256sum <f.bin | cut -d' ' -f1)" ] ||
+    fail "lxc file push -p: content differs"
+rm -rf pulled; mkdir pulled
+timeout 120 lxc file pull -r kb:deb/root/tree pulled/ || fail "lxc file pull -r"
+[ "$(cat pulled/tree/sub/b.txt)" = "two" ] || fail "lxc file pull -r: nested file"
+[ "$(readlink pulled/tree/link)" = "a.txt" ] || fail "lxc file pull -r: symlink"
+curl -s -D head.txt -o /dev/null --unix-socket state/lxd/unix.socket 'http://lxd/1.0/instances/deb/files?path=/root/tree/link'
+contains "$(tr -d '\r' <head.txt)" "X-LXD-type: symlink"
+kv exec deb -n -- chown 1234:5678 /root/tree/sub
+curl -s -D head.txt -o list.json --unix-socket state/lxd/unix.socket 'http://lxd/1.0/instances/deb/files?path=/root/tree/sub'
+contains "$(tr -d '\r' <head.txt)" "X-LXD-type: directory"
+contains "$(tr -d '\r' <head.txt)" "X-LXD-uid: 1234"
+contains "$(tr -d '\r' <head.txt)" "X-LXD-gid: 5678"
+contains "$(cat list.json)" '"metadata":["b.txt"]'
+curl -s -X POST -H 'X-LXD-write: append' --data-binary 'more' --unix-socket state/lxd/unix.socket \
+    'http://lxd/1.0/instances/deb/files?path=/root/tree/a.txt' >/dev/null
+[ "$(kv exec deb -n -- cat /root/tree/a.txt)" = "$(printf 'one\nmore')" ] || fail "append: $(kv exec deb -n -- cat /root/tree/a.txt)"
+timeout 120 lxc file delete kb:deb/root/tree/sub/b.txt || fail "lxc file delete"
+kv exec deb -n -- test ! -e /root/tree/sub/b.txt || fail "lxc file delete left the file"
+expect_fail timeout 120 lxc file delete kb:deb/root/tree
+contains "$ERR" "rmdir"
+kv exec deb -n -- test -e /root/tree/a.txt || fail "a refused delete removed something"
+# Not there: 404; a FIFO is neither read (it would block) nor followed.
+out=$(curl -s --unix-socket state/lxd/unix.socket 'http://lxd/1.0/instances/deb/files?path=/root/nothing-here')
+contains "$out" '"error_code":404'
+kv exec deb -n -- mkfifo /root/fifo
+out=$(curl -s --unix-socket state/lxd/unix.socket 'http://lxd/1.0/instances/deb/files?path=/root/fifo')
+contains "$out" "fifo"
+out=$(curl -s -X POST -H 'X-LXD-type: socket' --data-binary x --unix-socket state/lxd/unix.socket \
+    'http://lxd/1.0/instances/deb/files?path=/root/x')
+contains "$out" '"error_code":400'
+
+# record-output: without websockets, the output is kept and served.
+op=$(curl -s -X POST --unix-socket state/lxd/unix.socket http://lxd/1.0/instances/deb/exec \
+    -d '{"command":["sh","-c","echo rec-out; echo rec-err >&2; exit 3"],"record-output":true}' |
+    sed -n 's/.*"operation":"\([^"]*\)".*/\1/p')
+[ -n "$op" ] || fail "record-output: no operation"
+done=$(curl -s --unix-socket state/lxd/unix.socket "http://lxd$op/wait?timeout=60")
+contains "$done" '"return":3'
+out1=$(printf '%s' "$done" | sed -n 's/.*"1":"\([^"]*\)".*/\1/p')
+out2=$(printf '%s' "$done" | sed -n 's/.*"2":"\([^"]*\)".*/\1/p')
+[ "$(curl -s --unix-socket state/lxd/unix.socket "http://lxd$out1")" = "rec-out" ] || fail "record-output stdout"
+[ "$(curl -s --unix-socket state/lxd/unix.socket "http://lxd$out2")" = "rec-err" ] || fail "record-output stderr"
+contains "$(curl -s --unix-socket state/lxd/unix.socket http://lxd/1.0/instances/deb/logs/exec-output)" "$out1"
+out=$(curl -s --unix-socket state/lxd/unix.socket 'http://lxd/1.0/instances/deb/logs/exec-output/instance.json')
+contains "$out" '"error_code":404'
+curl -s -X DELETE --unix-socket state/lxd/unix.socket "http://lxd$out1" >/dev/null
+out=$(curl -s --unix-socket state/lxd/unix.socket "http://lxd$out1")
+contains "$out" '"error_code":404'
+
+# Signals reach the command: kvmbox exec and lxc exec pass SIGTERM on, and
+# exit as the command did (143).
+for c in "bin/kvmbox exec deb -n --" "lxc exec kb:deb --"; do
+    kv exec deb -n -- sh -c 'pkill -x sleep; true'
+    $c sleep 300 </dev/null &
+    epid=$!
+    i=0
+    until kv exec deb -n -- pgrep -x sleep >/dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 60 ] || fail "$c: the command did not start"; sleep 1
+    done
+    kill -TERM "$epid"
+    rc=0; wait "$epid" || rc=$?
+    [ "$rc" -eq 143 ] || fail "$c ended by SIGTERM exited $rc"
+    ! kv exec deb -n -- pgrep -x sleep >/dev/null 2>&1 || fail "$c: the command outlived its signal"
+done
+
+# The console tells the guest's terminal the viewer's window size, at once
+# and when it changes.
+for c in "lxc console kb:deb" "bin/kvmbox console deb"; do
+    kv exec deb -n -- stty -F /dev/ttyS0 rows 24 cols 80
+    (sleep 4; printf '\001'; sleep 1; printf 'q'; sleep 3) |
+        timeout 60 script -qfec "stty rows 37 cols 101; $c" tty.out >/dev/null 2>&1 || fail "$c did not detach"
+    [ "$(kv exec deb -n -- stty -F /dev/ttyS0 size)" = "37 101" ] ||
+        fail "$c: the guest's terminal is $(kv exec deb -n -- stty -F /dev/ttyS0 size)"
+done
+(sleep 6; printf '\001'; sleep 1; printf 'q'; sleep 3) |
+    timeout 60 script -qfec "stty rows 30 cols 90; (sleep 3; stty rows 50 cols 120 </dev/tty) & bin/kvmbox console deb" \
+        tty.out >/dev/null 2>&1 || fail "kvmbox console did not detach after a resize"
+[ "$(kv exec deb -n -- stty -F /dev/ttyS0 size)" = "50 120" ] ||
+    fail "a resize while attached: the guest's terminal is $(kv exec deb -n -- stty -F /dev/ttyS0 size)"
+
 # The interactive console on a terminal: the login prompt after Enter, and
 # Ctrl-a q detaches (lxc's own escape, and kvmbox's).
 for c in "lxc console kb:deb" "bin/kvmbox console deb"; do
@@ -195,7 +284,7 @@ bin/kvmbox console deb </dev/null >reboot-view.log 2>&1 &
 bg=$!
 sleep 2
 kv exec deb -n -- systemctl reboot >/dev/null 2>&1 || true
-deadline=$(($(date +%s) + 300))
+deadline=$(($(date +%s) + 480))
 until tr -d '\r' <reboot-view.log | awk '/reboot: Restarting system/ { r = 1 } r && /Linux version/ { found = 1 } END { exit !found }'; do
     [ "$(date +%s)" -lt "$deadline" ] || fail "the attached viewer saw no reboot and next boot: $(tail -c 2000 reboot-view.log)"
     sleep 2

@@ -44,7 +44,7 @@ pub use pki::{Cert, CertInfo, CertSpec, Curve, Error as PkiError, Key, Profile a
 pub use preseed::{Error as PreseedError, Outcome as PreseedOutcome, Preseed};
 pub use store::{write_atomic, Error as StoreError, Overwrite};
 pub use sys::default_sigpipe;
-pub use sys::RawTerminal;
+pub use sys::{window_size, RawTerminal};
 
 pub use client::connection::{
     config_dir, parse_address, prompt_secret, socket_path, Client, ClientIdentity,
@@ -67,9 +67,9 @@ pub use server::tokens::JoinToken;
 pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 
 pub use wire::{
-    path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, ConsolePost, Device,
-    ExecPost, ImageAlias, ImageInfo, ImageSource, ImagesPost, InstancePut, InstanceSource,
-    InstancesPost, Role, ServerPut, SnapshotsPost, StatePut, UnknownRole,
+    path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, ConsolePost,
+    Control, Device, ExecPost, ImageAlias, ImageInfo, ImageSource, ImagesPost, InstancePut,
+    InstanceSource, InstancesPost, Role, ServerPut, SnapshotsPost, StatePut, UnknownRole,
 };
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};

@@ -13,7 +13,7 @@ mod user;
 
 pub(crate) use net::{peer_cred, send_nosignal, PeerCred};
 pub(crate) use tty::read_secret;
-pub use tty::RawTerminal;
+pub use tty::{window_size, RawTerminal};
 pub(crate) use user::{group_gid, ids_unused, proc_groups, subuid_owner, IdInUse};
 
 /// Sets the file-creation mask and returns the previous one.

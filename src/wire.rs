@@ -88,6 +88,11 @@ pub mod path {
         format!("{INSTANCES}/{name}/exec")
     }
 
+    /// A command's recorded output (`record-output`).
+    pub fn exec_output(name: &str, file: &str) -> String {
+        format!("/1.0/instances/{name}/logs/exec-output/{file}")
+    }
+
     /// A guest file, `path` escaped for the query.
     pub fn instance_file(name: &str, path: &str) -> String {
         let mut q = String::new();
@@ -721,11 +726,101 @@ pub struct ConsolePost {
     pub height: u32,
 }
 
+/// A message on the `control` websocket of an exec or console operation
+/// (LXD's `InstanceExecControl`): a window's new size, or a signal for the
+/// command.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Control {
+    /// `window-resize` or `signal`.
+    pub command: String,
+    /// `width` and `height`, as decimal strings, of a `window-resize`
+    /// (lxc sends `null` with a signal).
+    #[serde(default)]
+    pub args: Option<BTreeMap<String, String>>,
+    /// The signal number of a `signal`.
+    #[serde(default)]
+    pub signal: i32,
+}
+
+impl Control {
+    pub fn resize(width: u16, height: u16) -> Control {
+        let args = [("width", width), ("height", height)];
+        Control {
+            command: "window-resize".into(),
+            args: Some(
+                args.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            signal: 0,
+        }
+    }
+
+    pub fn signal(signal: i32) -> Control {
+        Control {
+            command: "signal".into(),
+            args: None,
+            signal,
+        }
+    }
+
+    /// (width, height) of a `window-resize` whose sizes are numbers a
+    /// terminal can have.
+    pub fn size(&self) -> Option<(u16, u16)> {
+        let args = self.args.as_ref()?;
+        let dim = |k: &str| args.get(k)?.parse::<u16>().ok().filter(|n| *n > 0);
+        match self.command.as_str() {
+            "window-resize" => Some((dim("width")?, dim("height")?)),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "a failed test should panic")]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn control_messages_as_lxd_sends_them() {
+        let c: Control = serde_json::from_value(
+            json!({"command": "window-resize", "args": {"width": "132", "height": "43"}}),
+        )
+        .unwrap();
+        assert_eq!(c.size(), Some((132, 43)));
+        let back = serde_json::to_value(Control::resize(132, 43)).unwrap();
+        assert_eq!(
+            back.get("args"),
+            Some(&json!({"width": "132", "height": "43"}))
+        );
+        let sig: Control =
+            serde_json::from_value(json!({"command": "signal", "signal": 2})).unwrap();
+        assert_eq!(
+            (sig.command.as_str(), sig.signal, sig.size()),
+            ("signal", 2, None)
+        );
+        // Sizes no terminal has are no resize.
+        for (w, h) in [
+            ("0", "24"),
+            ("80", "-1"),
+            ("99999", "24"),
+            ("80", ""),
+            ("8 0", "24"),
+        ] {
+            let c = Control {
+                command: "window-resize".into(),
+                args: Some(
+                    [("width", w), ("height", h)]
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                signal: 0,
+            };
+            assert_eq!(c.size(), None, "{w}x{h}");
+        }
+    }
 
     #[test]
     fn paths_as_lxd_has_them() {

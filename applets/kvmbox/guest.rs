@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
-use kvmbox::{api_path as path, ConsolePost, ExecPost, WebSocket, WsMessage};
+use kvmbox::{api_path as path, ConsolePost, Control, ExecPost, WebSocket, WsMessage};
 use serde_json::Value;
 
 use super::{split_remote, Ctx, Error};
@@ -157,6 +157,8 @@ pub(crate) fn exec(ctx: &Ctx, a: &Exec) -> Result<(), Error> {
     let mut stdin_ws = websocket(ctx, remote, &op, "0")?;
     let stdout_ws = websocket(ctx, remote, &op, "1")?;
     let stderr_ws = websocket(ctx, remote, &op, "2")?;
+    let control = websocket(ctx, remote, &op, "control")?;
+    forward_signals(control)?;
     let out = std::thread::spawn(move || copy_out(stdout_ws, std::io::stdout()));
     let err = std::thread::spawn(move || copy_out(stderr_ws, std::io::stderr()));
     let stdin = std::io::stdin();
@@ -190,6 +192,31 @@ pub(crate) fn exec(ctx: &Ctx, a: &Exec) -> Result<(), Error> {
     }
 }
 
+/// Signals that stop a command when it runs here are sent to it in the
+/// guest instead. The third of one kind ends this client too, for a guest
+/// that does not answer.
+fn forward_signals(mut control: WebSocket) -> Result<(), Error> {
+    use async_signal::{Signal, Signals};
+    let kinds = [Signal::Int, Signal::Term, Signal::Hup, Signal::Quit];
+    let mut signals = Signals::new(kinds)?;
+    std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeMap::new();
+        while let Some(Ok(sig)) = smol::block_on(smol::stream::StreamExt::next(&mut signals)) {
+            let n = sig as i32;
+            let times = seen.entry(n).or_insert(0u8);
+            *times += 1;
+            if *times >= 3 {
+                std::process::exit(128 + n);
+            }
+            let msg = serde_json::to_string(&Control::signal(n)).unwrap_or_default();
+            if control.send_text(&msg).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Ctrl-a, then q: detach.
 const CTRL_A: u8 = 0x01;
 
@@ -203,14 +230,18 @@ pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
         stdout.write_all(&log)?;
         return Ok(());
     }
+    let raw_terminal = std::io::stdin().is_terminal();
+    let mut size = kvmbox::window_size().filter(|_| raw_terminal);
+    let (width, height) = size.map_or((0, 0), |(w, h)| (w.into(), h.into()));
     let body = ConsolePost {
         kind: "console".into(),
-        ..ConsolePost::default()
+        width,
+        height,
     };
     let op = c.send("POST", &path::instance_console(&name), &body)?;
     let mut control = websocket(ctx, remote, &op, "control")?;
     let mut term = websocket(ctx, remote, &op, "0")?;
-    let raw = match std::io::stdin().is_terminal() {
+    let raw = match raw_terminal {
         true => {
             eprint!("To detach from the console, press: <ctrl>+a q\r\n");
             Some(kvmbox::RawTerminal::enter()?)
@@ -246,6 +277,16 @@ pub(crate) fn console(ctx: &Ctx, a: &Console) -> Result<(), Error> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
             Err(e) => break 'session Err(e.into()),
+        }
+        // The window's size, looked at as often as output is: a resize
+        // reaches the guest's terminal within a wait.
+        let now = kvmbox::window_size().filter(|_| raw_terminal);
+        if let Some((w, h)) = now.filter(|s| Some(*s) != size) {
+            let msg = serde_json::to_string(&Control::resize(w, h)).unwrap_or_default();
+            if let Err(e) = control.send_text(&msg) {
+                break 'session Err(e.into());
+            }
+            size = now;
         }
         while let Ok(bytes) = typed.try_recv() {
             let mut send = Vec::with_capacity(bytes.len() + 1);

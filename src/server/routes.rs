@@ -110,6 +110,10 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("DELETE", "/1.0/instances/{}/console", Route::Guest(guest::Call::ConsoleClear), USER, PROJECT),
     ("GET", "/1.0/instances/{}/files", Route::Guest(guest::Call::FileGet), USER, PROJECT),
     ("POST", "/1.0/instances/{}/files", Route::Guest(guest::Call::FilePost), USER, PROJECT),
+    ("DELETE", "/1.0/instances/{}/files", Route::Guest(guest::Call::FileDelete), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/logs/exec-output", Route::Guest(guest::Call::Outputs), USER, PROJECT),
+    ("GET", "/1.0/instances/{}/logs/exec-output/{}", Route::Guest(guest::Call::Output), USER, PROJECT),
+    ("DELETE", "/1.0/instances/{}/logs/exec-output/{}", Route::Guest(guest::Call::OutputDelete), USER, PROJECT),
     ("GET", "/1.0/operations/{}/websocket", Route::Guest(guest::Call::Websocket), USER, PROJECT),
     ("GET", "/1.0/events", Route::Events, AUDITOR, PROJECT),
     ("GET", "/1.0/operations", Route::Operations, AUDITOR, PROJECT),
@@ -176,6 +180,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         return resp;
     }
     let param = params.first().map(String::as_str).unwrap_or_default();
+    let sub = params.get(1).map(String::as_str).unwrap_or_default();
     let recursion = req.query_param("recursion").is_some_and(|r| r != "0");
     match route {
         Route::Root => sync(json!(["/1.0"])),
@@ -188,7 +193,6 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::CertificateDelete => certificates::delete(shared, id, param),
         Route::CertificateUpdate => certificates::update(shared, id, param, req),
         Route::Instances(call) => {
-            let sub = params.get(1).map(String::as_str).unwrap_or_default();
             handlers::instances::handle(shared, id, req, call, param, sub).await
         }
         Route::Images => images::list(shared, recursion),
@@ -199,7 +203,7 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::Alias => images::alias(shared, param),
         Route::List(kind) => discovery::list(shared, kind, recursion),
         Route::Get(kind) => discovery::get(shared, kind, param),
-        Route::Guest(call) => guest::handle(shared, req, call, param).await,
+        Route::Guest(call) => guest::handle(shared, req, call, param, sub).await,
         Route::Events => handlers::operations::events(req),
         Route::NotImplemented(what) => error(501, &format!("{what} are not implemented yet")),
         Route::Operations => handlers::operations::list(shared),

@@ -1,4 +1,4 @@
-//! Reading a secret from the terminal without echoing it.
+//! The terminal: a secret read without echo, raw mode, the window size.
 
 use std::io::{self, BufRead, Write};
 
@@ -63,4 +63,14 @@ impl Drop for RawTerminal {
         // descriptor.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw const self.0) };
     }
+}
+
+/// The (columns, rows) of the terminal on standard output; `None` when it
+/// is not a terminal or has no size.
+pub fn window_size() -> Option<(u16, u16)> {
+    // SAFETY: an all-zero winsize is a valid value for the kernel to fill.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize to the valid pointer given.
+    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &raw mut ws) };
+    (r == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }

@@ -42,6 +42,7 @@ use crate::vmm::{console, qga};
 use kvmbox_aa::Kernel;
 
 use guest::Guest;
+pub(crate) use guest::{Content, Owner, Put, Started};
 pub(crate) use image::Image;
 use record::AaMode;
 pub(crate) use record::{check_config, check_device, Device, Record};
@@ -132,6 +133,14 @@ pub(crate) enum Error {
     Agent(#[from] qga::Error),
     #[error(transparent)]
     Console(#[from] console::Error),
+    /// A tool in the guest, run through the agent for what the agent has
+    /// no call for, said no.
+    #[error("{tool} in the guest exited {status}: {said}")]
+    GuestTool {
+        tool: String,
+        status: i32,
+        said: String,
+    },
     #[error("cannot {what}")]
     Host {
         what: String,
@@ -166,7 +175,8 @@ impl Blame for Error {
             | Error::Accel(_)
             | Error::Device { .. }
             | Error::Tap { .. }
-            | Error::NoAppArmor { .. } => Fault::Input,
+            | Error::NoAppArmor { .. }
+            | Error::GuestTool { .. } => Fault::Input,
             Error::AppArmor { source, .. } => source.fault(),
             Error::ImageInfo(_) => Fault::Peer,
             Error::Vm(e) => e.fault(),

@@ -364,6 +364,12 @@ impl Agent {
     /// Runs a command with `guest-exec`, then polls `guest-exec-status`
     /// until it exits or `req.timeout` passes.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult, Error> {
+        let pid = self.spawn(req).await?;
+        self.wait(pid, req.timeout).await
+    }
+
+    /// Starts a command with `guest-exec`: its pid in the guest.
+    pub async fn spawn(&self, req: &ExecRequest) -> Result<i64, Error> {
         let (program, args) = req
             .command
             .split_first()
@@ -388,8 +394,13 @@ impl Agent {
         if !req.stdin.is_empty() {
             a.insert("input-data".into(), b64(&req.stdin).into());
         }
-        let pid = int(&self.request("guest-exec", Some(a.into())).await?, "pid")?;
-        let deadline = Instant::now() + req.timeout;
+        int(&self.request("guest-exec", Some(a.into())).await?, "pid")
+    }
+
+    /// Polls `guest-exec-status` of `pid` until it exits or `timeout`
+    /// passes.
+    pub async fn wait(&self, pid: i64, timeout: Duration) -> Result<ExecResult, Error> {
+        let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(20);
         loop {
             let st = self
@@ -401,7 +412,7 @@ impl Agent {
             if Instant::now() + pause > deadline {
                 return Err(Error::ExecTimeout {
                     pid,
-                    secs: req.timeout.as_secs(),
+                    secs: timeout.as_secs(),
                 });
             }
             smol::Timer::after(pause).await;
@@ -470,7 +481,16 @@ impl Agent {
 
     /// Creates or replaces the guest file `path` with `data`.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), Error> {
-        let handle = self.open(path, "w").await?;
+        self.write(path, data, "w").await
+    }
+
+    /// Adds `data` at the end of the guest file `path`, made if missing.
+    pub async fn append_file(&self, path: &str, data: &[u8]) -> Result<(), Error> {
+        self.write(path, data, "a").await
+    }
+
+    async fn write(&self, path: &str, data: &[u8], mode: &str) -> Result<(), Error> {
+        let handle = self.open(path, mode).await?;
         let write = async {
             for chunk in data.chunks(CHUNK) {
                 let mut rest = chunk;

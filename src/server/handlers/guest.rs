@@ -14,7 +14,11 @@
 //! and control) gets no terminal: the command starts at once with empty
 //! standard input, what is typed is read and dropped, and its output and
 //! errors, merged, with line ends made `\r\n` for the client's raw terminal,
-//! come on websocket 0 when it ends. The guest agent runs commands as root:
+//! come on websocket 0 when it ends. Signals asked for on the `control`
+//! websocket are sent with the guest's own `kill`, and a console's window
+//! size is set with its `stty`: the agent has calls for neither.
+//! Directories, symlinks and removal use the guest's tools the same way.
+//! The guest agent runs commands as root:
 //! `user` and `group` other than 0 are refused; `cwd` is honoured through
 //! `sh -c 'cd …'`.
 
@@ -25,12 +29,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::http::{Extra, Request, Response};
+use crate::log::log;
 use crate::server::operations::Fds;
 use crate::server::reply::{body, error, fail, operation, sync, told};
 use crate::server::state::Shared;
+use crate::vmm::instances::{Content, Owner, Put, Started};
 use crate::vmm::qga::{self, ExecRequest};
 use crate::websocket::{Ends, Message};
-use crate::wire::{path, ConsolePost, ExecPost};
+use crate::wire::{path, ConsolePost, Control, ExecPost};
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +53,14 @@ pub(crate) enum Call {
     FileGet,
     /// `POST /1.0/instances/<name>/files?path=…`
     FilePost,
+    /// `DELETE /1.0/instances/<name>/files?path=…`
+    FileDelete,
+    /// `GET /1.0/instances/<name>/logs/exec-output`: the recorded outputs.
+    Outputs,
+    /// `GET /1.0/instances/<name>/logs/exec-output/<file>`
+    Output,
+    /// `DELETE /1.0/instances/<name>/logs/exec-output/<file>`
+    OutputDelete,
     /// `GET /1.0/operations/<id>/websocket?secret=…`
     Websocket,
 }
@@ -69,12 +83,13 @@ const DEFAULT_ENV: &[(&str, &str)] = &[
     ("LANG", "C.UTF-8"),
 ];
 
-/// Answers one request; `param` is the path's `{}`.
+/// Answers one request; `param` and `sub` are the path's `{}`s.
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
     req: &Request,
     call: Call,
     param: &str,
+    sub: &str,
 ) -> Response {
     let m = &shared.instances;
     match call {
@@ -90,6 +105,22 @@ pub(crate) async fn handle(
         },
         Call::FileGet => file_get(shared, req, param).await,
         Call::FilePost => file_post(shared, req, param).await,
+        Call::FileDelete => file_delete(shared, req, param).await,
+        Call::Outputs => match m.outputs(param) {
+            Ok(files) => sync(json!(files
+                .iter()
+                .map(|f| path::exec_output(param, f))
+                .collect::<Vec<_>>())),
+            Err(e) => fail(&e),
+        },
+        Call::Output => match m.output(param, sub) {
+            Ok(data) => Response::raw(data, octet_stream()),
+            Err(e) => fail(&e),
+        },
+        Call::OutputDelete => match m.remove_output(param, sub) {
+            Ok(()) => sync(json!({})),
+            Err(e) => fail(&e),
+        },
         Call::Websocket => websocket(shared, req, param),
     }
 }
@@ -125,9 +156,6 @@ fn exec(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
             "the guest agent runs commands as root: user and group cannot be chosen",
         );
     }
-    if b.record_output {
-        return error(400, "record-output is not supported: use the websockets");
-    }
     if let Err(r) = running(shared, name) {
         return r;
     }
@@ -157,13 +185,20 @@ fn exec(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     let (s, n) = (shared.clone(), name.to_string());
     let description = "Executing command";
     if !b.wait_for_websocket {
-        // Nobody attaches: no input, and the output goes nowhere (LXD's
-        // behaviour without record-output).
+        // Nobody attaches: no input, and the output is kept for
+        // `…/logs/exec-output` (record-output) or goes nowhere, as in LXD.
+        let record = b.record_output;
         let op = shared
             .ops
             .spawn(&ex, description, resources(name), async move {
                 let r = s.instances.exec(&n, run).await.map_err(|e| told(&e))?;
-                Ok(json!({ "return": r.status }))
+                if !record {
+                    return Ok(json!({ "return": r.status }));
+                }
+                let [out, err] = s.instances.record_output(&n, &r).map_err(|e| told(&e))?;
+                let output =
+                    json!({ "1": path::exec_output(&n, &out), "2": path::exec_output(&n, &err) });
+                Ok(json!({ "return": r.status, "output": output }))
             });
         return operation(&op);
     }
@@ -192,29 +227,34 @@ async fn run_exec(
     fds: Fds,
 ) -> Result<Value, String> {
     let term = fds.connected("0").await.ok_or_else(|| not_connected("0"))?;
-    if interactive {
+    let mut outputs = None;
+    if !interactive {
+        let stdout = fds.connected("1").await.ok_or_else(|| not_connected("1"))?;
+        let stderr = fds.connected("2").await.ok_or_else(|| not_connected("2"))?;
+        run.stdin = read_input(&term).await?;
+        outputs = Some((stdout, stderr));
+    }
+    let started = shared
+        .instances
+        .exec_start(&name, run)
+        .await
+        .map_err(|e| told(&e))?;
+    let signals = forward_signals(&fds, &started);
+    let exited = async { started.wait().await.map_err(|e| told(&e)) };
+    let Some((stdout, stderr)) = outputs else {
         // No terminal: what is typed is read (so the websocket never
         // stalls) and dropped.
-        let typed = &term.input;
-        let exec = shared.instances.exec(&name, run);
         let drain = async {
-            while typed.recv().await.is_ok() {}
+            while term.input.recv().await.is_ok() {}
             std::future::pending().await
         };
-        let r = smol::future::or(exec, drain).await.map_err(|e| told(&e))?;
+        let r = smol::future::or(exited, smol::future::or(drain, signals)).await?;
         let mut out = r.stdout;
         out.extend_from_slice(&r.stderr);
         send_all(&term, &crlf(&out)).await;
         return Ok(json!({ "return": r.status }));
-    }
-    let stdout = fds.connected("1").await.ok_or_else(|| not_connected("1"))?;
-    let stderr = fds.connected("2").await.ok_or_else(|| not_connected("2"))?;
-    run.stdin = read_input(&term).await?;
-    let r = shared
-        .instances
-        .exec(&name, run)
-        .await
-        .map_err(|e| told(&e))?;
+    };
+    let r = smol::future::or(exited, signals).await?;
     let mut errors = r.stderr;
     if r.truncated {
         errors.extend_from_slice(b"kvmbox: the guest agent kept only the start of the output\n");
@@ -222,6 +262,36 @@ async fn run_exec(
     send_all(&stdout, &r.stdout).await;
     send_all(&stderr, &errors).await;
     Ok(json!({ "return": r.status }))
+}
+
+/// A message of a `control` websocket, if it is one.
+fn control_of(m: &Message) -> Option<Control> {
+    match m {
+        Message::Text(t) => serde_json::from_slice(t).ok(),
+        Message::Binary(b) => serde_json::from_slice(b).ok(),
+    }
+}
+
+/// Sends the command the signals its client asks for on the `control`
+/// websocket (a window size means nothing without a terminal). Never ends:
+/// the command's exit does.
+async fn forward_signals<T>(fds: &Fds, started: &Started) -> T {
+    if let Some(control) = fds.connected("control").await {
+        while let Ok(m) = control.input.recv().await {
+            let Some(c) = control_of(&m).filter(|c| c.command == "signal") else {
+                continue;
+            };
+            if let Err(e) = started.signal(c.signal).await {
+                log!(
+                    Info,
+                    "signal {} not sent: {}",
+                    c.signal,
+                    crate::error_chain(&e)
+                );
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// A client's standard input, to its end (the websocket closed, or an
@@ -288,6 +358,25 @@ fn console(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     shared
         .events
         .lifecycle("instance-console", name, json!({"type": "console"}));
+    let (s, n, tasks) = (shared.clone(), name.to_string(), ex.clone());
+    // Sizes are set in the background: the console goes on meanwhile.
+    let resize = move |(cols, rows): (u16, u16)| {
+        let (s, n) = (s.clone(), n.clone());
+        let set = async move {
+            if let Err(e) = s.instances.resize_console(&n, cols, rows).await {
+                log!(
+                    Info,
+                    "instance {n}: console size not set: {}",
+                    crate::error_chain(&e)
+                );
+            }
+        };
+        tasks.spawn(set).detach();
+    };
+    let size = |w: u32, h: u32| Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?));
+    if let Some(first) = size(b.width, b.height).filter(|(w, h)| *w > 0 && *h > 0) {
+        resize(first);
+    }
     let op = shared.ops.spawn_websocket(
         &ex,
         "Showing console",
@@ -318,8 +407,12 @@ fn console(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
                             break;
                         }
                     }
-                    // Window sizes: a serial console has none.
-                    Woke::Typed(Some(Message::Text(_))) | Woke::Control(Some(_)) => {}
+                    Woke::Control(Some(m)) => {
+                        if let Some(size) = control_of(&m).and_then(|c| c.size()) {
+                            resize(size);
+                        }
+                    }
+                    Woke::Typed(Some(Message::Text(_))) => {}
                     // The VM stopped, this viewer fell too far behind, or
                     // the client detached (closed the control socket or
                     // the terminal).
@@ -357,18 +450,53 @@ async fn file_get(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     if let Err(r) = running(shared, name) {
         return r;
     }
-    match shared.instances.read_file(name, &path, FILE_MAX).await {
-        Ok(data) => {
-            shared
-                .events
-                .lifecycle("instance-file-retrieved", name, json!({ "path": path }));
-            // The agent tells no owner or mode: those headers are left out,
-            // which LXD's clients take as unknown.
-            let mut headers = octet_stream();
-            headers.push(("X-LXD-type", "file".into()));
-            Response::raw(data, headers)
+    let found = match shared.instances.read_path(name, &path, FILE_MAX).await {
+        Ok(f) => f,
+        Err(e) => return fail(&e),
+    };
+    shared
+        .events
+        .lifecycle("instance-file-retrieved", name, json!({ "path": path }));
+    let mut headers = vec![
+        ("X-LXD-uid", found.uid.to_string()),
+        ("X-LXD-gid", found.gid.to_string()),
+        ("X-LXD-mode", format!("{:04o}", found.mode)),
+    ];
+    let (kind, mut response) = match found.content {
+        // As LXD: the entries as a JSON list, the others as raw bytes.
+        Content::Directory(entries) => ("directory", sync(json!(entries))),
+        Content::File(data) => ("file", Response::raw(data, octet_stream())),
+        Content::Symlink(target) => ("symlink", Response::raw(target.into(), octet_stream())),
+    };
+    headers.push(("X-LXD-type", kind.into()));
+    let extra = response.extra.get_or_insert_with(Box::default);
+    extra.headers.extend(headers);
+    response
+}
+
+/// The owner and mode a push asks for, from its `X-LXD-uid`, `-gid` and
+/// `-mode` headers (absent or -1: leave it).
+fn owner_of(req: &Request) -> Result<Owner, Response> {
+    let id = |h: &'static str| match req.lxd_header(h).filter(|v| !v.is_empty() && *v != "-1") {
+        None => Ok(None),
+        Some(v) => v.parse::<u32>().map(Some).map_err(|_| h),
+    };
+    let mode = match req
+        .lxd_header("mode")
+        .filter(|v| !v.is_empty() && *v != "-1")
+    {
+        None => Ok(None),
+        Some(v) => u32::from_str_radix(v.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .map(Some)
+            .ok_or("mode"),
+    };
+    match (id("uid"), id("gid"), mode) {
+        (Ok(uid), Ok(gid), Ok(mode)) => Ok(Owner { uid, gid, mode }),
+        (Err(h), _, _) | (_, Err(h), _) | (_, _, Err(h)) => {
+            Err(error(400, &format!("invalid X-LXD-{h} header")))
         }
-        Err(e) => fail(&e),
     }
 }
 
@@ -377,75 +505,58 @@ async fn file_post(shared: &Arc<Shared>, req: &Request, name: &str) -> Response 
         Ok(p) => p,
         Err(r) => return r,
     };
-    match req.lxd_header("type").unwrap_or("file") {
-        "" | "file" => {}
-        t => return error(400, &format!("only files can be pushed, not a {t}")),
-    }
-    match req.lxd_header("write").unwrap_or("overwrite") {
-        "" | "overwrite" => {}
-        w => {
-            return error(
-                400,
-                &format!("write mode {w:?} is not supported: use overwrite"),
-            )
-        }
-    }
-    // Owner and mode: numbers, applied after the write (-1: leave it).
-    let id = |h: &str| match req.lxd_header(h).filter(|v| !v.is_empty() && *v != "-1") {
-        None => Ok(None),
-        Some(v) => v.parse::<u32>().map(Some).map_err(|_| h.to_string()),
+    let append = match req.lxd_header("write").unwrap_or_default() {
+        "" | "overwrite" => false,
+        "append" => true,
+        w => return error(400, &format!("write mode {w:?}: use overwrite or append")),
     };
-    let mode = match req.lxd_header("mode").filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => u32::from_str_radix(v.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .map(Some)
-            .ok_or_else(|| "mode".to_string()),
+    let put = match req.lxd_header("type").unwrap_or_default() {
+        "" | "file" => Put::File {
+            data: &req.body,
+            append,
+        },
+        "directory" => Put::Directory,
+        "symlink" => match std::str::from_utf8(&req.body) {
+            Ok(t) if !t.is_empty() && !t.contains('\0') => Put::Symlink(t),
+            _ => {
+                return error(
+                    400,
+                    "a symlink's target (the body) must be text, without NUL",
+                )
+            }
+        },
+        t => return error(400, &format!("type {t:?}: use file, directory or symlink")),
     };
-    let (uid, gid, mode) = match (id("uid"), id("gid"), mode) {
-        (Ok(u), Ok(g), Ok(m)) => (u, g, m),
-        (Err(h), _, _) | (_, Err(h), _) | (_, _, Err(h)) => {
-            return error(400, &format!("invalid X-LXD-{h} header"))
-        }
+    let owner = match owner_of(req) {
+        Ok(o) => o,
+        Err(r) => return r,
     };
     if let Err(r) = running(shared, name) {
         return r;
     }
-    let m = &shared.instances;
-    if let Err(e) = m.write_file(name, &path, &req.body).await {
+    if let Err(e) = shared.instances.write_path(name, &path, put, owner).await {
         return fail(&e);
-    }
-    // guest-file-* has no owner or mode: the tools in the guest set them.
-    let mut script = String::new();
-    if uid.is_some() || gid.is_some() {
-        let (u, g) = (uid.unwrap_or(0), gid.unwrap_or(0));
-        script.push_str(&format!("chown {u}:{g} \"$0\" && "));
-    }
-    if let Some(mode) = mode {
-        script.push_str(&format!("chmod {mode:o} \"$0\" && "));
-    }
-    if !script.is_empty() {
-        script.push_str("true");
-        let run = ExecRequest::new(vec!["sh".into(), "-c".into(), script, path.clone()]);
-        match m.exec(name, run).await {
-            Ok(r) if r.status == 0 => {}
-            Ok(r) => {
-                let why = String::from_utf8_lossy(&r.stderr);
-                return error(
-                    400,
-                    &format!(
-                        "the file was written, but not its owner or mode: {}",
-                        why.trim()
-                    ),
-                );
-            }
-            Err(e) => return fail(&e),
-        }
     }
     shared
         .events
         .lifecycle("instance-file-pushed", name, json!({ "path": path }));
+    sync(json!({}))
+}
+
+async fn file_delete(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
+    let path = match guest_path(req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Err(r) = running(shared, name) {
+        return r;
+    }
+    if let Err(e) = shared.instances.remove_path(name, &path).await {
+        return fail(&e);
+    }
+    shared
+        .events
+        .lifecycle("instance-file-deleted", name, json!({ "path": path }));
     sync(json!({}))
 }
 

@@ -31,7 +31,10 @@ use crate::wire::ServerPut;
 /// - `operation_wait`: `GET /1.0/operations/<id>/wait`;
 /// - `console`: `POST /1.0/instances/<name>/console`, a websocket to the
 ///   serial console (lxc console refuses to run without it); exec and
-///   files need no extension of their own;
+///   plain files need no extension of their own;
+/// - `directory_manipulation`, `file_symlinks`, `file_append`,
+///   `file_delete`: guest directories and symlinks read and made, files
+///   appended to and removed (`lxc file push -r/-p`, `pull -r`, `delete`);
 /// - `certificate_token`: `POST /1.0/certificates` with `token: true`
 ///   answers an operation whose metadata is the token (an operation that
 ///   is over at once: a token is revoked by removing it, not by
@@ -50,6 +53,10 @@ const EXTENSIONS: &[&str] = &[
     "network",
     "instance_get_full",
     "operation_wait",
+    "directory_manipulation",
+    "file_symlinks",
+    "file_append",
+    "file_delete",
 ];
 
 /// `GET /1.0`: everything for a trusted caller, the bare minimum for others.
