@@ -290,6 +290,170 @@ fn a_disk_is_handed_over_and_back_only_as_checked() {
     eprintln!("{deleted} rounds of start and delete under a flipping directory; {refused}");
 }
 
+/// Hot-plug and removal rounds under a flipping directory: each needs a
+/// running guest under TCG, so fewer than [`ROUNDS`].
+const HOTPLUG_ROUNDS: usize = 100;
+
+/// The busybox guest of `qemu-tests/assets.sh`, or `None` after saying why
+/// the test is skipped (`make test` builds it and sets
+/// KVMBOX_REQUIRE_GUESTS, which makes its absence a failure).
+fn guest_assets() -> Option<(PathBuf, PathBuf)> {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu-tests/cache");
+    let (k, i) = (cache.join("vmlinuz"), cache.join("initrd.gz"));
+    if k.is_file() && i.is_file() {
+        return Some((k, i));
+    }
+    let why = format!(
+        "guest assets missing in {}: run qemu-tests/assets.sh",
+        cache.display()
+    );
+    assert!(std::env::var_os("KVMBOX_REQUIRE_GUESTS").is_none(), "{why}");
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// Deletes instance `.1` (as root, forced) when dropped, so that a failed
+/// test leaves no QEMU behind the daemon that is killed after it.
+struct Instance<'a>(&'a Env, &'static str);
+
+impl Drop for Instance<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kvmbox(None, &["delete", self.1, "--force"]).run();
+    }
+}
+
+#[test]
+fn a_disk_is_hot_plugged_and_removed_only_as_checked() {
+    let Some(s) = setup() else { return };
+    let Some(assets) = guest_assets() else { return };
+    let (env, user, home) = (&s.env, s.acct.member.as_str(), &s.home);
+    let kvmbox = |args: &[&str]| env.kvmbox(Some(user), args);
+    let uid = id_of(user, "-u");
+    // The guest's kernel and initrd, the user's own.
+    let boot: Vec<String> = [(&assets.0, "vmlinuz"), (&assets.1, "initrd.gz")]
+        .iter()
+        .map(|(from, name)| {
+            let to = home.join(name);
+            std::fs::copy(from, &to).unwrap();
+            give(&to, user, 0o644);
+            to.to_str().unwrap().to_string()
+        })
+        .collect();
+    let secret = b"root's own data";
+    let victim_dir = s.env.dir.join("victim");
+    root_only(&victim_dir, "f", secret, 0o600);
+    // A fresh disk for every attempt: one whose hand-back met the link
+    // stays the VM's, as documented, and the user cannot name it again.
+    // Root's file of the same name is what the link leads to.
+    let e = home.join("e");
+    std::fs::create_dir(&e).unwrap();
+    give(&e, user, 0o755);
+    let names: Vec<String> = (0..10 * HOTPLUG_ROUNDS).map(|j| format!("h{j}")).collect();
+    let mut inodes = Vec::new();
+    for n in &names {
+        let f = e.join(n);
+        std::fs::write(&f, vec![0x5au8; 4096]).unwrap();
+        give(&f, user, 0o644);
+        inodes.push(std::fs::metadata(&f).unwrap().ino());
+        let v = victim_dir.join(n);
+        std::fs::write(&v, secret).unwrap();
+        std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let victims_unchanged = || {
+        for n in &names {
+            unchanged(&victim_dir.join(n), secret, 0o600);
+        }
+    };
+    // The user's disk `j` wherever the flipper has its directory now.
+    let own = |j: usize| loop {
+        let found = [home.join("e"), home.join("e.real")]
+            .iter()
+            .filter_map(|d| std::fs::metadata(d.join(&names[j])).ok())
+            .find(|m| m.ino() == inodes[j]);
+        if let Some(m) = found {
+            return m;
+        }
+    };
+    let init = [
+        "init",
+        "hp",
+        "-c",
+        "limits.accel=tcg",
+        "--kernel",
+        &boot[0],
+        "--initrd",
+        &boot[1],
+    ];
+    kvmbox(&init).succeeds();
+    let _hp = Instance(env, "hp");
+    kvmbox(&["start", "hp"]).succeeds();
+    // The guest's PCIe hot-plug driver must be up to let a disk go.
+    let booted = std::time::Instant::now();
+    while !kvmbox(&["console", "hp", "--show-log"])
+        .run()
+        .stdout()
+        .contains("KVMBOX-GUEST-READY")
+    {
+        assert!(
+            booted.elapsed() < std::time::Duration::from_secs(180),
+            "the guest did not boot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let raced = std::time::Instant::now();
+
+    // Every round plugs a disk of the user's into the running VM and
+    // removes it again, while the directory holding it flips to a link to
+    // the root-only one. A check that meets the link is refused and
+    // touches nothing: the round tries again with the next disk.
+    let flipper = Flipper::start(user, home, &victim_dir);
+    let (mut next, mut refused, mut vm_uid) = (0, Vec::new(), None);
+    for i in 0..HOTPLUG_ROUNDS {
+        let dev = format!("d{i}");
+        loop {
+            assert!(next < names.len(), "refused: {:?}", refused.last());
+            let (j, source) = (next, format!("source={}", e.join(&names[next]).display()));
+            next += 1;
+            let run = kvmbox(&["config", "device", "add", "hp", &dev, "disk", &source]).run();
+            victims_unchanged();
+            if !run.out.status.success() {
+                refused.push(run.stderr());
+                continue;
+            }
+            // Handed over: the VM's uid owns the user's disk now.
+            let held = own(j).uid();
+            assert_ne!(held, uid, "round {i}: {} was not handed over", names[j]);
+            assert_eq!(*vm_uid.get_or_insert(held), held);
+            kvmbox(&["config", "device", "remove", "hp", &dev]).succeeds();
+            victims_unchanged();
+            break;
+        }
+    }
+    drop(flipper);
+    restore(home);
+    let took = raced.elapsed();
+    // Every disk is the user's, as it was, or (its hand-back having met
+    // the link) still the VM's: never anyone else's.
+    let mut kept = 0;
+    for (j, name) in names.iter().enumerate().take(next) {
+        let m = own(j);
+        if Some(m.uid()) == vm_uid {
+            kept += 1;
+        } else {
+            assert_eq!((m.uid(), m.mode() & 0o7777), (uid, 0o644), "{name}");
+        }
+    }
+    let by_daemon = refused
+        .iter()
+        .filter(|r| r.contains("not authorized"))
+        .count();
+    eprintln!(
+        "{HOTPLUG_ROUNDS} rounds of hot-plug and removal under a flipping directory in \
+         {took:?}; {} refused, {by_daemon} of them by the daemon; {kept} disks kept by the VM",
+        refused.len()
+    );
+}
+
 #[test]
 fn an_image_is_read_as_the_caller_would_read_it() {
     let Some(s) = setup() else { return };

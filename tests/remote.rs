@@ -871,3 +871,142 @@ fn hostile_input_over_tcp_is_refused_and_the_daemon_keeps_serving() {
         json!([])
     );
 }
+
+/// A certificate restricted to projects is no admin of the host, whatever
+/// its role: it may not name host files (a kernel, a disk, an image to
+/// import), run QEMU as root or unconfined, nor change an instance that
+/// runs privileged. Each request is tried with the restricted admin, then
+/// the very same with an unrestricted one, which must get through.
+#[test]
+fn an_admin_restricted_to_projects_gets_no_host_access() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), ANY_PORT);
+    let mut full = s.trusted("full", "admin", &[]);
+    let mut scoped = s.trusted("scoped", "admin", &["default"]);
+    // Host files only root can reach: the daemon would open them for the caller.
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = |name: &str, len: usize| {
+        let p = host.join(name);
+        std::fs::write(&p, vec![0x5au8; len]).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (kernel, disk, hot, image) = (
+        file("vmlinuz", 4096),
+        file("disk.img", 1 << 20),
+        file("hot.img", 1 << 20),
+        file("image.img", 65536),
+    );
+    let shown = |c: &mut Client| {
+        let names = |v: Value| {
+            let mut n: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().rsplit('/').next().unwrap().to_string())
+                .collect();
+            n.sort();
+            n
+        };
+        let instances = names(c.call("GET", "/1.0/instances", None).unwrap());
+        (
+            instances,
+            names(c.call("GET", "/1.0/images", None).unwrap()),
+        )
+    };
+    // (what, method, path, body, what the refusal says)
+    let tries: Vec<(&str, &str, String, Value, &str)> = vec![
+        (
+            "import an image from a host path",
+            "POST",
+            "/1.0/images".into(),
+            json!({"source": {"type": "path", "path": image}, "aliases": [{"name": "img"}]}),
+            "name host paths",
+        ),
+        (
+            "boot a host kernel",
+            "POST",
+            "/1.0/instances".into(),
+            json!({"name": "k", "config": {"boot.kernel": kernel}}),
+            "name host paths",
+        ),
+        (
+            "use a host file as a disk",
+            "POST",
+            "/1.0/instances".into(),
+            json!({"name": "d", "source": {"type": "image", "alias": "img"},
+                "devices": {"data": {"type": "disk", "source": disk}}}),
+            "name host paths",
+        ),
+        (
+            "make a privileged instance",
+            "POST",
+            "/1.0/instances".into(),
+            json!({"name": "p", "source": {"type": "image", "alias": "img"},
+                "config": {"security.privileged": "true"}}),
+            "security.privileged=true",
+        ),
+        (
+            "change a privileged instance",
+            "PATCH",
+            "/1.0/instances/p".into(),
+            json!({"config": {"limits.cpu": "2"}}),
+            "runs privileged",
+        ),
+        (
+            "plug a host file in as a disk",
+            "PATCH",
+            "/1.0/instances/plain".into(),
+            json!({"devices": {"hot": {"type": "disk", "source": hot}}}),
+            "name host paths",
+        ),
+        (
+            "point an instance at a host kernel",
+            "PATCH",
+            "/1.0/instances/plain".into(),
+            json!({"config": {"boot.kernel": kernel}}),
+            "name host paths",
+        ),
+        (
+            "turn AppArmor off",
+            "PATCH",
+            "/1.0/instances/plain".into(),
+            json!({"config": {"security.apparmor": "off"}}),
+            "security.apparmor=off",
+        ),
+    ];
+    for (what, method, path, body, why) in &tries {
+        if path == "/1.0/instances/plain" && !shown(&mut full).0.contains(&"plain".to_string()) {
+            // Within its rights: an instance of the project's own image.
+            let made = scoped
+                .call(
+                    "POST",
+                    "/1.0/instances",
+                    Some(&json!({"name": "plain", "source": {"type": "image", "alias": "img"}})),
+                )
+                .unwrap();
+            scoped.wait(made).unwrap();
+        }
+        let before = shown(&mut full);
+        let config = |c: &mut Client| {
+            let (_, v) = c.request("GET", path, None).unwrap();
+            v["metadata"].clone()
+        };
+        let was = config(&mut full);
+        let (code, v) = scoped.request(method, path, Some(body)).unwrap();
+        assert_eq!(code, 403, "restricted admin may {what}: {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(why), "{what}: {e}");
+        assert_eq!(shown(&mut full), before, "{what}: something was made");
+        assert_eq!(config(&mut full), was, "{what}: something changed");
+        let done = full.call(method, path, Some(body)).unwrap();
+        full.wait(done)
+            .unwrap_or_else(|e| panic!("an unrestricted admin may {what}: {e}"));
+    }
+    let (instances, images) = shown(&mut full);
+    assert_eq!((instances.len(), images.len()), (4, 1), "{instances:?}");
+    let plain = full.call("GET", "/1.0/instances/plain", None).unwrap();
+    assert_eq!(plain["config"]["security.apparmor"], "off");
+    assert_eq!(plain["devices"]["hot"]["source"], hot.as_str());
+}
