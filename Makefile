@@ -41,7 +41,7 @@ endif
 SOURCES := Cargo.toml Cargo.lock $(wildcard cross/*) \
            $(shell find src aa applets profiles -type f 2>/dev/null)
 
-.PHONY: all cross deps run test check unit shtest qemu-test bench install clean
+.PHONY: all cross deps run test check unit shtest qemu-test bench install clean fuzz
 
 all: $(OUT)
 
@@ -115,6 +115,11 @@ appliance: deps
 	@echo "    -netdev user,id=n0,hostfwd=tcp:127.0.0.1:8443-:8443 -device virtio-net-pci,netdev=n0"
 	@echo "then: kvmbox remote add appliance 127.0.0.1:8443 --password-file build/appliance/trust-password \\"
 	@echo "        --fingerprint $$(cat build/appliance/server.fingerprint)"
+
+# Every fuzz target of fuzz/ for FUZZ_SECONDS each (scripts/fuzz.sh).
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh scripts/fuzz.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
