@@ -286,11 +286,24 @@ impl Manager {
         };
         let _ = self.host.set(host);
         let host = self.host()?;
+        crate::store::sweep(&host.state);
         for e in fs::read_dir(&dir)
             .map_err(|e| Error::host("list instances", e))?
             .flatten()
         {
             let path = e.path().join("instance.json");
+            if !path.exists() && e.file_type().is_ok_and(|t| t.is_dir()) {
+                // Left by a creation or deletion the daemon did not finish:
+                // the record is written last and removed first, so without
+                // one nothing here belongs to anybody.
+                log!(Info, "removing {}: it has no record", e.path().display());
+                if let Err(why) = fs::remove_dir_all(e.path()) {
+                    log!(Warn, "cannot remove {}: {why}", e.path().display());
+                }
+                continue;
+            }
+            crate::store::sweep(&e.path());
+            crate::store::sweep(&e.path().join("vm"));
             let rec = match fs::read(&path)
                 .map_err(|e| Error::host(format!("read {}", path.display()), e))
                 .and_then(|b| {
@@ -298,7 +311,8 @@ impl Manager {
                 }) {
                 Ok(r) => r,
                 Err(why) => {
-                    // A directory left by a creation the daemon did not finish.
+                    // A record that cannot be read is kept for its owner to
+                    // look at, not taken for one that was never written.
                     log!(
                         Warn,
                         "ignoring {}: {}",
@@ -358,6 +372,14 @@ impl Manager {
             }
             lock(&self.entries).insert(rec.name.clone(), entry);
         }
+        let used: Vec<PathBuf> = lock(&self.entries)
+            .values()
+            .filter_map(|e| {
+                e.view
+                    .read(|v| v.record.image.as_ref().map(|i| i.path.clone()))
+            })
+            .collect();
+        image::tidy(&host.state, &used);
         let me = self.clone();
         host.ex
             .spawn(async move {

@@ -135,3 +135,9 @@ sys.exit(1 if bad else 0)
 PY
 }
 
+# qemus_of UUID: how many processes have UUID in their command line (the
+# pattern is bracketed so that grep's own command line does not match).
+qemus_of() {
+    grep -las "$(echo "$1" | sed 's/^\(.\)/[\1]/')" /proc/[0-9]*/cmdline | wc -l
+}
+
