@@ -380,6 +380,27 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Kills process group `pgid`: a child started as a group leader and
+/// everything it started. A group that is already gone is not an error.
+pub(crate) fn kill_group(pgid: u32) -> io::Result<()> {
+    let raw = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|&g| g > 1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pgid out of range"))?;
+    // SAFETY: killpg has no memory effects; raw > 1 names one group, never
+    // the caller's own (0) or every process (-1).
+    let r = unsafe { libc::killpg(raw, libc::SIGKILL) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
 /// The effective uid of the daemon.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.

@@ -141,3 +141,29 @@ qemus_of() {
     grep -las "$(echo "$1" | sed 's/^\(.\)/[\1]/')" /proc/[0-9]*/cmdline | wc -l
 }
 
+# parser_wrapper: ./parser.sh, an apparmor_parser for kernels without
+# AppArmor (given to the daemon as KVMBOX_AA_PARSER): it logs its arguments
+# to ./parser.log, one call a line, compiles what it is asked to load with
+# the real `apparmor_parser -Q -K -T`, and takes unloads as done.
+parser_wrapper() {
+    _parser=$(command -v apparmor_parser || echo /sbin/apparmor_parser)
+    : >parser.log
+    cat >parser.sh <<WRAPPER
+#!/bin/sh
+echo "\$*" >>"$PWD/parser.log"
+mode=; args=
+while [ \$# -gt 0 ]; do
+    case \$1 in
+    -r) mode=load ;;
+    -R) mode=unload ;;
+    -W) ;;
+    -L) shift ;;
+    *) args="\$args \$1" ;;
+    esac
+    shift
+done
+[ "\$mode" = unload ] && { cat >/dev/null; exit 0; }
+exec $_parser -Q -K -T \$args
+WRAPPER
+    chmod 755 parser.sh
+}
