@@ -196,6 +196,9 @@ struct View {
     pid: Option<u32>,
     /// QEMU runs but could not be taken over (shown as Error, never killed).
     orphan: Option<String>,
+    /// Why QEMU ended by itself (killed, an error exit), until the next
+    /// start: shown as Error. Kept in memory only.
+    failure: Option<String>,
     accel: Option<Accel>,
     seclabel: SecLabel,
     deleted: bool,
@@ -329,6 +332,7 @@ impl Manager {
                     record: rec.clone(),
                     pid: None,
                     orphan: None,
+                    failure: None,
                     accel: None,
                     seclabel: SecLabel::default(),
                     deleted: false,
@@ -453,19 +457,26 @@ impl Manager {
                     continue;
                 }
                 *lock(&e.guest) = None;
+                let mut failure = None;
                 if let Some(vm) = guard.take() {
+                    failure = vm.failure();
                     // Nothing to wait for: this only tidies its run files.
                     let _ = vm.stop(Duration::ZERO).await;
                 }
                 let rec = e.view.change(|v| {
                     v.pid = None;
+                    v.failure.clone_from(&failure);
                     v.record.clone()
                 });
-                log!(Info, "instance {}: QEMU exited", rec.name);
+                match &failure {
+                    Some(why) => log!(Warn, "instance {}: {why}", rec.name),
+                    None => log!(Info, "instance {}: QEMU exited", rec.name),
+                }
                 if let Some(tx) = self.exited.get() {
                     let _ = tx.try_send(rec.name.clone());
                 }
                 remove_taps(&rec);
+                rec.give_disks_back();
                 self.unload(&rec).await;
                 e.view.change(|v| v.seclabel = SecLabel::default());
             }
@@ -624,6 +635,7 @@ impl Manager {
             record: rec.clone(),
             pid: None,
             orphan: None,
+            failure: None,
             accel: None,
             seclabel: SecLabel::default(),
             deleted: false,
@@ -749,6 +761,7 @@ impl Manager {
                     v.pid = Some(vm.pid());
                     v.accel = Some(accel);
                     v.seclabel = label;
+                    v.failure = None;
                 });
                 log!(
                     Info,
@@ -762,8 +775,9 @@ impl Manager {
             }
             Err(err) => {
                 // A failed start leaves no profile loaded (libvirt does),
-                // and no tap.
+                // no tap, and no disk handed over.
                 remove_taps(&rec);
+                rec.give_disks_back();
                 self.unload(&rec).await;
                 Err(err.into())
             }
@@ -808,6 +822,7 @@ impl Manager {
         };
         e.view.change(|v| v.pid = None);
         remove_taps(&rec);
+        rec.give_disks_back();
         self.unload(&rec).await;
         e.view.change(|v| v.seclabel = SecLabel::default());
         let how = how?;
