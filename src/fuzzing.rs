@@ -53,6 +53,9 @@ pub fn run(name: &str, data: &[u8]) -> bool {
 fn scratch() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
+        // Millions of runs: only errors are worth a line.
+        #[cfg(fuzzing)]
+        crate::log::set_level(crate::log::LogLevel::Error);
         let dir = std::env::temp_dir().join(format!("kvmbox-fuzz-{}", std::process::id()));
         let _ = std::fs::create_dir_all(dir.join("state/vm"));
         let _ = std::fs::write(dir.join("state/vm/disk.img"), b"");
@@ -308,7 +311,14 @@ pub fn qga(data: &[u8]) {
             _ => drop(agent.write_file("/tmp/f", &[7u8; 100]).await),
         }
     };
-    smol::block_on(smol::future::zip(agent_side, client_side));
+    // The client's requests are what is run: the agent's side serves
+    // them for as long as they last, not longer (a request refused before
+    // it connects would leave it waiting).
+    let agent_side = async {
+        agent_side.await;
+        smol::future::pending::<()>().await
+    };
+    smol::block_on(smol::future::or(client_side, agent_side));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -345,6 +355,7 @@ impl AsyncWrite for Feed<'_> {
 /// together, control frames answered), and as the client reads them from
 /// the daemon.
 pub fn websocket(data: &[u8]) {
+    let _ = scratch();
     use crate::websocket::{hold, Link};
     let (link, ends) = Link::pair(true);
     if let Some(session) = link.take() {
