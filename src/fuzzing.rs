@@ -269,9 +269,7 @@ pub fn qga(data: &[u8]) {
     let Some((&op, replies)) = data.split_first() else {
         return;
     };
-    let dir = scratch().join(format!("qga-{:?}", std::thread::current().id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("agent.sock");
+    let path = scratch().join(format!("qga-{:?}.sock", std::thread::current().id()));
     let _ = std::fs::remove_file(&path);
     let Ok(listener) = smol::net::unix::UnixListener::bind(&path) else {
         return;
@@ -319,7 +317,6 @@ pub fn qga(data: &[u8]) {
         smol::future::pending::<()>().await
     };
     smol::block_on(smol::future::or(client_side, agent_side));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A peer that sends `data` and takes whatever is written to it.
