@@ -41,7 +41,7 @@ endif
 SOURCES := Cargo.toml Cargo.lock $(wildcard cross/*) \
            $(shell find src aa applets profiles -type f 2>/dev/null)
 
-.PHONY: all cross deps run test check unit shtest qemu-test bench install clean
+.PHONY: all cross deps run test check unit shtest qemu-test bench install clean fuzz soak
 
 all: $(OUT)
 
@@ -115,6 +115,28 @@ appliance: deps
 	@echo "    -netdev user,id=n0,hostfwd=tcp:127.0.0.1:8443-:8443 -device virtio-net-pci,netdev=n0"
 	@echo "then: kvmbox remote add appliance 127.0.0.1:8443 --password-file build/appliance/trust-password \\"
 	@echo "        --fingerprint $$(cat build/appliance/server.fingerprint)"
+
+# Every fuzz target of fuzz/ for FUZZ_SECONDS each (scripts/fuzz.sh).
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh scripts/fuzz.sh
+
+# The fault tests at length: kvmboxd SIGKILLed during FAULT_ROUNDS changes
+# (qemu-tests/test_crash.sh), then QEMU, the AppArmor helper and a full
+# state disk failing, as `make test` runs them.
+FAULT_ROUNDS ?= 20
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@sh qemu-tests/assets.sh >/dev/null
+	@run=$$(od -An -N8 -tx8 /dev/urandom | tr -d ' \n'); \
+	dir=$$(mktemp -d "$${TMPDIR:-/tmp}/kvmbox-soak.XXXXXX") || exit 1; \
+	chmod 711 "$$dir"; rc=0; \
+	for t in test_crash test_qemu_death test_aa_faults test_state_full; do \
+		KVMBOX_TEST_RUN=$$run TMPDIR=$$dir FAULT_ROUNDS=$(FAULT_ROUNDS) TEST_FILTER=$$t \
+		KVMBOX_BIN=$(CURDIR)/build/kvmbox sh tests/sh/run.sh tests/sh qemu-tests || rc=1; \
+	done; \
+	KVMBOX_TEST_RUN=$$run sh scripts/strays.sh "$$dir" || rc=1; \
+	rm -rf "$$dir"; exit $$rc
 
 bench: deps
 	@$(MAKE) --no-print-directory all

@@ -13,32 +13,13 @@
 
 [ "$(id -u)" -eq 0 ] || { echo "SKIPPED: per-VM uids need root"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIPPED: no qemu-system-x86_64"; exit 0; }
-parser_bin=$(command -v apparmor_parser || echo /sbin/apparmor_parser)
 
 export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf
 unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
 chmod 711 .
 guest_assets
+parser_wrapper
 log=$PWD/parser.log
-: >"$log"
-cat >parser.sh <<EOF
-#!/bin/sh
-echo "\$*" >>"$log"
-mode=; args=
-while [ \$# -gt 0 ]; do
-    case \$1 in
-    -r) mode=load ;;
-    -R) mode=unload ;;
-    -W) ;;
-    -L) shift ;;
-    *) args="\$args \$1" ;;
-    esac
-    shift
-done
-[ "\$mode" = unload ] && { cat >/dev/null; exit 0; }
-exec $parser_bin -Q -K -T \$args
-EOF
-chmod 755 parser.sh
 
 mkdir -p bin; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
 kv() { bin/kvmbox "$@"; }

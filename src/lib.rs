@@ -37,6 +37,11 @@ mod vmm;
 mod websocket;
 mod wire;
 
+// Entry points for fuzz/ and its replay test; not in the shipped binary.
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use operand::{
     is_stdio, read as read_operand, read_to_string as read_operand_string, write as write_operand,
 };

@@ -329,7 +329,7 @@ impl Preseed {
         Ok(Preseed { steps })
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn steps(&self) -> &[Step] {
         &self.steps
     }

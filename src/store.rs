@@ -50,6 +50,26 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32, overwrite: Overwrite) -
     File::open(&dir)?.sync_all()
 }
 
+/// Removes from `dir` the temporary files [`write_atomic`] leaves when its
+/// process dies between writing one and moving it into place
+/// (`.NAME.tmpPID`), except this process's own. Called at start-up, before
+/// anything else writes there: the old content, or the new, is in place.
+pub(crate) fn sweep(dir: &Path) {
+    let own = format!(".tmp{}", std::process::id());
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let stale = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            && !name.ends_with(&own);
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 fn write_tmp(tmp: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -127,6 +147,25 @@ mod tests {
         assert_eq!(fs::read(&path)?, b"secret");
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn sweep_removes_only_stale_temporaries() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let own = format!(".a.json.tmp{}", std::process::id());
+        for f in [".a.json.tmp12", "a.json", ".hidden", "x.tmp1", own.as_str()] {
+            fs::write(d.join(f), b"")?;
+        }
+        sweep(d);
+        let mut left: Vec<String> = fs::read_dir(d)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<io::Result<_>>()?;
+        left.sort();
+        let mut want = vec![".hidden".to_string(), "a.json".into(), "x.tmp1".into(), own];
+        want.sort();
+        assert_eq!(left, want);
         Ok(())
     }
 

@@ -169,7 +169,7 @@ impl WebSocket {
 
 /// The first whole frame in `buf` (from the server: unmasked): its opcode,
 /// payload and length on the wire.
-fn frame(buf: &[u8]) -> io::Result<Option<(u8, Vec<u8>, usize)>> {
+pub(crate) fn frame(buf: &[u8]) -> io::Result<Option<(u8, Vec<u8>, usize)>> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };

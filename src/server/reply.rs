@@ -53,7 +53,11 @@ pub(crate) fn told<E: Blame>(e: &E) -> String {
     words(e.fault(), format_args!("{e}"), e.source())
 }
 
-fn answer(fault: Fault, top: fmt::Arguments<'_>, source: Option<&dyn Error>) -> Response {
+fn answer(
+    fault: Fault,
+    top: fmt::Arguments<'_>,
+    source: Option<&(dyn Error + 'static)>,
+) -> Response {
     error(status(fault), &words(fault, top, source))
 }
 
@@ -76,7 +80,7 @@ fn status(fault: Fault) -> u16 {
 /// errno), which is the administrator's business and goes to the log.
 /// (The generic [`fail`] and [`told`] only split the error: the rest is
 /// done once, and needs no `dyn Error` of each type that reaches it.)
-fn words(fault: Fault, top: fmt::Arguments<'_>, source: Option<&dyn Error>) -> String {
+fn words(fault: Fault, top: fmt::Arguments<'_>, source: Option<&(dyn Error + 'static)>) -> String {
     let mut chain = top.to_string();
     if let Some(source) = source {
         chain.push_str(": ");
@@ -90,8 +94,28 @@ fn words(fault: Fault, top: fmt::Arguments<'_>, source: Option<&dyn Error>) -> S
     }
     log!(Error, "{chain}");
     match fault {
+        // A full disk is the one account of why that the caller can act
+        // on (free space, or stop writing), and it names nothing.
+        Fault::Host if source.is_some_and(disk_full) => {
+            format!("{top}: no space left on the daemon's disk (see the daemon's log)")
+        }
         Fault::Host if source.is_some() => format!("{top} (see the daemon's log)"),
         _ => chain,
+    }
+}
+
+/// Whether a filesystem being full (or over quota) is at the root of `e`.
+fn disk_full(mut e: &(dyn Error + 'static)) -> bool {
+    loop {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        match e.source() {
+            Some(next) => e = next,
+            None => return false,
+        }
     }
 }
 
@@ -209,14 +233,28 @@ mod tests {
 
     #[test]
     fn the_hosts_faults_are_500_and_keep_the_systems_words_for_the_log() {
-        let io = || std::io::Error::from_raw_os_error(libc::ENOSPC);
-        let full = crate::store::Error::Write {
+        let io = || std::io::Error::from_raw_os_error(libc::EIO);
+        let failed = crate::store::Error::Write {
             path: "/state/trust.json".into(),
             source: io(),
         };
-        let (status, msg) = reply_to(&crate::server::trust::Error::File(full));
+        let (status, msg) = reply_to(&crate::server::trust::Error::File(failed));
         assert_eq!(status, 500);
         assert_eq!(msg, "cannot write /state/trust.json (see the daemon's log)");
+        // A full disk is said, however deep in the chain.
+        let full = crate::store::Error::Write {
+            path: "/state/trust.json".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(
+            reply_to(&crate::server::trust::Error::File(full)),
+            (
+                500,
+                "cannot write /state/trust.json: no space left on the daemon's disk \
+                 (see the daemon's log)"
+                    .into()
+            )
+        );
         // Without a source there is nothing more in the log to point at.
         assert_eq!(
             reply_to(&crate::server::tokens::Error::Random),

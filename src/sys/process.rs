@@ -325,20 +325,45 @@ pub(crate) fn open_tap(ifname: &str) -> io::Result<OwnedFd> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
     Running,
-    /// Gone; with its exit code when it was our child and exited normally.
-    Exited(Option<i32>),
+    Exited(Exit),
+}
+
+/// How a process ended, as far as the caller can know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Our child, which exited with this code.
+    Code(i32),
+    /// Our child, which a signal ended.
+    Signal(i32),
+    /// Not our child: only that it is gone.
+    Unknown,
+}
+
+impl Exit {
+    pub(crate) fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 /// Checks on `pid` without blocking, reaping it if it is our child.
 pub(crate) fn state(pid: u32) -> State {
     let Ok(raw) = libc::pid_t::try_from(pid) else {
-        return State::Exited(None);
+        return State::Exited(Exit::Unknown);
     };
     let mut status: libc::c_int = 0;
     // SAFETY: waitpid with WNOHANG only writes the status integer we own.
     let r = unsafe { libc::waitpid(raw, &mut status, libc::WNOHANG) };
     if r == raw {
-        return State::Exited(libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)));
+        return State::Exited(if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Unknown
+        });
     }
     if r == 0 {
         return State::Running;
@@ -350,10 +375,10 @@ pub(crate) fn state(pid: u32) -> State {
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.trim_start().chars().next())
         {
-            Some('Z' | 'X') | None => State::Exited(None),
+            Some('Z' | 'X') | None => State::Exited(Exit::Unknown),
             Some(_) => State::Running,
         },
-        Err(_) => State::Exited(None),
+        Err(_) => State::Exited(Exit::Unknown),
     }
 }
 
@@ -369,6 +394,59 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
     // SAFETY: kill has no memory effects; raw > 0 so it targets one process.
     let r = unsafe { libc::kill(raw, signal) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Whether the kernel's log says its out-of-memory killer ended `pid`
+/// (`Killed process PID (…)`, from a cgroup's limit or the whole host's).
+/// Reads the log without waiting; false when it cannot be read.
+pub(crate) fn oom_killed(pid: u32) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut log) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return false;
+    };
+    let needle = format!("Killed process {pid} (");
+    let mut found = false;
+    // One record per read; the oldest may be overwritten under us (EPIPE),
+    // which only skips it. The end of the buffer is EAGAIN.
+    let mut record = vec![0u8; 8192];
+    loop {
+        match log.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(record.get(..n).unwrap_or_default());
+                found |= text.contains(&needle);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(_) => break,
+        }
+    }
+    found
+}
+
+/// Kills process group `pgid`: a child started as a group leader and
+/// everything it started. A group that is already gone is not an error.
+pub(crate) fn kill_group(pgid: u32) -> io::Result<()> {
+    let raw = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|&g| g > 1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pgid out of range"))?;
+    // SAFETY: killpg has no memory effects; raw > 1 names one group, never
+    // the caller's own (0) or every process (-1).
+    let r = unsafe { libc::killpg(raw, libc::SIGKILL) };
     if r == 0 {
         return Ok(());
     }
@@ -412,7 +490,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
             st = state(pid);
         }
-        assert_eq!(st, State::Exited(Some(7)));
+        assert_eq!(st, State::Exited(Exit::Code(7)));
     }
 
     #[test]
@@ -498,7 +576,7 @@ mod tests {
         }
         assert_eq!(
             st,
-            State::Exited(None),
+            State::Exited(Exit::Signal(libc::SIGKILL)),
             "the tied child outlived its thread"
         );
         assert_eq!(
@@ -511,6 +589,6 @@ mod tests {
     #[test]
     fn signalling_a_gone_process_is_fine() {
         assert!(kill(0, libc::SIGTERM).is_err());
-        assert_eq!(state(u32::MAX), State::Exited(None));
+        assert_eq!(state(u32::MAX), State::Exited(Exit::Unknown));
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::log::log;
-use crate::sys::process::{self, State};
+use crate::sys::process::{self, Exit, State};
 
 /// An accelerator QEMU is started with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,8 +342,9 @@ fn boot_probe(
     let started = Instant::now();
     loop {
         match reap(&probe.running, pid) {
-            State::Exited(Some(PROBE_EXIT)) => return Ok(()),
-            State::Exited(code) => {
+            State::Exited(Exit::Code(PROBE_EXIT)) => return Ok(()),
+            State::Exited(exit) => {
+                let code = exit.code();
                 let msg = std::fs::read_to_string(log_path).unwrap_or_default();
                 let last = msg.lines().last().unwrap_or("no message").to_string();
                 return Err(Error::Failed { accel, code, last });

@@ -206,6 +206,9 @@ struct View {
     pid: Option<u32>,
     /// QEMU runs but could not be taken over (shown as Error, never killed).
     orphan: Option<String>,
+    /// Why QEMU ended by itself (killed, an error exit), until the next
+    /// start: shown as Error. Kept in memory only.
+    failure: Option<String>,
     accel: Option<Accel>,
     seclabel: SecLabel,
     deleted: bool,
@@ -296,11 +299,24 @@ impl Manager {
         };
         let _ = self.host.set(host);
         let host = self.host()?;
+        crate::store::sweep(&host.state);
         for e in fs::read_dir(&dir)
             .map_err(|e| Error::host("list instances", e))?
             .flatten()
         {
             let path = e.path().join("instance.json");
+            if !path.exists() && e.file_type().is_ok_and(|t| t.is_dir()) {
+                // Left by a creation or deletion the daemon did not finish:
+                // the record is written last and removed first, so without
+                // one nothing here belongs to anybody.
+                log!(Info, "removing {}: it has no record", e.path().display());
+                if let Err(why) = fs::remove_dir_all(e.path()) {
+                    log!(Warn, "cannot remove {}: {why}", e.path().display());
+                }
+                continue;
+            }
+            crate::store::sweep(&e.path());
+            crate::store::sweep(&e.path().join("vm"));
             let rec = match fs::read(&path)
                 .map_err(|e| Error::host(format!("read {}", path.display()), e))
                 .and_then(|b| {
@@ -308,7 +324,8 @@ impl Manager {
                 }) {
                 Ok(r) => r,
                 Err(why) => {
-                    // A directory left by a creation the daemon did not finish.
+                    // A record that cannot be read is kept for its owner to
+                    // look at, not taken for one that was never written.
                     log!(
                         Warn,
                         "ignoring {}: {}",
@@ -325,6 +342,7 @@ impl Manager {
                     record: rec.clone(),
                     pid: None,
                     orphan: None,
+                    failure: None,
                     accel: None,
                     seclabel: SecLabel::default(),
                     deleted: false,
@@ -368,6 +386,14 @@ impl Manager {
             }
             lock(&self.entries).insert(rec.name.clone(), entry);
         }
+        let used: Vec<PathBuf> = lock(&self.entries)
+            .values()
+            .filter_map(|e| {
+                e.view
+                    .read(|v| v.record.image.as_ref().map(|i| i.path.clone()))
+            })
+            .collect();
+        image::tidy(&host.state, &used);
         let me = self.clone();
         host.ex
             .spawn(async move {
@@ -441,19 +467,26 @@ impl Manager {
                     continue;
                 }
                 *lock(&e.guest) = None;
+                let mut failure = None;
                 if let Some(vm) = guard.take() {
+                    failure = vm.failure();
                     // Nothing to wait for: this only tidies its run files.
                     let _ = vm.stop(Duration::ZERO).await;
                 }
                 let rec = e.view.change(|v| {
                     v.pid = None;
+                    v.failure.clone_from(&failure);
                     v.record.clone()
                 });
-                log!(Info, "instance {}: QEMU exited", rec.name);
+                match &failure {
+                    Some(why) => log!(Warn, "instance {}: {why}", rec.name),
+                    None => log!(Info, "instance {}: QEMU exited", rec.name),
+                }
                 if let Some(tx) = self.exited.get() {
                     let _ = tx.try_send(rec.name.clone());
                 }
                 remove_taps(&rec);
+                rec.give_disks_back();
                 self.unload(&rec).await;
                 e.view.change(|v| v.seclabel = SecLabel::default());
             }
@@ -612,6 +645,7 @@ impl Manager {
             record: rec.clone(),
             pid: None,
             orphan: None,
+            failure: None,
             accel: None,
             seclabel: SecLabel::default(),
             deleted: false,
@@ -737,6 +771,7 @@ impl Manager {
                     v.pid = Some(vm.pid());
                     v.accel = Some(accel);
                     v.seclabel = label;
+                    v.failure = None;
                 });
                 log!(
                     Info,
@@ -750,8 +785,9 @@ impl Manager {
             }
             Err(err) => {
                 // A failed start leaves no profile loaded (libvirt does),
-                // and no tap.
+                // no tap, and no disk handed over.
                 remove_taps(&rec);
+                rec.give_disks_back();
                 self.unload(&rec).await;
                 Err(err.into())
             }
@@ -796,6 +832,7 @@ impl Manager {
         };
         e.view.change(|v| v.pid = None);
         remove_taps(&rec);
+        rec.give_disks_back();
         self.unload(&rec).await;
         e.view.change(|v| v.seclabel = SecLabel::default());
         let how = how?;

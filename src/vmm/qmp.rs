@@ -221,6 +221,11 @@ impl Qmp<Handshake> {
                 })
         })
         .await?;
+        Qmp::over(stream, timeout).await
+    }
+
+    /// Reads the greeting on an open stream to QEMU.
+    pub(crate) async fn over(stream: UnixStream, timeout: Duration) -> Result<Self, Error> {
         let mut qmp = Qmp {
             reader: BufReader::new(stream.clone()),
             writer: stream,

@@ -22,7 +22,7 @@ use smol::Timer;
 use crate::fault::{Blame, Fault};
 use crate::hostfile::{self, Pin};
 use crate::store::{write_atomic, Overwrite};
-use crate::sys::process::{self, State, EXIT_APPARMOR};
+use crate::sys::process::{self, Exit, State, EXIT_APPARMOR};
 use crate::vmm::console::{self, Console, Pump};
 use crate::vmm::qemu::{self, Boot, Disk, Nic, RunFiles, VmConfig};
 use crate::vmm::qga::{self, Agent};
@@ -216,6 +216,8 @@ pub struct Vm {
     qmp: Qmp<Ready>,
     /// The one client of the guest agent's channel (QEMU serves one).
     agent: Agent,
+    /// How QEMU ended, once it has: the kernel tells a parent only once.
+    ended: std::sync::OnceLock<Exit>,
 }
 
 fn ids(run_as: RunAs) -> Option<(u32, u32)> {
@@ -554,8 +556,12 @@ impl Vm {
             .map_err(host("record the QEMU pid"))?;
             let deadline = Instant::now() + spec.start_timeout;
             loop {
-                if let State::Exited(code) = process::state(pid) {
-                    return Err(start_failure(code, spec.apparmor.as_ref(), &log_path));
+                if let State::Exited(exit) = process::state(pid) {
+                    return Err(start_failure(
+                        exit.code(),
+                        spec.apparmor.as_ref(),
+                        &log_path,
+                    ));
                 }
                 if files.qmp.exists() {
                     let connected = async {
@@ -573,8 +579,8 @@ impl Vm {
                         // its own message says why.
                         Err(e) => {
                             return Err(match wait_state(pid, Duration::from_secs(2)).await {
-                                State::Exited(code) => {
-                                    start_failure(code, spec.apparmor.as_ref(), &log_path)
+                                State::Exited(exit) => {
+                                    start_failure(exit.code(), spec.apparmor.as_ref(), &log_path)
                                 }
                                 State::Running => e.into(),
                             });
@@ -594,6 +600,7 @@ impl Vm {
                 run_as: spec.run_as,
                 qmp,
                 agent: Agent::new(&files.agent, qga::DEFAULT_TIMEOUT),
+                ended: std::sync::OnceLock::new(),
             }),
             Err(e) => {
                 let _ = process::kill(pid, libc::SIGKILL);
@@ -627,6 +634,7 @@ impl Vm {
             run_as,
             qmp,
             agent: Agent::new(&files.agent, qga::DEFAULT_TIMEOUT),
+            ended: std::sync::OnceLock::new(),
         })
     }
 
@@ -653,7 +661,35 @@ impl Vm {
 
     /// Whether the QEMU process is still there.
     pub fn is_running(&self) -> bool {
-        process::state(self.pid) == State::Running
+        self.ended().is_none()
+    }
+
+    fn ended(&self) -> Option<Exit> {
+        if let Some(e) = self.ended.get() {
+            return Some(*e);
+        }
+        match process::state(self.pid) {
+            State::Running => None,
+            State::Exited(e) => Some(*self.ended.get_or_init(|| e)),
+        }
+    }
+
+    /// Why QEMU is gone, when it did not just exit as a guest powering off
+    /// makes it: a signal (the out-of-memory killer's, said so), an error
+    /// exit. `None` while it runs, after a clean exit, and for a QEMU taken
+    /// over from an earlier daemon, whose end only its parent learns.
+    pub fn failure(&self) -> Option<String> {
+        match self.ended()? {
+            Exit::Signal(libc::SIGKILL) if process::oom_killed(self.pid) => {
+                Some("QEMU was killed by the kernel's out-of-memory killer".into())
+            }
+            Exit::Signal(sig) => Some(format!("QEMU was killed by signal {sig}")),
+            Exit::Code(0) | Exit::Unknown => None,
+            Exit::Code(code) => Some(format!(
+                "QEMU exited with code {code}: {}",
+                tail(&RunFiles::in_dir(&qemu_dir(&self.dir)).stderr)
+            )),
+        }
     }
 
     /// QEMU's run state.

@@ -93,3 +93,77 @@ end_daemon() {
         kill -9 "$p" 2>/dev/null || true
     done
 }
+
+# state_consistent DIR: the daemon's state directory DIR is in no state a
+# crash or a full disk may leave and must not: every JSON file parses, no
+# temporary file is left (write_atomic's `.NAME.tmpPID`, an import's
+# `.import-*`), every instance directory has its record, and every image
+# its record and its disk, whose SHA-256 is its name.
+state_consistent() {
+    python3 - "$1" <<'PY' || fail "state directory $1 is inconsistent"
+import hashlib, json, os, re, sys
+d, bad = sys.argv[1], []
+for root, _, files in os.walk(d):
+    for f in files:
+        p = os.path.join(root, f)
+        if re.match(r"^\..*\.tmp[0-9]+$", f) or f.startswith(".import-"):
+            bad.append(f"temporary file {p} left")
+        elif f.endswith(".json"):
+            try:
+                json.load(open(p))
+            except ValueError as e:
+                bad.append(f"{p}: {e}")
+inst = os.path.join(d, "instances")
+for n in sorted(os.listdir(inst)) if os.path.isdir(inst) else []:
+    if not os.path.exists(os.path.join(inst, n, "instance.json")):
+        bad.append(f"instance directory {n} without a record")
+img = os.path.join(d, "images")
+for f in sorted(os.listdir(img)) if os.path.isdir(img) else []:
+    base, ext = os.path.splitext(f)
+    if ext == ".img":
+        if not os.path.exists(os.path.join(img, base + ".json")):
+            bad.append(f"image {f} without a record")
+        with open(os.path.join(img, f), "rb") as data:
+            h = hashlib.sha256(data.read()).hexdigest()
+        if h != base:
+            bad.append(f"image {f} has SHA-256 {h}")
+    elif ext == ".json" and not os.path.exists(os.path.join(img, base + ".img")):
+        bad.append(f"image record {f} without its disk")
+for b in bad:
+    print(b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+}
+
+# qemus_of UUID: how many processes have UUID in their command line (the
+# pattern is bracketed so that grep's own command line does not match).
+qemus_of() {
+    grep -las "$(echo "$1" | sed 's/^\(.\)/[\1]/')" /proc/[0-9]*/cmdline | wc -l
+}
+
+# parser_wrapper: ./parser.sh, an apparmor_parser for kernels without
+# AppArmor (given to the daemon as KVMBOX_AA_PARSER): it logs its arguments
+# to ./parser.log, one call a line, compiles what it is asked to load with
+# the real `apparmor_parser -Q -K -T`, and takes unloads as done.
+parser_wrapper() {
+    _parser=$(command -v apparmor_parser || echo /sbin/apparmor_parser)
+    : >parser.log
+    cat >parser.sh <<WRAPPER
+#!/bin/sh
+echo "\$*" >>"$PWD/parser.log"
+mode=; args=
+while [ \$# -gt 0 ]; do
+    case \$1 in
+    -r) mode=load ;;
+    -R) mode=unload ;;
+    -W) ;;
+    -L) shift ;;
+    *) args="\$args \$1" ;;
+    esac
+    shift
+done
+[ "\$mode" = unload ] && { cat >/dev/null; exit 0; }
+exec $_parser -Q -K -T \$args
+WRAPPER
+    chmod 755 parser.sh
+}

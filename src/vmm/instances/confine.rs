@@ -16,6 +16,11 @@ use crate::rt::lock;
 use crate::vmm::qemu::RunFiles;
 use kvmbox_aa::{self as apparmor, Kernel};
 
+/// How long the helper may take, apparmor_parser included: compiling a
+/// VM's profile takes a second or two, so this is only reached by a
+/// helper or parser that hangs.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where the helper lives and how it is told to work.
 #[derive(Clone, Debug)]
 pub(crate) struct Helper {
@@ -41,6 +46,9 @@ pub(crate) enum HelperError {
     Run(PathBuf, #[source] io::Error),
     #[error("kvmbox-aa-helper failed")]
     Wait(#[source] io::Error),
+    /// It (or the apparmor_parser it ran) hung, and was killed.
+    #[error("kvmbox-aa-helper {0} did not finish within {1}s and was killed")]
+    Timeout(String, u64),
     /// Its own message, the last line it wrote on stderr: it refused the
     /// definition, or the parser refused the profile.
     #[error("{0}")]
@@ -53,6 +61,8 @@ impl Blame for HelperError {
     fn fault(&self) -> Fault {
         match self {
             HelperError::Run(..) | HelperError::Wait(_) => Fault::Host,
+            // Told whole, as a misbehaving QEMU is: it names no host detail.
+            HelperError::Timeout(..) => Fault::Peer,
             HelperError::Refused(_) => Fault::Input,
         }
     }
@@ -114,15 +124,45 @@ impl Helper {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        // A group of its own, so that a helper that hangs goes with the
+        // apparmor_parser it is waiting for.
+        cmd.process_group(0);
         let mut child = cmd
             .spawn()
             .map_err(|e| HelperError::Run(self.program.clone(), e))?;
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let pgid = child.id();
+        let watchdog = std::thread::Builder::new().spawn(move || {
+            let hung = finished.recv_timeout(HELPER_TIMEOUT)
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+            if hung {
+                let _ = crate::sys::process::kill_group(pgid);
+            }
+            hung
+        });
+        let watchdog = match watchdog {
+            Ok(w) => w,
+            Err(e) => {
+                // Unwatched, it could hang the start for ever.
+                let _ = crate::sys::process::kill_group(pgid);
+                let _ = child.wait();
+                return Err(HelperError::Wait(e));
+            }
+        };
         if let (Some(def), Some(mut stdin)) = (input, child.stdin.take()) {
             let json = serde_json::to_vec(def).unwrap_or_default();
             // A helper that refused early closes stdin: its stderr says why.
             let _ = stdin.write_all(&json);
         }
-        let out = child.wait_with_output().map_err(HelperError::Wait)?;
+        let out = child.wait_with_output();
+        let _ = done.send(());
+        if watchdog.join().unwrap_or(false) {
+            return Err(HelperError::Timeout(
+                mode.to_string(),
+                HELPER_TIMEOUT.as_secs(),
+            ));
+        }
+        let out = out.map_err(HelperError::Wait)?;
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if out.status.success() {
@@ -239,7 +279,14 @@ impl Manager {
                 why: why.clone(),
             });
         }
-        let line = self.helper(rec, "replace", Vec::new()).await?;
+        let line = match self.helper(rec, "replace", Vec::new()).await {
+            Ok(line) => line,
+            Err(e) => {
+                // A helper cut short may have written or loaded the profile.
+                self.unload(rec).await;
+                return Err(e);
+            }
+        };
         let loaded = line.ends_with(" loaded");
         let confined = loaded && kernel == Kernel::Enabled;
         let reason = match (&kernel, loaded) {

@@ -95,6 +95,27 @@ pub(crate) fn remove(state: &Path, img: &Image) -> Result<(), Error> {
     }
 }
 
+/// Removes what imports and removals cut short by a crash leave in the
+/// store: temporary copies, and disks without a record (a record is
+/// written after its disk and removed before it) that no instance in
+/// `used` has as its backing file.
+pub(crate) fn tidy(state: &Path, used: &[PathBuf]) {
+    let d = dir(state);
+    crate::store::sweep(&d);
+    for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let orphan = p.extension().is_some_and(|x| x == "img")
+            && !p.with_extension("json").exists()
+            && !used.contains(&p);
+        if name.starts_with(".import-") || orphan {
+            crate::log::log!(Info, "removing {}: an unfinished import", p.display());
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
 /// What `qemu-img info` says about the copy at `path` of the file named
 /// `source`: (format, another file it refers to — a backing or data file).
 /// qemu-img runs as `nobody` when the daemon is root: an image that refers

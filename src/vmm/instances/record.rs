@@ -251,6 +251,22 @@ impl Record {
         Ok(())
     }
 
+    /// Gives every disk back to the owner and mode it had, keeping the
+    /// pins: a VM holds its disks only while its QEMU runs, and takes them
+    /// again at its next start.
+    pub(crate) fn give_disks_back(&self) {
+        for (source, pin) in &self.pins {
+            if let Err(e) = pin.give_back(self.uid) {
+                log!(
+                    Warn,
+                    "instance {}: not giving {source} back: {}",
+                    self.name,
+                    crate::error_chain(&e)
+                );
+            }
+        }
+    }
+
     /// Gives the disks this record no longer uses (all of them with `all`)
     /// back to the owners they had, through their pins, and forgets them.
     pub(crate) fn release_pins(&mut self, all: bool) {

@@ -16,7 +16,8 @@ use crate::clock::rfc3339;
 /// seclabel) and the QEMU pid.
 pub(super) fn show(v: &View, with_state: bool) -> Value {
     let r = &v.record;
-    let (status, code) = match (v.pid, &v.orphan) {
+    let error = v.orphan.as_ref().or(v.failure.as_ref());
+    let (status, code) = match (v.pid, error) {
         (Some(_), _) => ("Running", 103),
         (None, Some(_)) => ("Error", 112),
         (None, None) => ("Stopped", 102),
@@ -65,7 +66,7 @@ pub(super) fn show(v: &View, with_state: bool) -> Value {
     let Some(obj) = out.as_object_mut() else {
         return out;
     };
-    if let Some(why) = &v.orphan {
+    if let Some(why) = error.filter(|_| v.pid.is_none()) {
         obj.insert("error".into(), json!(why));
     }
     if with_state {

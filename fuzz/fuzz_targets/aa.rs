@@ -1,0 +1,4 @@
+//! libFuzzer target: kvmbox::fuzzing::aa (what it reads is said there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kvmbox::fuzzing::aa(data));
