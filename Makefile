@@ -41,7 +41,7 @@ endif
 SOURCES := Cargo.toml Cargo.lock $(wildcard cross/*) \
            $(shell find src aa applets profiles -type f 2>/dev/null)
 
-.PHONY: all cross deps run test check unit shtest qemu-test bench install clean
+.PHONY: all cross deps run test check unit shtest qemu-test bench soak install clean
 
 all: $(OUT)
 
@@ -116,10 +116,16 @@ appliance: deps
 	@echo "then: kvmbox remote add appliance 127.0.0.1:8443 --password-file build/appliance/trust-password \\"
 	@echo "        --fingerprint $$(cat build/appliance/server.fingerprint)"
 
+# One Markdown table (and build/bench.json); about 10 minutes on 2 cores.
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory all ARCH=aarch64
 	@sh bench/run.sh
+
+# Long runs that must end clean: each part a script of its own.
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@KVMBOX_BIN=$(CURDIR)/build/kvmbox sh bench/soak-load.sh
 
 # The daemon and the AppArmor helper are hard links, not symlinks: AppArmor
 # attaches a profile to the resolved path, so each needs a path of its own

@@ -56,6 +56,9 @@ struct Args {
     /// and operations; needs --kernel)
     #[argh(option, default = "String::from(\"read\")")]
     mix: String,
+    /// GET only this path (overrides --mix)
+    #[argh(option)]
+    path: Option<String>,
     /// a file that stands as the instances' kernel (created instances are
     /// never started)
     #[argh(option)]
@@ -320,7 +323,11 @@ async fn client(
     let mut conn: Option<Stream> = None;
     let mut buf = Vec::new();
     for i in 0..args.requests {
-        for (method, path, body) in step(&args.mix, n, i, &kernel) {
+        let steps = match &args.path {
+            Some(p) => vec![("GET", p.clone(), None)],
+            None => step(&args.mix, n, i, &kernel),
+        };
+        for (method, path, body) in steps {
             let t0 = Instant::now();
             let result = async {
                 if conn.is_none() || args.fresh {
@@ -556,6 +563,7 @@ impl Args {
             requests: a.requests,
             fresh: a.fresh,
             mix: a.mix.clone(),
+            path: a.path.clone(),
             kernel: a.kernel.clone(),
             pid: a.pid,
             slowloris: 0,
