@@ -427,6 +427,16 @@ async fn client(
     }
 }
 
+/// The daemon's thread count.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The daemon's CPU ticks (user + system), open fds and RSS in KiB.
 fn daemon_stats(pid: u32) -> (u64, usize, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -494,6 +504,7 @@ fn load(
         }
     }));
     let before = args.pid.map(daemon_stats);
+    let threads_before = args.pid.map(threads).unwrap_or(0);
     let tally = Rc::new(RefCell::new(Tally::default()));
     let t0 = Instant::now();
     smol::block_on(ex.run(async {
@@ -531,8 +542,11 @@ fn load(
         // Connections the clients closed are closed by the daemon as soon
         // as it reads their end; give it a moment to.
         let deadline = Instant::now() + Duration::from_secs(5);
+        // The threads that file work ran on (smol's blocking pool) end
+        // after a while idle, and their stacks go with them: RSS is read
+        // once they are gone.
         let mut after = daemon_stats(pid);
-        while after.1 > fds0 && Instant::now() < deadline {
+        while (after.1 > fds0 || threads(pid) > threads_before) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
             after = daemon_stats(pid);
         }
@@ -546,6 +560,8 @@ fn load(
         out.push(("fds_after".into(), after.1 as f64));
         out.push(("rss_kib_before".into(), rss0 as f64));
         out.push(("rss_kib_after".into(), after.2 as f64));
+        out.push(("threads_before".into(), threads_before as f64));
+        out.push(("threads_after".into(), threads(pid) as f64));
     }
     for e in &t.first_errors {
         eprintln!("loadgen: error: {e}");

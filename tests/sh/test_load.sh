@@ -1,7 +1,8 @@
 # Load, functional checks only (no timing): 100 clients × 100 requests on
 # the Unix socket and over TLS, reads mixed with instance creation, config
 # changes and deletion, all answered without an error; the daemon holds no
-# more descriptors afterwards than before; and while slowloris and idle
+# more descriptors afterwards than before, nor a thread per request it
+# served at once; and while slowloris and idle
 # connections flood the TLS listener, root still gets answers on the Unix
 # socket. bench/load.sh measures the same at full size.
 . "$TESTLIB"
@@ -25,6 +26,10 @@ run() {
     [ "${after%.*}" -le "${before%.*}" ] || fail "$name: daemon fds grew from $before to $after"
 }
 run unix --target unix:state/unix.socket --clients 100 --requests 100 --mix mixed
+# The file work of 100 clients at once left at most the blocking pool's
+# 16 threads behind (and their stacks), not one per concurrent request.
+threads=$(lg_get unix.txt threads_after)
+[ "${threads%.*}" -le 24 ] || fail "the daemon kept $threads threads after the load"
 run tcp --target "tcp:127.0.0.1:$port" --clients 100 --requests 100 --mix mixed
 run fresh --target "tcp:127.0.0.1:$port" --clients 20 --requests 10 --fresh
 run lxd --target lxd:state/lxd/unix.socket --clients 20 --requests 50
