@@ -123,7 +123,8 @@ fuzz: deps
 
 # The fault tests at length: kvmboxd SIGKILLed during FAULT_ROUNDS changes
 # (qemu-tests/test_crash.sh), then QEMU, the AppArmor helper and a full
-# state disk failing, as `make test` runs them.
+# state disk failing, as `make test` runs them; then the long load runs
+# (bench/soak-load.sh), which must end clean.
 FAULT_ROUNDS ?= 20
 soak: deps
 	@$(MAKE) --no-print-directory all
@@ -136,8 +137,11 @@ soak: deps
 		KVMBOX_BIN=$(CURDIR)/build/kvmbox sh tests/sh/run.sh tests/sh qemu-tests || rc=1; \
 	done; \
 	KVMBOX_TEST_RUN=$$run sh scripts/strays.sh "$$dir" || rc=1; \
-	rm -rf "$$dir"; exit $$rc
+	rm -rf "$$dir"; \
+	KVMBOX_BIN=$(CURDIR)/build/kvmbox sh bench/soak-load.sh || rc=1; \
+	exit $$rc
 
+# One Markdown table (and build/bench.json); about 10 minutes on 2 cores.
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory all ARCH=aarch64

@@ -52,3 +52,35 @@ row "exec round trip, ms (kvmbox exec -- true) vs ssh into the same guest" "$exe
 detach() { printf '\001q' | kv console deb; }
 row "console attach and detach, ms (kvmbox console, Ctrl-a q) vs an ssh login and logout" \
     "$(wall_ms 20 detach)" "$ssh_ms"
+
+# Throughput: 10 MB out of the guest (qemu-guest-agent keeps at most 16 MiB
+# of a command's output) through `kvmbox exec`'s stdout next to
+# ssh's; and 200 kB the guest writes to its serial console, through an
+# attached `kvmbox console`, next to the same bytes through ssh.
+mbps() { awk -v b="$1" -v ms="$2" 'BEGIN { if (ms > 0) printf "%.2f", b / 1e6 / (ms / 1000); else print 0 }'; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+size=10000000
+t0=$(now_ms); got=$(kv exec deb -- head -c $size /dev/zero | wc -c); k_ms=$(($(now_ms) - t0))
+[ "$got" -eq $size ] || k_ms=0
+t0=$(now_ms); got=$(sshin head -c $size /dev/zero | wc -c); s_ms=$(($(now_ms) - t0))
+[ "$got" -eq $size ] || s_ms=0
+row "exec stdout throughput, MB/s (10 MB: kvmbox exec vs ssh)" "$(mbps $size $k_ms)" "$(mbps $size $s_ms)"
+
+csize=200000
+mkfifo console.in
+kv console deb <console.in >console.out 2>/dev/null &
+cpid=$!
+exec 3>console.in
+sleep 1
+t0=$(now_ms)
+kv exec deb -- sh -c "head -c $csize /dev/zero | tr '\\0' x >/dev/ttyS0"
+i=0; until [ "$(tr -cd x <console.out | wc -c)" -ge $csize ]; do
+    i=$((i + 1)); [ $i -lt 6000 ] || break; sleep 0.01; done
+c_ms=$(($(now_ms) - t0))
+[ "$(tr -cd x <console.out | wc -c)" -ge $csize ] || c_ms=0
+printf '\001q' >&3; exec 3>&-
+wait $cpid 2>/dev/null || true
+t0=$(now_ms); got=$(sshin "head -c $csize /dev/zero | tr '\\0' x" | wc -c); s_ms=$(($(now_ms) - t0))
+[ "$got" -eq $csize ] || s_ms=0
+row "console throughput, kB/s (200 kB written to ttyS0 in the guest, through kvmbox console; peer: the same bytes through ssh)" \
+    "$(mbps $((csize * 1000)) $c_ms)" "$(mbps $((csize * 1000)) $s_ms)"

@@ -90,51 +90,91 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     limits: Limits,
 ) -> Result<Request, ReadError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(buf);
-        match parsed {
-            Ok(httparse::Status::Complete(head_len)) => {
-                if head_len > limits.max_head {
-                    return Err(ReadError::Refused(431, "request header too large"));
+        // The parser's header table (2 KiB) only lives in this block, so
+        // that it is not kept in the task across the reads below.
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    if head_len > limits.max_head {
+                        return Err(ReadError::Refused(431, "request header too large"));
+                    }
+                    Some((head_of(&req)?, head_len))
                 }
-                let head = head_of(&req)?;
-                buf.drain(..head_len);
-                let body = match head.body {
-                    Framing::Length(len) => read_body(stream, buf, len, limits).await?,
-                    Framing::Chunked => read_chunked(stream, buf, limits).await?,
-                };
-                return Ok(Request {
-                    method: head.method,
-                    path: head.path,
-                    query: head.query,
-                    body,
-                    keep_alive: head.keep_alive,
-                    websocket_key: head.websocket_key,
-                    lxd_headers: head.lxd_headers,
-                });
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > limits.max_head {
-                    return Err(ReadError::Refused(431, "request header too large"));
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > limits.max_head {
+                        return Err(ReadError::Refused(431, "request header too large"));
+                    }
+                    None
                 }
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(ReadError::Refused(431, "too many request headers"))
+                }
+                Err(_) => return Err(ReadError::Refused(400, "malformed request")),
             }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ReadError::Refused(431, "too many request headers"))
-            }
-            Err(_) => return Err(ReadError::Refused(400, "malformed request")),
+        };
+        if let Some((head, head_len)) = parsed {
+            buf.drain(..head_len);
+            let body = match head.body {
+                Framing::Length(len) => read_body(stream, buf, len, limits).await?,
+                Framing::Chunked => read_chunked(stream, buf, limits).await?,
+            };
+            return Ok(Request {
+                method: head.method,
+                path: head.path,
+                query: head.query,
+                body,
+                keep_alive: head.keep_alive,
+                websocket_key: head.websocket_key,
+                lxd_headers: head.lxd_headers,
+            });
         }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if read_into(stream, buf, HEAD_READ).await? == 0 {
             return Err(if buf.is_empty() {
                 ReadError::Closed
             } else {
                 ReadError::Refused(400, "truncated request")
             });
         }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
+}
+
+/// How much one read of a request head asks for: a whole head, as clients
+/// send them, in one read.
+pub(crate) const HEAD_READ: usize = 2048;
+
+/// How much one read of a body asks for at most.
+const BODY_READ: usize = 16 * 1024;
+
+/// Reads at most `max` bytes onto the end of `buf`, straight into its spare
+/// room: a buffer on the stack would be part of every connection's task
+/// (an async fn keeps its locals across `.await`), held while the
+/// connection idles. If the read is cancelled (a timeout), `buf` is left as
+/// it was.
+async fn read_into<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    /// Cuts `buf` back to what was read when dropped, however the read ends.
+    struct Filled<'a> {
+        buf: &'a mut Vec<u8>,
+        keep: usize,
+    }
+    impl Drop for Filled<'_> {
+        fn drop(&mut self) {
+            self.buf.truncate(self.keep);
+        }
+    }
+    let start = buf.len();
+    let mut f = Filled { buf, keep: start };
+    f.buf.resize(start.saturating_add(max), 0);
+    let n = stream
+        .read(f.buf.get_mut(start..).unwrap_or_default())
+        .await?;
+    f.keep = start.saturating_add(n);
+    Ok(n)
 }
 
 struct Head {
@@ -260,27 +300,19 @@ async fn read_body<R: AsyncRead + Unpin>(
         return Err(ReadError::Refused(413, "request body too large"));
     }
     while buf.len() < len {
-        let mut chunk = [0u8; 16 * 1024];
-        let want = (len - buf.len()).min(chunk.len());
-        let n = stream
-            .read(chunk.get_mut(..want).unwrap_or_default())
-            .await?;
-        if n == 0 {
+        let want = (len - buf.len()).min(BODY_READ);
+        if read_into(stream, buf, want).await? == 0 {
             return Err(ReadError::Refused(400, "truncated request body"));
         }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
     Ok(buf.drain(..len).collect())
 }
 
 /// Reads more of the request into `buf`.
 async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    let mut chunk = [0u8; 16 * 1024];
-    let n = stream.read(&mut chunk).await?;
-    if n == 0 {
+    if read_into(stream, buf, BODY_READ).await? == 0 {
         return Err(ReadError::Refused(400, "truncated request body"));
     }
-    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     Ok(())
 }
 
@@ -633,6 +665,40 @@ mod tests {
         let mut buf = Vec::new();
         let r = smol::future::block_on(read_request(&mut slow, &mut buf, Limits::default()));
         assert_eq!(r.unwrap().body, b"Rust0123456789");
+    }
+
+    /// A reader that never has anything.
+    struct Silent;
+
+    impl AsyncRead for Silent {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_read_cut_short_by_its_timeout_leaves_the_buffer_as_it_was() {
+        // The server tells an idle connection (nothing read) from a
+        // request that stalled by whether the buffer is empty.
+        for start in [&b""[..], b"GET / HT"] {
+            let (mut buf, mut silent) = (start.to_vec(), Silent);
+            let read = read_request(&mut silent, &mut buf, Limits::default());
+            let polled = smol::future::block_on(smol::future::poll_once(Box::pin(read)));
+            assert!(polled.is_none());
+            assert_eq!(buf, start);
+        }
+        // And the future that waits holds no read buffer of its own.
+        let (mut buf, mut silent) = (Vec::new(), Silent);
+        let read = read_request(&mut silent, &mut buf, Limits::default());
+        assert!(
+            std::mem::size_of_val(&read) < 1024,
+            "{}",
+            std::mem::size_of_val(&read)
+        );
     }
 
     /// A reader that hands out one byte per read.

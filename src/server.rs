@@ -255,6 +255,13 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         log!(Warn, "{e}");
         None
     });
+    // smol runs file work, hashing and helpers on a pool of threads that
+    // never end once started while fewer than its limit (500) exist: a
+    // burst of requests would leave hundreds of idle threads and their
+    // stacks behind for good. Past this many, the work queues instead.
+    if std::env::var_os("BLOCKING_MAX_THREADS").is_none() {
+        std::env::set_var("BLOCKING_MAX_THREADS", "16");
+    }
     // Nothing the daemon creates is readable by others unless it says so.
     sys::umask(0o077);
     // Each listener may hold max_connections, and VMs, the helper and the

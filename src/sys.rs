@@ -54,20 +54,39 @@ pub(crate) fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// The host name, read from the kernel (no resolver involved).
+/// The kernel's node name and release, from one uname(2): no path lookup
+/// and no file to open, since `GET /1.0` asks for both on every call.
+fn uts() -> Option<(String, String)> {
+    // SAFETY: utsname is plain data (arrays of c_char), valid when zeroed.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes only into the struct it is given.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // The kernel NUL-terminates each field; a field without a NUL is taken
+    // whole rather than read past.
+    let text = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    };
+    Some((text(&u.nodename), text(&u.release)))
+}
+
+/// The host name, as the kernel has it (no resolver involved).
 pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
+    uts()
+        .map(|u| u.0)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// The running kernel's release (`uname -r`).
 pub(crate) fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    uts().map(|u| u.1).unwrap_or_default()
 }
 
 /// Restores the default SIGPIPE action, so that a command-line applet whose
@@ -81,5 +100,21 @@ pub fn default_sigpipe() {
     // this process's disposition for SIGPIPE and has no memory effects.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed test should panic")]
+mod tests {
+    #[test]
+    fn uname_says_what_proc_says() {
+        let proc = |f: &str| {
+            std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(super::hostname(), proc("hostname"));
+        assert_eq!(super::kernel_release(), proc("osrelease"));
     }
 }

@@ -52,6 +52,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// What both listeners settle for every connection, whoever the client is.
+/// The server picks the cipher suite from its own list, the policy's, which
+/// puts the SHA-256 suites first: clients ask for AES-256-GCM-SHA384 first, and every handshake
+/// hashes its transcript and derives its keys with the suite's hash,
+/// which for SHA-256 runs on the CPU's own instructions where it has them
+/// (x86 SHA-NI, ARMv8 SHA2) and for SHA-384 never does. Every offered
+/// suite is still one the policy allows. No TLS 1.3 session tickets: each
+/// kvmbox or lxc command is a new process with no session cache, so they
+/// would be computed, stored and sent for nothing.
+fn server_first(config: &mut rustls::ServerConfig) {
+    config.ignore_client_order = true;
+    config.send_tls13_tickets = 0;
+}
+
 /// The TLS policy as a provider: every TLS 1.3 suite, and of TLS 1.2 only
 /// ECDHE-ECDSA with AES-GCM or ChaCha20-Poly1305 (no RSA key exchange, no
 /// CBC; ring offers no CBC suite, the filter says so anyway); key exchange by
@@ -59,13 +73,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub(crate) fn policy_provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::CipherSuite as S;
     let base = rustls::crypto::ring::default_provider();
+    // The suites with SHA-256 first: see [`server_first`].
     let allowed = [
         S::TLS13_AES_128_GCM_SHA256,
-        S::TLS13_AES_256_GCM_SHA384,
         S::TLS13_CHACHA20_POLY1305_SHA256,
+        S::TLS13_AES_256_GCM_SHA384,
         S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
         S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     ];
     let ecdhe = [
         rustls::NamedGroup::X25519,
@@ -73,10 +88,10 @@ pub(crate) fn policy_provider() -> Arc<rustls::crypto::CryptoProvider> {
         rustls::NamedGroup::secp384r1,
     ];
     Arc::new(rustls::crypto::CryptoProvider {
-        cipher_suites: base
-            .cipher_suites
+        // In the order of `allowed`, which the server's choice follows.
+        cipher_suites: allowed
             .iter()
-            .filter(|s| allowed.contains(&s.suite()))
+            .filter_map(|a| base.cipher_suites.iter().find(|s| s.suite() == *a))
             .copied()
             .collect(),
         kx_groups: base
@@ -213,10 +228,11 @@ impl ClientCertVerifier for AnyEcClient {
 pub(crate) fn server_config(cert: &Cert, key: &Key) -> Result<Arc<rustls::ServerConfig>, Error> {
     let verifier = Arc::new(AnyEcClient);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_der()));
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(policy_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)?;
+    server_first(&mut config);
     Ok(Arc::new(config))
 }
 
@@ -557,9 +573,7 @@ pub(crate) fn remote_server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)?;
-    // Each kvmbox or lxc command is a new process with no session cache, so
-    // resumption tickets would be computed and sent for nothing.
-    config.send_tls13_tickets = 0;
+    server_first(&mut config);
     Ok(Arc::new(config))
 }
 
@@ -838,6 +852,60 @@ k5T+kTHIgjYw/8RwXAEJnV7y+vevYKOc10Nd2Onn5401CCxOWxWSaUmV+s0IicTU
         assert!(at(from - CLOCK_SKEW_SECS).is_ok());
         let err = at(from - CLOCK_SKEW_SECS - 1).unwrap_err();
         assert!(format!("{err:?}").contains("NotValidYet"), "{err:?}");
+    }
+
+    /// A whole handshake in memory; the suite the server settled on and
+    /// how many bytes it sent after the client's Finished (tickets).
+    fn settle(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> (rustls::CipherSuite, usize) {
+        let name = ServerName::try_from("kvmbox").unwrap();
+        let mut c = rustls::ClientConnection::new(client, name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        let mut after = 0;
+        for _ in 0..8 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let shaken = !s.is_handshaking();
+            wire.clear();
+            s.write_tls(&mut wire).unwrap();
+            if shaken {
+                after += wire.len();
+            }
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        (s.negotiated_cipher_suite().unwrap().suite(), after)
+    }
+
+    #[test]
+    fn the_server_picks_a_sha256_suite_and_sends_no_tickets() {
+        let (cert, key) = self_signed(Curve::P256, 1);
+        let (ccert, ckey) = self_signed(Curve::P256, 1);
+        // The client asks for AES-256-GCM-SHA384 first, as rustls and
+        // OpenSSL do.
+        let client = client_config(&ccert, &ckey, ServerTrust::LocalSocket).unwrap();
+        assert_eq!(
+            client
+                .crypto_provider()
+                .cipher_suites
+                .first()
+                .unwrap()
+                .suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        for server in [
+            server_config(&cert, &key).unwrap(),
+            remote_server_config(&cert, &key, None).unwrap(),
+        ] {
+            let (suite, after) = settle(server, client.clone());
+            assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+            assert_eq!(after, 0, "the server sent tickets");
+        }
     }
 
     #[test]

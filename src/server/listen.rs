@@ -290,7 +290,16 @@ pub(crate) async fn serve<S>(
             // peer closes it, stops answering, falls behind, its stream
             // ends or it is no longer trusted.
             let trusted = || identity().role.is_some();
-            crate::websocket::hold(tls_stream, opts.timeout, who, trusted, session).await;
+            // Boxed: inline, its state would make every connection's task
+            // larger, websocket or not.
+            Box::pin(crate::websocket::hold(
+                tls_stream,
+                opts.timeout,
+                who,
+                trusted,
+                session,
+            ))
+            .await;
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }
@@ -298,6 +307,9 @@ pub(crate) async fn serve<S>(
             let _ = timed(Duration::from_secs(1), tls_stream.close()).await;
             return;
         }
+        // A body read may have grown the buffer: an idle connection keeps
+        // only what a request head needs.
+        buf.shrink_to(http::HEAD_READ);
     }
 }
 
