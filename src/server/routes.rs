@@ -35,6 +35,11 @@ enum Route {
     ImageDelete,
     Aliases,
     Alias,
+    AliasAdd,
+    AliasDelete,
+    AliasRename,
+    AliasPut,
+    AliasPatch,
     /// The read-only resources of `handlers::discovery`.
     List(Kind),
     Get(Kind),
@@ -91,7 +96,12 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("POST", "/1.0/images", Route::ImageAdd, OPERATOR, PROJECT),
     // Before `/1.0/images/{}`, which would take `aliases` for a fingerprint.
     ("GET", "/1.0/images/aliases", Route::Aliases, AUDITOR, PROJECT),
+    ("POST", "/1.0/images/aliases", Route::AliasAdd, OPERATOR, PROJECT),
     ("GET", "/1.0/images/aliases/{}", Route::Alias, AUDITOR, PROJECT),
+    ("DELETE", "/1.0/images/aliases/{}", Route::AliasDelete, OPERATOR, PROJECT),
+    ("POST", "/1.0/images/aliases/{}", Route::AliasRename, OPERATOR, PROJECT),
+    ("PUT", "/1.0/images/aliases/{}", Route::AliasPut, OPERATOR, PROJECT),
+    ("PATCH", "/1.0/images/aliases/{}", Route::AliasPatch, OPERATOR, PROJECT),
     ("GET", "/1.0/images/{}", Route::Image, AUDITOR, PROJECT),
     ("DELETE", "/1.0/images/{}", Route::ImageDelete, OPERATOR, PROJECT),
     ("GET", "/1.0/profiles", Route::List(Kind::Profiles), AUDITOR, PROJECT),
@@ -166,6 +176,38 @@ fn find(method: &str, path: &str) -> Result<(Route, Need, Scope, Vec<String>), R
     })
 }
 
+/// Whether the request `head` opens is an image upload, whose body the
+/// images handler streams to the store rather than have it read into
+/// memory: `POST /1.0/images` with a body that is not JSON.
+pub(crate) fn streams(head: &crate::http::Head) -> bool {
+    head.method == "POST"
+        && head.path.trim_end_matches('/') == "/1.0/images"
+        && head
+            .content_type
+            .as_deref()
+            .is_some_and(|t| !t.to_ascii_lowercase().starts_with("application/json"))
+}
+
+/// Answers an image upload ([`streams`]): authorized on its head, before
+/// any of its body is read.
+pub(crate) async fn upload(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: &Request,
+    body: &mut crate::http::Body<'_, crate::http::Stream<'_>>,
+    timeout: std::time::Duration,
+) -> Response {
+    let (need, scope) = match find(&req.method, &req.path) {
+        Ok((Route::ImageAdd, need, scope, _)) => (need, scope),
+        Ok(_) => return error(404, "not found"),
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = project(req).and_then(|()| authorize(id, need, scope)) {
+        return resp;
+    }
+    images::upload(shared, req, body, timeout).await
+}
+
 /// Answers one request.
 pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
     let (route, need, scope, params) = match find(&req.method, &req.path) {
@@ -197,6 +239,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::ImageDelete => images::delete(shared, param),
         Route::Aliases => images::aliases(shared, recursion),
         Route::Alias => images::alias(shared, param),
+        Route::AliasAdd => images::alias_add(shared, req),
+        Route::AliasDelete => images::alias_delete(shared, param),
+        Route::AliasRename => images::alias_rename(shared, param, req),
+        Route::AliasPut => images::alias_update(shared, param, req, true),
+        Route::AliasPatch => images::alias_update(shared, param, req, false),
         Route::List(kind) => discovery::list(shared, kind, recursion),
         Route::Get(kind) => discovery::get(shared, kind, param),
         Route::Guest(call) => guest::handle(shared, req, call, param).await,
@@ -305,6 +352,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
+            content_type: None,
             body: body.as_bytes().to_vec(),
             keep_alive: true,
             websocket_key: None,
