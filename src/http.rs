@@ -488,7 +488,7 @@ async fn fill<R: AsyncRead + Unpin + ?Sized>(
     stream: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
-    let mut chunk = [0u8; 64 * 1024];
+    let mut chunk = [0u8; 16 * 1024];
     let n = stream.read(&mut chunk).await?;
     if n == 0 {
         return Err(ReadError::Refused(400, "truncated request body"));
@@ -854,6 +854,49 @@ mod tests {
         ] {
             assert_eq!(refused(parse(head.as_bytes(), small).0), 400, "{head:?}");
         }
+    }
+
+    /// Streams the body of the request in `wire` with the bound `max`:
+    /// the pieces read, or the refusal's status.
+    fn stream(wire: &[u8], max: u64) -> Result<Vec<u8>, u16> {
+        let mut src = Slow(wire.to_vec(), 0);
+        let mut buf = Vec::new();
+        smol::future::block_on(async {
+            let head = read_head(&mut src, &mut buf, Limits::default())
+                .await
+                .unwrap();
+            let (_, framing) = head.split();
+            let mut body = Body::new(&mut src, &mut buf, framing, Limits::default());
+            let code = |e| match e {
+                ReadError::Refused(c, _) => c,
+                _ => 0,
+            };
+            body.limit(max).map_err(code)?;
+            let mut out = Vec::new();
+            while let Some(piece) = body.next().await.map_err(code)? {
+                assert!(!piece.is_empty());
+                out.extend_from_slice(&piece);
+            }
+            assert!(body.finished());
+            assert_eq!(body.read(), out.len() as u64);
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn bodies_stream_in_pieces_within_their_bound() {
+        let sized = b"POST /1.0/images HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        assert_eq!(stream(sized, 10).unwrap(), b"0123456789");
+        // A Content-Length over the bound is refused before any is read.
+        assert_eq!(stream(sized, 9), Err(413));
+        let wire = chunked("4\r\nRust\r\nA\r\n0123456789\r\n0\r\n\r\n");
+        assert_eq!(stream(wire.as_bytes(), 14).unwrap(), b"Rust0123456789");
+        // Chunked: refused at the chunk that goes past the bound.
+        assert_eq!(stream(wire.as_bytes(), 13), Err(413));
+        // Cut short, either way.
+        assert_eq!(stream(&sized[..sized.len() - 1], 10), Err(400));
+        let cut = chunked("4\r\nRust\r\nA\r\n01234");
+        assert_eq!(stream(cut.as_bytes(), 100), Err(400));
     }
 
     #[test]

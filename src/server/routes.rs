@@ -362,6 +362,66 @@ mod tests {
         (resp.status, body_of(&resp))
     }
 
+    #[test]
+    fn uploads_are_told_by_their_head_and_authorized_before_their_body() {
+        let head = |wire: &str| {
+            let mut src = smol::io::Cursor::new(wire.as_bytes().to_vec());
+            let mut buf = Vec::new();
+            smol::block_on(crate::http::read_head(
+                &mut src,
+                &mut buf,
+                Default::default(),
+            ))
+            .unwrap()
+        };
+        let up = "POST /1.0/images HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\n";
+        assert!(streams(&head(up)));
+        assert!(streams(&head(
+            &up.replace("octet-stream", "x-tar")
+                .replace("/images", "/images/")
+        )));
+        for other in [
+            up.replace("octet-stream", "json"),
+            up.replace("Content-Type: application/octet-stream\r\n", ""),
+            up.replace("POST", "PUT"),
+            up.replace("/1.0/images", "/1.0/images/aliases"),
+        ] {
+            assert!(!streams(&head(&other)), "{other:?}");
+        }
+        // Not trusted, or only an auditor: refused before a byte of the
+        // body is read.
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        for role in [None, Some(Role::Auditor)] {
+            let id = Identity {
+                peer: Peer::Local(PeerCred {
+                    pid: 1,
+                    uid: 1000,
+                    gid: 1000,
+                    groups: Some(vec![]),
+                }),
+                cert: None,
+                role,
+                projects: Vec::new(),
+                refused: None,
+            };
+            let (req, framing) = head(up).split();
+            let mut src = smol::io::Cursor::new(b"data".to_vec());
+            let stream: &mut crate::http::Stream<'_> = &mut src;
+            let mut buf = Vec::new();
+            let mut body = crate::http::Body::new(stream, &mut buf, framing, Default::default());
+            let resp = smol::block_on(upload(
+                &s,
+                &id,
+                &req,
+                &mut body,
+                std::time::Duration::from_secs(1),
+            ));
+            assert!(resp.status == 403, "{role:?}: {}", resp.status);
+            assert_eq!(body.read(), 0);
+        }
+    }
+
     fn body_of(r: &Response) -> Value {
         serde_json::from_slice(&r.body).unwrap()
     }

@@ -20,7 +20,7 @@ use crate::server::auth::{opener, Identity};
 use crate::server::reply::{body, error, fail, operation, sync, told};
 use crate::server::state::Shared;
 use crate::vmm::instances::upload::{self, Upload};
-use crate::vmm::instances::{AliasChange, Image, ImageAliases, Staged};
+use crate::vmm::instances::{image_free_space, AliasChange, Image, ImageAliases, Staged};
 use crate::wire::{path, AliasEntry, AliasInfo, ImageInfo, ImagesPost};
 
 /// `img` as LXD shows an image.
@@ -310,8 +310,12 @@ pub(crate) async fn upload(
     };
     let max = shared.settings().max_upload_size();
     let st = state.clone();
-    let free = match smol::unblock(move || crate::vmm::instances::image_free_space(&st)).await {
-        Ok(f) => f,
+    let staging = smol::unblock(move || {
+        let (staged, file) = Staged::new(&st)?;
+        Ok::<_, crate::vmm::instances::Error>((staged, file, image_free_space(&st)?))
+    });
+    let (staged, mut file, free) = match staging.await {
+        Ok(s) => s,
         Err(e) => return fail(&e),
     };
     let bound = max.min(free);
@@ -324,11 +328,6 @@ pub(crate) async fn upload(
     if body.limit(bound).is_err() {
         return too_large();
     }
-    let st = state.clone();
-    let (staged, mut file) = match smol::unblock(move || Staged::new(&st)).await {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     // Written a MiB at a time, off the executor.
     let mut pending = Vec::new();

@@ -190,7 +190,8 @@ struct Metadata {
 /// the store, `metadata.yaml` parsed.
 fn unified(state: &Path, file: fs::File) -> Result<(Staged, Metadata), Error> {
     let mut disk = None;
-    let meta = entries(BufReader::new(file), |name, entry| {
+    let mut src = BufReader::new(file);
+    let meta = entries(&mut src, &mut |name, entry| {
         if name != "rootfs.img" {
             return Ok(false);
         }
@@ -212,9 +213,9 @@ fn unified(state: &Path, file: fs::File) -> Result<(Staged, Metadata), Error> {
 /// Goes through a tarball's regular files: `metadata.yaml` is parsed, every
 /// other is offered to `other` (by its name without a leading `./`), which
 /// says whether it took it. A tarball without `metadata.yaml` is refused.
-fn entries<R: Read>(
-    src: R,
-    mut other: impl FnMut(&str, &mut dyn Read) -> Result<bool, Error>,
+fn entries(
+    src: &mut dyn Read,
+    other: &mut dyn FnMut(&str, &mut dyn Read) -> Result<bool, Error>,
 ) -> Result<Metadata, Error> {
     let bad = |e: io::Error| Error::Invalid(format!("not a tarball that can be read: {e}"));
     let mut archive = tar::Archive::new(src);
@@ -338,7 +339,7 @@ fn split(
     let mut tarball = Vec::new();
     parts.copy(&mut tarball, Some(&mut hash), MAX_METADATA)?;
     let meta = match kind_of(tarball.get(..512).unwrap_or(&tarball)) {
-        Kind::Tar => entries(tarball.as_slice(), |_, _| Ok(false))?,
+        Kind::Tar => entries(&mut tarball.as_slice(), &mut |_, _| Ok(false))?,
         Kind::Compressed(what) => {
             return Err(Error::Invalid(format!(
                 "a {what}-compressed metadata tarball cannot be taken: send it uncompressed"
