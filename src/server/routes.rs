@@ -178,14 +178,21 @@ fn find(method: &str, path: &str) -> Result<(Route, Need, Scope, Vec<String>), R
 
 /// Whether the request `head` opens is an image upload, whose body the
 /// images handler streams to the store rather than have it read into
-/// memory: `POST /1.0/images` with a body that is not JSON.
+/// memory: `POST /1.0/images` of the types `lxc image import` sends
+/// (`application/octet-stream`, `multipart/form-data`). Anything else is
+/// read as JSON, as before (curl's default form type among them).
 pub(crate) fn streams(head: &crate::http::Head) -> bool {
+    let media = head
+        .content_type
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
     head.method == "POST"
         && head.path.trim_end_matches('/') == "/1.0/images"
-        && head
-            .content_type
-            .as_deref()
-            .is_some_and(|t| !t.to_ascii_lowercase().starts_with("application/json"))
+        && matches!(
+            media.as_deref(),
+            Some("application/octet-stream" | "multipart/form-data")
+        )
 }
 
 /// Answers an image upload ([`streams`]): authorized on its head, before
@@ -376,12 +383,14 @@ mod tests {
         };
         let up = "POST /1.0/images HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\n";
         assert!(streams(&head(up)));
-        assert!(streams(&head(
-            &up.replace("octet-stream", "x-tar")
-                .replace("/images", "/images/")
-        )));
+        assert!(streams(&head(&up.replace("/images", "/images/"))));
+        let multipart = "Content-Type: Multipart/Form-Data; boundary=x\r\n";
+        let multipart = up.replace("Content-Type: application/octet-stream\r\n", multipart);
+        assert!(streams(&head(&multipart)));
         for other in [
             up.replace("octet-stream", "json"),
+            up.replace("octet-stream", "x-www-form-urlencoded"),
+            up.replace("octet-stream", "x-tar"),
             up.replace("Content-Type: application/octet-stream\r\n", ""),
             up.replace("POST", "PUT"),
             up.replace("/1.0/images", "/1.0/images/aliases"),
