@@ -115,6 +115,16 @@ pub(crate) fn remote_only(arg: Option<&str>) -> Result<Option<String>, Error> {
     }
 }
 
+/// Whether `remote` (None: the default one) is the local daemon, which
+/// can open this host's files itself.
+pub(crate) fn is_local(remote: Option<&str>) -> bool {
+    let dir = kvmbox::config_dir();
+    let default = kvmbox::Remotes::load(&dir)
+        .map(|r| r.default_name().to_string())
+        .unwrap_or_else(|_| kvmbox::LOCAL_REMOTE.to_string());
+    remote.unwrap_or(&default) == kvmbox::LOCAL_REMOTE
+}
+
 impl Ctx {
     /// Connects to the default remote.
     pub(crate) fn connect(&self) -> Result<Client, Error> {

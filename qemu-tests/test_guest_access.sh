@@ -71,20 +71,28 @@ contains "$ERR" "qemu-guest-agent"
 kv console bb --show-log | grep -q . || fail "empty log before clearing"
 curl -sf -X DELETE --unix-socket state/lxd/unix.socket http://lxd/1.0/instances/bb/console >/dev/null
 [ -z "$(kv console bb --show-log)" ] || fail "the log was not cleared"
-# 50 console attach/detach cycles leave no fd behind in the daemon.
+# 50 console attach/detach cycles leave no fd behind in the daemon, and its
+# memory does not grow with them (after 10 cycles that warm its allocator).
 fds() { ls /proc/"$dpid"/fd | wc -l; }
+rss() { awk '/^VmRSS/ { print $2 }' /proc/"$dpid"/status; }
+cycles() {
+    n=0
+    while [ $n -lt "$1" ]; do
+        printf '\001q' | timeout 30 bin/kvmbox console bb >/dev/null || fail "console cycle $n"
+        n=$((n + 1))
+    done
+}
+cycles 10
 sleep 1
-before=$(fds)
-n=0
-while [ $n -lt 50 ]; do
-    printf '\001q' | timeout 30 bin/kvmbox console bb >/dev/null || fail "console cycle $n"
-    n=$((n + 1))
-done
+before=$(fds) rss0=$(rss)
+cycles 50
 i=0
 while [ "$(fds)" -ne "$before" ]; do
     i=$((i + 1)); [ $i -lt 100 ] || fail "daemon fds: $before before 50 console cycles, $(fds) after"; sleep 0.1
 done
-echo "daemon fds before and after 50 console attach/detach cycles: $before, $(fds)"
+rss1=$(rss)
+echo "daemon fds before and after 50 console attach/detach cycles: $before, $(fds); RSS $rss0 KiB, $rss1 KiB"
+[ "$rss1" -le $((rss0 + 512)) ] || fail "the daemon grew from $rss0 to $rss1 KiB over 50 console cycles"
 # A QEMU that exits by itself is announced as LXD does, once noticed.
 lxc monitor kb: --type=lifecycle --format json >life.json 2>life.err &
 bg=$!

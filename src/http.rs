@@ -39,6 +39,8 @@ pub(crate) struct Request {
     /// The path without the query string.
     pub path: String,
     pub query: String,
+    /// `Content-Type`, as sent.
+    pub content_type: Option<String>,
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
@@ -82,17 +84,48 @@ pub(crate) enum ReadError {
 
 crate::debug_as_display!(ReadError);
 
-/// Reads one request. `buf` carries bytes read past the previous request
-/// (pipelining) and keeps those past this one.
-pub(crate) async fn read_request<R: AsyncRead + Unpin>(
+/// Reads one request, body and all. `buf` carries bytes read past the
+/// previous request (pipelining) and keeps those past this one.
+#[cfg(test)]
+pub(crate) async fn read_request<R: AsyncRead + Unpin + ?Sized>(
     stream: &mut R,
     buf: &mut Vec<u8>,
     limits: Limits,
 ) -> Result<Request, ReadError> {
+    let head = read_head(stream, buf, limits).await?;
+    read_rest(stream, buf, head, limits).await
+}
+
+/// Reads the body of the request `head` opens into memory, bounded by
+/// `max_body`.
+pub(crate) async fn read_rest<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    head: Head,
+    limits: Limits,
+) -> Result<Request, ReadError> {
+    let (req, framing) = head.split();
+    let mut reader = Body::new(stream, buf, framing, limits);
+    reader.limit(limits.max_body as u64)?;
+    let mut body = Vec::new();
+    while let Some(chunk) = reader.next().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Request { body, ..req })
+}
+
+/// Reads a request's head, leaving its body in `buf` and the stream: the
+/// caller decides from the head how the body is read (into memory, or
+/// streamed with [`Body`]).
+pub(crate) async fn read_head<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    limits: Limits,
+) -> Result<Head, ReadError> {
     loop {
         // The parser's header table (2 KiB) only lives in this block, so
-        // that it is not kept in the task across the reads below.
-        let parsed = {
+        // that it is not kept in the task across the read below.
+        {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(buf) {
@@ -100,35 +133,20 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(
                     if head_len > limits.max_head {
                         return Err(ReadError::Refused(431, "request header too large"));
                     }
-                    Some((head_of(&req)?, head_len))
+                    let head = head_of(&req)?;
+                    buf.drain(..head_len);
+                    return Ok(head);
                 }
                 Ok(httparse::Status::Partial) => {
                     if buf.len() > limits.max_head {
                         return Err(ReadError::Refused(431, "request header too large"));
                     }
-                    None
                 }
                 Err(httparse::Error::TooManyHeaders) => {
                     return Err(ReadError::Refused(431, "too many request headers"))
                 }
                 Err(_) => return Err(ReadError::Refused(400, "malformed request")),
             }
-        };
-        if let Some((head, head_len)) = parsed {
-            buf.drain(..head_len);
-            let body = match head.body {
-                Framing::Length(len) => read_body(stream, buf, len, limits).await?,
-                Framing::Chunked => read_chunked(stream, buf, limits).await?,
-            };
-            return Ok(Request {
-                method: head.method,
-                path: head.path,
-                query: head.query,
-                body,
-                keep_alive: head.keep_alive,
-                websocket_key: head.websocket_key,
-                lxd_headers: head.lxd_headers,
-            });
         }
         if read_into(stream, buf, HEAD_READ).await? == 0 {
             return Err(if buf.is_empty() {
@@ -152,7 +170,7 @@ const BODY_READ: usize = 16 * 1024;
 /// (an async fn keeps its locals across `.await`), held while the
 /// connection idles. If the read is cancelled (a timeout), `buf` is left as
 /// it was.
-async fn read_into<R: AsyncRead + Unpin>(
+async fn read_into<R: AsyncRead + Unpin + ?Sized>(
     stream: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
@@ -177,20 +195,41 @@ async fn read_into<R: AsyncRead + Unpin>(
     Ok(n)
 }
 
-struct Head {
-    method: String,
-    path: String,
-    query: String,
+/// A request's head: what routing decides on before any body is read.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// `Content-Type`, as sent.
+    pub content_type: Option<String>,
     body: Framing,
     keep_alive: bool,
     websocket_key: Option<String>,
     lxd_headers: Vec<(String, String)>,
 }
 
+impl Head {
+    /// The request without its body, and how the body is framed.
+    pub(crate) fn split(self) -> (Request, Framing) {
+        let req = Request {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            content_type: self.content_type,
+            body: Vec::new(),
+            keep_alive: self.keep_alive,
+            websocket_key: self.websocket_key,
+            lxd_headers: self.lxd_headers,
+        };
+        (req, self.body)
+    }
+}
+
 /// How a request's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
+pub(crate) enum Framing {
+    Length(u64),
     Chunked,
 }
 
@@ -202,7 +241,8 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         return Err(ReadError::Refused(400, "request target must be a path"));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut content_length: Option<usize> = None;
+    let mut content_length: Option<u64> = None;
+    let mut content_type = None;
     let mut chunked = false;
     let mut connection = None;
     let mut upgrade = false;
@@ -220,12 +260,16 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<usize>().ok())
+                .and_then(|s| s.parse::<u64>().ok())
                 .ok_or(ReadError::Refused(400, "invalid Content-Length"))?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(ReadError::Refused(400, "conflicting Content-Length"));
             }
             content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("content-type") {
+            content_type = std::str::from_utf8(h.value)
+                .ok()
+                .map(|v| v.trim().to_string());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Only `chunked` alone: a list of codings, or one named twice,
             // is where request smuggling hides.
@@ -283,6 +327,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
+        content_type,
         body,
         keep_alive,
         websocket_key: websocket_key.filter(|_| upgrade),
@@ -290,98 +335,200 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     })
 }
 
-async fn read_body<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    buf: &mut Vec<u8>,
-    len: usize,
-    limits: Limits,
-) -> Result<Vec<u8>, ReadError> {
-    if len > limits.max_body {
-        return Err(ReadError::Refused(413, "request body too large"));
-    }
-    while buf.len() < len {
-        let want = (len - buf.len()).min(BODY_READ);
-        if read_into(stream, buf, want).await? == 0 {
-            return Err(ReadError::Refused(400, "truncated request body"));
+/// What an upload's body is read from, whatever the connection is.
+pub(crate) type Stream<'a> = dyn AsyncRead + Unpin + Send + 'a;
+
+/// A request body as it comes in, chunk by chunk: framed by
+/// Content-Length or chunked (RFC 9112 section 7.1), its data bounded by
+/// `max` and what frames it (size lines, extensions, trailers) by
+/// `max_framing`, so that a stream of tiny chunks cannot make the server
+/// read without end. The caller bounds the time of each [`Body::next`].
+pub(crate) struct Body<'a, R: ?Sized> {
+    stream: &'a mut R,
+    buf: &'a mut Vec<u8>,
+    state: BodyState,
+    max: u64,
+    read: u64,
+    framing: usize,
+    max_framing: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    /// This many bytes of a Content-Length body are still to come.
+    Length(u64),
+    /// A chunk's size line is next.
+    ChunkSize,
+    /// This many bytes of a chunk's data are still to come.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data is next.
+    ChunkEnd,
+    Done,
+}
+
+impl<'a, R: AsyncRead + Unpin + ?Sized> Body<'a, R> {
+    /// The body framed by `framing`, next in `buf` and `stream`; what
+    /// frames it is bounded by `limits.max_head`, its data by
+    /// [`Body::limit`] (unbounded until then).
+    pub(crate) fn new(
+        stream: &'a mut R,
+        buf: &'a mut Vec<u8>,
+        framing: Framing,
+        limits: Limits,
+    ) -> Self {
+        let state = match framing {
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::ChunkSize,
+        };
+        Body {
+            stream,
+            buf,
+            state,
+            max: u64::MAX,
+            read: 0,
+            framing: 0,
+            max_framing: limits.max_head,
         }
     }
-    Ok(buf.drain(..len).collect())
-}
 
-/// Reads more of the request into `buf`.
-async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    if read_into(stream, buf, BODY_READ).await? == 0 {
-        return Err(ReadError::Refused(400, "truncated request body"));
+    /// Bounds the data to `max` bytes: refused at once when the
+    /// Content-Length says more, else as soon as a chunk goes past it.
+    pub(crate) fn limit(&mut self, max: u64) -> Result<(), ReadError> {
+        if matches!(self.state, BodyState::Length(n) if n > max) {
+            return Err(ReadError::Refused(413, "request body too large"));
+        }
+        self.max = max;
+        Ok(())
     }
-    Ok(())
-}
 
-/// Reads a chunked body (RFC 9112 section 7.1): the data is bounded by
-/// `max_body` like any body, and what frames it (size lines, extensions,
-/// trailers) by `max_head`, so that a stream of tiny chunks cannot make
-/// the server read without end; the caller's timeout bounds the time.
-async fn read_chunked<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    buf: &mut Vec<u8>,
-    limits: Limits,
-) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
-    let mut framing = 0usize;
-    loop {
+    /// Whether the whole body has been read (the connection can carry
+    /// another request).
+    pub(crate) fn finished(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    /// Bytes of the body read so far.
+    pub(crate) fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// The next piece of the body, `None` at its end.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        loop {
+            match self.state {
+                BodyState::Done => return Ok(None),
+                BodyState::Length(0) => self.state = BodyState::Done,
+                BodyState::Length(left) => {
+                    let data = self.take(left).await?;
+                    self.state = BodyState::Length(left - data.len() as u64);
+                    return Ok(Some(data));
+                }
+                BodyState::ChunkSize => self.chunk_size().await?,
+                BodyState::ChunkData(left) => {
+                    let data = self.take(left).await?;
+                    let left = left - data.len() as u64;
+                    self.state = if left == 0 {
+                        BodyState::ChunkEnd
+                    } else {
+                        BodyState::ChunkData(left)
+                    };
+                    return Ok(Some(data));
+                }
+                BodyState::ChunkEnd => {
+                    while self.buf.len() < 2 {
+                        fill(self.stream, self.buf).await?;
+                    }
+                    if self.buf.get(..2) != Some(b"\r\n".as_slice()) {
+                        return Err(ReadError::Refused(400, "chunk not ended by CRLF"));
+                    }
+                    self.buf.drain(..2);
+                    self.frame(2)?;
+                    self.state = BodyState::ChunkSize;
+                }
+            }
+        }
+    }
+
+    /// Up to `left` bytes of data, reading more when none are buffered.
+    async fn take(&mut self, left: u64) -> Result<Vec<u8>, ReadError> {
+        if self.buf.is_empty() {
+            fill(self.stream, self.buf).await?;
+        }
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        self.read += n as u64;
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    fn frame(&mut self, n: usize) -> Result<(), ReadError> {
+        self.framing = self.framing.saturating_add(n);
+        if self.framing > self.max_framing {
+            return Err(ReadError::Refused(400, "invalid chunk size"));
+        }
+        Ok(())
+    }
+
+    /// Reads a chunk-size line; at the last chunk, the trailer fields
+    /// too, which are dropped.
+    async fn chunk_size(&mut self) -> Result<(), ReadError> {
         let (used, size) = loop {
-            match httparse::parse_chunk_size(buf) {
+            match httparse::parse_chunk_size(self.buf) {
                 // httparse takes an empty size as 0: a size needs a digit.
                 Ok(httparse::Status::Complete(c))
-                    if buf.first().is_some_and(u8::is_ascii_hexdigit) =>
+                    if self.buf.first().is_some_and(u8::is_ascii_hexdigit) =>
                 {
                     break c
                 }
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
-                    fill(stream, buf).await?
+                Ok(httparse::Status::Partial) if self.buf.len() <= MAX_CHUNK_LINE => {
+                    fill(self.stream, self.buf).await?
                 }
                 _ => return Err(ReadError::Refused(400, "invalid chunk size")),
             }
         };
-        framing = framing.saturating_add(used);
-        if used > MAX_CHUNK_LINE || framing > limits.max_head {
+        if used > MAX_CHUNK_LINE {
             return Err(ReadError::Refused(400, "invalid chunk size"));
         }
-        buf.drain(..used);
-        if size == 0 {
-            break;
+        self.frame(used)?;
+        self.buf.drain(..used);
+        if size > 0 {
+            if size.saturating_add(self.read) > self.max {
+                return Err(ReadError::Refused(413, "request body too large"));
+            }
+            self.state = BodyState::ChunkData(size);
+            return Ok(());
         }
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|n| n.saturating_add(body.len()) <= limits.max_body)
-            .ok_or(ReadError::Refused(413, "request body too large"))?;
-        while buf.len() < size.saturating_add(2) {
-            fill(stream, buf).await?;
-        }
-        if buf.get(size..size.saturating_add(2)) != Some(b"\r\n".as_slice()) {
-            return Err(ReadError::Refused(400, "chunk not ended by CRLF"));
-        }
-        body.extend(buf.drain(..size));
-        buf.drain(..2);
-        framing = framing.saturating_add(2);
-    }
-    // Trailer fields are read and dropped, up to the empty line.
-    loop {
-        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-            if buf.len() > limits.max_head {
+        // Trailer fields are read and dropped, up to the empty line.
+        loop {
+            let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                if self.buf.len() > self.max_framing {
+                    return Err(ReadError::Refused(431, "request trailers too large"));
+                }
+                fill(self.stream, self.buf).await?;
+                continue;
+            };
+            self.buf.drain(..end + 2);
+            self.framing = self.framing.saturating_add(end + 2);
+            if self.framing > self.max_framing {
                 return Err(ReadError::Refused(431, "request trailers too large"));
             }
-            fill(stream, buf).await?;
-            continue;
-        };
-        buf.drain(..end + 2);
-        framing = framing.saturating_add(end + 2);
-        if framing > limits.max_head {
-            return Err(ReadError::Refused(431, "request trailers too large"));
-        }
-        if end == 0 {
-            return Ok(body);
+            if end == 0 {
+                self.state = BodyState::Done;
+                return Ok(());
+            }
         }
     }
+}
+
+/// Reads more of the request into `buf`.
+async fn fill<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(), ReadError> {
+    if read_into(stream, buf, BODY_READ).await? == 0 {
+        return Err(ReadError::Refused(400, "truncated request body"));
+    }
+    Ok(())
 }
 
 /// A response: a status and a body, JSON unless `extra` says otherwise.
@@ -500,6 +647,18 @@ pub(crate) fn request_bytes_with(
     headers: &[(&str, &str)],
 ) -> Vec<u8> {
     let body = body.unwrap_or_default();
+    let mut out = request_head(method, path, body.len() as u64, headers);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A request's head, for a body of `len` bytes sent after it (client side).
+pub(crate) fn request_head(
+    method: &str,
+    path: &str,
+    len: u64,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: kvmbox\r\nUser-Agent: kvmbox/{}\r\nAccept: application/json\r\n",
         env!("CARGO_PKG_VERSION"),
@@ -507,10 +666,8 @@ pub(crate) fn request_bytes_with(
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
+    head.push_str(&format!("Content-Length: {len}\r\n\r\n"));
+    head.into_bytes()
 }
 
 /// Reads one response (client side, blocking): its status and body.
@@ -765,6 +922,49 @@ mod tests {
         ] {
             assert_eq!(refused(parse(head.as_bytes(), small).0), 400, "{head:?}");
         }
+    }
+
+    /// Streams the body of the request in `wire` with the bound `max`:
+    /// the pieces read, or the refusal's status.
+    fn stream(wire: &[u8], max: u64) -> Result<Vec<u8>, u16> {
+        let mut src = Slow(wire.to_vec(), 0);
+        let mut buf = Vec::new();
+        smol::future::block_on(async {
+            let head = read_head(&mut src, &mut buf, Limits::default())
+                .await
+                .unwrap();
+            let (_, framing) = head.split();
+            let mut body = Body::new(&mut src, &mut buf, framing, Limits::default());
+            let code = |e| match e {
+                ReadError::Refused(c, _) => c,
+                _ => 0,
+            };
+            body.limit(max).map_err(code)?;
+            let mut out = Vec::new();
+            while let Some(piece) = body.next().await.map_err(code)? {
+                assert!(!piece.is_empty());
+                out.extend_from_slice(&piece);
+            }
+            assert!(body.finished());
+            assert_eq!(body.read(), out.len() as u64);
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn bodies_stream_in_pieces_within_their_bound() {
+        let sized = b"POST /1.0/images HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        assert_eq!(stream(sized, 10).unwrap(), b"0123456789");
+        // A Content-Length over the bound is refused before any is read.
+        assert_eq!(stream(sized, 9), Err(413));
+        let wire = chunked("4\r\nRust\r\nA\r\n0123456789\r\n0\r\n\r\n");
+        assert_eq!(stream(wire.as_bytes(), 14).unwrap(), b"Rust0123456789");
+        // Chunked: refused at the chunk that goes past the bound.
+        assert_eq!(stream(wire.as_bytes(), 13), Err(413));
+        // Cut short, either way.
+        assert_eq!(stream(&sized[..sized.len() - 1], 10), Err(400));
+        let cut = chunked("4\r\nRust\r\nA\r\n01234");
+        assert_eq!(stream(cut.as_bytes(), 100), Err(400));
     }
 
     #[test]

@@ -167,7 +167,8 @@ struct ImageImport {
     #[argh(positional)]
     file: PathBuf,
     #[argh(option)]
-    /// the name instances are launched from
+    /// the name instances are launched from, [REMOTE:]ALIAS: on a remote
+    /// other than local, the file is uploaded
     alias: String,
 }
 
@@ -444,9 +445,28 @@ pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
 pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
     match &a.cmd {
         ImageCmd::Import(i) => {
-            let body = ImagesPost::from_path(absolute(&i.file)?.into(), i.alias.clone());
-            let mut c = ctx.connect()?;
-            let op = c.send("POST", path::IMAGES, &body)?;
+            let (remote, alias) = super::split_remote(&i.alias);
+            let mut c = ctx.connect_to(remote.as_deref())?;
+            let op = if super::is_local(remote.as_deref()) {
+                // The daemon opens the file as the caller: nothing to send.
+                let body = ImagesPost::from_path(absolute(&i.file)?.into(), alias);
+                c.send("POST", path::IMAGES, &body)?
+            } else {
+                // A remote daemon cannot see this host's files: upload it.
+                let mut f = std::fs::File::open(&i.file)
+                    .map_err(|e| Error::Msg(format!("{}: {e}", i.file.display())))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::Msg(format!("{}: {e}", i.file.display())))?
+                    .len();
+                let name = i.file.file_name().unwrap_or_default().to_string_lossy();
+                let headers = [
+                    ("Content-Type", "application/octet-stream"),
+                    ("X-LXD-filename", &*name),
+                    ("X-LXD-aliases", &alias),
+                ];
+                c.upload(path::IMAGES, &mut f, len, &headers)?
+            };
             show_progress(&mut c, &op);
             let img = c.wait(op)?;
             println!(

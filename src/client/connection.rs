@@ -443,6 +443,42 @@ impl Client {
         Err(Error::Api { status, message })
     }
 
+    /// `POST path` with the `len` bytes of `body` streamed as they are
+    /// read (an image upload), with `headers`: the answer's envelope
+    /// opened, as [`Client::call`] does.
+    pub fn upload(
+        &mut self,
+        path: &str,
+        body: &mut dyn Read,
+        len: u64,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, Error> {
+        let limits = Limits {
+            max_head: 64 * 1024,
+            max_body: 64 * 1024 * 1024,
+        };
+        let head = http::request_head("POST", path, len, headers);
+        let sent = self
+            .stream
+            .write_all(&head)
+            .and_then(|()| io::copy(&mut body.take(len), &mut self.stream))
+            .and_then(|n| match n == len {
+                true => self.stream.flush(),
+                false => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than it was",
+                )),
+            });
+        let (status, answer) = match sent {
+            Ok(()) => http::read_response(&mut self.stream, limits)?,
+            // The daemon may have refused the upload before reading it all.
+            Err(e) if hung_up(&e) => http::read_response(&mut ReadOnly(&mut self.stream), limits)
+                .map_err(|_| Error::Io(e))?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(crate::wire::open(status, &answer)?)
+    }
+
     /// Sends a request and returns the status and decoded JSON body.
     pub fn request(
         &mut self,

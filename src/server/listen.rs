@@ -224,7 +224,7 @@ pub(crate) async fn serve<S>(
     who: &str,
     identity: impl Fn() -> Identity,
 ) where
-    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send,
 {
     let mut buf = Vec::new();
     let opened = std::time::Instant::now();
@@ -232,12 +232,21 @@ pub(crate) async fn serve<S>(
         // The events a websocket being accepted will carry: listened for
         // before the 101 goes out, so that none sent after it is missed.
         let mut session = None;
-        let (resp, keep_alive) = match timed(
-            opts.timeout,
-            http::read_request(tls_stream, &mut buf, opts.limits),
-        )
-        .await
-        {
+        // The head decides how the body is read: an image upload streams
+        // to the image store, anything else is read into memory.
+        let read = timed(opts.timeout, async {
+            // One reader for every kind of connection: compiled once.
+            let stream: &mut http::Stream<'_> = &mut *tls_stream;
+            let head = http::read_head(stream, &mut buf, opts.limits).await?;
+            if routes::streams(&head) {
+                return Ok(Err(head));
+            }
+            http::read_rest(stream, &mut buf, head, opts.limits)
+                .await
+                .map(Ok)
+        })
+        .await;
+        let (resp, keep_alive) = match read {
             // An idle keep-alive connection is closed quietly; a request
             // that started and did not finish gets its 408.
             None if buf.is_empty() => return,
@@ -247,7 +256,24 @@ pub(crate) async fn serve<S>(
                 log!(Debug, "refused a request from {who}: {msg}");
                 (error(code, msg), false)
             }
-            Some(Ok(req)) => {
+            Some(Ok(Err(head))) => {
+                let id = identity();
+                let (req, framing) = head.split();
+                let stream: &mut http::Stream<'_> = tls_stream;
+                let mut body = http::Body::new(stream, &mut buf, framing, opts.limits);
+                let resp = routes::upload(shared, &id, &req, &mut body, opts.timeout).await;
+                log!(
+                    Debug,
+                    "{who} {} {} -> {}",
+                    req.method,
+                    req.path,
+                    resp.status
+                );
+                // A body not read to its end leaves the connection unusable.
+                let finished = body.finished();
+                (resp, req.keep_alive && finished)
+            }
+            Some(Ok(Ok(req))) => {
                 let id = identity();
                 let resp = routes::handle(shared, &id, &req).await;
                 log!(

@@ -55,6 +55,7 @@ impl Exchange for InProcess<'_> {
             method: method.into(),
             path: path.into(),
             query: query.into(),
+            content_type: None,
             body: body.map(<[u8]>::to_vec).unwrap_or_default(),
             keep_alive: false,
             websocket_key: None,

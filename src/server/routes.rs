@@ -35,6 +35,11 @@ enum Route {
     ImageDelete,
     Aliases,
     Alias,
+    AliasAdd,
+    AliasDelete,
+    AliasRename,
+    AliasPut,
+    AliasPatch,
     /// The read-only resources of `handlers::discovery`.
     List(Kind),
     Get(Kind),
@@ -91,7 +96,12 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("POST", "/1.0/images", Route::ImageAdd, OPERATOR, PROJECT),
     // Before `/1.0/images/{}`, which would take `aliases` for a fingerprint.
     ("GET", "/1.0/images/aliases", Route::Aliases, AUDITOR, PROJECT),
+    ("POST", "/1.0/images/aliases", Route::AliasAdd, OPERATOR, PROJECT),
     ("GET", "/1.0/images/aliases/{}", Route::Alias, AUDITOR, PROJECT),
+    ("DELETE", "/1.0/images/aliases/{}", Route::AliasDelete, OPERATOR, PROJECT),
+    ("POST", "/1.0/images/aliases/{}", Route::AliasRename, OPERATOR, PROJECT),
+    ("PUT", "/1.0/images/aliases/{}", Route::AliasPut, OPERATOR, PROJECT),
+    ("PATCH", "/1.0/images/aliases/{}", Route::AliasPatch, OPERATOR, PROJECT),
     ("GET", "/1.0/images/{}", Route::Image, AUDITOR, PROJECT),
     ("DELETE", "/1.0/images/{}", Route::ImageDelete, OPERATOR, PROJECT),
     ("GET", "/1.0/profiles", Route::List(Kind::Profiles), AUDITOR, PROJECT),
@@ -170,6 +180,45 @@ fn find(method: &str, path: &str) -> Result<(Route, Need, Scope, Vec<String>), R
     })
 }
 
+/// Whether the request `head` opens is an image upload, whose body the
+/// images handler streams to the store rather than have it read into
+/// memory: `POST /1.0/images` of the types `lxc image import` sends
+/// (`application/octet-stream`, `multipart/form-data`). Anything else is
+/// read as JSON, as before (curl's default form type among them).
+pub(crate) fn streams(head: &crate::http::Head) -> bool {
+    let media = head
+        .content_type
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    head.method == "POST"
+        && head.path.trim_end_matches('/') == "/1.0/images"
+        && matches!(
+            media.as_deref(),
+            Some("application/octet-stream" | "multipart/form-data")
+        )
+}
+
+/// Answers an image upload ([`streams`]): authorized on its head, before
+/// any of its body is read.
+pub(crate) async fn upload(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: &Request,
+    body: &mut crate::http::Body<'_, crate::http::Stream<'_>>,
+    timeout: std::time::Duration,
+) -> Response {
+    let (need, scope) = match find(&req.method, &req.path) {
+        Ok((Route::ImageAdd, need, scope, _)) => (need, scope),
+        Ok(_) => return error(404, "not found"),
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = project(req).and_then(|()| authorize(id, need, scope)) {
+        return resp;
+    }
+    images::upload(shared, req, body, timeout).await
+}
+
 /// Answers one request.
 pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response {
     let (route, need, scope, params) = match find(&req.method, &req.path) {
@@ -201,6 +250,11 @@ pub(crate) async fn handle(shared: &Arc<Shared>, id: &Identity, req: &Request) -
         Route::ImageDelete => images::delete(shared, param),
         Route::Aliases => images::aliases(shared, recursion),
         Route::Alias => images::alias(shared, param),
+        Route::AliasAdd => images::alias_add(shared, req),
+        Route::AliasDelete => images::alias_delete(shared, param),
+        Route::AliasRename => images::alias_rename(shared, param, req),
+        Route::AliasPut => images::alias_update(shared, param, req, true),
+        Route::AliasPatch => images::alias_update(shared, param, req, false),
         Route::List(kind) => discovery::list(shared, kind, recursion),
         Route::Get(kind) => discovery::get(shared, kind, param),
         Route::Guest(call) => guest::handle(shared, req, call, param, sub).await,
@@ -309,6 +363,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
+            content_type: None,
             body: body.as_bytes().to_vec(),
             keep_alive: true,
             websocket_key: None,
@@ -316,6 +371,68 @@ mod tests {
         };
         let resp = smol::block_on(handle(s, &id, &req));
         (resp.status, body_of(&resp))
+    }
+
+    #[test]
+    fn uploads_are_told_by_their_head_and_authorized_before_their_body() {
+        let head = |wire: &str| {
+            let mut src = smol::io::Cursor::new(wire.as_bytes().to_vec());
+            let mut buf = Vec::new();
+            smol::block_on(crate::http::read_head(
+                &mut src,
+                &mut buf,
+                Default::default(),
+            ))
+            .unwrap()
+        };
+        let up = "POST /1.0/images HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\n";
+        assert!(streams(&head(up)));
+        assert!(streams(&head(&up.replace("/images", "/images/"))));
+        let multipart = "Content-Type: Multipart/Form-Data; boundary=x\r\n";
+        let multipart = up.replace("Content-Type: application/octet-stream\r\n", multipart);
+        assert!(streams(&head(&multipart)));
+        for other in [
+            up.replace("octet-stream", "json"),
+            up.replace("octet-stream", "x-www-form-urlencoded"),
+            up.replace("octet-stream", "x-tar"),
+            up.replace("Content-Type: application/octet-stream\r\n", ""),
+            up.replace("POST", "PUT"),
+            up.replace("/1.0/images", "/1.0/images/aliases"),
+        ] {
+            assert!(!streams(&head(&other)), "{other:?}");
+        }
+        // Not trusted, or only an auditor: refused before a byte of the
+        // body is read.
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        for role in [None, Some(Role::Auditor)] {
+            let id = Identity {
+                peer: Peer::Local(PeerCred {
+                    pid: 1,
+                    uid: 1000,
+                    gid: 1000,
+                    groups: Some(vec![]),
+                }),
+                cert: None,
+                role,
+                projects: Vec::new(),
+                refused: None,
+            };
+            let (req, framing) = head(up).split();
+            let mut src = smol::io::Cursor::new(b"data".to_vec());
+            let stream: &mut crate::http::Stream<'_> = &mut src;
+            let mut buf = Vec::new();
+            let mut body = crate::http::Body::new(stream, &mut buf, framing, Default::default());
+            let resp = smol::block_on(upload(
+                &s,
+                &id,
+                &req,
+                &mut body,
+                std::time::Duration::from_secs(1),
+            ));
+            assert!(resp.status == 403, "{role:?}: {}", resp.status);
+            assert_eq!(body.read(), 0);
+        }
     }
 
     fn body_of(r: &Response) -> Value {

@@ -42,6 +42,12 @@ pub(crate) const INSTANCES_UID_RANGE: &str = "instances.uid_range";
 /// Where `kvmbox-aa-helper` writes the per-VM profiles.
 pub(crate) const AA_PROFILE_DIR: &str = "security.apparmor_profile_dir";
 
+/// The largest image upload taken (`lxc image import`), in bytes or
+/// LXD's units (`10GiB`).
+pub(crate) const IMAGES_MAX_UPLOAD: &str = "images.max_upload_size";
+/// What [`IMAGES_MAX_UPLOAD`] is when unset.
+const DEFAULT_MAX_UPLOAD: u64 = 10 << 30;
+
 /// Keys the daemon knows; anything else is refused so a typo is not silently
 /// kept.
 const KEYS: &[&str] = &[
@@ -52,6 +58,7 @@ const KEYS: &[&str] = &[
     INSTANCES_UID_RANGE,
     AA_PROFILE_DIR,
     PKI_DEFAULT_ROLE,
+    IMAGES_MAX_UPLOAD,
 ];
 
 /// Checks the value of a key that is not a secret.
@@ -76,6 +83,10 @@ fn check_value(key: &str, value: &str) -> Result<(), Error> {
             }
         }
         PKI_DEFAULT_ROLE => parse_role(value).map(|_| ()),
+        IMAGES_MAX_UPLOAD => value
+            .parse::<crate::vmm::qemu::MemorySize>()
+            .map(|_| ())
+            .map_err(Error::UploadSize),
         _ => Ok(()),
     }
 }
@@ -184,6 +195,8 @@ pub enum Error {
          operator or admin"
     )]
     Role(String),
+    #[error("invalid value for {IMAGES_MAX_UPLOAD}")]
+    UploadSize(#[source] crate::vmm::qemu::Error),
     #[error("{0} is shown as \"true\" when set and cannot be set to that")]
     Redacted(String),
     #[error("invalid value for {key}")]
@@ -271,6 +284,13 @@ impl Settings {
         self.get(PKI_DEFAULT_ROLE)
             .and_then(|v| parse_role(v).ok())
             .flatten()
+    }
+
+    /// [`IMAGES_MAX_UPLOAD`] in bytes.
+    pub(crate) fn max_upload_size(&self) -> u64 {
+        self.get(IMAGES_MAX_UPLOAD)
+            .and_then(|v| v.parse::<crate::vmm::qemu::MemorySize>().ok())
+            .map_or(DEFAULT_MAX_UPLOAD, |m| m.bytes())
     }
 
     pub(crate) fn local_socket_open(&self) -> bool {

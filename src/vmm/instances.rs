@@ -17,6 +17,7 @@ mod record;
 mod seed;
 mod snapshot;
 mod update;
+pub(crate) mod upload;
 mod view;
 
 use std::collections::BTreeMap;
@@ -43,7 +44,9 @@ use kvmbox_aa::Kernel;
 
 use guest::Guest;
 pub(crate) use guest::{Content, Owner, Put, Started};
-pub(crate) use image::Image;
+pub(crate) use image::{
+    free_space as image_free_space, AliasChange, Aliases as ImageAliases, Image, Staged,
+};
 use record::AaMode;
 pub(crate) use record::{check_config, check_device, Device, Record};
 pub(crate) use snapshot::Snapshot;
@@ -152,7 +155,7 @@ pub(crate) enum Error {
 crate::debug_as_display!(Error);
 
 impl Error {
-    fn host(what: impl Into<String>, source: io::Error) -> Error {
+    pub(crate) fn host(what: impl Into<String>, source: io::Error) -> Error {
         Error::Host {
             what: what.into(),
             source,
@@ -923,7 +926,22 @@ impl Manager {
     }
 
     pub(crate) fn images(&self) -> Result<Vec<Image>, Error> {
-        Ok(image::list(&self.host()?.state))
+        image::list(&self.host()?.state)
+    }
+
+    /// Every image alias, by name.
+    pub(crate) fn image_aliases(&self) -> Result<ImageAliases, Error> {
+        image::aliases(&self.host()?.state)
+    }
+
+    /// Changes the image alias table.
+    pub(crate) fn change_alias(&self, change: AliasChange) -> Result<(), Error> {
+        image::change_alias(&self.host()?.state, change)
+    }
+
+    /// Where the image store is (for staging a new image in it).
+    pub(crate) fn state_dir(&self) -> Result<PathBuf, Error> {
+        Ok(self.host()?.state.clone())
     }
 
     /// The image whose fingerprint starts with `prefix` (LXD takes any
@@ -956,11 +974,11 @@ impl Manager {
         if let Some(name) = user {
             return Err(Error::Conflict(format!(
                 "image {} is in use by instance {name:?}: delete the instance first",
-                img.alias
+                img.fingerprint
             )));
         }
         image::remove(&state, &img)?;
-        log!(Info, "image {} ({}) deleted", img.fingerprint, img.alias);
+        log!(Info, "image {} deleted", img.fingerprint);
         Ok(img)
     }
 

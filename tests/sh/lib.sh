@@ -73,13 +73,15 @@ wait_for() {
 # lxc_daemon: starts kvmboxd on ./state (admin group root) with a TLS
 # listener on a free loopback port, left in $port, for the client `kv` and
 # the real `lxc` (its config in ./lxc); HOME and the like are unset, as on
-# a bare host; the VMs' AppArmor profiles go to ./aa. On exit the daemon
-# and every QEMU of ./state are killed.
+# a bare host; the VMs' AppArmor profiles go to ./aa; KVMBOXD_ARGS, if set,
+# adds options to kvmboxd's. On exit the daemon and every QEMU of ./state
+# are killed.
 lxc_daemon() {
     export KVMBOX_DIR=$PWD/state KVMBOX_CONF=$PWD/conf LXD_CONF=$PWD/lxc
     unset HOME XDG_RUNTIME_DIR KVMBOX_SOCKET || true
     mkdir -p bin lxc; ln -sf "$K" bin/kvmboxd; ln -sf "$K" bin/kvmbox
-    bin/kvmboxd --group root --https 127.0.0.1:0 2>daemon.log &
+    # shellcheck disable=SC2086 # KVMBOXD_ARGS is a list of options
+    bin/kvmboxd --group root --https 127.0.0.1:0 ${KVMBOXD_ARGS:-} 2>daemon.log &
     dpid=$!
     trap end_daemon EXIT
     port=$(https_port daemon.log)

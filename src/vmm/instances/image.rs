@@ -1,9 +1,15 @@
-//! The image store, `STATE/images/`: imported disk images named by their
-//! SHA-256, each with a small JSON record (alias, format). The format is
-//! detected once, at import, by `qemu-img info` and stated explicitly from
-//! then on (a raw image whose guest writes a qcow2 header must never be
-//! read as qcow2).
+//! The image store, `STATE/images/`: disk images named by their
+//! fingerprint, each with a small JSON record (format, size, properties),
+//! and one table of aliases, `aliases.json`, each naming an image by its
+//! fingerprint. The format is detected once, at import, by `qemu-img info`
+//! and stated explicitly from then on (a raw image whose guest writes a
+//! qcow2 header must never be read as qcow2).
+//!
+//! Images stored before aliases had a table of their own name their one
+//! alias in their record: until the table is first written, those are the
+//! aliases; the first write takes them in.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -16,26 +22,76 @@ use super::record::ImageRef;
 use super::Error;
 use crate::store::{write_atomic, Overwrite};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Image {
+    /// The one alias of a record written before the alias table.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub alias: String,
     pub fingerprint: String,
     pub format: String,
     pub size: u64,
     pub created_at: u64,
+    /// LXD's name of the architecture it is for (empty: the host's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// The name of the file it was uploaded as, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub filename: String,
+    /// Its aliases, from the alias table (not stored in the record).
+    #[serde(skip)]
+    pub aliases: Vec<(String, String)>,
+}
+
+/// The alias table: each alias's image (by fingerprint), and the
+/// descriptions of those that have one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Aliases {
+    pub targets: BTreeMap<String, String>,
+    #[serde(default)]
+    pub descriptions: BTreeMap<String, String>,
+}
+
+impl Aliases {
+    fn remove(&mut self, name: &str) -> Option<String> {
+        self.descriptions.remove(name);
+        self.targets.remove(name)
+    }
+}
+
+/// What a new image is besides its disk: see [`commit`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NewImage {
+    /// SHA-256 of what was imported or uploaded, as LXD computes it.
+    pub fingerprint: String,
+    pub architecture: String,
+    pub properties: BTreeMap<String, String>,
+    pub filename: String,
+    /// Seconds since the epoch; 0: now.
+    pub created_at: u64,
+    /// Aliases to give it; all are refused if one is taken.
+    pub aliases: Vec<String>,
 }
 
 fn dir(state: &Path) -> PathBuf {
     state.join("images")
 }
 
-/// Every image in the store.
-pub(crate) fn list(state: &Path) -> Vec<Image> {
+fn table_path(state: &Path) -> PathBuf {
+    dir(state).join("aliases.json")
+}
+
+/// The images' records as stored, without their aliases.
+fn records(state: &Path) -> Vec<Image> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir(state)).into_iter().flatten().flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "json") {
+        let is_record = p.extension().is_some_and(|x| x == "json")
+            && p.file_stem().is_some_and(|f| f != "aliases");
+        if is_record {
             if let Some(img) = fs::read(&p)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Image>(&b).ok())
@@ -44,22 +100,84 @@ pub(crate) fn list(state: &Path) -> Vec<Image> {
             }
         }
     }
-    out.sort_by(|a, b| a.alias.cmp(&b.alias));
     out
 }
 
-/// The image called `alias` (or with this fingerprint).
-pub(crate) fn find(state: &Path, alias: &str) -> Result<ImageRef, Error> {
-    list(state)
+/// The alias table: the file once it exists, before that the aliases of
+/// the records written before it. Entries whose image is gone (a crash
+/// between the steps of a deletion) are left out.
+fn table(state: &Path, images: &[Image]) -> Result<Aliases, Error> {
+    let mut table: Aliases = match fs::read(table_path(state)) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::host(
+                "read the image alias table",
+                io::Error::other(e.to_string()),
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Aliases {
+            targets: images
+                .iter()
+                .filter(|i| !i.alias.is_empty())
+                .map(|i| (i.alias.clone(), i.fingerprint.clone()))
+                .collect(),
+            descriptions: BTreeMap::new(),
+        },
+        Err(e) => return Err(Error::host("read the image alias table", e)),
+    };
+    let Aliases {
+        targets,
+        descriptions,
+    } = &mut table;
+    targets.retain(|_, t| images.iter().any(|i| i.fingerprint == *t));
+    descriptions.retain(|n, _| targets.contains_key(n));
+    Ok(table)
+}
+
+fn write_table(state: &Path, table: &Aliases) -> Result<(), Error> {
+    let data = serde_json::to_vec_pretty(table).unwrap_or_default();
+    write_atomic(&table_path(state), &data, 0o644, Overwrite::Replace)
+        .map_err(|e| Error::host("write the image alias table", e))
+}
+
+/// Every image in the store, with its aliases.
+pub(crate) fn list(state: &Path) -> Result<Vec<Image>, Error> {
+    let mut images = records(state);
+    let table = table(state, &images)?;
+    for img in &mut images {
+        img.aliases = table
+            .targets
+            .iter()
+            .filter(|(_, t)| **t == img.fingerprint)
+            .map(|(n, _)| {
+                let d = table.descriptions.get(n).cloned().unwrap_or_default();
+                (n.clone(), d)
+            })
+            .collect();
+    }
+    images.sort_by(|a, b| (&a.aliases, &a.fingerprint).cmp(&(&b.aliases, &b.fingerprint)));
+    Ok(images)
+}
+
+/// Every alias, by name.
+pub(crate) fn aliases(state: &Path) -> Result<Aliases, Error> {
+    table(state, &records(state))
+}
+
+/// The image called `name` (an alias, or its whole fingerprint).
+pub(crate) fn find(state: &Path, name: &str) -> Result<ImageRef, Error> {
+    let images = records(state);
+    let table = table(state, &images)?;
+    let fingerprint = table.targets.get(name).map_or(name, String::as_str);
+    images
         .into_iter()
-        .find(|i| i.alias == alias || i.fingerprint == alias)
+        .find(|i| i.fingerprint == fingerprint)
         .map(|i| ImageRef {
             path: dir(state).join(format!("{}.img", i.fingerprint)),
-            alias: i.alias,
+            alias: name.to_string(),
             fingerprint: i.fingerprint,
             format: i.format,
         })
-        .ok_or_else(|| Error::NotFound(format!("image {alias:?}")))
+        .ok_or_else(|| Error::NotFound(format!("image {name:?}")))
 }
 
 /// The image whose fingerprint starts with `prefix`: refused when none or
@@ -68,7 +186,7 @@ pub(crate) fn by_prefix(state: &Path, prefix: &str) -> Result<Image, Error> {
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::NotFound(format!("image {prefix:?}")));
     }
-    let mut found = list(state)
+    let mut found = list(state)?
         .into_iter()
         .filter(|i| i.fingerprint.starts_with(prefix));
     match (found.next(), found.next()) {
@@ -80,10 +198,18 @@ pub(crate) fn by_prefix(state: &Path, prefix: &str) -> Result<Image, Error> {
     }
 }
 
-/// Removes `img` from the store: its record first, so that a crash
-/// between the two steps leaves at worst a disk nobody lists, never a
-/// listed image without its disk.
+/// Removes `img` from the store: its aliases, then its record, then its
+/// disk, so that a crash between the steps leaves at worst a disk nobody
+/// lists, never a listed image without its disk.
 pub(crate) fn remove(state: &Path, img: &Image) -> Result<(), Error> {
+    let _serial = crate::rt::lock(&COMMIT);
+    let images = records(state);
+    let mut t = table(state, &images)?;
+    let before = t.targets.len();
+    t.targets.retain(|_, f| *f != img.fingerprint);
+    if t.targets.len() != before || !table_path(state).exists() {
+        write_table(state, &t)?;
+    }
     let d = dir(state);
     fs::remove_file(d.join(format!("{}.json", img.fingerprint)))
         .map_err(|e| Error::host("remove the image's record", e))?;
@@ -116,11 +242,105 @@ pub(crate) fn tidy(state: &Path, used: &[PathBuf]) {
     }
 }
 
-/// What `qemu-img info` says about the copy at `path` of the file named
-/// `source`: (format, another file it refers to — a backing or data file).
+/// Checks an alias name: what an instance's image is named by.
+fn check_alias(name: &str) -> Result<(), Error> {
+    crate::vmm::qemu::validate_name(name)
+        .map_err(|_| Error::Invalid(format!("invalid image alias {name:?}: use a DNS label")))
+}
+
+/// A change to the alias table, made under the store's lock.
+#[derive(Debug)]
+pub(crate) enum AliasChange {
+    /// A new alias of the image `target` (a fingerprint or a unique
+    /// prefix): refused if the name is taken.
+    Add {
+        name: String,
+        target: String,
+        description: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// A new name for an alias: refused if the new one is taken.
+    Rename {
+        name: String,
+        to: String,
+    },
+    /// A new target or description for an alias; `None` keeps what is.
+    Update {
+        name: String,
+        target: Option<String>,
+        description: Option<String>,
+    },
+}
+
+/// Applies `change` to the alias table. Targets are whole fingerprints of
+/// images in the store (or a unique prefix of one).
+pub(crate) fn change_alias(state: &Path, change: AliasChange) -> Result<(), Error> {
+    let _serial = crate::rt::lock(&COMMIT);
+    let images = records(state);
+    let mut t = table(state, &images)?;
+    let target = |prefix: &str| -> Result<String, Error> {
+        let mut found = images
+            .iter()
+            .filter(|i| !prefix.is_empty() && i.fingerprint.starts_with(prefix));
+        match (found.next(), found.next()) {
+            (Some(i), None) => Ok(i.fingerprint.clone()),
+            (None, _) => Err(Error::NotFound(format!("image {prefix:?}"))),
+            (Some(_), Some(_)) => Err(Error::Invalid(format!(
+                "more than one image's fingerprint starts with {prefix:?}: give more of it"
+            ))),
+        }
+    };
+    let missing = |name: &str| Error::NotFound(format!("image alias {name:?}"));
+    match change {
+        AliasChange::Add {
+            name,
+            target: to,
+            description,
+        } => {
+            check_alias(&name)?;
+            if t.targets.contains_key(&name) {
+                return Err(Error::Exists(format!("image alias {name:?}")));
+            }
+            t.targets.insert(name.clone(), target(&to)?);
+            t.descriptions.insert(name, description);
+        }
+        AliasChange::Delete { name } => {
+            t.remove(&name).ok_or_else(|| missing(&name))?;
+        }
+        AliasChange::Rename { name, to } => {
+            check_alias(&to)?;
+            if t.targets.contains_key(&to) {
+                return Err(Error::Exists(format!("image alias {to:?}")));
+            }
+            let description = t.descriptions.get(&name).cloned().unwrap_or_default();
+            let fingerprint = t.remove(&name).ok_or_else(|| missing(&name))?;
+            t.targets.insert(to.clone(), fingerprint);
+            t.descriptions.insert(to, description);
+        }
+        AliasChange::Update {
+            name,
+            target: to,
+            description,
+        } => {
+            let to = to.map(|f| target(&f)).transpose()?;
+            let a = t.targets.get_mut(&name).ok_or_else(|| missing(&name))?;
+            if let Some(to) = to {
+                *a = to;
+            }
+            if let Some(d) = description {
+                t.descriptions.insert(name, d);
+            }
+        }
+    }
+    write_table(state, &t)
+}
+
+/// What `qemu-img info` says about the copy at `path`: (format, another file it refers to — a backing or data file).
 /// qemu-img runs as `nobody` when the daemon is root: an image that refers
 /// to a device must not have root open it.
-fn probe(path: &Path, source: &Path) -> Result<(String, Option<String>), Error> {
+fn probe(path: &Path) -> Result<(String, Option<String>), Error> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("qemu-img");
     cmd.args(["info", "--output=json"]).arg(path);
@@ -134,8 +354,7 @@ fn probe(path: &Path, source: &Path) -> Result<(String, Option<String>), Error> 
         let why = String::from_utf8_lossy(&out.stderr);
         let why = why.trim().replace(&path.display().to_string(), "the copy");
         return Err(Error::Invalid(format!(
-            "{} is not a disk image qemu-img can read: {why}",
-            source.display()
+            "not a disk image qemu-img can read: {why}"
         )));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(Error::ImageInfo)?;
@@ -155,9 +374,53 @@ fn probe(path: &Path, source: &Path) -> Result<(String, Option<String>), Error> 
 /// The uid and gid qemu-img probes imported images as.
 const NOBODY: u32 = 65534;
 
-/// Serialises the last step of imports (alias check, naming, record), so
-/// that two imports cannot both take one alias or one fingerprint.
+/// Serialises the last step of imports (alias check, naming, record) and
+/// every change to the alias table, so that two imports cannot both take
+/// one alias or one fingerprint.
 static COMMIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A file in the image store being written (an upload, a copy, a disk
+/// taken out of a tarball): a name of its own, removed when this is
+/// dropped, whatever happened (after [`commit`] it is a second link to the
+/// stored disk).
+#[derive(Debug)]
+pub(crate) struct Staged(PathBuf);
+
+impl Staged {
+    /// A new, empty staged file in the store of `state`, open for writing.
+    pub(crate) fn new(state: &Path) -> Result<(Staged, fs::File), Error> {
+        let d = dir(state);
+        fs::create_dir_all(&d).map_err(|e| Error::host("create the image store", e))?;
+        // VMs' uids read images (as backing files) through this directory.
+        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
+        let path = d.join(format!(".import-{}", crate::uuid::new()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::host("create a file in the image store", e))?;
+        Ok((Staged(path), file))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The bytes free in the image store of `state`.
+pub(crate) fn free_space(state: &Path) -> Result<u64, Error> {
+    let d = dir(state);
+    fs::create_dir_all(&d).map_err(|e| Error::host("create the image store", e))?;
+    fs::File::open(&d)
+        .and_then(|dir| crate::sys::fs::free_space(&dir))
+        .map_err(|e| Error::host("measure the image store's free space", e))
+}
 
 /// Copies `file` (opened from `source` as the caller, see
 /// [`crate::hostfile::check`]) into the store as `alias`. The copy is hashed
@@ -173,100 +436,142 @@ pub(crate) fn import(
     alias: &str,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Image, Error> {
-    crate::vmm::qemu::validate_name(alias)
-        .map_err(|_| Error::Invalid(format!("invalid image alias {alias:?}: use a DNS label")))?;
-    if find(state, alias).is_ok() {
-        return Err(Error::Exists(format!("image {alias:?}")));
+    check_alias(alias)?;
+    if aliases(state)?.targets.contains_key(alias) {
+        return Err(Error::Exists(format!("image alias {alias:?}")));
     }
-    let d = dir(state);
-    fs::create_dir_all(&d).map_err(|e| Error::host("create the image store", e))?;
-    // VMs' uids read images (as backing files) through this directory.
-    let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
     // A sparse file of many TiB reads fast: it must not fill the state dir.
     let size = file
         .metadata()
         .map_err(|e| Error::host(format!("read {}", source.display()), e))?
         .len();
-    let free = fs::File::open(&d)
-        .and_then(|dir| crate::sys::fs::free_space(&dir))
-        .map_err(|e| Error::host("measure the image store's free space", e))?;
+    let free = free_space(state)?;
     if size > free {
         return Err(Error::Refused(format!(
             "{}: its {size} bytes do not fit in the {free} bytes free in the image store",
             source.display()
         )));
     }
-    let tmp = d.join(format!(".import-{}", crate::uuid::new()));
-    let result = copy_hashed(file, &tmp, progress)
-        .map_err(|e| Error::host(format!("copy {}", source.display()), e))
-        .and_then(|copied| commit(&d, &tmp, source, alias, copied));
-    // Whatever happened, the temporary name goes (after a commit it is a
-    // second link to the stored image).
-    let _ = fs::remove_file(&tmp);
-    result
+    let (staged, dst) = Staged::new(state)?;
+    let (fingerprint, _) = copy_hashed(file, dst, progress)
+        .map_err(|e| Error::host(format!("copy {}", source.display()), e))?;
+    let new = NewImage {
+        fingerprint,
+        aliases: vec![alias.to_string()],
+        ..NewImage::default()
+    };
+    commit(state, &staged, new).map_err(|e| match e {
+        Error::Invalid(why) => Error::Invalid(format!("{}: {why}", source.display())),
+        e => e,
+    })
 }
 
-/// Probes the copy at `tmp` and stores it under its fingerprint.
-fn commit(
-    d: &Path,
-    tmp: &Path,
-    source: &Path,
-    alias: &str,
-    (fingerprint, size): (String, u64),
-) -> Result<Image, Error> {
-    let (format, other) = probe(tmp, source)?;
-    let named = |what: String| Error::Invalid(format!("{}: {what}", source.display()));
+/// Stores the disk written to `disk` (complete, synced) as the image
+/// `new` describes: probed by qemu-img (raw or qcow2, referring to no
+/// other file), then named by its fingerprint and given its aliases. An
+/// image with this fingerprint already stored is refused and left as it
+/// is; on any error nothing of the new image stays (`disk` itself goes
+/// when it is dropped).
+pub(crate) fn commit(state: &Path, disk: &Staged, new: NewImage) -> Result<Image, Error> {
+    if new.fingerprint.len() != 64 || !new.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!(
+            "invalid fingerprint {:?}",
+            new.fingerprint
+        )));
+    }
+    for a in &new.aliases {
+        check_alias(a)?;
+    }
+    // Backing files are opened by the VMs' uids, and qemu-img probes it
+    // as nobody: read-only for everyone.
+    fs::set_permissions(disk.path(), fs::Permissions::from_mode(0o444))
+        .map_err(|e| Error::host("store the image", e))?;
+    let (format, other) = probe(disk.path())?;
     if format != "raw" && format != "qcow2" {
-        return Err(named(format!(
+        return Err(Error::Invalid(format!(
             "its format is {format:?}: only raw and qcow2 images can be imported"
         )));
     }
     if let Some(b) = other {
-        return Err(named(format!(
+        return Err(Error::Invalid(format!(
             "it refers to another file ({b}): import a flattened image (qemu-img convert)"
         )));
     }
+    let size = fs::metadata(disk.path())
+        .map_err(|e| Error::host("read the new image", e))?
+        .len();
     let _serial = crate::rt::lock(&COMMIT);
-    let state = d.parent().unwrap_or(d);
-    if find(state, alias).is_ok() {
-        return Err(Error::Exists(format!("image {alias:?}")));
+    let images = records(state);
+    let mut t = table(state, &images)?;
+    if images.iter().any(|i| i.fingerprint == new.fingerprint) {
+        return Err(Error::Exists(format!(
+            "an image with fingerprint {}",
+            new.fingerprint
+        )));
     }
+    if let Some(a) = new.aliases.iter().find(|a| t.targets.contains_key(*a)) {
+        return Err(Error::Exists(format!("image alias {a:?}")));
+    }
+    let d = dir(state);
+    let fingerprint = new.fingerprint;
     let img_path = d.join(format!("{fingerprint}.img"));
     // A link, not a rename: it fails rather than replace an image that
     // instances may use as their backing file.
-    fs::hard_link(tmp, &img_path).map_err(|e| match e.kind() {
+    fs::hard_link(disk.path(), &img_path).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => {
             Error::Exists(format!("an image with fingerprint {fingerprint}"))
         }
         _ => Error::host("store the image", e),
     })?;
-    let image = Image {
-        alias: alias.into(),
+    let mut image = Image {
+        alias: String::new(),
         fingerprint: fingerprint.clone(),
         format,
         size,
-        created_at: crate::clock::now(),
+        created_at: match new.created_at {
+            0 => crate::clock::now(),
+            t => t,
+        },
+        architecture: new.architecture,
+        properties: new.properties,
+        filename: new.filename,
+        aliases: Vec::new(),
     };
     let meta = serde_json::to_vec_pretty(&image).unwrap_or_default();
     let meta_path = d.join(format!("{fingerprint}.json"));
-    if let Err(e) = write_atomic(&meta_path, &meta, 0o644, Overwrite::Refuse) {
+    let written = write_atomic(&meta_path, &meta, 0o644, Overwrite::Refuse)
+        .map_err(|e| Error::host("store the image", e))
+        .and_then(|()| {
+            if new.aliases.is_empty() {
+                return Ok(());
+            }
+            for a in &new.aliases {
+                t.targets.insert(a.clone(), fingerprint.clone());
+            }
+            write_table(state, &t).inspect_err(|_| {
+                let _ = fs::remove_file(&meta_path);
+            })
+        });
+    if let Err(e) = written {
         // The image file is this import's own: it was linked just now.
         let _ = fs::remove_file(&img_path);
-        return Err(Error::host("store the image", e));
+        return Err(e);
     }
+    image.aliases = new
+        .aliases
+        .into_iter()
+        .map(|a| (a, String::new()))
+        .collect();
     Ok(image)
 }
 
+/// Copies `src` to `dst`, hashing it: (SHA-256 in hex, size).
 fn copy_hashed(
     mut src: fs::File,
-    tmp: &Path,
+    mut dst: fs::File,
     progress: &dyn Fn(u64, u64),
 ) -> io::Result<(String, u64)> {
     let total = src.metadata()?.len();
-    let mut dst = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -282,8 +587,6 @@ fn copy_hashed(
         progress(size, total);
     }
     dst.sync_all()?;
-    // Backing files are opened by the VMs' uids; read-only for everyone.
-    dst.set_permissions(fs::Permissions::from_mode(0o444))?;
     Ok((crate::pki::hex(ctx.finish().as_ref()), size))
 }
 
@@ -302,4 +605,172 @@ pub(crate) fn overlay(image: &ImageRef, overlay: &Path) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failed test should panic"
+)]
+mod tests {
+    use super::*;
+
+    /// A state dir that qemu-img, run as `nobody` under root, can read.
+    fn state() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    fn staged(state: &Path, data: &[u8]) -> Staged {
+        let (s, mut f) = Staged::new(state).unwrap();
+        f.write_all(data).unwrap();
+        s
+    }
+
+    fn new(fp: char, aliases: &[&str]) -> NewImage {
+        NewImage {
+            fingerprint: fp.to_string().repeat(64),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            ..NewImage::default()
+        }
+    }
+
+    fn names(state: &Path) -> Vec<String> {
+        aliases(state).unwrap().targets.into_keys().collect()
+    }
+
+    #[test]
+    fn a_record_of_one_alias_is_read_then_taken_into_the_table() {
+        let d = state();
+        let s = d.path();
+        fs::create_dir_all(dir(s)).unwrap();
+        let fp = "a".repeat(64);
+        let old = format!(
+            r#"{{"alias":"old","fingerprint":"{fp}","format":"raw","size":1,"created_at":0}}"#
+        );
+        fs::write(dir(s).join(format!("{fp}.json")), old).unwrap();
+        assert_eq!(names(s), ["old"]);
+        assert_eq!(find(s, "old").unwrap().fingerprint, fp);
+        let add = AliasChange::Add {
+            name: "new".into(),
+            target: "aaaa".into(),
+            description: "d".into(),
+        };
+        change_alias(s, add).unwrap();
+        assert_eq!(names(s), ["new", "old"]);
+        assert_eq!(list(s).unwrap()[0].aliases.len(), 2);
+        // Once the table exists, it alone says: a deleted legacy alias
+        // stays deleted though the record still names it.
+        change_alias(s, AliasChange::Delete { name: "old".into() }).unwrap();
+        assert_eq!(names(s), ["new"]);
+        assert!(find(s, "old").is_err());
+    }
+
+    #[test]
+    fn alias_changes_are_checked() {
+        let d = state();
+        let s = d.path();
+        commit(s, &staged(s, &[0; 4096]), new('a', &["one"])).unwrap();
+        commit(s, &staged(s, &[1; 4096]), new('b', &["two"])).unwrap();
+        let add = |name: &str, target: &str| AliasChange::Add {
+            name: name.into(),
+            target: target.into(),
+            description: String::new(),
+        };
+        assert!(matches!(
+            change_alias(s, add("one", "b")),
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            change_alias(s, add("x", "c")),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            change_alias(s, add("x", "")),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            change_alias(s, add("Not_A_Label", "b")),
+            Err(Error::Invalid(_))
+        ));
+        let rename = |name: &str, to: &str| AliasChange::Rename {
+            name: name.into(),
+            to: to.into(),
+        };
+        assert!(matches!(
+            change_alias(s, rename("one", "two")),
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            change_alias(s, rename("nope", "x")),
+            Err(Error::NotFound(_))
+        ));
+        change_alias(s, rename("one", "uno")).unwrap();
+        let retarget = AliasChange::Update {
+            name: "uno".into(),
+            target: Some("bb".into()),
+            description: Some("moved".into()),
+        };
+        change_alias(s, retarget).unwrap();
+        let t = aliases(s).unwrap();
+        assert_eq!(t.targets["uno"], "b".repeat(64));
+        assert_eq!(t.descriptions["uno"], "moved");
+        assert_eq!(find(s, "uno").unwrap().fingerprint, "b".repeat(64));
+        // Removing an image takes its aliases with it.
+        remove(s, &by_prefix(s, "b").unwrap()).unwrap();
+        assert!(names(s).is_empty());
+    }
+
+    #[test]
+    fn a_commit_that_fails_leaves_the_store_as_it_was() {
+        let d = state();
+        let s = d.path();
+        let first = staged(s, &[0; 4096]);
+        let img = commit(s, &first, new('a', &["one"])).unwrap();
+        assert_eq!((img.format.as_str(), img.size), ("raw", 4096));
+        drop(first);
+        let listing = || {
+            let mut v: Vec<String> = fs::read_dir(dir(s))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let stored = listing();
+        // The same fingerprint again, an alias taken, a bad fingerprint,
+        // a disk that refers to another file.
+        let again = commit(s, &staged(s, &[0; 4096]), new('a', &[]));
+        assert!(matches!(again, Err(Error::Exists(_))), "{again:?}");
+        let taken = commit(s, &staged(s, &[2; 4096]), new('c', &["one"]));
+        assert!(matches!(taken, Err(Error::Exists(_))), "{taken:?}");
+        let bad = commit(s, &staged(s, &[2; 4096]), new('x', &[]));
+        assert!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
+        let backed = d.path().join("backed.qcow2");
+        let made = Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                "/dev/null",
+            ])
+            .arg(&backed)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let refers = commit(s, &staged(s, &fs::read(&backed).unwrap()), new('d', &[]));
+        assert!(matches!(refers, Err(Error::Invalid(_))), "{refers:?}");
+        assert_eq!(listing(), stored);
+        assert_eq!(
+            fs::read(dir(s).join(format!("{}.img", "a".repeat(64)))).unwrap(),
+            [0; 4096]
+        );
+    }
 }
