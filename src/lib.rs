@@ -14,11 +14,13 @@
 //!   `fault` (whose fault an error is: the caller's, a peer's, the host's),
 //!   `http`, `tls`, `pki`, `store`, `log`, `notify`, `rt` (lock, deadline), `clock`,
 //!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
-//!   or `-`), `websocket`, and `sys` (system calls).
+//!   or `-`), `websocket`, `fetch` (HTTPS downloads), `simplestreams`
+//!   (image server catalogues), and `sys` (system calls).
 
 mod client;
 mod clock;
 mod fault;
+mod fetch;
 mod hostfile;
 mod http;
 mod log;
@@ -28,6 +30,7 @@ mod pki;
 mod preseed;
 mod rt;
 mod server;
+mod simplestreams;
 mod store;
 #[allow(unsafe_code)] // system calls std does not wrap; each block has a SAFETY comment
 mod sys;

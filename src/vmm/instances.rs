@@ -132,6 +132,8 @@ pub(crate) enum Error {
     Agent(#[from] qga::Error),
     #[error(transparent)]
     Console(#[from] console::Error),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::Error),
     #[error("cannot {what}")]
     Host {
         what: String,
@@ -172,6 +174,7 @@ impl Blame for Error {
             Error::Vm(e) => e.fault(),
             Error::Agent(e) => e.fault(),
             Error::Console(e) => e.fault(),
+            Error::Fetch(e) => e.fault(),
             Error::HostFile(e) => e.fault(),
             Error::Record { .. } | Error::Host { .. } => Fault::Host,
         }
@@ -940,6 +943,20 @@ impl Manager {
             image::import(&state, file, &source, &alias, &report)
         })
         .await
+    }
+
+    /// Stores as `alias` a disk that `fill` downloads (see
+    /// [`image::fetched`]), on a blocking thread.
+    pub(crate) async fn fetch_image(
+        &self,
+        source: String,
+        alias: String,
+        (fingerprint, size): (String, u64),
+        fill: impl FnOnce(&mut fs::File) -> Result<u64, Error> + Send + 'static,
+    ) -> Result<Image, Error> {
+        let state = self.host()?.state.clone();
+        smol::unblock(move || image::fetched(&state, &source, &alias, (&fingerprint, size), fill))
+            .await
     }
 
     /// The executor long work runs on.

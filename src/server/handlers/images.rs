@@ -118,8 +118,10 @@ pub(crate) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
         Ok(b) => b,
         Err(r) => return r,
     };
-    if b.source.kind != "path" {
-        return error(400, "only {\"type\": \"path\"} image sources are supported");
+    match b.source.kind.as_str() {
+        "path" => {}
+        "image" => return super::pull::pull(shared, b),
+        _ => return error(400, "image sources are of type \"path\" or \"image\""),
     }
     let names: BTreeSet<&str> = b.aliases.iter().map(|a| a.name.as_str()).collect();
     let [alias] = names.into_iter().collect::<Vec<_>>()[..] else {

@@ -266,6 +266,60 @@ fn copy_hashed(
     Ok((crate::pki::hex(ctx.finish().as_ref()), size))
 }
 
+/// Stores a disk that `fill` writes into a fresh file of the store (a
+/// download): `fill` returns its size once the content is checked, and it
+/// is stored as [`import`] stores a copy, probed, under `fingerprint` and
+/// `alias`. `size` bytes must fit in the store first. Whatever fails, only
+/// the new file goes; an image already stored is never replaced.
+pub(crate) fn fetched(
+    state: &Path,
+    source: &str,
+    alias: &str,
+    (fingerprint, size): (&str, u64),
+    fill: impl FnOnce(&mut fs::File) -> Result<u64, Error>,
+) -> Result<Image, Error> {
+    crate::vmm::qemu::validate_name(alias)
+        .map_err(|_| Error::Invalid(format!("invalid image alias {alias:?}: use a DNS label")))?;
+    if find(state, alias).is_ok() {
+        return Err(Error::Exists(format!("image {alias:?}")));
+    }
+    let d = dir(state);
+    fs::create_dir_all(&d).map_err(|e| Error::host("create the image store", e))?;
+    let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
+    let free = fs::File::open(&d)
+        .and_then(|dir| crate::sys::fs::free_space(&dir))
+        .map_err(|e| Error::host("measure the image store's free space", e))?;
+    if size > free {
+        return Err(Error::Refused(format!(
+            "{source}: its {size} bytes do not fit in the {free} bytes free in the image store"
+        )));
+    }
+    let tmp = d.join(format!(".fetch-{}", crate::uuid::new()));
+    let result = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::host("create a file in the image store", e))
+        .and_then(|mut f| {
+            let got = fill(&mut f)?;
+            f.sync_all()
+                .and_then(|()| f.set_permissions(fs::Permissions::from_mode(0o444)))
+                .map_err(|e| Error::host("store the image", e))?;
+            Ok(got)
+        })
+        .and_then(|got| {
+            commit(
+                &d,
+                &tmp,
+                Path::new(source),
+                alias,
+                (fingerprint.into(), got),
+            )
+        });
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
 /// Makes `overlay` a qcow2 whose backing file is `image`, format stated.
 pub(crate) fn overlay(image: &ImageRef, overlay: &Path) -> Result<(), Error> {
     let out = Command::new("qemu-img")
