@@ -55,7 +55,8 @@ pub use client::connection::{
 };
 pub use client::remotes::{
     cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
-    valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
+    valid_name as valid_remote_name, Remote, Remotes, IMAGES as IMAGES_REMOTE, IMAGES_URL,
+    LOCAL as LOCAL_REMOTE, SIMPLESTREAMS,
 };
 pub use client::ws::{WebSocket, WsMessage};
 pub use fault::{Blame, Fault};
