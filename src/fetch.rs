@@ -304,33 +304,34 @@ impl Body {
                 Err(_) => return Err(Error::BadHead(self.shown.clone())),
             };
             let code = resp.code.unwrap_or(0);
-            let header = |name: &str| {
-                resp.headers
-                    .iter()
-                    .filter(|h| h.name.eq_ignore_ascii_case(name))
-                    .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-                    .collect::<Vec<_>>()
-            };
+            let (mut len, mut encoded, mut location) = (None, false, "");
+            for h in resp.headers.iter() {
+                let v = std::str::from_utf8(h.value).unwrap_or_default().trim();
+                let is = |name: &str| h.name.eq_ignore_ascii_case(name);
+                if is("content-length") {
+                    // Two different lengths are a smuggling attempt, not a choice.
+                    let n: u64 = v.parse().map_err(|_| Error::BadHead(self.shown.clone()))?;
+                    if len.is_some_and(|l| l != n) {
+                        return Err(Error::BadHead(self.shown.clone()));
+                    }
+                    len = Some(n);
+                } else if is("transfer-encoding") || is("content-encoding") {
+                    encoded |= v != "identity";
+                } else if is("location") {
+                    location = v;
+                }
+            }
             if (300..400).contains(&code) {
-                let to = header("location").join(", ");
-                return Err(Error::Redirect(self.shown.clone(), to));
+                return Err(Error::Redirect(self.shown.clone(), location.to_string()));
             }
             if code != 200 {
                 let reason = resp.reason.unwrap_or_default().to_string();
                 return Err(Error::Status(self.shown.clone(), code, reason));
             }
-            let coding = header("transfer-encoding");
-            let enc = header("content-encoding");
-            if coding.iter().chain(&enc).any(|v| v != "identity") {
+            if encoded {
                 return Err(Error::Encoding(self.shown.clone()));
             }
-            let lengths = header("content-length");
-            if let Some(first) = lengths.first() {
-                let len: u64 = first
-                    .parse()
-                    .ok()
-                    .filter(|_| lengths.iter().all(|l| l == first))
-                    .ok_or_else(|| Error::BadHead(self.shown.clone()))?;
+            if let Some(len) = len {
                 if len > self.want {
                     return Err(Error::TooBig(self.shown.clone(), self.want));
                 }

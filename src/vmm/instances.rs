@@ -946,17 +946,21 @@ impl Manager {
     }
 
     /// Stores as `alias` a disk that `fill` downloads (see
-    /// [`image::fetched`]), on a blocking thread.
-    pub(crate) async fn fetch_image(
+    /// [`image::fetched`]); it blocks, for a blocking thread.
+    pub(crate) fn fetch_image(
         &self,
-        source: String,
-        alias: String,
-        (fingerprint, size): (String, u64),
-        fill: impl FnOnce(&mut fs::File) -> Result<u64, Error> + Send + 'static,
+        source: &str,
+        alias: &str,
+        (fingerprint, size): (&str, u64),
+        fill: impl FnOnce(&mut fs::File) -> Result<u64, Error>,
     ) -> Result<Image, Error> {
-        let state = self.host()?.state.clone();
-        smol::unblock(move || image::fetched(&state, &source, &alias, (&fingerprint, size), fill))
-            .await
+        image::fetched(
+            &self.host()?.state,
+            source,
+            alias,
+            (fingerprint, size),
+            fill,
+        )
     }
 
     /// The executor long work runs on.

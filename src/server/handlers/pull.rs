@@ -8,7 +8,7 @@
 //! straight into the image store. The operation's metadata shows
 //! `download_progress` as LXD's does, so lxc draws it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,11 +85,10 @@ pub(crate) fn pull(shared: &Arc<Shared>, b: ImagesPost) -> Response {
     if wanted.is_empty() || wanted.len() > 256 {
         return error(400, "name the image by its alias or fingerprint");
     }
-    let names: BTreeSet<&str> = b.aliases.iter().map(|a| a.name.as_str()).collect();
-    if names.len() > 1 {
+    let alias = b.aliases.first().map(|a| a.name.clone());
+    if b.aliases.iter().any(|a| Some(&a.name) != alias.as_ref()) {
         return error(400, "give at most one alias");
     }
-    let alias = names.first().map(|a| a.to_string());
     let ex = match shared.instances.executor() {
         Ok(ex) => ex,
         Err(e) => return error(500, &told(&e)),
@@ -99,27 +98,26 @@ pub(crate) fn pull(shared: &Arc<Shared>, b: ImagesPost) -> Response {
         shared
             .ops
             .spawn_reporting(&ex, "Downloading image", BTreeMap::new(), |p| async move {
-                fetch_image(&s, url, wanted, alias, p)
-                    .await
-                    .map_err(|e| told(&e))
+                // All of it blocks (sockets with timeouts, a file): one
+                // blocking thread does it.
+                smol::unblock(move || {
+                    fetch_image(&s, &url, &wanted, alias, &p).map_err(|e| told(&e))
+                })
+                .await
             });
     operation(&op)
 }
 
-async fn fetch_image(
+fn fetch_image(
     shared: &Shared,
-    url: Url,
-    wanted: String,
+    url: &Url,
+    wanted: &str,
     alias: Option<String>,
-    progress: Progress,
+    progress: &Progress,
 ) -> Result<serde_json::Value, Error> {
-    let (fetcher, url, found, wanted) = smol::unblock(move || -> Result<_, Error> {
-        let fetcher = Fetcher::new(STALL)?;
-        let found = resolve(&fetcher, &url, &wanted)?;
-        Ok((fetcher, url, found, wanted))
-    })
-    .await?;
-    let fp = found.fingerprint.clone();
+    let fetcher = Fetcher::new(STALL)?;
+    let found = resolve(&fetcher, url, wanted)?;
+    let fp = found.fingerprint.as_str();
     let size = found.disk.size.to_string();
     // The same content again: it is there, and stays as it is.
     if shared
@@ -133,24 +131,18 @@ async fn fetch_image(
     }
     let alias = alias.unwrap_or_else(|| {
         let by_fp = fp.starts_with(&wanted.to_ascii_lowercase());
-        derive_alias(if by_fp { &found.name } else { &wanted })
+        derive_alias(if by_fp { &found.name } else { wanted })
     });
-    let source = url.show(&found.disk.path);
     // The last progress stays in the result: a client that looks only
     // now and then still sees how the download went.
-    let last = Arc::new(std::sync::Mutex::new(String::new()));
-    let shown = last.clone();
-    let img = shared
-        .instances
-        .fetch_image(source, alias, (fp.clone(), found.disk.size), move |file| {
-            let mut text = String::new();
-            let done = download(&fetcher, &url, &found, file, &progress, &mut text);
-            *crate::rt::lock(&shown) = text;
-            done.map_err(Into::into)
-        })
-        .await?;
+    let mut text = String::new();
+    let img = shared.instances.fetch_image(
+        &url.show(&found.disk.path),
+        &alias,
+        (fp, found.disk.size),
+        |file| Ok(download(&fetcher, url, &found, file, progress, &mut text)?),
+    )?;
     log!(Info, "image {} pulled as {}", img.fingerprint, img.alias);
-    let text = crate::rt::lock(&last).clone();
     Ok(json!({"fingerprint": fp, "size": size, "download_progress": text}))
 }
 
