@@ -255,16 +255,15 @@ fn show_progress(c: &mut Client, op: &Value, label: &str) {
         let text = now
             .pointer("/metadata/download_progress")
             .and_then(Value::as_str);
-        let line = match (tty, text, percent) {
-            (true, t, Some(p)) => {
-                let filled = usize::try_from(p.min(100) / 5).unwrap_or(0);
-                let bar = format!("{}{}", "#".repeat(filled), "-".repeat(20 - filled));
-                format!(
-                    "\r{label}: [{bar}] {}\x1b[K",
-                    t.map_or_else(|| format!("{p}%"), str::to_string)
-                )
-            }
-            (false, Some(t), _) => format!("{label}: {t}\n"),
+        // A bar of twenty steps, then the daemon's words (or the percentage).
+        let bar = percent.map(|p| {
+            let filled = "####################".get(..usize::try_from(p.min(100) / 5).unwrap_or(0));
+            format!("[{:-<20}] ", filled.unwrap_or_default())
+        });
+        let words = text.map_or_else(|| percent.map(|p| format!("{p}%")), |t| Some(t.into()));
+        let line = match (tty, words) {
+            (true, Some(w)) => format!("\r{label}: {}{w}\x1b[K", bar.unwrap_or_default()),
+            (false, Some(w)) if text.is_some() => format!("{label}: {w}\n"),
             _ => String::new(),
         };
         if line != last {
