@@ -141,6 +141,9 @@ impl Ctx {
         if name == kvmbox::LOCAL_REMOTE {
             return Ok(Client::connect_unix(&self.socket, &id)?);
         }
+        if remotes.image_server(name).is_some() {
+            return Err(remote::image_server(name));
+        }
         let r = remotes
             .remotes
             .get(name)

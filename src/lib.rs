@@ -14,11 +14,13 @@
 //!   `fault` (whose fault an error is: the caller's, a peer's, the host's),
 //!   `http`, `tls`, `pki`, `store`, `log`, `notify`, `rt` (lock, deadline), `clock`,
 //!   `uuid`, `hostfile` (host paths opened as the caller), `operand` (file
-//!   or `-`), `websocket`, and `sys` (system calls).
+//!   or `-`), `websocket`, `fetch` (HTTPS downloads), `simplestreams`
+//!   (image server catalogues), and `sys` (system calls).
 
 mod client;
 mod clock;
 mod fault;
+mod fetch;
 mod hostfile;
 mod http;
 mod log;
@@ -28,6 +30,7 @@ mod pki;
 mod preseed;
 mod rt;
 mod server;
+mod simplestreams;
 mod store;
 #[allow(unsafe_code)] // system calls std does not wrap; each block has a SAFETY comment
 mod sys;
@@ -57,7 +60,8 @@ pub use client::connection::{
 };
 pub use client::remotes::{
     cert_path as remote_cert_path, client_ca, pin as pin_remote, trust_for as remote_trust,
-    valid_name as valid_remote_name, Remote, Remotes, LOCAL as LOCAL_REMOTE,
+    valid_name as valid_remote_name, Remote, Remotes, IMAGES as IMAGES_REMOTE, IMAGES_URL,
+    LOCAL as LOCAL_REMOTE, SIMPLESTREAMS,
 };
 pub use client::ws::{WebSocket, WsMessage};
 pub use fault::{Blame, Fault};

@@ -11,7 +11,7 @@
 //! - the words both sides check: a certificate's [`Role`] and projects.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -448,13 +448,18 @@ fn is_false(b: &bool) -> bool {
     !b
 }
 
-/// The body of `POST /1.0/images`: LXD's shape, with a host path as the
-/// source.
+/// The body of `POST /1.0/images`: LXD's shape, with a host path or an
+/// image server (`"type": "image"`, pulled) as the source.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImagesPost {
     pub source: ImageSource,
-    #[serde(default)]
+    /// lxc sends `null` for none.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub aliases: Vec<ImageAlias>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ImageAlias>, D::Error> {
+    Ok(Option::<Vec<ImageAlias>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl ImagesPost {
@@ -464,18 +469,61 @@ impl ImagesPost {
             source: ImageSource {
                 kind: "path".into(),
                 path,
+                ..ImageSource::default()
             },
             aliases: vec![ImageAlias { name: alias }],
         }
     }
 }
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageSource {
-    /// `path`, the only source there is.
+    /// `path` (a host file) or `image` (pulled from `server`).
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, skip_serializing_if = "no_path")]
     pub path: PathBuf,
+    /// `pull`, the only mode there is for `image`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+    /// The image server's URL.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server: String,
+    /// `simplestreams`, the only protocol pulled from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// The image on the server, by alias or by fingerprint (lxc puts an
+    /// alias here too).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alias: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    /// `virtual-machine` (or empty), the only type pulled.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_type: String,
+}
+
+fn no_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+impl ImagesPost {
+    /// The image `alias` on simplestreams server `server`, pulled by the
+    /// daemon and named `name` (or as the daemon derives it).
+    pub fn pull(server: String, alias: String, name: Option<String>) -> ImagesPost {
+        ImagesPost {
+            source: ImageSource {
+                kind: "image".into(),
+                mode: "pull".into(),
+                server,
+                protocol: "simplestreams".into(),
+                alias,
+                image_type: "virtual-machine".into(),
+                ..ImageSource::default()
+            },
+            aliases: name.map(|name| ImageAlias { name }).into_iter().collect(),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -1057,6 +1105,28 @@ mod tests {
             json!({"source": {"type": "path", "path": "/srv/base.qcow2"},
                 "aliases": [{"name": "base"}]}),
         );
+        shape(
+            &ImagesPost::pull(
+                "https://images.example.org".into(),
+                "debian/12".into(),
+                None,
+            ),
+            json!({"source": {"type": "image", "mode": "pull",
+                "server": "https://images.example.org", "protocol": "simplestreams",
+                "alias": "debian/12", "image_type": "virtual-machine"},
+                "aliases": []}),
+        );
+        // As lxc 5.0 sends it for `lxc image copy REMOTE:debian/12 kb: --vm`.
+        let lxc: ImagesPost = serde_json::from_value(json!({
+            "source": {"type": "image", "mode": "pull", "server": "https://m:8443",
+                "protocol": "simplestreams", "certificate": "", "secret": "",
+                "fingerprint": "debian/12", "image_type": "virtual-machine", "project": ""},
+            "aliases": null, "public": false, "auto_update": false, "profiles": null,
+            "properties": null, "expires_at": "0001-01-01T00:00:00Z", "filename": ""
+        }))
+        .unwrap();
+        assert_eq!(lxc.source.fingerprint, "debian/12");
+        assert!(lxc.aliases.is_empty() && lxc.source.path.as_os_str().is_empty());
     }
 
     #[test]

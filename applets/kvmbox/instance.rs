@@ -156,8 +156,24 @@ pub(crate) struct Image {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum ImageCmd {
+    Copy(ImageCopy),
     Import(ImageImport),
     List(ImageList),
+}
+
+/// Have a daemon download an image from an image server:
+/// `copy IMAGE_SERVER:ALIAS [REMOTE:]`.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "copy")]
+struct ImageCopy {
+    #[argh(positional)]
+    source: String,
+    #[argh(positional)]
+    target: Option<String>,
+    #[argh(option)]
+    /// the name instances are launched from (default: from the source's
+    /// alias, debian/12 becoming debian-12)
+    alias: Option<String>,
 }
 
 /// Copy a raw or qcow2 disk image into the image store.
@@ -222,35 +238,82 @@ struct DeviceRemove {
 }
 
 /// On a terminal, shows the operation's `progress.percent` until it ends.
-fn show_progress(c: &mut Client, op: &Value) {
+/// Follows operation `op` until it ends: a bar on a terminal; plain lines
+/// of a download's progress otherwise.
+fn show_progress(c: &mut Client, op: &Value, label: &str) {
     use std::io::{IsTerminal, Write};
     let mut err = std::io::stderr();
-    if !err.is_terminal() {
-        return;
-    }
+    let tty = err.is_terminal();
     let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
+    let mut last = String::new();
     loop {
         let Ok(now) = c.call("GET", &path::operation(id), None) else {
             break;
         };
-        if let Some(p) = now
+        let percent = now
             .pointer("/metadata/progress/percent")
-            .and_then(Value::as_u64)
-        {
-            let _ = write!(err, "\rImporting: {p}%");
+            .and_then(Value::as_u64);
+        let text = now
+            .pointer("/metadata/download_progress")
+            .and_then(Value::as_str);
+        // A bar of twenty steps, then the daemon's words (or the percentage).
+        let bar = percent.map(|p| {
+            let filled = "####################".get(..usize::try_from(p.min(100) / 5).unwrap_or(0));
+            format!("[{:-<20}] ", filled.unwrap_or_default())
+        });
+        let words = text.map_or_else(|| percent.map(|p| format!("{p}%")), |t| Some(t.into()));
+        let line = match (tty, words) {
+            (true, Some(w)) => format!("\r{label}: {}{w}\x1b[K", bar.unwrap_or_default()),
+            (false, Some(w)) if text.is_some() => format!("{label}: {w}\n"),
+            _ => String::new(),
+        };
+        if line != last {
+            let _ = err.write_all(line.as_bytes());
             let _ = err.flush();
+            last = line;
         }
-        match now.get("status_code").and_then(Value::as_u64) {
-            Some(103) => {}
-            Some(200) => {
-                let _ = write!(err, "\rImporting: 100%");
-                break;
-            }
-            _ => break,
+        if now.get("status_code").and_then(Value::as_u64) != Some(103) {
+            break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(if tty {
+            200
+        } else {
+            1000
+        }));
     }
-    let _ = writeln!(err);
+    if tty && !last.is_empty() {
+        let _ = writeln!(err);
+    }
+}
+
+/// Has the daemon `c` pull `alias` from image server `server` (named
+/// `name` as an image there); the image's fingerprint.
+fn pull(
+    c: &mut Client,
+    server: String,
+    alias: String,
+    name: Option<String>,
+) -> Result<String, Error> {
+    let op = c.send("POST", path::IMAGES, &ImagesPost::pull(server, alias, name))?;
+    show_progress(c, &op, "Retrieving image");
+    let done = c.wait(op)?;
+    let fp = done
+        .get("fingerprint")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if done.get("existing").is_some() {
+        println!("Image {fp} is in the image store already");
+    }
+    Ok(fp.to_string())
+}
+
+/// The image server and the image of `REMOTE:ALIAS`, if REMOTE is one.
+fn on_image_server(arg: &str) -> Result<Option<(String, String)>, Error> {
+    let (Some(remote), alias) = super::split_remote(arg) else {
+        return Ok(None);
+    };
+    let remotes = kvmbox::Remotes::load(&kvmbox::config_dir())?;
+    Ok(remotes.image_server(&remote).map(|url| (url, alias)))
 }
 
 fn absolute(p: &Path) -> Result<String, Error> {
@@ -355,6 +418,10 @@ fn create(ctx: &Ctx, a: &CreateArgs<'_>) -> Result<String, Error> {
     };
     devices.insert("eth0".to_string(), nic);
     let (mut c, bare) = ctx.target(&name)?;
+    let image = match image.as_deref().map(on_image_server).transpose()?.flatten() {
+        Some((server, alias)) => Some(pull(&mut c, server, alias, None)?),
+        None => image,
+    };
     let body = InstancesPost::vm(bare, image, config, devices);
     let answer = c.send("POST", path::INSTANCES, &body)?;
     c.wait(answer)?;
@@ -444,6 +511,18 @@ pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
 
 pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
     match &a.cmd {
+        ImageCmd::Copy(cp) => {
+            let Some((server, alias)) = on_image_server(&cp.source)? else {
+                return Err(Error::Usage(format!(
+                    "{:?} is not IMAGE_SERVER:ALIAS (see `kvmbox remote list`)",
+                    cp.source
+                )));
+            };
+            let target = super::remote_only(cp.target.as_deref())?;
+            let mut c = ctx.connect_to(target.as_deref())?;
+            let fp = pull(&mut c, server, alias, cp.alias.clone())?;
+            println!("Image copied with fingerprint: {fp}");
+        }
         ImageCmd::Import(i) => {
             let (remote, alias) = super::split_remote(&i.alias);
             let mut c = ctx.connect_to(remote.as_deref())?;
@@ -467,7 +546,7 @@ pub(crate) fn image(ctx: &Ctx, a: &Image) -> Result<(), Error> {
                 ];
                 c.upload(path::IMAGES, &mut f, len, &headers)?
             };
-            show_progress(&mut c, &op);
+            show_progress(&mut c, &op, "Importing");
             let img = c.wait(op)?;
             println!(
                 "Image imported with fingerprint: {}",

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use argh::FromArgs;
 use kvmbox::{
     api_path as path, CertificatesPost, Client, ClientIdentity, JoinToken, Remote, RemoteTrust,
-    Remotes, LOCAL_REMOTE,
+    Remotes, IMAGES_REMOTE, IMAGES_URL, LOCAL_REMOTE, SIMPLESTREAMS,
 };
 use serde_json::{json, Value};
 
@@ -46,7 +46,9 @@ enum Sub {
     subcommand,
     name = "add",
     note = "HOST[:PORT] (port 8443 by default) may be left out with --token: the token names
-the server's addresses and certificate fingerprint. Without --accept-certificate,
+the server's addresses and certificate fingerprint. An image server is added with
+--protocol simplestreams and its https:// URL (`images` is images.linuxcontainers.org
+until it is added otherwise); daemons check its certificate against the system's CAs. Without --accept-certificate,
 --fingerprint, a token or a client.ca that signed the server's certificate, the
 fingerprint is shown and confirmed on the terminal; without a terminal, that is
 an error."
@@ -70,6 +72,10 @@ struct Add {
     /// a one-time token from `kvmbox config trust add --name NAME`
     #[argh(option)]
     token: Option<String>,
+    /// simplestreams for an image server (given as an https:// URL), which
+    /// daemons download images from; kvmbox daemons need none
+    #[argh(option)]
+    protocol: Option<String>,
 }
 
 /// List remotes.
@@ -124,6 +130,9 @@ pub(crate) fn remote(ctx: &Ctx, args: RemoteCmd) -> Result<(), Error> {
             if s.name != LOCAL_REMOTE && !remotes.remotes.contains_key(&s.name) {
                 return Err(no_such(&s.name));
             }
+            if remotes.image_server(&s.name).is_some() {
+                return Err(image_server(&s.name));
+            }
             remotes.default_remote = Some(s.name);
             remotes.save(&dir).map_err(Error::from)
         }
@@ -137,6 +146,13 @@ pub(crate) fn remote(ctx: &Ctx, args: RemoteCmd) -> Result<(), Error> {
 pub(crate) fn no_such(name: &str) -> Error {
     Error::Msg(format!(
         "there is no remote named {name:?}: see `kvmbox remote list`"
+    ))
+}
+
+pub(crate) fn image_server(name: &str) -> Error {
+    Error::Msg(format!(
+        "{name} is an image server: daemons copy images from it (`kvmbox image copy \
+         {name}:ALIAS`, `kvmbox launch {name}:ALIAS NAME`)"
     ))
 }
 
@@ -189,6 +205,9 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
             "remote {} already exists: `kvmbox remote remove {}` first",
             a.name, a.name
         )));
+    }
+    if let Some(p) = &a.protocol {
+        return add_image_server(dir, remotes, a.name.clone(), p, &a);
     }
     let token = match &a.token {
         Some(t) => Some(JoinToken::decode(t).ok_or_else(|| {
@@ -296,6 +315,7 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
         Remote {
             addr: addr.clone(),
             ca: via_ca,
+            ..Remote::default()
         },
     );
     remotes.save(dir)?;
@@ -311,6 +331,49 @@ fn add(dir: &std::path::Path, a: Add) -> Result<(), Error> {
     Ok(())
 }
 
+/// `remote add NAME URL --protocol simplestreams`: nothing to connect to
+/// or trust here, the daemons fetch from it.
+fn add_image_server(
+    dir: &std::path::Path,
+    mut remotes: Remotes,
+    name: String,
+    protocol: &str,
+    a: &Add,
+) -> Result<(), Error> {
+    if protocol != SIMPLESTREAMS {
+        return Err(Error::Usage(format!(
+            "--protocol {protocol:?}: only \"simplestreams\" is known"
+        )));
+    }
+    if a.accept_certificate
+        || a.fingerprint.is_some()
+        || a.password_file.is_some()
+        || a.token.is_some()
+    {
+        return Err(Error::Usage(
+            "an image server takes no certificate, password or token: daemons check it \
+             against the system's CAs"
+                .into(),
+        ));
+    }
+    let url = match &a.host {
+        Some(u) if u.starts_with("https://") && u.len() > "https://".len() => u.clone(),
+        _ => return Err(Error::Usage("give the image server's https:// URL".into())),
+    };
+    let url = url.trim_end_matches('/').to_string();
+    remotes.remotes.insert(
+        name.clone(),
+        Remote {
+            addr: url.clone(),
+            protocol: SIMPLESTREAMS.into(),
+            ..Remote::default()
+        },
+    );
+    remotes.save(dir)?;
+    println!("Remote {name} added: image server {url}.");
+    Ok(())
+}
+
 fn list(ctx: &Ctx, dir: &std::path::Path, format: Format) -> Result<(), Error> {
     let remotes = Remotes::load(dir)?;
     let default = remotes.default_name();
@@ -320,16 +383,24 @@ fn list(ctx: &Ctx, dir: &std::path::Path, format: Format) -> Result<(), Error> {
         "unix".into(),
         if default == LOCAL_REMOTE { "yes" } else { "" }.into(),
     ]];
+    if !remotes.remotes.contains_key(IMAGES_REMOTE) {
+        rows.push(vec![
+            IMAGES_REMOTE.into(),
+            IMAGES_URL.into(),
+            SIMPLESTREAMS.into(),
+            String::new(),
+        ]);
+    }
     for (name, r) in &remotes.remotes {
+        let (url, auth) = match (r.protocol == SIMPLESTREAMS, r.ca) {
+            (true, _) => (r.addr.clone(), SIMPLESTREAMS),
+            (false, true) => (format!("https://{}", r.addr), "tls (client.ca)"),
+            (false, false) => (format!("https://{}", r.addr), "tls (pinned)"),
+        };
         rows.push(vec![
             name.clone(),
-            format!("https://{}", r.addr),
-            if r.ca {
-                "tls (client.ca)"
-            } else {
-                "tls (pinned)"
-            }
-            .into(),
+            url,
+            auth.into(),
             if default == name { "yes" } else { "" }.into(),
         ]);
     }

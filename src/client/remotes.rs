@@ -20,14 +20,24 @@ use crate::store::{read_json, write_atomic, write_json, Overwrite};
 /// The name of the Unix socket "remote".
 pub const LOCAL: &str = "local";
 
+/// The image server every client knows as `images` unless it is
+/// configured otherwise (LXD's default `images` remote).
+pub const IMAGES: &str = "images";
+pub const IMAGES_URL: &str = "https://images.linuxcontainers.org";
+/// The protocol of image servers, which the daemon pulls from.
+pub const SIMPLESTREAMS: &str = "simplestreams";
+
 /// One remote server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remote {
-    /// `host:port`.
+    /// `host:port`, or an image server's `https://` URL.
     pub addr: String,
     /// Verified by `client.ca` (PKI mode) rather than by a pinned certificate.
     #[serde(default)]
     pub ca: bool,
+    /// `simplestreams` for an image server; empty for a kvmbox daemon.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
 }
 
 /// `config.json`.
@@ -62,6 +72,15 @@ impl Remotes {
     /// The default remote's name.
     pub fn default_name(&self) -> &str {
         self.default_remote.as_deref().unwrap_or(LOCAL)
+    }
+
+    /// The URL of image server `name`, if it is one: a remote added with
+    /// the simplestreams protocol, or `images` while it is not configured.
+    pub fn image_server(&self, name: &str) -> Option<String> {
+        match self.remotes.get(name) {
+            Some(r) => (r.protocol == SIMPLESTREAMS).then(|| r.addr.clone()),
+            None => (name == IMAGES).then(|| IMAGES_URL.to_string()),
+        }
     }
 }
 
@@ -121,11 +140,32 @@ mod tests {
             "edge1".into(),
             Remote {
                 addr: "127.0.0.1:8443".into(),
-                ca: false,
+                ..Remote::default()
             },
         );
         r.default_remote = Some("edge1".into());
         r.save(dir.path()).unwrap();
         assert_eq!(Remotes::load(dir.path()).unwrap(), r);
+        // `images` is an image server until it is configured otherwise.
+        assert_eq!(r.image_server(IMAGES).as_deref(), Some(IMAGES_URL));
+        assert_eq!(r.image_server("edge1"), None);
+        assert_eq!(r.image_server("other"), None);
+        let mirror = Remote {
+            addr: "https://127.0.0.1:9443".into(),
+            protocol: SIMPLESTREAMS.into(),
+            ..Remote::default()
+        };
+        r.remotes.insert("mirror".into(), mirror.clone());
+        r.remotes.insert(IMAGES.into(), mirror);
+        assert_eq!(
+            r.image_server("mirror").as_deref(),
+            Some("https://127.0.0.1:9443")
+        );
+        assert_eq!(
+            r.image_server(IMAGES).as_deref(),
+            Some("https://127.0.0.1:9443")
+        );
+        r.remotes.get_mut(IMAGES).unwrap().protocol.clear();
+        assert_eq!(r.image_server(IMAGES), None);
     }
 }

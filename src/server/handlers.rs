@@ -6,4 +6,5 @@ pub(crate) mod guest;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod operations;
+pub(crate) mod pull;
 pub(crate) mod server;

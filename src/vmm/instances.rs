@@ -144,6 +144,8 @@ pub(crate) enum Error {
         status: i32,
         said: String,
     },
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::Error),
     #[error("cannot {what}")]
     Host {
         what: String,
@@ -185,6 +187,7 @@ impl Blame for Error {
             Error::Vm(e) => e.fault(),
             Error::Agent(e) => e.fault(),
             Error::Console(e) => e.fault(),
+            Error::Fetch(e) => e.fault(),
             Error::HostFile(e) => e.fault(),
             Error::Record { .. } | Error::Host { .. } => Fault::Host,
         }
@@ -1005,6 +1008,24 @@ impl Manager {
             image::import(&state, file, &source, &alias, &report)
         })
         .await
+    }
+
+    /// Stores as `alias` a disk that `fill` downloads (see
+    /// [`image::fetched`]); it blocks, for a blocking thread.
+    pub(crate) fn fetch_image(
+        &self,
+        source: &str,
+        alias: &str,
+        (fingerprint, size): (&str, u64),
+        fill: impl FnOnce(&mut fs::File) -> Result<u64, Error>,
+    ) -> Result<Image, Error> {
+        image::fetched(
+            &self.host()?.state,
+            source,
+            alias,
+            (fingerprint, size),
+            fill,
+        )
     }
 
     /// The executor long work runs on.

@@ -230,9 +230,10 @@ pub(crate) async fn add(shared: &Arc<Shared>, id: &Identity, req: &Request) -> R
     };
     match b.source.kind.as_str() {
         "path" => from_path(shared, id, &b).await,
+        "image" => super::pull::pull(shared, b),
         _ => error(
             400,
-            "only {\"type\": \"path\"} image sources are supported (or upload the image)",
+            "image sources are of type \"path\" or \"image\" (or upload the image)",
         ),
     }
 }

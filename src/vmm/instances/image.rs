@@ -590,6 +590,43 @@ fn copy_hashed(
     Ok((crate::pki::hex(ctx.finish().as_ref()), size))
 }
 
+/// Stores a disk that `fill` writes into a fresh file of the store (a
+/// download): `fill` returns its size once the content is checked, and it
+/// is committed as [`import`] commits a copy, probed, under `fingerprint` and
+/// `alias`. `size` bytes must fit in the store first. Whatever fails, only
+/// the new file goes; an image already stored is never replaced.
+pub(crate) fn fetched(
+    state: &Path,
+    source: &str,
+    alias: &str,
+    (fingerprint, size): (&str, u64),
+    fill: impl FnOnce(&mut fs::File) -> Result<u64, Error>,
+) -> Result<Image, Error> {
+    check_alias(alias)?;
+    if aliases(state)?.targets.contains_key(alias) {
+        return Err(Error::Exists(format!("image alias {alias:?}")));
+    }
+    let free = free_space(state)?;
+    if size > free {
+        return Err(Error::Refused(format!(
+            "{source}: its {size} bytes do not fit in the {free} bytes free in the image store"
+        )));
+    }
+    let (staged, mut f) = Staged::new(state)?;
+    fill(&mut f)?;
+    f.sync_all()
+        .map_err(|e| Error::host("store the image", e))?;
+    let new = NewImage {
+        fingerprint: fingerprint.into(),
+        aliases: vec![alias.to_string()],
+        ..NewImage::default()
+    };
+    commit(state, &staged, new).map_err(|e| match e {
+        Error::Invalid(why) => Error::Invalid(format!("{source}: {why}")),
+        e => e,
+    })
+}
+
 /// Makes `overlay` a qcow2 whose backing file is `image`, format stated.
 pub(crate) fn overlay(image: &ImageRef, overlay: &Path) -> Result<(), Error> {
     let out = Command::new("qemu-img")
