@@ -68,6 +68,16 @@ cmp "$store/$(sha unified.tar).img" m-uni/rootfs.img || fail "the stored disk is
 list=$(timeout 30 lxc image list kb: --format csv)
 contains "$list" "uni,$(sha unified.tar | cut -c1-12),no,uni image,$arch,VIRTUAL-MACHINE"
 contains "$list" "split,$(sha meta.tar rootfs-split.qcow2 | cut -c1-12),no,split image,$arch,VIRTUAL-MACHINE"
+# Real images are many times a request head: lxc sends them chunked, 32 KiB
+# at a time, and 150 MiB of them must go through whole.
+qemu-img create -q -f qcow2 large.qcow2 256M
+qemu-io -f qcow2 -c "write -P 0x5a 0 150M" large.qcow2 >/dev/null || fail "qemu-io write"
+out=$(timeout 300 lxc image import meta.tar large.qcow2 kb: --alias large 2>&1) ||
+    fail "lxc image import of 150 MiB: $out"
+[ "$(fp_of large)" = "$(sha meta.tar large.qcow2)" ] || fail "large: fingerprint $(fp_of large)"
+cmp "$store/$(sha meta.tar large.qcow2).img" large.qcow2 || fail "large: the stored disk differs"
+timeout 60 lxc image delete kb:large || fail "lxc image delete large"
+rm -f large.qcow2
 store_clean "two imports"
 
 # Aliases: several per image, each unique, renamed, retargeted, deleted.

@@ -338,6 +338,9 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
 /// What an upload's body is read from, whatever the connection is.
 pub(crate) type Stream<'a> = dyn AsyncRead + Unpin + Send + 'a;
 
+/// How many bytes of data earn a body one more byte of framing.
+const DATA_PER_FRAMING: u64 = 256;
+
 /// A request body as it comes in, chunk by chunk: framed by
 /// Content-Length or chunked (RFC 9112 section 7.1), its data bounded by
 /// `max` and what frames it (size lines, extensions, trailers) by
@@ -461,9 +464,14 @@ impl<'a, R: AsyncRead + Unpin + ?Sized> Body<'a, R> {
         Ok(self.buf.drain(..n).collect())
     }
 
+    /// Counts `n` bytes of framing. Besides `max_framing`, a body may spend
+    /// one byte on framing per [`DATA_PER_FRAMING`] bytes of data read: a
+    /// long upload in the chunks clients send (Go's are 32 KiB with 8
+    /// bytes around each) is taken, a stream of tiny chunks is not.
     fn frame(&mut self, n: usize) -> Result<(), ReadError> {
         self.framing = self.framing.saturating_add(n);
-        if self.framing > self.max_framing {
+        let earned = usize::try_from(self.read / DATA_PER_FRAMING).unwrap_or(usize::MAX);
+        if self.framing > self.max_framing.saturating_add(earned) {
             return Err(ReadError::Refused(400, "invalid chunk size"));
         }
         Ok(())
@@ -498,7 +506,9 @@ impl<'a, R: AsyncRead + Unpin + ?Sized> Body<'a, R> {
             self.state = BodyState::ChunkData(size);
             return Ok(());
         }
-        // Trailer fields are read and dropped, up to the empty line.
+        // Trailer fields are read and dropped, up to the empty line; they
+        // earn nothing from the data, and are bounded as a head is.
+        let mut trailers = 0usize;
         loop {
             let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
                 if self.buf.len() > self.max_framing {
@@ -508,8 +518,8 @@ impl<'a, R: AsyncRead + Unpin + ?Sized> Body<'a, R> {
                 continue;
             };
             self.buf.drain(..end + 2);
-            self.framing = self.framing.saturating_add(end + 2);
-            if self.framing > self.max_framing {
+            trailers = trailers.saturating_add(end + 2);
+            if trailers > self.max_framing {
                 return Err(ReadError::Refused(431, "request trailers too large"));
             }
             if end == 0 {
@@ -912,6 +922,19 @@ mod tests {
             "1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\na\r\n".repeat(10)
         );
         assert_eq!(refused(parse(chunked(&framing).as_bytes(), small).0), 400);
+        // Framing grows with the data: a body of many 4 KiB chunks (8 bytes
+        // of framing each, far past max_head in all) is read whole.
+        let roomy = Limits {
+            max_head: 256,
+            max_body: 1 << 20,
+        };
+        let data = "x".repeat(4096);
+        let long = format!("{}0\r\n\r\n", format!("1000\r\n{data}\r\n").repeat(200));
+        let r = parse(chunked(&long).as_bytes(), roomy).0.unwrap();
+        assert_eq!(r.body.len(), 200 * 4096);
+        // But not one byte of data per chunk, however long the body.
+        let tiny = format!("{}0\r\n\r\n", "1\r\na\r\n".repeat(20000));
+        assert_eq!(refused(parse(chunked(&tiny).as_bytes(), roomy).0), 400);
         let trailers = format!("0\r\n{}\r\n", "X: y\r\n".repeat(100));
         assert_eq!(refused(parse(chunked(&trailers).as_bytes(), small).0), 431);
         // Both framings, a repeated coding, or chunked in HTTP/1.0.

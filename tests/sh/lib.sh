@@ -129,6 +129,15 @@ for f in sorted(os.listdir(img)) if os.path.isdir(img) else []:
             h = hashlib.sha256(data.read()).hexdigest()
         if h != base:
             bad.append(f"image {f} has SHA-256 {h}")
+    elif f == "aliases.json":
+        # The alias table: every alias names a stored image.
+        try:
+            targets = json.load(open(os.path.join(img, f))).get("targets", {})
+        except ValueError:
+            targets = {}
+        for name, fp in sorted(targets.items()):
+            if not os.path.exists(os.path.join(img, fp + ".img")):
+                bad.append(f"alias {name} names {fp}, which is not stored")
     elif ext == ".json" and not os.path.exists(os.path.join(img, base + ".img")):
         bad.append(f"image record {f} without its disk")
 for b in bad:

@@ -220,7 +220,11 @@ fn entries(
     let bad = |e: io::Error| Error::Invalid(format!("not a tarball that can be read: {e}"));
     let mut archive = tar::Archive::new(src);
     let mut meta = None;
-    for entry in archive.entries().map_err(bad)? {
+    // Raw: GNU long names and PAX headers are not read into memory (the
+    // tar crate would hold each whole, however large the upload says it
+    // is), nor sparse maps built. Only plain files are wanted, and the two
+    // names wanted are short; every other entry is skipped over.
+    for entry in archive.entries().map_err(bad)?.raw(true) {
         let mut entry = entry.map_err(bad)?;
         if !entry.header().entry_type().is_file() {
             continue;
@@ -582,6 +586,33 @@ mod tests {
             "architecture: x86_64\nproperties: [a, b]\n",
         ] {
             assert!(matches!(metadata(bad), Err(Error::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn long_names_and_pax_headers_are_skipped_not_read() {
+        // Read whole (as the tar crate does unless told otherwise), a 1 MiB
+        // GNU long name or PAX header would be held in memory and would
+        // rename the entry after it.
+        for kind in [tar::EntryType::GNULongName, tar::EntryType::XHeader] {
+            let mut out = Vec::new();
+            {
+                let mut b = tar::Builder::new(&mut out);
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_size(1 << 20);
+                let filler = format!("path={}\n", "x".repeat(100));
+                let data = filler.bytes().cycle().take(1 << 20).collect::<Vec<u8>>();
+                b.append_data(&mut h, "././@LongLink", &data[..]).unwrap();
+                let yaml = b"architecture: x86_64\n";
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(yaml.len() as u64);
+                b.append_data(&mut h, "metadata.yaml", &yaml[..]).unwrap();
+                b.finish().unwrap();
+            }
+            let m = entries(&mut &out[..], &mut |_, _| Ok(false)).unwrap();
+            assert_eq!(m.architecture, "x86_64", "{kind:?}");
         }
     }
 
