@@ -91,8 +91,9 @@ mirror=https://127.0.0.1:$mport
 lxc_daemon
 trap 'end_daemon; kill $spid 2>/dev/null || true' EXIT
 store=$PWD/state/images
-# count: the files in the image store (temporary ones included).
-count() { ls -A "$store" 2>/dev/null | wc -l; }
+# count: the files in the image store (temporary ones included), its alias
+# table aside.
+count() { ls -A "$store" 2>/dev/null | grep -vx aliases.json | wc -l; }
 
 # lxc pulls it into kvmboxd, and launches it.
 kv config set core.trust_password ss-pw
