@@ -394,15 +394,7 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
     // SAFETY: kill has no memory effects; raw > 0 so it targets one process.
     let r = unsafe { libc::kill(raw, signal) };
-    if r == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
-    }
+    sent_or_gone(r)
 }
 
 /// Whether the kernel's log says its out-of-memory killer ended `pid`
@@ -447,6 +439,18 @@ pub(crate) fn kill_group(pgid: u32) -> io::Result<()> {
     // SAFETY: killpg has no memory effects; raw > 1 names one group, never
     // the caller's own (0) or every process (-1).
     let r = unsafe { libc::killpg(raw, libc::SIGKILL) };
+    sent_or_gone(r)
+}
+
+/// The effective uid of the daemon.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// The result of a kill(2) or killpg(2) that returned `r`: a target that no
+/// longer exists (ESRCH) is what the caller wanted too.
+fn sent_or_gone(r: libc::c_int) -> io::Result<()> {
     if r == 0 {
         return Ok(());
     }
@@ -456,12 +460,6 @@ pub(crate) fn kill_group(pgid: u32) -> io::Result<()> {
     } else {
         Err(err)
     }
-}
-
-/// The effective uid of the daemon.
-pub(crate) fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]
