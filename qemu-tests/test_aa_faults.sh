@@ -79,7 +79,8 @@ faulty() {
     t0=$(date +%s)
     if $1 start v1 >"$1.out" 2>"$1.err"; then fail "$1: the start succeeded with a $2 fault"; fi
     took=$(($(date +%s) - t0))
-    [ "$took" -ge "$3" ] && [ "$took" -le "$4" ] || fail "$1: the start with a $2 fault failed after ${took}s"
+    [ "$took" -ge "$3" ] && [ "$took" -le "$4" ] ||
+        fail "$1: the start with a $2 fault failed after ${took}s: $(cat "$1.err"); daemon: $(tail -n 3 "$1.log")"
     contains "$(cat "$1.err")" "$5"
     [ "$(status "$1")" = Stopped ] || fail "$1: v1 is $(status "$1") after a $2 fault"
     [ "$(qemus_of "$PWD/$1/instances/v1")" -eq 0 ] || fail "$1: QEMU runs after a $2 fault"

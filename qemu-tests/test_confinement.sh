@@ -20,7 +20,9 @@ timeout 1800 qemu-system-x86_64 -accel tcg -smp 2 -m 2048 -nographic -no-reboot 
     fail "the confinement guest did not power off: $(tail -20 "$console")"
 tr -d '\r' <"$console" |
     grep -E "^(CONFINE-|kernel:|failed start:|start with|device add|QMP |the (probe|helper) |accelerator|.*apparmor=\"DENIED\")" || true
-grep -q "^CONFINE-DONE 0" "$console" || fail "the guest's checks failed (see above)"
+grep -q "^CONFINE-DONE 0 " "$console" || fail "the guest's checks failed (see above)"
 # Each check must have run: a check skipped by an early exit is no pass.
-n=$(grep -c "^CONFINE-PASS" "$console")
-[ "$n" -ge 43 ] || fail "only $n checks passed"
+# The guest counts them itself (a line on the serial console can be cut
+# by anything else written there).
+n=$(tr -d '\r' <"$console" | sed -n 's/^CONFINE-DONE 0 \([0-9]*\)$/\1/p')
+[ "${n:-0}" -ge 43 ] || fail "only ${n:-0} checks passed; the console shows $(grep -c "^CONFINE-PASS" "$console"): $(grep "^CONFINE-PASS" "$console" | cut -c14-60 | tr '\n' ';')"

@@ -3,7 +3,7 @@
 # its own profile, each VM's QEMU under kvmbox-<uuid>, and every verdict read
 # from the kernel (its profile list, /proc/PID/attr/current, its audit log).
 # Prints CONFINE-PASS/CONFINE-FAIL lines, CONFINE-NOTE for what this kernel
-# cannot decide, and CONFINE-DONE <failures>, then powers off.
+# cannot decide, and CONFINE-DONE <failures> <passes>, then powers off.
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
@@ -21,13 +21,13 @@ exec >/dev/console 2>&1
 # hide that line from the test: the log is read with dmesg instead.
 dmesg -n 1
 
-fails=0
-ok() { echo "CONFINE-PASS $*"; }
+fails=0 passes=0
+ok() { echo "CONFINE-PASS $*"; passes=$((passes + 1)); }
 bad() { echo "CONFINE-FAIL $*"; fails=$((fails + 1)); }
 finish() {
     echo "--- the kernel's AppArmor denials:"
     dmesg | grep 'apparmor="DENIED"'
-    echo "CONFINE-DONE $fails"
+    echo "CONFINE-DONE $fails $passes"
     sync
     poweroff -f
 }
