@@ -463,6 +463,11 @@ pub fn command_line(cfg: &VmConfig, files: &RunFiles) -> Result<Vec<OsString>, E
         "-device",
         "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
     ]);
+    // Entropy from the host, as LXD gives it: a guest gathers its own
+    // slowly (very slowly under TCG on a busy host), and its boot waits
+    // for it in getrandom (systemd, cloud-init, sshd's keys).
+    push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
+    push(&["-device", "virtio-rng-pci,rng=rng0"]);
     push(&["-msg", "timestamp=on"]);
     match &cfg.boot {
         Boot::Kernel {
@@ -642,6 +647,10 @@ mod tests {
                 "socket,id=qga0,path=/run/vm,,1/qga.sock,server=on,wait=off",
             ]
         );
+        assert_eq!(
+            after(&a, "-object"),
+            ["rng-random,id=rng0,filename=/dev/urandom"]
+        );
         assert_eq!(after(&a, "-kernel"), ["/k/vmlinuz"]);
         assert_eq!(after(&a, "-initrd"), ["/k/initrd.gz"]);
         assert_eq!(after(&a, "-append"), ["console=ttyS0"]);
@@ -650,6 +659,7 @@ mod tests {
             [
                 "virtio-serial-pci,id=vser0",
                 "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+                "virtio-rng-pci,rng=rng0",
                 "pcie-root-port,id=hp0,chassis=1,bus=pcie.0",
                 "pcie-root-port,id=hp1,chassis=2,bus=pcie.0"
             ]
@@ -715,7 +725,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            after(&a, "-device")[2..],
+            after(&a, "-device")[3..],
             [
                 "virtio-blk-pci,id=disk-root,drive=blk-root,bootindex=0",
                 "virtio-blk-pci,id=disk-data,drive=blk-data",
