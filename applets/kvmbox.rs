@@ -72,6 +72,7 @@ enum Cmd {
     Image(instance::Image),
     Snapshot(snapshot::Snapshot),
     Restore(snapshot::Restore),
+    Rename(snapshot::Rename),
 }
 
 /// What a subcommand can fail with.
@@ -203,6 +204,7 @@ pub(crate) fn main(args: &[String]) -> ExitCode {
         Cmd::Image(c) => instance::image(&ctx, &c),
         Cmd::Snapshot(c) => snapshot::snapshot(&ctx, &c),
         Cmd::Restore(c) => snapshot::restore(&ctx, &c),
+        Cmd::Rename(c) => snapshot::rename(&ctx, &c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

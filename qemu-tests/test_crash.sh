@@ -1,7 +1,8 @@
 # kvmboxd SIGKILLed at a random moment of a random change, FAULT_ROUNDS
 # times (5 here; `make soak` runs 20): creating, starting, stopping,
 # deleting and snapshotting instances, importing an image, trusting and
-# untrusting a certificate. After each kill the daemon starts again on the
+# untrusting a certificate; then snapshots, restores and deletions of a VM
+# with a root disk. After each kill the daemon starts again on the
 # same state, and then:
 # - a change the client saw succeed is there; one cut off is there whole
 #   or not at all;
@@ -59,6 +60,17 @@ others() { awk -v k="$1" '$2 != k' "$2"; }
 pick() { echo $(($(od -An -N2 -tu2 /dev/urandom) % $1)); }
 # one of the lines of stdin at random (nothing for none).
 one_of() { awk -v r="$(pick 1000)" '{l[NR] = $0} END {if (NR) print l[r % NR + 1]}'; }
+
+# qemus_match WHEN: one QEMU for each Running instance in ./after, none
+# for any other.
+qemus_match() {
+    for n in $(awk '$1 == "instance" {print $2}' after); do
+        u=$(kv info "$n" --format json | sed -n 's/^ *"volatile.uuid": "\(.*\)",\{0,1\}$/\1/p' | head -n 1)
+        qemus=$(qemus_of "$u")
+        if grep -q "^instance $n Running" after; then want=1; else want=0; fi
+        [ "$qemus" -eq $want ] || fail "$1: $qemus QEMUs for $(grep "^instance $n " after)"
+    done
+}
 
 start_daemon
 kv config set security.apparmor_profile_dir "$PWD/aa"
@@ -124,14 +136,48 @@ while [ $round -lt "$rounds" ]; do
         { cmp -s b.key a.key || { [ "$1" = delete ] && [ "$stopped" = "$(cat a.key)" ]; }; } ||
             fail "round $round: cut-off $op is half there: before: $(cat b.key); after: $(cat a.key)"
     fi
-    # --- QEMUs: one for each Running instance, none for any other.
-    for n in $(awk '$1 == "instance" {print $2}' after); do
-        u=$(kv info "$n" --format json | sed -n 's/^ *"volatile.uuid": "\(.*\)",\{0,1\}$/\1/p' | head -n 1)
-        qemus=$(qemus_of "$u")
-        if grep -q "^instance $n Running" after; then want=1; else want=0; fi
-        [ "$qemus" -eq $want ] || fail "round $round: $qemus QEMUs for $(grep "^instance $n " after)"
-    done
+    qemus_match "round $round"
     state_consistent state
     rm -f "i$round.img"
 done
 echo "$rounds rounds; at the end: $(tr '\n' ';' <after)"
+
+# --- Snapshots and restores of a VM with a root disk, cut off: after each
+# kill its disk opens and holds exactly the snapshots the daemon lists
+# (a change cut off is finished or undone by the daemon when it starts).
+qemu-img create -f raw base.img 16M >/dev/null
+kv image import "$PWD/base.img" --alias base >/dev/null
+kv init base d0 $boot >/dev/null
+kv start d0
+kv snapshot d0 first
+disk=state/instances/d0/root.qcow2
+for r in $(seq 1 $((rounds > 6 ? rounds : 6))); do
+    case $((r % 3)) in
+    0) kv snapshot d0 "c$r"; set -- delete "d0/c$r" ;;
+    1) set -- snapshot d0 "c$r" ;;
+    *) set -- restore d0 first ;;
+    esac
+    (if kv "$@" >op.out 2>op.err; then echo 0; else echo 1; fi >op.rc) &
+    job=$!
+    # A live snapshot waits up to 2 s for a guest agent: up to 3 s.
+    ms=$(pick 3000)
+    sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
+    kill -9 "$dpid"; wait "$dpid" 2>/dev/null || true
+    wait "$job" || true
+    echo "disk round $r: kvmbox $*: $([ "$(cat op.rc)" = 0 ] && echo acknowledged || echo "not acknowledged ($(cat op.err))")"
+    start_daemon
+    observe >after
+    listed=$(awk '$1 == "snapshot" && $2 == "d0" {print $3}' after | sort | tr '\n' ' ')
+    ondisk=$(qemu-img info -U --output=json "$disk" | python3 -c 'import json, sys
+print(" ".join(sorted(s["name"] for s in json.load(sys.stdin).get("snapshots", []))), end=" ")') ||
+        fail "disk round $r ($*): the disk does not open"
+    [ "$listed" = "$ondisk" ] || fail "disk round $r ($*): listed '$listed', on the disk '$ondisk'"
+    [ "$(cat op.rc)" != 0 ] || case $1 in
+        snapshot) echo "$listed" | grep -qw "c$r" ;;
+        delete) ! echo "$listed" | grep -qw "c$r" ;;
+        *) true ;;
+        esac || fail "disk round $r: acknowledged $* is not there: $listed"
+    qemus_match "disk round $r"
+    grep -q "^instance d0 Running" after || kv start d0
+    state_consistent state
+done

@@ -44,6 +44,18 @@ timeout 60 lxc remote add kb "https://127.0.0.1:$port" --accept-certificate --pa
 token=$(kv config trust add --name aud --role auditor 2>/dev/null)
 LXD_CONF=$PWD/lxc-aud timeout 60 lxc remote add kba "$token" >/dev/null 2>&1 || fail "lxc remote add (auditor)"
 
+# Scheduled snapshots, checked at the end: a stopped instance snapshotted
+# every minute by the daemon, each snapshot kept for a minute.
+kv init sched --kernel "$kernel" --initrd "$initrd" --memory 64MiB >/dev/null
+for kv_ in "snapshots.schedule=* * * * *" snapshots.schedule.stopped=true snapshots.expiry=1M \
+    "snapshots.pattern=auto-%d"; do
+    kv config set sched "${kv_%%=*}" "${kv_#*=}"
+done
+expect_fail kv config set sched snapshots.schedule "61 * * * *"
+contains "$ERR" "expected a number from 0 to 59"
+expect_fail kv config set sched snapshots.expiry "1 day"
+contains "$ERR" "invalid snapshots.expiry"
+
 # The Debian guest boots while the busybox one is checked.
 kv image import "$img/root.qcow2" --alias debian >/dev/null
 t0=$(date +%s)
@@ -310,6 +322,23 @@ kill $bg 2>/dev/null || true
 wait $bg 2>/dev/null || true
 bg=
 
+# A snapshot of the running guest, its filesystems frozen by the agent;
+# restoring it stops the VM, puts the disk back and boots it again.
+kv exec deb -- sh -c 'echo before >/root/snap-file && sync' || fail "writing the file to snapshot"
+kv snapshot deb g0
+grep -q "instance deb: snapshot g0 taken with the guest's filesystems frozen" daemon.log ||
+    fail "the snapshot did not freeze the guest: $(grep 'snapshot g0' daemon.log)"
+[ "$(kv exec deb -- cat /root/snap-file)" = before ] || fail "the guest is not writable after the snapshot"
+kv exec deb -- sh -c 'echo after >/root/snap-file && touch /root/later && sync'
+kv restore deb g0
+deadline=$(($(date +%s) + 480))
+until kv exec deb -n -- true 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "the agent did not answer after the restore: $(console | tail -5)"
+    sleep 2
+done
+[ "$(kv exec deb -- cat /root/snap-file)" = before ] || fail "the restored guest reads '$(kv exec deb -- cat /root/snap-file)'"
+! kv exec deb -- test -e /root/later || fail "a file made after the snapshot is still there"
+
 # The agent killed mid-exec: an error naming the agent, soon, not a hang.
 t=$(date +%s)
 expect_fail timeout 90 bin/kvmbox exec deb -n -- sh -c 'kill $(pidof qemu-ga); sleep 60'
@@ -318,5 +347,14 @@ contains "$ERR" "guest agent"
 
 kv stop deb --force
 kv delete deb
+
+# By now the schedule has fired more than once, and what expired is gone.
+until grep -q "instance sched: snapshot auto-0 deleted" daemon.log; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "no scheduled snapshot expired: $(grep sched daemon.log)"
+    sleep 2
+done
+grep -q "instance sched: snapshot auto-1 taken" daemon.log || fail "the schedule fired once: $(grep sched daemon.log)"
+! kv info sched | grep -qw auto-0 || fail "auto-0 is listed after it expired"
+kv delete sched
 ! grep -lasF "$PWD/state/instances/" /proc/[0-9]*/cmdline >/dev/null || fail "a QEMU of this test still runs"
 kill -TERM "$dpid"; wait "$dpid" || fail "kvmboxd exited non-zero: $(cat daemon.log)"

@@ -106,26 +106,46 @@ pattern write 0xbb
 timeout 30 lxc config set kb:vm-snap limits.cpu 2
 timeout 120 lxc start kb:vm-snap || fail "lxc start for snapshots"
 timeout 60 lxc snapshot kb:vm-snap s1 || fail "lxc snapshot of a running VM"
-expect_fail timeout 60 lxc restore kb:vm-snap s0
-contains "$ERR" "stop it to restore"
 expect_fail timeout 60 lxc snapshot kb:vm-snap ../s2
 contains "$ERR" "invalid snapshot name"
+# Restoring a running VM stops it, puts disk and config back, starts it.
+vm_pid() { kv list --format json | python3 -c 'import json, sys; print(*[i.get("pid") for i in json.load(sys.stdin) if i["name"] == sys.argv[1]])' "$1"; }
+pid0=$(vm_pid vm-snap)
+timeout 120 lxc restore kb:vm-snap s0 || fail "lxc restore of a running VM"
+state_is kb vm-snap RUNNING
+pid1=$(vm_pid vm-snap)
+[ -n "$pid1" ] && [ "$pid1" != "$pid0" ] || fail "the VM was not started again (pid $pid0, then $pid1)"
+[ -z "$(timeout 30 lxc config get kb:vm-snap limits.cpu)" ] || fail "the config did not come back"
 timeout 120 lxc stop kb:vm-snap --force || fail "lxc stop for snapshots"
+pattern read 0xaa || fail "the disk did not come back as snapshot s0 had it"
 info=$(timeout 30 lxc info kb:vm-snap)
 contains "$info" "s0"
 contains "$info" "s1"
-timeout 60 lxc restore kb:vm-snap s0 || fail "lxc restore"
-pattern read 0xaa || fail "the disk did not come back as snapshot s0 had it"
-[ -z "$(timeout 30 lxc config get kb:vm-snap limits.cpu)" ] || fail "the config did not come back"
-timeout 60 lxc delete kb:vm-snap/s1 || fail "lxc delete INSTANCE/SNAPSHOT"
-! qemu-img snapshot -l state/instances/vm-snap/root.qcow2 | grep -qw s1 || fail "s1 is still in the disk"
+# A rename keeps the disk's own snapshot under its first name; a new s1
+# gets another, and each restores its own content.
+timeout 60 lxc move kb:vm-snap/s1 kb:vm-snap/s1b || fail "lxc move INSTANCE/SNAP INSTANCE/NEW"
+info=$(timeout 30 lxc info kb:vm-snap)
+contains "$info" "s1b"
+! echo "$info" | grep -qw s1 || fail "s1 is still listed after its rename: $info"
+pattern write 0xdd
+timeout 60 lxc snapshot kb:vm-snap s1 || fail "a new s1 after the rename"
+timeout 60 lxc restore kb:vm-snap s1b || fail "lxc restore of a renamed snapshot"
+pattern read 0xbb || fail "the renamed s1b did not bring back what s1 had"
+timeout 60 lxc restore kb:vm-snap s1 || fail "lxc restore of the new s1"
+pattern read 0xdd || fail "the new s1 did not bring back its own content"
+timeout 60 lxc delete kb:vm-snap/s1b || fail "lxc delete INSTANCE/SNAPSHOT"
+timeout 60 lxc delete kb:vm-snap/s1 || fail "lxc delete of the new s1"
+! qemu-img snapshot -l state/instances/vm-snap/root.qcow2 | grep -q " s1" || fail "s1 is still in the disk"
 # kvmbox's own client, on its socket, does the same.
 kv snapshot vm-snap k1
 pattern write 0xcc
-kv restore vm-snap k1
-pattern read 0xaa || fail "kvmbox restore did not bring the disk back"
-kv delete vm-snap/k1
-expect_fail kv restore vm-snap k1
+kv rename vm-snap/k1 k2
+kv restore vm-snap k2
+pattern read 0xdd || fail "kvmbox restore did not bring the disk back"
+expect_fail kv rename vm-snap/k2 "k 3"
+contains "$ERR" "invalid snapshot name"
+kv delete vm-snap/k2
+expect_fail kv restore vm-snap k2
 contains "$ERR" "not found"
 timeout 120 lxc delete kb:vm-snap --force || fail "lxc delete with snapshots"
 

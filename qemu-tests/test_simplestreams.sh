@@ -2,7 +2,8 @@
 # mirror (index, products, an LXD metadata tarball and a qcow2 disk) served
 # over HTTPS by its own CA, which the daemon and lxc trust through
 # SSL_CERT_FILE. The real `lxc image copy MIRROR:debian/12 kb: --vm`, then
-# `lxc launch`; `kvmbox launch images:debian/12` with `images` pointed at
+# `lxc launch`, and `lxc launch MIRROR:debian/12` straight from it;
+# `kvmbox launch images:debian/12` with `images` pointed at
 # the mirror; then a server that truncates, stalls, redirects, lies about
 # a hash or a size, sends a chunked body, or serves bad JSON: each pull
 # fails within its bound and leaves the image store as it was.
@@ -138,6 +139,21 @@ contains "$(kv list --format csv)" "vm2"
 out=$(kv image copy images:debian/12) || fail "kvmbox image copy again: $out"
 contains "$out" "in the image store already"
 kv delete vm2 --force || fail "kvmbox delete vm2"
+
+# lxc launching straight from the mirror: one operation on the daemon pulls
+# the image and makes the instance on it.
+timeout 60 lxc image delete "kb:$fp" || fail "lxc image delete"
+: >requests.log
+# shellcheck disable=SC2086
+timeout 180 lxc launch mirror:debian/12 kb:vm3 --vm $boot >/dev/null 2>launch3.err ||
+    fail "lxc launch mirror:debian/12 kb:vm3: $(cat launch3.err)"
+contains "$(timeout 30 lxc list kb: --format csv -c ns)" "vm3,RUNNING"
+contains "$(cat requests.log)" "/images/d/disk.qcow2"
+contains "$(kv image list --format csv)" "debian-12,$(echo "$fp" | cut -c1-12)"
+# shellcheck disable=SC2086
+expect_fail timeout 60 lxc launch mirror:debian/12 kb:vm3 --vm $boot
+contains "$ERR" "already exists"
+timeout 60 lxc delete kb:vm3 --force || fail "lxc delete vm3"
 
 # Each failure: a clear error, within its bound, and the store as it was
 # (another image in it; the mirror's gone, or its content would be found

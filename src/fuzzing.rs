@@ -114,6 +114,7 @@ pub fn json(data: &[u8]) {
     }
     let _ = parse::<StatePut>(data);
     let _ = parse::<SnapshotsPost>(data);
+    let _ = parse::<SnapshotPost>(data);
     let _ = parse::<ImagesPost>(data);
     if let Some(b) = parse::<CertificatesPost>(data) {
         let _ = check_projects(&b.projects.unwrap_or_default());

@@ -78,7 +78,8 @@ pub use server::{run as run_daemon, DaemonOptions, Error as DaemonError};
 pub use wire::{
     path as api_path, AliasEntry, AliasInfo, CertificatePut, CertificatesPost, ConsolePost,
     Control, Device, ExecPost, ImageAlias, ImageInfo, ImageSource, ImagesPost, InstancePut,
-    InstanceSource, InstancesPost, Role, ServerPut, SnapshotsPost, StatePut, UnknownRole,
+    InstanceSource, InstancesPost, Role, ServerPut, SnapshotPost, SnapshotsPost, StatePut,
+    UnknownRole,
 };
 
 pub use vmm::accel::{choose as choose_accel, Accel, AccelChoice, AccelMode, Error as AccelError};

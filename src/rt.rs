@@ -1,6 +1,8 @@
-//! Two small pieces every area leans on: a lock that outlives a panic, and
-//! a deadline on a future.
+//! Small pieces every area leans on: a lock that outlives a panic, a
+//! deadline on a future, and a future boxed behind a pointer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,3 +21,8 @@ pub(crate) async fn timed<T>(t: Duration, f: impl std::future::Future<Output = T
     })
     .await
 }
+
+/// A future behind a pointer: what takes many kinds of work (operations)
+/// takes them as this, so that it is compiled once, not once per kind of
+/// work (bytes the size budget counts).
+pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -24,6 +24,7 @@ pub(crate) mod operations;
 pub(crate) mod preseed;
 pub(crate) mod reply;
 pub(crate) mod routes;
+pub(crate) mod schedule;
 pub(crate) mod secret;
 pub(crate) mod settings;
 pub(crate) mod state;
@@ -385,6 +386,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         }
     })
     .detach();
+    ex.spawn(schedule::run(shared.clone())).detach();
     ex.spawn(crate::server::listen::supervise(
         shared.clone(),
         ex.clone(),

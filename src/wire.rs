@@ -361,6 +361,8 @@ impl InstancesPost {
                 alias,
                 fingerprint: None,
                 server: String::new(),
+                protocol: String::new(),
+                mode: String::new(),
             }),
             config,
             devices,
@@ -386,9 +388,14 @@ pub struct InstanceSource {
     pub alias: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
-    /// Another server to copy the image from: not supported, refused.
+    /// Another server to pull the image from (`lxc launch images:…`),
+    /// its protocol (`simplestreams`) and mode (`pull`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub server: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
 }
 
 /// The body of `PUT` and `PATCH /1.0/instances/<name>`: what is left out
@@ -417,10 +424,24 @@ pub struct SnapshotsPost {
     pub name: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub stateful: bool,
-    /// LXD's expiry date: kvmbox's snapshots do not expire, so only null
-    /// or absent is accepted.
+    /// RFC 3339; absent or null: as `snapshots.expiry` says; Go's zero
+    /// time (what `lxc snapshot --no-expiry` sends): never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Value>,
+}
+
+/// The body of `POST /1.0/instances/<name>/snapshots/<snapshot>` (LXD's
+/// `InstanceSnapshotPost`): a rename.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotPost {
+    pub name: String,
+    /// Moving a snapshot to another server: not supported.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub migration: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub live: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Value>,
 }
 
 /// The body of `PUT /1.0/instances/<name>/state` (LXD's

@@ -1,8 +1,9 @@
-//! `kvmbox snapshot` and `kvmbox restore`, as `lxc snapshot` and `lxc
-//! restore`; a snapshot is deleted with `kvmbox delete NAME/SNAPSHOT`.
+//! `kvmbox snapshot`, `kvmbox restore` and `kvmbox rename`, as `lxc
+//! snapshot`, `lxc restore` and `lxc rename` of a snapshot; a snapshot is
+//! deleted with `kvmbox delete NAME/SNAPSHOT`.
 
 use argh::FromArgs;
-use kvmbox::{api_path as path, InstancePut, SnapshotsPost};
+use kvmbox::{api_path as path, InstancePut, SnapshotPost, SnapshotsPost};
 
 use super::{Ctx, Error};
 
@@ -16,9 +17,13 @@ pub(crate) struct Snapshot {
     #[argh(positional)]
     /// the snapshot's name
     snapshot: String,
+    #[argh(switch)]
+    /// keep it whatever the instance's snapshots.expiry says
+    no_expiry: bool,
 }
 
-/// Put a stopped instance back as one of its snapshots was.
+/// Put an instance back as one of its snapshots was (a running one is
+/// stopped at once and started again after).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "restore")]
 pub(crate) struct Restore {
@@ -34,6 +39,8 @@ pub(crate) fn snapshot(ctx: &Ctx, a: &Snapshot) -> Result<(), Error> {
     let (mut c, name) = ctx.target(&a.name)?;
     let body = SnapshotsPost {
         name: a.snapshot.clone(),
+        // Go's zero time: what lxc sends for --no-expiry.
+        expires_at: a.no_expiry.then(|| "0001-01-01T00:00:00Z".into()),
         ..SnapshotsPost::default()
     };
     let answer = c.send("POST", &path::instance_snapshots(&name), &body)?;
@@ -48,6 +55,45 @@ pub(crate) fn restore(ctx: &Ctx, a: &Restore) -> Result<(), Error> {
         ..InstancePut::default()
     };
     let answer = c.send("PUT", &path::instance(&name), &body)?;
+    c.wait(answer)?;
+    Ok(())
+}
+
+/// Rename a snapshot.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "rename")]
+pub(crate) struct Rename {
+    #[argh(positional)]
+    /// the snapshot ([REMOTE:]NAME/SNAPSHOT)
+    snapshot: String,
+    #[argh(positional)]
+    /// its new name
+    new: String,
+}
+
+pub(crate) fn rename(ctx: &Ctx, a: &Rename) -> Result<(), Error> {
+    let (mut c, name) = ctx.target(&a.snapshot)?;
+    let Some(at) = path_of(&name) else {
+        return Err(Error::Usage(
+            "only snapshots are renamed: give NAME/SNAPSHOT".into(),
+        ));
+    };
+    // `INSTANCE/NEW` as lxc takes it, or `NEW` alone.
+    let new = match a.new.split_once('/') {
+        Some((inst, new)) if at.starts_with(&path::instance_snapshots(inst)) => new,
+        Some(_) => {
+            return Err(Error::Usage(format!(
+                "{}: a snapshot stays with its instance",
+                a.new
+            )))
+        }
+        None => a.new.as_str(),
+    };
+    let body = SnapshotPost {
+        name: new.to_string(),
+        ..SnapshotPost::default()
+    };
+    let answer = c.send("POST", &at, &body)?;
     c.wait(answer)?;
     Ok(())
 }

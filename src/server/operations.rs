@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::rt::Boxed;
 use crate::server::events::{Events, Kind};
 use crate::websocket::{Ends, Link};
+
+/// An operation's work, boxed (see [`Operations::start`]).
+type Work = Boxed<'static, Result<Value, String>>;
 
 /// How long a websocket operation waits for its client to connect a
 /// websocket it needs.
@@ -234,7 +238,14 @@ impl Operations {
         W: FnOnce(Progress) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        self.start(ex, "task", description, resources, &[], |p, _| work(p))
+        self.start(
+            ex,
+            "task",
+            description,
+            resources,
+            &[],
+            Box::new(|p, _| Box::pin(work(p))),
+        )
     }
 
     /// Like [`Operations::spawn`], for work that streams through
@@ -253,7 +264,14 @@ impl Operations {
         W: FnOnce(Fds) -> F,
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        self.start(ex, "websocket", description, resources, fds, |_, f| work(f))
+        self.start(
+            ex,
+            "websocket",
+            description,
+            resources,
+            fds,
+            Box::new(|_, f| Box::pin(work(f))),
+        )
     }
 
     /// The websocket of running operation `id` whose secret is `secret`,
@@ -267,19 +285,17 @@ impl Operations {
         Some(link)
     }
 
-    fn start<F, W>(
+    /// One body for every kind of operation: the work is boxed, so that
+    /// each kind does not make its own copy of the task around it.
+    fn start(
         &self,
         ex: &smol::Executor<'static>,
         class: &'static str,
         description: &str,
         resources: BTreeMap<String, Vec<String>>,
         fds: &[&str],
-        work: W,
-    ) -> Operation
-    where
-        W: FnOnce(Progress, Fds) -> F,
-        F: Future<Output = Result<Value, String>> + Send + 'static,
-    {
+        work: Box<dyn FnOnce(Progress, Fds) -> Work + '_>,
+    ) -> Operation {
         let mut sockets = BTreeMap::new();
         let mut waiting = BTreeMap::new();
         let mut secrets = serde_json::Map::new();

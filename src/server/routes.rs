@@ -89,6 +89,7 @@ const ROUTES: &[(&str, &str, Route, Need, Scope)] = &[
     ("GET", "/1.0/instances/{}/snapshots", Route::Instances(Call::Snapshots), AUDITOR, PROJECT),
     ("POST", "/1.0/instances/{}/snapshots", Route::Instances(Call::SnapshotAdd), USER, PROJECT),
     ("GET", "/1.0/instances/{}/snapshots/{}", Route::Instances(Call::Snapshot), AUDITOR, PROJECT),
+    ("POST", "/1.0/instances/{}/snapshots/{}", Route::Instances(Call::SnapshotRename), USER, PROJECT),
     ("DELETE", "/1.0/instances/{}/snapshots/{}", Route::Instances(Call::SnapshotDelete), USER, PROJECT),
     ("GET", "/1.0/instances/{}/backups", Route::Instances(Call::Backups), AUDITOR, PROJECT),
     ("POST", "/1.0/instances/{}/backups", Route::NotImplemented("backups"), USER, PROJECT),

@@ -14,6 +14,7 @@ mod confine;
 mod guest;
 mod image;
 mod record;
+mod schedule;
 mod seed;
 mod snapshot;
 mod update;
@@ -49,7 +50,7 @@ pub(crate) use image::{
 };
 use record::AaMode;
 pub(crate) use record::{check_config, check_device, Device, Record};
-pub(crate) use snapshot::Snapshot;
+pub(crate) use snapshot::{Expiry, Snapshot};
 pub(crate) use view::snapshot as show_snapshot;
 use view::{show, Shown};
 
@@ -390,6 +391,7 @@ impl Manager {
                     entry.view.change(|v| v.orphan = Some(why));
                 }
             }
+            self.finish_pending(&entry).await;
             lock(&self.entries).insert(rec.name.clone(), entry);
         }
         let used: Vec<PathBuf> = lock(&self.entries)
@@ -542,6 +544,18 @@ impl Manager {
         entries.iter().map(|e| e.view.json()).collect()
     }
 
+    /// Every instance's record, and whether its QEMU runs.
+    fn records(&self) -> Vec<(Record, bool)> {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|e| {
+                e.view
+                    .read(|v| (!v.deleted).then(|| (v.record.clone(), v.pid.is_some())))
+            })
+            .collect()
+    }
+
     pub(crate) fn names(&self) -> Vec<String> {
         lock(&self.entries).keys().cloned().collect()
     }
@@ -592,6 +606,7 @@ impl Manager {
             devices,
             pins: BTreeMap::new(),
             snapshots: Vec::new(),
+            pending: None,
         };
         if rec.image.is_some() && !rec.devices.contains_key("root") {
             let mut root = Device::new();

@@ -309,6 +309,16 @@ impl Agent {
     /// One request and its reply, resyncing first when needed. The
     /// connection is held only for this exchange.
     async fn request(&self, command: &str, args: Option<Value>) -> Result<Value, Error> {
+        self.request_within(self.timeout, command, args).await
+    }
+
+    /// [`Agent::request`] with its own time limit.
+    async fn request_within(
+        &self,
+        limit: Duration,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<Value, Error> {
         let mut slot = self.conn.lock().await;
         // Whether the sync went through: a timeout before it means nobody
         // answers at all, after it that this request went unanswered.
@@ -338,8 +348,8 @@ impl Agent {
             conn.synced = matches!(reply, Ok(_) | Err(Error::Command { .. }));
             reply
         };
-        let done = timed(self.timeout, exchange).await;
-        let secs = self.timeout.as_secs();
+        let done = timed(limit, exchange).await;
+        let secs = limit.as_secs();
         let result = done.unwrap_or_else(|| {
             Err(match synced {
                 false => Error::NoAgent(secs),
@@ -359,6 +369,24 @@ impl Agent {
     /// `guest-ping`: whether the agent answers at all.
     pub async fn ping(&self) -> Result<(), Error> {
         self.request("guest-ping", None).await.map(drop)
+    }
+
+    /// `guest-fsfreeze-freeze`, after a `guest-ping` bounded by `answer`:
+    /// the number of filesystems frozen. A guest without an agent costs
+    /// `answer`, not the full time limit. Whatever the result, a freeze
+    /// that was sent must be followed by [`Agent::thaw`].
+    pub async fn freeze(&self, answer: Duration) -> Result<u64, Error> {
+        self.request_within(answer, "guest-ping", None).await?;
+        let r = self.request("guest-fsfreeze-freeze", None).await?;
+        r.as_u64()
+            .ok_or_else(|| Error::Protocol(format!("guest-fsfreeze-freeze answered {r}")))
+    }
+
+    /// `guest-fsfreeze-thaw`: the number of filesystems thawed.
+    pub async fn thaw(&self) -> Result<u64, Error> {
+        let r = self.request("guest-fsfreeze-thaw", None).await?;
+        r.as_u64()
+            .ok_or_else(|| Error::Protocol(format!("guest-fsfreeze-thaw answered {r}")))
     }
 
     /// Runs a command with `guest-exec`, then polls `guest-exec-status`

@@ -15,12 +15,13 @@ use serde_json::{json, Value};
 
 use crate::hostfile::{self, Need, Pin};
 use crate::http::{Request, Response};
+use crate::rt::Boxed;
 use crate::server::auth::{may_change, opener, Identity};
 use crate::server::reply::{body, error, fail, operation, sync, sync_json, told};
 use crate::server::settings::INSTANCES_UID_RANGE;
 use crate::server::state::Shared;
-use crate::vmm::instances::{Device, Error, Record, DEFAULT_UID_RANGE};
-use crate::wire::{path, InstancePut, InstancesPost, SnapshotsPost, StatePut};
+use crate::vmm::instances::{Device, Error, Expiry, Record, DEFAULT_UID_RANGE};
+use crate::wire::{path, InstancePut, InstancesPost, SnapshotPost, SnapshotsPost, StatePut};
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub(crate) enum Call {
     SnapshotAdd,
     /// `GET /1.0/instances/<name>/snapshots/<snapshot>`
     Snapshot,
+    /// `POST /1.0/instances/<name>/snapshots/<snapshot>`: a rename
+    SnapshotRename,
     /// `DELETE /1.0/instances/<name>/snapshots/<snapshot>`
     SnapshotDelete,
     /// `GET /1.0/instances/<name>/backups`: kvmbox makes none, so the list
@@ -143,6 +146,7 @@ pub(crate) async fn handle(
             Err(e) => fail(&e),
         },
         Call::SnapshotAdd => take_snapshot(shared, req, name),
+        Call::SnapshotRename => rename_snapshot(shared, req, name, snap),
         Call::SnapshotDelete => {
             if let Err(e) = m.record(name) {
                 return fail(&e);
@@ -201,13 +205,29 @@ where
     F: FnOnce(Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
 {
+    run_op(
+        shared,
+        description,
+        name,
+        action,
+        Box::pin(work(shared.clone())),
+    )
+}
+
+/// [`spawn`]'s body, once for every kind of work.
+fn run_op(
+    shared: &Arc<Shared>,
+    description: &str,
+    name: &str,
+    action: &'static str,
+    fut: Boxed<'static, Result<(), Error>>,
+) -> Response {
     let ex = match shared.instances.executor() {
         Ok(ex) => ex,
         Err(e) => return fail(&e),
     };
     let mut resources = BTreeMap::new();
     resources.insert("instances".to_string(), vec![path::instance(name)]);
-    let fut = work(shared.clone());
     let (events, name) = (shared.events.clone(), name.to_string());
     let op = shared.ops.spawn(&ex, description, resources, async move {
         fut.await.map_err(|e| told(&e))?;
@@ -311,12 +331,6 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
     if b.stateful || !b.restore.is_empty() || b.state.as_ref().is_some_and(|s| !s.is_null()) {
         return error(400, "stateful instances and restores are not supported");
     }
-    if b.source.as_ref().is_some_and(|s| !s.server.is_empty()) {
-        return error(
-            400,
-            "images are taken from this server's store only: import the image first",
-        );
-    }
     let _ = &b.description;
     let image = match &b.source {
         None => None,
@@ -345,6 +359,9 @@ async fn create(shared: &Arc<Shared>, id: &Identity, req: &Request) -> Response 
         .get(INSTANCES_UID_RANGE)
         .unwrap_or(DEFAULT_UID_RANGE)
         .to_string();
+    if b.source.as_ref().is_some_and(|s| !s.server.is_empty()) {
+        return super::pull::launch(shared, b, pins, range);
+    }
     // What can be refused is refused at once, so that the caller sees
     // why; making the root disk and the record is the operation's work, as
     // in LXD, whose clients wait on it.
@@ -403,12 +420,23 @@ fn take_snapshot(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     if b.stateful {
         return error(400, "stateful snapshots are not supported");
     }
-    if b.expires_at.as_ref().is_some_and(|e| !e.is_null()) {
-        return error(
-            400,
-            "snapshots do not expire in kvmbox: leave expires_at out",
-        );
-    }
+    let expiry = match b.expires_at {
+        None | Some(Value::Null) => Expiry::Configured,
+        Some(Value::String(t)) => match crate::clock::parse_rfc3339(&t) {
+            // Go's zero time, and any time before 1970: no expiry.
+            Some(secs) => u64::try_from(secs).map_or(Expiry::Never, |s| match s {
+                0 => Expiry::Never,
+                s => Expiry::At(s),
+            }),
+            None => return error(400, &format!("invalid expires_at {t:?}: expected RFC 3339")),
+        },
+        Some(other) => {
+            return error(
+                400,
+                &format!("invalid expires_at {other}: expected RFC 3339"),
+            )
+        }
+    };
     if let Err(e) = shared.instances.record(name) {
         return fail(&e);
     }
@@ -418,7 +446,33 @@ fn take_snapshot(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
         "Snapshotting instance",
         name,
         "instance-snapshot-created",
-        move |s| async move { s.instances.snapshot(&n, &snap).await },
+        move |s| async move { s.instances.snapshot(&n, &snap, expiry).await },
+    )
+}
+
+/// `POST /1.0/instances/<name>/snapshots/<snapshot>` (LXD's
+/// `InstanceSnapshotPost`): a rename on this server.
+fn rename_snapshot(shared: &Arc<Shared>, req: &Request, name: &str, snap: &str) -> Response {
+    let b: SnapshotPost = match body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.migration || b.target.as_ref().is_some_and(|t| !t.is_null()) {
+        return error(
+            400,
+            "snapshots cannot be moved to another server: only renamed",
+        );
+    }
+    if let Err(e) = shared.instances.record(name) {
+        return fail(&e);
+    }
+    let (n, sn, to) = (name.to_string(), snap.to_string(), b.name);
+    spawn(
+        shared,
+        "Renaming snapshot",
+        name,
+        "instance-snapshot-renamed",
+        move |s| async move { s.instances.rename_snapshot(&n, &sn, &to).await },
     )
 }
 

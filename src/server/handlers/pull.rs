@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::fault::{Blame, Fault};
 use crate::fetch::{self, Fetcher, Url};
+use crate::hostfile::Pin;
 use crate::http::Response;
 use crate::log::log;
 use crate::server::operations::Progress;
@@ -24,7 +25,7 @@ use crate::server::reply::{error, operation, told};
 use crate::server::state::Shared;
 use crate::simplestreams::{self, File, Found};
 use crate::vmm::instances;
-use crate::wire::ImagesPost;
+use crate::wire::{path, ImagesPost, InstancesPost};
 
 /// No byte from the server for this long fails the download.
 const STALL: Duration = Duration::from_secs(30);
@@ -61,30 +62,52 @@ impl Blame for Error {
     }
 }
 
+/// Where an image on another server is: its URL, and the alias or
+/// fingerprint asked for; a refusal when kvmbox cannot pull from it.
+fn source(
+    mode: &str,
+    protocol: &str,
+    server: &str,
+    alias: &str,
+    fingerprint: &str,
+) -> Result<(Url, String), Response> {
+    if !mode.is_empty() && mode != "pull" {
+        return Err(error(400, "only \"pull\" mode copies images from a server"));
+    }
+    if protocol != "simplestreams" {
+        return Err(error(
+            400,
+            "only simplestreams image servers can be pulled from",
+        ));
+    }
+    let url = Url::parse(server).map_err(|e| error(400, &e.to_string()))?;
+    // lxc puts an alias in `fingerprint` as well.
+    let wanted = match fingerprint.is_empty() {
+        true => alias,
+        false => fingerprint,
+    };
+    if wanted.is_empty() || wanted.len() > 256 {
+        return Err(error(400, "name the image by its alias or fingerprint"));
+    }
+    Ok((url, wanted.to_string()))
+}
+
 /// Starts pulling the image `b` names (its source is of type `image`).
 pub(crate) fn pull(shared: &Arc<Shared>, b: ImagesPost) -> Response {
     let src = &b.source;
-    if !src.mode.is_empty() && src.mode != "pull" {
-        return error(400, "only \"pull\" mode copies images from a server");
-    }
-    if src.protocol != "simplestreams" {
-        return error(400, "only simplestreams image servers can be pulled from");
-    }
     if !matches!(src.image_type.as_str(), "" | "virtual-machine") {
         return error(400, "only virtual-machine images can be pulled");
     }
-    let url = match Url::parse(&src.server) {
-        Ok(u) => u,
-        Err(e) => return error(400, &e.to_string()),
+    let (url, wanted) = match source(
+        &src.mode,
+        &src.protocol,
+        &src.server,
+        &src.alias,
+        &src.fingerprint,
+    ) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    // lxc puts an alias in `fingerprint` as well.
-    let wanted = match src.fingerprint.is_empty() {
-        true => src.alias.clone(),
-        false => src.fingerprint.clone(),
-    };
-    if wanted.is_empty() || wanted.len() > 256 {
-        return error(400, "name the image by its alias or fingerprint");
-    }
     let alias = b.aliases.first().map(|a| a.name.clone());
     if b.aliases.iter().any(|a| Some(&a.name) != alias.as_ref()) {
         return error(400, "give at most one alias");
@@ -105,6 +128,68 @@ pub(crate) fn pull(shared: &Arc<Shared>, b: ImagesPost) -> Response {
                 })
                 .await
             });
+    operation(&op)
+}
+
+/// `POST /1.0/instances` whose source is an image on another server, as
+/// `lxc launch images:debian/12 NAME --vm` sends it: the image is pulled
+/// as [`pull`] does (or found in the store), then the instance is made on
+/// it, in one operation. `pins` and `range` are the caller's checked disks
+/// and the uid range, as for any creation.
+pub(crate) fn launch(
+    shared: &Arc<Shared>,
+    b: InstancesPost,
+    pins: BTreeMap<String, Pin>,
+    range: String,
+) -> Response {
+    let Some(src) = &b.source else {
+        return error(400, "no image source");
+    };
+    let (alias, fp) = (src.alias.as_deref(), src.fingerprint.as_deref());
+    let (url, wanted) = match source(
+        &src.mode,
+        &src.protocol,
+        &src.server,
+        alias.unwrap_or_default(),
+        fp.unwrap_or_default(),
+    ) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // Refused before the download: a name that cannot be given.
+    if let Err(e) = crate::vmm::qemu::validate_name(&b.name) {
+        return error(400, &e.to_string());
+    }
+    if shared.instances.record(&b.name).is_ok() {
+        return error(409, &format!("instance {:?} already exists", b.name));
+    }
+    let ex = match shared.instances.executor() {
+        Ok(ex) => ex,
+        Err(e) => return error(500, &told(&e)),
+    };
+    let mut resources = BTreeMap::new();
+    resources.insert("instances".to_string(), vec![path::instance(&b.name)]);
+    let s = shared.clone();
+    let (name, config, devices) = (b.name, b.config, b.devices);
+    let op = shared
+        .ops
+        .spawn_reporting(&ex, "Creating instance", resources, |p| async move {
+            let sh = s.clone();
+            let got = smol::unblock(move || fetch_image(&sh, &url, &wanted, None, &p))
+                .await
+                .map_err(|e| told(&e))?;
+            let fp = got
+                .get("fingerprint")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            let m = &s.instances;
+            let reserved = m
+                .reserve(&name, Some(fp), config, devices, &pins, &range)
+                .map_err(|e| told(&e))?;
+            m.create(reserved).await.map_err(|e| told(&e))?;
+            s.events.lifecycle("instance-created", &name, json!({}));
+            Ok(json!({}))
+        });
     operation(&op)
 }
 
@@ -129,10 +214,19 @@ fn fetch_image(
         log!(Info, "image {fp} pulled again: it is in the store already");
         return Ok(json!({"fingerprint": fp, "size": size, "existing": "true"}));
     }
-    let alias = alias.unwrap_or_else(|| {
-        let by_fp = fp.starts_with(&wanted.to_ascii_lowercase());
-        derive_alias(if by_fp { &found.name } else { wanted })
-    });
+    // Without an alias asked for, one made from the name; if another
+    // image has it (an older build, say), with the fingerprint's start.
+    let alias = match alias {
+        Some(a) => a,
+        None => {
+            let by_fp = fp.starts_with(&wanted.to_ascii_lowercase());
+            let a = derive_alias(if by_fp { &found.name } else { wanted });
+            match shared.instances.image_aliases()?.targets.contains_key(&a) {
+                true => format!("{}-{}", a, fp.get(..12).unwrap_or(fp)),
+                false => a,
+            }
+        }
+    };
     // The last progress stays in the result: a client that looks only
     // now and then still sees how the download went.
     let mut text = String::new();

@@ -156,6 +156,11 @@ pub(super) struct Guest {
     console: Option<Console>,
 }
 
+/// The guest agent of instance `e`, while it runs.
+pub(super) fn agent_of(e: &Entry) -> Option<Agent> {
+    lock(&e.guest).as_ref().map(|g| g.agent.clone())
+}
+
 impl Manager {
     /// Connects the console of `vm` (just started or adopted), runs its pump
     /// on the daemon's executor, and publishes the ways in.

@@ -25,14 +25,18 @@ const KEYS: &[&str] = &[
     "boot.cmdline",
     "security.privileged",
     "security.apparmor",
+    "snapshots.schedule",
+    "snapshots.schedule.stopped",
+    "snapshots.pattern",
+    "snapshots.expiry",
 ];
 /// The longest config value (cloud-init user-data is the large one).
 const MAX_VALUE: usize = 1 << 20;
 const DEFAULT_MEMORY: &str = "1GiB";
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
-use super::seed;
-use super::snapshot::Snapshot;
+use super::snapshot::{Pending, Snapshot};
+use super::{schedule, seed};
 pub(crate) use crate::wire::Device;
 
 /// The image an instance's root disk overlays.
@@ -70,6 +74,11 @@ pub(crate) struct Record {
     /// Oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
+    /// A snapshot change under way on the root disk, written before the
+    /// disk is touched: a daemon that dies in the middle finishes it when
+    /// it starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
 }
 
 /// `security.apparmor`.
@@ -140,7 +149,7 @@ impl Record {
         instance_dir(state, &self.name)
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
         self.config
             .get(key)
             .map(String::as_str)
@@ -476,6 +485,18 @@ pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
         "security.apparmor" if !["auto", "required", "off", ""].contains(&v) => {
             return Err(bad("expected auto, required or off"));
         }
+        "snapshots.schedule" => {
+            schedule::Schedule::parse(v)?;
+        }
+        "snapshots.schedule.stopped" if !["true", "false", ""].contains(&v) => {
+            return Err(bad("expected true or false"));
+        }
+        "snapshots.expiry" => {
+            schedule::expiry(v, 0)?;
+        }
+        "snapshots.pattern" if !v.is_empty() => {
+            schedule::check_pattern(v, super::snapshot::check_name)?;
+        }
         _ => {}
     }
     Ok(())
@@ -599,6 +620,7 @@ mod tests {
             devices: BTreeMap::new(),
             pins: BTreeMap::new(),
             snapshots: Vec::new(),
+            pending: None,
         }
     }
 

@@ -124,6 +124,7 @@ mod tests {
             devices: BTreeMap::new(),
             pins: BTreeMap::new(),
             snapshots: Vec::new(),
+            pending: None,
         }
     }
 
