@@ -147,6 +147,19 @@ contains "$ERR" "invalid snapshot name"
 kv delete vm-snap/k2
 expect_fail kv restore vm-snap k2
 contains "$ERR" "not found"
+# Names that are numbers: qemu-img reads a number as a snapshot's id first,
+# so each must still bring back its own content.
+pattern write 0x11
+kv snapshot vm-snap 1
+pattern write 0x22
+kv snapshot vm-snap 2
+kv restore vm-snap 1
+pattern read 0x11 || fail "snapshot 1 brought back another's content"
+kv restore vm-snap 2
+pattern read 0x22 || fail "snapshot 2 brought back another's content"
+kv delete vm-snap/1
+kv restore vm-snap 2
+pattern read 0x22 || fail "deleting snapshot 1 took snapshot 2's content"
 timeout 120 lxc delete kb:vm-snap --force || fail "lxc delete with snapshots"
 
 # Trust: a certificate added from a file is removed by the 12-character

@@ -25,10 +25,3 @@ pub(crate) fn rfc3339(secs: u64) -> String {
 pub(crate) fn rfc3339_now() -> String {
     rfc3339(now())
 }
-
-/// Seconds since the epoch of an RFC 3339 time (negative before 1970).
-pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(time::OffsetDateTime::unix_timestamp)
-}

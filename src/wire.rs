@@ -424,8 +424,9 @@ pub struct SnapshotsPost {
     pub name: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub stateful: bool,
-    /// RFC 3339; absent or null: as `snapshots.expiry` says; Go's zero
-    /// time (what `lxc snapshot --no-expiry` sends): never.
+    /// Absent or null: as the instance's `snapshots.expiry` says; Go's
+    /// zero time (what `lxc snapshot --no-expiry` sends): never. No other
+    /// time is taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Value>,
 }

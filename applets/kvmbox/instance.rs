@@ -502,6 +502,11 @@ pub(crate) fn delete(ctx: &Ctx, a: &Delete) -> Result<(), Error> {
     let (mut c, name) = ctx.target(&a.name)?;
     let url = match super::snapshot::path_of(&name) {
         Some(snapshot) => snapshot,
+        None if name.contains('/') => {
+            return Err(Error::Usage(format!(
+                "{name}: give NAME, or NAME/SNAPSHOT for a snapshot"
+            )))
+        }
         None => format!("{}{q}", path::instance(&name)),
     };
     let answer = c.call("DELETE", &url, None)?;

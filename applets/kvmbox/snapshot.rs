@@ -101,5 +101,7 @@ pub(crate) fn rename(ctx: &Ctx, a: &Rename) -> Result<(), Error> {
 /// `kvmbox delete NAME/SNAPSHOT`: the path of that snapshot.
 pub(crate) fn path_of(name: &str) -> Option<String> {
     let (instance, snap) = name.split_once('/')?;
-    Some(path::instance_snapshot(instance, snap))
+    // `vm/` would name the snapshots' list, where a POST takes one.
+    (!instance.is_empty() && !snap.is_empty() && !snap.contains('/'))
+        .then(|| path::instance_snapshot(instance, snap))
 }

@@ -222,7 +222,14 @@ impl Operations {
     where
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        self.spawn_reporting(ex, description, resources, |_| work)
+        self.start(
+            ex,
+            "task",
+            description,
+            resources,
+            &[],
+            Box::new(|_, _| Box::pin(work)),
+        )
     }
 
     /// Like [`Operations::spawn`], for work that reports its progress as the

@@ -2,61 +2,84 @@
 //! instance's `snapshots.schedule` asks for, then deleting those past
 //! their expiry. Each is announced as a lifecycle event, as a client's
 //! would be.
+//!
+//! Every minute since the last look is looked at, so a late wake-up loses
+//! none; each instance's work runs as a task of its own, so that one slow
+//! instance (a guest whose agent stalls a freeze, a stop holding its lock)
+//! delays only itself, and an instance with work still under way is left
+//! out rather than queued again.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::log::log;
+use crate::rt::lock;
 use crate::server::state::Shared;
 use crate::vmm::instances::Expiry;
 
+/// How far back a late wake-up looks: a day of minutes.
+const MAX_MINUTES: u64 = 24 * 60;
+
 /// Runs for the daemon's life, waking in the first second of each minute.
 pub(crate) async fn run(shared: Arc<Shared>) {
+    let busy = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut last = crate::clock::now() / 60;
     loop {
         let now = crate::clock::now();
         smol::Timer::after(Duration::from_secs(60 - now % 60)).await;
-        tick(&shared, crate::clock::now()).await;
+        let now = crate::clock::now();
+        let minute = now / 60;
+        let from = (last + 1).max(minute.saturating_sub(MAX_MINUTES));
+        let minutes: Vec<u64> = (from..=minute).map(|m| m * 60).collect();
+        last = last.max(minute);
+        tick(&shared, &busy, &minutes, now);
     }
 }
 
-/// What is due in the minute of `now`.
-async fn tick(shared: &Shared, now: u64) {
+/// Starts what is due in `minutes` (Unix seconds in each) and at `now`.
+fn tick(shared: &Arc<Shared>, busy: &Arc<Mutex<BTreeSet<String>>>, minutes: &[u64], now: u64) {
+    let Ok(ex) = shared.instances.executor() else {
+        return;
+    };
     let m = &shared.instances;
-    for (name, snap) in m.scheduled(now) {
-        let done = match snap {
-            Ok(snap) => m
-                .snapshot(&name, &snap, Expiry::Configured)
-                .await
-                .map(|()| snap),
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(snap) => shared.events.lifecycle(
-                "instance-snapshot-created",
-                &name,
-                json!({"snapshot": snap, "reason": "scheduled"}),
-            ),
-            Err(why) => log!(
-                Warn,
-                "instance {name}: scheduled snapshot: {}",
-                crate::error_chain(&why)
-            ),
+    let due = m.scheduled(minutes).into_iter().map(|(n, s)| (n, Some(s)));
+    for (name, take) in due.chain(m.expired(now).into_iter().map(|n| (n, None))) {
+        if !lock(busy).insert(name.clone()) {
+            continue;
         }
-    }
-    for (name, snap) in m.expired(now) {
-        match m.delete_snapshot(&name, &snap).await {
-            Ok(()) => shared.events.lifecycle(
-                "instance-snapshot-deleted",
-                &name,
-                json!({"snapshot": snap, "reason": "expired"}),
-            ),
-            Err(why) => log!(
-                Warn,
-                "instance {name}: deleting expired snapshot {snap}: {}",
-                crate::error_chain(&why)
-            ),
-        }
+        let (shared, busy) = (shared.clone(), busy.clone());
+        ex.spawn(async move {
+            let m = &shared.instances;
+            let (action, reason, done) = match take {
+                Some(snap) => (
+                    "instance-snapshot-created",
+                    "scheduled",
+                    match snap {
+                        Ok(snap) => m.snapshot(&name, &snap, Expiry::Configured).await,
+                        Err(e) => Err(e),
+                    },
+                ),
+                None => (
+                    "instance-snapshot-deleted",
+                    "expired",
+                    m.delete_expired(&name, now).await,
+                ),
+            };
+            match done {
+                Ok(()) => shared
+                    .events
+                    .lifecycle(action, &name, json!({ "reason": reason })),
+                Err(why) => log!(
+                    Warn,
+                    "instance {name}: {reason} snapshot: {}",
+                    crate::error_chain(&why)
+                ),
+            }
+            lock(&busy).remove(&name);
+        })
+        .detach();
     }
 }

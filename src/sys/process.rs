@@ -208,6 +208,30 @@ fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
+/// Ties a tool the daemon runs and waits for (qemu-img) to the thread that
+/// waits, as [`Spawn::dies_with_thread`] ties the KVM probe: SIGKILL when
+/// the daemon dies, so that no change of the dead daemon's goes on under
+/// the next one.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the forked child before exec (after std
+    // changed uid/gid, which would clear the flag) and only makes
+    // async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The daemon died before prctl: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(EXIT_ORPHANED);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Creates the persistent tap `ifname`, puts it on `bridge` and brings it
 /// up: the VM's bridged NIC, which QEMU then inherits through [`open_tap`].
 pub(crate) fn create_tap(ifname: &str, bridge: &str) -> io::Result<()> {

@@ -720,7 +720,8 @@ impl Manager {
 
     async fn start_locked(&self, e: &Entry, slot: &mut Option<Vm>) -> Result<(), Error> {
         let host = self.host()?;
-        let rec = current(e)?;
+        // Never on a disk a snapshot change left half-done.
+        let rec = self.settled(e, slot).await?;
         if let Some(vm) = slot.as_ref().filter(|vm| vm.is_running()) {
             return Err(Error::Conflict(format!(
                 "instance {:?} is already running (pid {})",

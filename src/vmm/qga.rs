@@ -371,12 +371,18 @@ impl Agent {
         self.request("guest-ping", None).await.map(drop)
     }
 
-    /// `guest-fsfreeze-freeze`, after a `guest-ping` bounded by `answer`:
-    /// the number of filesystems frozen. A guest without an agent costs
-    /// `answer`, not the full time limit. Whatever the result, a freeze
-    /// that was sent must be followed by [`Agent::thaw`].
-    pub async fn freeze(&self, answer: Duration) -> Result<u64, Error> {
-        self.request_within(answer, "guest-ping", None).await?;
+    /// `guest-ping` bounded by `answer`: whether an agent answers at all,
+    /// at the cost of `answer`, not of the full time limit, when none does.
+    pub async fn ping_within(&self, answer: Duration) -> Result<(), Error> {
+        self.request_within(answer, "guest-ping", None)
+            .await
+            .map(drop)
+    }
+
+    /// `guest-fsfreeze-freeze`: the number of filesystems frozen. Whatever
+    /// the result, a freeze that was sent must be followed by
+    /// [`Agent::thaw`].
+    pub async fn freeze(&self) -> Result<u64, Error> {
         let r = self.request("guest-fsfreeze-freeze", None).await?;
         r.as_u64()
             .ok_or_else(|| Error::Protocol(format!("guest-fsfreeze-freeze answered {r}")))

@@ -157,7 +157,7 @@ pub(crate) async fn handle(
                 "Deleting snapshot",
                 name,
                 "instance-snapshot-deleted",
-                move |s| async move { s.instances.delete_snapshot(&n, &sn).await },
+                move |s| async move { s.instances.delete_snapshot(&n, &sn, None).await },
             )
         }
         Call::Create => create(shared, id, req).await,
@@ -394,7 +394,7 @@ async fn restore(shared: &Arc<Shared>, id: &Identity, current: &Record, snap: St
         Some((inst, s)) if inst == current.name => s.to_string(),
         _ => snap,
     };
-    let Some(s) = current.snapshots.iter().find(|s| s.name == snap) else {
+    let Some(s) = current.snapshots.iter().find(|s| s.name == snap).cloned() else {
         return error(404, &format!("snapshot {}/{snap} not found", current.name));
     };
     let pins = match check_files(id, &s.config, &s.devices, Some(current)).await {
@@ -407,7 +407,7 @@ async fn restore(shared: &Arc<Shared>, id: &Identity, current: &Record, snap: St
         "Restoring snapshot",
         &n.clone(),
         "instance-restored",
-        move |sh| async move { sh.instances.restore(&n, &snap, &pins).await },
+        move |sh| async move { sh.instances.restore(&n, &s, &pins).await },
     )
 }
 
@@ -422,18 +422,15 @@ fn take_snapshot(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
     }
     let expiry = match b.expires_at {
         None | Some(Value::Null) => Expiry::Configured,
-        Some(Value::String(t)) => match crate::clock::parse_rfc3339(&t) {
-            // Go's zero time, and any time before 1970: no expiry.
-            Some(secs) => u64::try_from(secs).map_or(Expiry::Never, |s| match s {
-                0 => Expiry::Never,
-                s => Expiry::At(s),
-            }),
-            None => return error(400, &format!("invalid expires_at {t:?}: expected RFC 3339")),
-        },
+        // Go's zero time: what `lxc snapshot --no-expiry` sends.
+        Some(Value::String(t)) if t.starts_with("0001-01-01T00:00:00") => Expiry::Never,
         Some(other) => {
             return error(
                 400,
-                &format!("invalid expires_at {other}: expected RFC 3339"),
+                &format!(
+                    "expires_at {other}: only Go's zero time (no expiry) is taken; \
+                     the instance's snapshots.expiry sets when snapshots expire"
+                ),
             )
         }
     };

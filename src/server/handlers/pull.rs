@@ -21,7 +21,7 @@ use crate::hostfile::Pin;
 use crate::http::Response;
 use crate::log::log;
 use crate::server::operations::Progress;
-use crate::server::reply::{error, operation, told};
+use crate::server::reply::{error, fail, operation, told};
 use crate::server::state::Shared;
 use crate::simplestreams::{self, File, Found};
 use crate::vmm::instances;
@@ -163,6 +163,13 @@ pub(crate) fn launch(
     if shared.instances.record(&b.name).is_ok() {
         return error(409, &format!("instance {:?} already exists", b.name));
     }
+    if let Err(e) = b
+        .config
+        .iter()
+        .try_for_each(|(k, v)| instances::check_config(k, v))
+    {
+        return fail(&e);
+    }
     let ex = match shared.instances.executor() {
         Ok(ex) => ex,
         Err(e) => return error(500, &told(&e)),
@@ -230,12 +237,29 @@ fn fetch_image(
     // The last progress stays in the result: a client that looks only
     // now and then still sees how the download went.
     let mut text = String::new();
-    let img = shared.instances.fetch_image(
+    let fetched = shared.instances.fetch_image(
         &url.show(&found.disk.path),
         &alias,
         (fp, found.disk.size),
         |file| Ok(download(&fetcher, url, &found, file, progress, &mut text)?),
-    )?;
+    );
+    let img = match fetched {
+        // Another pull of the same image finished first: it is there.
+        Err(instances::Error::Exists(_))
+            if shared
+                .instances
+                .images()?
+                .iter()
+                .any(|i| i.fingerprint == fp) =>
+        {
+            log!(
+                Info,
+                "image {fp} was pulled at the same time by another request"
+            );
+            return Ok(json!({"fingerprint": fp, "size": size, "existing": "true"}));
+        }
+        other => other?,
+    };
     log!(Info, "image {} pulled as {}", img.fingerprint, img.alias);
     Ok(json!({"fingerprint": fp, "size": size, "download_progress": text}))
 }

@@ -491,8 +491,10 @@ pub(crate) fn check_config(k: &str, v: &str) -> Result<(), Error> {
         "snapshots.schedule.stopped" if !["true", "false", ""].contains(&v) => {
             return Err(bad("expected true or false"));
         }
+        // As the next snapshot would be dated: one that could never be
+        // taken is refused now, not at every snapshot.
         "snapshots.expiry" => {
-            schedule::expiry(v, 0)?;
+            schedule::expiry(v, crate::clock::now())?;
         }
         "snapshots.pattern" if !v.is_empty() => {
             schedule::check_pattern(v, super::snapshot::check_name)?;

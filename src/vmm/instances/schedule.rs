@@ -210,12 +210,16 @@ pub(crate) fn expiry(spec: &str, from: u64) -> Result<Option<u64>, Error> {
 /// the instance's snapshots `existing`: `%d` becomes one more than the
 /// highest number a snapshot of this pattern has (0 for the first), so a
 /// name is not given again while older ones are kept; a pattern without
-/// `%d` is used as it is. `None` when that name is taken.
+/// `%d` is used as it is, and once that is taken, with `-%d` after it (as
+/// LXD does). `None` when even that name is taken.
 pub(crate) fn next_name<'a>(
     pattern: &str,
     existing: impl Iterator<Item = &'a str> + Clone,
 ) -> Option<String> {
     let name = match pattern.split_once("%d") {
+        None if existing.clone().any(|n| n == pattern) => {
+            return next_name(&format!("{pattern}-%d"), existing)
+        }
         None => pattern.to_string(),
         Some((pre, post)) => {
             let next = existing
@@ -338,7 +342,11 @@ mod tests {
             next_name("n%dly", ["n7ly"].into_iter()).as_deref(),
             Some("n8ly")
         );
-        assert_eq!(next_name("nightly", it()), None);
+        assert_eq!(next_name("nightly", it()).as_deref(), Some("nightly-0"));
+        assert_eq!(
+            next_name("nightly", ["nightly", "nightly-0"].into_iter()).as_deref(),
+            Some("nightly-1")
+        );
         assert_eq!(next_name("weekly", it()).as_deref(), Some("weekly"));
         let plain = |n: &str| match n.contains(['/', ' ', '.']) || n.is_empty() {
             true => Err(Error::Invalid(n.into())),

@@ -25,7 +25,9 @@ use super::record::{Device, Record};
 use super::{current, save, schedule, Entry, Error, Manager};
 use crate::hostfile::Pin;
 use crate::log::log;
+use crate::rt::Boxed;
 use crate::vmm::qga;
+use crate::vmm::vm::Vm;
 
 /// Snapshots one instance keeps at most (qcow2 slows down with many).
 pub(crate) const MAX_SNAPSHOTS: usize = 64;
@@ -61,14 +63,19 @@ impl Snapshot {
 
 /// A change to the root disk's snapshots, recorded before it is made.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Pending {
-    /// Taking this snapshot: it is kept if the disk has its tag.
-    Take(Snapshot),
-    /// Deleting this tag (the snapshot is out of the list already).
-    Delete(String),
-    /// Putting the disk back to this tag (the config is back already).
-    Restore(String),
+    /// This tag is to go from the disk if it is there: a snapshot being
+    /// taken (nobody was told it was) or deleted (it is out of the list).
+    Remove(String),
+    /// Putting the disk back to `tag`. The config and devices are the
+    /// snapshot's already; these are the ones before, put back if the
+    /// disk cannot be.
+    Restore {
+        tag: String,
+        config: BTreeMap<String, String>,
+        devices: BTreeMap<String, Device>,
+    },
 }
 
 /// When a new snapshot expires.
@@ -77,8 +84,6 @@ pub(crate) enum Expiry {
     /// As the instance's `snapshots.expiry` says.
     Configured,
     Never,
-    /// At these Unix seconds.
-    At(u64),
 }
 
 /// What `qemu-img snapshot` is asked to do.
@@ -91,7 +96,8 @@ enum Act {
 
 /// Runs `qemu-img ARGS… disk` as the file's owner, for its output: a disk
 /// a VM has run on is its uid's, and root must not parse a file a guest
-/// could have shaped.
+/// could have shaped. It dies with the daemon: a change cut off is then
+/// finished or undone by the next daemon alone, not raced by the old one.
 fn qemu_img(disk: &Path, args: &[&str]) -> Result<Vec<u8>, Error> {
     let owner = std::fs::metadata(disk)
         .map_err(|e| Error::host(format!("read {}", disk.display()), e))?
@@ -101,6 +107,7 @@ fn qemu_img(disk: &Path, args: &[&str]) -> Result<Vec<u8>, Error> {
     if crate::sys::euid() == 0 && owner != 0 {
         cmd.uid(owner).gid(owner);
     }
+    crate::sys::process::die_with_parent(&mut cmd);
     let out = cmd
         .output()
         .map_err(|e| Error::host("run qemu-img (is qemu-utils installed?)", e))?;
@@ -129,7 +136,12 @@ async fn snapshot_disk(disk: &Path, act: Act, tag: &str) -> Result<(), Error> {
 async fn disk_tags(disk: &Path) -> Result<Vec<String>, Error> {
     let disk = disk.to_path_buf();
     let out = smol::unblock(move || qemu_img(&disk, &["info", "-U", "--output=json"])).await?;
-    let info: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    let info: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        Error::host(
+            "read the root disk's snapshots (qemu-img info)",
+            std::io::Error::other(e),
+        )
+    })?;
     let names = info
         .get("snapshots")
         .and_then(|s| s.as_array())
@@ -156,20 +168,163 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// The disk tag for a new snapshot `name`: its name, unless a renamed
-/// snapshot still has that tag.
-fn new_tag(rec: &Record, name: &str) -> String {
-    let used = |t: &str| rec.snapshots.iter().any(|s| s.tag() == t);
-    if !used(name) {
+/// The disk tag for a new snapshot `name`: its name, unless that is taken
+/// by a snapshot of the record (a renamed one keeps its first), by the
+/// change in `pending`, or on the disk (`on_disk`: left by a change the
+/// daemon gave up on), or is all digits (qemu-img takes a number for a
+/// snapshot's id before its name).
+fn new_tag(rec: &Record, name: &str, on_disk: &[String]) -> String {
+    let pending = match &rec.pending {
+        Some(Pending::Remove(t) | Pending::Restore { tag: t, .. }) => Some(t.as_str()),
+        None => None,
+    };
+    let free = |t: &str| {
+        !t.bytes().all(|b| b.is_ascii_digit())
+            && !rec.snapshots.iter().any(|s| s.tag() == t)
+            && pending != Some(t)
+            && !on_disk.iter().any(|d| d == t)
+    };
+    if free(name) {
         return name.into();
     }
-    (1..=MAX_SNAPSHOTS)
+    (1..)
         .map(|i| format!("{name}~{i}"))
-        .find(|t| !used(t))
+        .find(|t| free(t))
         .unwrap_or_else(|| name.into())
 }
 
+/// The guest agent's thaw: a guest left frozen stops writing until
+/// someone thaws it, so a failure is worth a warning.
+async fn thaw(agent: &qga::Agent, name: &str) {
+    if let Err(why) = agent.thaw().await {
+        log!(
+            Warn,
+            "instance {name}: thawing the guest's filesystems failed: {why}"
+        );
+    }
+}
+
 impl Manager {
+    /// Finishes the change `rec.pending` records, by what the root disk
+    /// holds: a snapshot being taken is undone if the disk has it (nobody
+    /// was told it was taken), a deletion is done if its tag is still
+    /// there, a restore is done if its tag is there and undone (the config
+    /// put back) if not; a freeze that may still hold the guest is undone. `rec` is saved; an error leaves the
+    /// change recorded, for the next try.
+    async fn settle(
+        &self,
+        e: &Entry,
+        slot: &mut Option<Vm>,
+        rec: &mut Record,
+        state: &Path,
+    ) -> Result<(), Error> {
+        let Some(pending) = rec.pending.clone() else {
+            return Ok(());
+        };
+        let name = rec.name.clone();
+        let running = slot.as_mut().filter(|vm| vm.is_running());
+        if let Some(d) = rec.root_disk(state) {
+            let tags = disk_tags(&d).await?;
+            let has = |t: &str| tags.iter().any(|d| d == t);
+            // The freeze of a snapshot cut off may still hold the guest.
+            if let (Pending::Remove(_), true, Some(a)) = (&pending, running.is_some(), agent_of(e))
+            {
+                if a.ping_within(AGENT_ANSWER).await.is_ok() {
+                    thaw(&a, &name).await;
+                }
+            }
+            // A snapshot cut off is undone, a deletion done.
+            match &pending {
+                Pending::Remove(tag) if has(tag) => match running {
+                    Some(vm) => vm.disk_snapshot("root", tag, false).await?,
+                    None => snapshot_disk(&d, Act::Delete, tag).await?,
+                },
+                Pending::Remove(_) => {}
+                Pending::Restore { tag, .. } if running.is_some() => {
+                    return Err(Error::Conflict(format!(
+                        "instance {name:?} runs with the restore of {tag} unfinished: stop it"
+                    )));
+                }
+                Pending::Restore { tag, .. } if has(tag) => {
+                    snapshot_disk(&d, Act::Apply, tag).await?;
+                }
+                Pending::Restore {
+                    tag,
+                    config,
+                    devices,
+                } => {
+                    log!(
+                        Warn,
+                        "instance {name}: the disk has no {tag} to restore: config put back"
+                    );
+                    rec.config.clone_from(config);
+                    rec.devices.clone_from(devices);
+                }
+            }
+        }
+        rec.pending = None;
+        save(rec, &rec.dir(state)).await?;
+        let (what, tag) = match &pending {
+            Pending::Remove(t) => ("removed", t.as_str()),
+            Pending::Restore { tag, .. } => ("restored", tag.as_str()),
+        };
+        log!(
+            Info,
+            "instance {name}: {what} disk snapshot {tag}, a change cut off earlier"
+        );
+        Ok(())
+    }
+
+    /// Instance `e` as stored, its lock held by the caller (`slot`), with
+    /// any change left pending finished first.
+    /// Boxed: it is awaited from every change, each of which would
+    /// otherwise carry a copy of it.
+    pub(super) fn settled<'a>(
+        &'a self,
+        e: &'a Entry,
+        slot: &'a mut Option<Vm>,
+    ) -> Boxed<'a, Result<Record, Error>> {
+        Box::pin(async move {
+            let host = self.host()?;
+            let mut rec = current(e)?;
+            if rec.pending.is_some() {
+                let settled = self.settle(e, slot, &mut rec, &host.state).await;
+                e.view.change(|v| v.record = rec.clone());
+                settled?;
+            }
+            Ok(rec)
+        })
+    }
+
+    /// A snapshot of the running `vm`'s root disk as tag `tag`, the
+    /// guest's filesystems frozen if its agent answers; how it was taken.
+    async fn live_snapshot(
+        e: &Entry,
+        vm: &mut Vm,
+        tag: &str,
+        name: &str,
+    ) -> Result<&'static str, Error> {
+        let agent = agent_of(e);
+        let answers = match &agent {
+            Some(a) => a.ping_within(AGENT_ANSWER).await.is_ok(),
+            None => false,
+        };
+        let frozen = match (&agent, answers) {
+            (Some(a), true) => a.freeze().await.is_ok(),
+            _ => false,
+        };
+        let done = vm.disk_snapshot("root", tag, true).await;
+        // A freeze that was sent, answered or not, is undone.
+        if let (Some(a), true) = (&agent, answers) {
+            thaw(a, name).await;
+        }
+        done?;
+        Ok(match frozen {
+            true => " with the guest's filesystems frozen",
+            false => " without the guest agent (as a power cut leaves the disk)",
+        })
+    }
+
     /// Takes snapshot `snap` of instance `name`, running or not.
     pub(crate) async fn snapshot(
         &self,
@@ -181,7 +336,7 @@ impl Manager {
         let host = self.host()?;
         let e = self.entry(name)?;
         let mut guard = e.vm.lock().await;
-        let mut rec = current(&e)?;
+        let mut rec = self.settled(&e, &mut guard).await?;
         if rec.snapshots.iter().any(|s| s.name == snap) {
             return Err(Error::Exists(format!("snapshot {name}/{snap}")));
         }
@@ -196,7 +351,6 @@ impl Manager {
                 schedule::expiry(rec.get("snapshots.expiry").unwrap_or(""), created_at)?
             }
             Expiry::Never => None,
-            Expiry::At(t) => Some(t),
         };
         let disk = rec.root_disk(&host.state);
         let mut taken = Snapshot {
@@ -211,67 +365,71 @@ impl Manager {
         let dir = rec.dir(&host.state);
         let mut how = "";
         if let Some(d) = disk {
-            let tag = new_tag(&rec, snap);
+            let tag = new_tag(&rec, snap, &disk_tags(&d).await?);
             taken.tag = (tag != snap).then(|| tag.clone());
-            rec.pending = Some(Pending::Take(taken.clone()));
+            rec.pending = Some(Pending::Remove(tag.clone()));
             save(&rec, &dir).await?;
             let done = match guard.as_mut().filter(|vm| vm.is_running()) {
-                Some(vm) => {
-                    let agent = agent_of(&e);
-                    let frozen = match &agent {
-                        Some(a) => a.freeze(AGENT_ANSWER).await,
-                        None => Err(qga::Error::NoAgent(0)),
-                    };
-                    how = match &frozen {
-                        Ok(_) => " with the guest's filesystems frozen",
-                        Err(_) => " without the guest agent (as a power cut leaves the disk)",
-                    };
-                    let done = vm.disk_snapshot("root", &tag, true).await;
-                    // A freeze that was sent, answered or not, is undone.
-                    if let (Some(a), Ok(_) | Err(qga::Error::Timeout { .. })) = (&agent, &frozen) {
-                        if let Err(why) = a.thaw().await {
-                            log!(
-                                Warn,
-                                "instance {name}: thawing the guest's filesystems failed: {why}"
-                            );
-                        }
-                    }
-                    done.map_err(Error::from)
-                }
-                None => snapshot_disk(&d, Act::Take, &tag).await,
+                Some(vm) => Self::live_snapshot(&e, vm, &tag, name).await,
+                None => snapshot_disk(&d, Act::Take, &tag).await.map(|()| ""),
             };
-            rec.pending = None;
-            if done.is_err() {
-                save(&rec, &dir).await?;
-                e.view.change(|v| v.record = rec);
-                return done;
+            match done {
+                Ok(h) => how = h,
+                // Left pending: QEMU may yet finish a snapshot its client
+                // gave up waiting for, and the next change of the instance
+                // undoes whatever the disk then has (see `settle`).
+                Err(err) => {
+                    e.view.change(|v| v.record = rec);
+                    return Err(err);
+                }
             }
+            rec.pending = None;
         }
         rec.snapshots.push(taken);
-        save(&rec, &dir).await?;
+        let saved = save(&rec, &dir).await;
+        if saved.is_err() {
+            // instance.json still has the change as pending, if any.
+            let last = rec.snapshots.pop();
+            rec.pending = last
+                .filter(|s| s.disk)
+                .map(|s| Pending::Remove(s.tag().into()));
+        }
         e.view.change(|v| v.record = rec);
+        saved?;
         log!(Info, "instance {name}: snapshot {snap} taken{how}");
         Ok(())
     }
 
-    /// Deletes snapshot `snap` of instance `name`.
-    pub(crate) async fn delete_snapshot(&self, name: &str, snap: &str) -> Result<(), Error> {
+    /// Deletes snapshot `snap` of instance `name`; with `expired_by`, only
+    /// if it has expired by then (checked under the instance's lock, so a
+    /// snapshot made again under that name is not taken for it).
+    pub(crate) async fn delete_snapshot(
+        &self,
+        name: &str,
+        snap: &str,
+        expired_by: Option<u64>,
+    ) -> Result<(), Error> {
         let host = self.host()?;
         let e = self.entry(name)?;
         let mut guard = e.vm.lock().await;
-        let mut rec = current(&e)?;
-        let Some(pos) = rec.snapshots.iter().position(|s| s.name == snap) else {
+        let mut rec = self.settled(&e, &mut guard).await?;
+        let Some(pos) = rec.snapshots.iter().position(|s| {
+            s.name == snap && expired_by.is_none_or(|now| s.expires_at.is_some_and(|t| t <= now))
+        }) else {
             return Err(Error::NotFound(format!("snapshot {name}/{snap}")));
         };
         let gone = rec.snapshots.remove(pos);
         let dir = rec.dir(&host.state);
         if let (true, Some(d)) = (gone.disk, rec.root_disk(&host.state)) {
-            rec.pending = Some(Pending::Delete(gone.tag().into()));
+            rec.pending = Some(Pending::Remove(gone.tag().into()));
             save(&rec, &dir).await?;
             e.view.change(|v| v.record = rec.clone());
-            match guard.as_mut().filter(|vm| vm.is_running()) {
-                Some(vm) => vm.disk_snapshot("root", gone.tag(), false).await?,
-                None => snapshot_disk(&d, Act::Delete, gone.tag()).await?,
+            // Not on the disk (a change given up on): nothing to delete.
+            if disk_tags(&d).await?.iter().any(|t| t == gone.tag()) {
+                match guard.as_mut().filter(|vm| vm.is_running()) {
+                    Some(vm) => vm.disk_snapshot("root", gone.tag(), false).await?,
+                    None => snapshot_disk(&d, Act::Delete, gone.tag()).await?,
+                }
             }
             rec.pending = None;
         }
@@ -291,8 +449,8 @@ impl Manager {
         check_name(to)?;
         let host = self.host()?;
         let e = self.entry(name)?;
-        let _guard = e.vm.lock().await;
-        let mut rec = current(&e)?;
+        let mut guard = e.vm.lock().await;
+        let mut rec = self.settled(&e, &mut guard).await?;
         if rec.snapshots.iter().any(|s| s.name == to) {
             return Err(Error::Exists(format!("snapshot {name}/{to}")));
         }
@@ -309,140 +467,154 @@ impl Manager {
     }
 
     /// Puts instance `name` back as snapshot `snap` was: root disk, config
-    /// and devices. A running instance is stopped at once (what it wrote
-    /// since the snapshot is being thrown away) and started again after.
-    /// `pins` are the checked files of disks the snapshot has and the
-    /// instance no longer does.
+    /// and devices. `checked` is the snapshot as the caller's request was
+    /// checked against: if `snap` is another one now (renamed meanwhile),
+    /// nothing is done. A running instance is stopped at once (what it
+    /// wrote since the snapshot is being thrown away) and started again
+    /// after. `pins` are the checked files of disks the snapshot has and
+    /// the instance no longer does.
     pub(crate) async fn restore(
         &self,
         name: &str,
-        snap: &str,
+        checked: &Snapshot,
         pins: &BTreeMap<String, Pin>,
     ) -> Result<(), Error> {
         let host = self.host()?;
+        let snap = checked.name.as_str();
         let e = self.entry(name)?;
         let mut guard = e.vm.lock().await;
-        let old = current(&e)?;
+        let old = self.settled(&e, &mut guard).await?;
         let Some(s) = old.snapshots.iter().find(|s| s.name == snap).cloned() else {
             return Err(Error::NotFound(format!("snapshot {name}/{snap}")));
         };
+        if (s.created_at, &s.config, &s.devices)
+            != (checked.created_at, &checked.config, &checked.devices)
+        {
+            return Err(Error::Conflict(format!(
+                "snapshot {name}/{snap} changed while the request was checked: ask again"
+            )));
+        }
         let mut new: Record = old.clone();
         new.config.clone_from(&s.config);
         new.devices.clone_from(&s.devices);
         new.take_pins(&old.pins, pins)?;
         new.validate()?;
+        let disk = match (s.disk, new.root_disk(&host.state)) {
+            (true, Some(d)) => Some(d),
+            _ => None,
+        };
+        if let Some(d) = &disk {
+            if !disk_tags(d).await?.iter().any(|t| t == s.tag()) {
+                return Err(Error::NotFound(format!(
+                    "the root disk's state of snapshot {name}/{snap}"
+                )));
+            }
+        }
         let was_running = guard.as_ref().is_some_and(|vm| vm.is_running());
         if guard.is_some() {
             self.stop_locked(&e, &mut guard, true, Duration::ZERO)
                 .await?;
         }
         let dir = new.dir(&host.state);
-        if let (true, Some(d)) = (s.disk, new.root_disk(&host.state)) {
-            new.pending = Some(Pending::Restore(s.tag().into()));
-            save(&new, &dir).await?;
-            e.view.change(|v| v.record = new.clone());
-            if let Err(err) = snapshot_disk(&d, Act::Apply, s.tag()).await {
+        let applied = match &disk {
+            Some(d) => {
+                new.pending = Some(Pending::Restore {
+                    tag: s.tag().into(),
+                    config: old.config.clone(),
+                    devices: old.devices.clone(),
+                });
+                save(&new, &dir).await?;
+                e.view.change(|v| v.record = new.clone());
+                snapshot_disk(d, Act::Apply, s.tag()).await
+            }
+            None => Ok(()),
+        };
+        let restored = match applied {
+            Ok(()) => {
+                new.pending = None;
+                new.release_pins(false);
+                save(&new, &dir).await?;
+                e.view.change(|v| v.record = new);
+                log!(Info, "instance {name}: snapshot {snap} restored");
+                Ok(())
+            }
+            // As it was: the config too, and running if it ran.
+            Err(err) => {
                 save(&old, &dir).await?;
                 e.view.change(|v| v.record = old);
-                return Err(err);
+                Err(err)
             }
-            new.pending = None;
-        }
-        new.release_pins(false);
-        save(&new, &dir).await?;
-        e.view.change(|v| v.record = new);
-        log!(Info, "instance {name}: snapshot {snap} restored");
+        };
         if was_running {
-            self.start_locked(&e, &mut guard).await?;
+            let started = self.start_locked(&e, &mut guard).await;
+            match (&restored, started) {
+                (Ok(()), started) => started?,
+                (Err(_), Err(why)) => {
+                    log!(Warn, "instance {name}: starting it again failed: {why}")
+                }
+                (Err(_), Ok(())) => {}
+            }
         }
-        Ok(())
+        restored
     }
 
     /// Finishes the snapshot change a daemon that died left in `e`'s
-    /// record, by what the root disk holds: a snapshot taken is kept if
-    /// the disk has it, a deletion or a restore is done again. A freeze
-    /// that may still hold the guest is undone. Called as the daemon opens
-    /// its instances, after their QEMUs are re-adopted.
+    /// record (see [`Manager::settle`]); called as the daemon opens its
+    /// instances, after their QEMUs are re-adopted. A failure is logged and
+    /// the change stays recorded: the instance's next change tries again.
     pub(super) async fn finish_pending(&self, e: &Entry) {
-        let Ok(host) = self.host() else { return };
         let mut guard = e.vm.lock().await;
-        let Ok(mut rec) = current(e) else { return };
-        let Some(pending) = rec.pending.clone() else {
-            return;
-        };
-        let name = rec.name.clone();
-        let running = guard.as_mut().filter(|vm| vm.is_running());
-        let done = match (&pending, rec.root_disk(&host.state)) {
-            (_, None) => Ok(()),
-            (Pending::Take(s), Some(d)) => {
-                if let (Some(a), true) = (agent_of(e), running.is_some()) {
-                    host.ex.spawn(async move { drop(a.thaw().await) }).detach();
-                }
-                disk_tags(&d).await.map(|tags| {
-                    if tags.iter().any(|t| t == s.tag()) {
-                        rec.snapshots.push(s.clone());
-                    }
-                })
-            }
-            (Pending::Delete(tag), Some(d)) => match disk_tags(&d).await {
-                Ok(tags) if !tags.contains(tag) => Ok(()),
-                Ok(_) => match running {
-                    Some(vm) => vm
-                        .disk_snapshot("root", tag, false)
-                        .await
-                        .map_err(Error::from),
-                    None => snapshot_disk(&d, Act::Delete, tag).await,
-                },
-                Err(why) => Err(why),
-            },
-            // A restore runs on a stopped VM and starts it after it is done.
-            (Pending::Restore(tag), Some(d)) => snapshot_disk(&d, Act::Apply, tag).await,
-        };
-        if let Err(why) = done {
+        if let Err(why) = self.settled(e, &mut guard).await {
             log!(
                 Warn,
-                "instance {name}: the snapshot change cut off earlier is not finished: {}",
+                "instance {}: the snapshot change cut off earlier is not finished: {}",
+                e.view.read(|v| v.record.name.clone()),
                 crate::error_chain(&why)
             );
-            return;
         }
-        rec.pending = None;
-        let dir = rec.dir(&host.state);
-        if let Err(why) = save(&rec, &dir).await {
-            log!(Warn, "instance {name}: {}", crate::error_chain(&why));
-            return;
-        }
-        log!(
-            Info,
-            "instance {name}: finished the snapshot change cut off earlier ({pending:?})"
-        );
-        e.view.change(|v| v.record = rec);
     }
 
-    /// The snapshots past their expiry at `now`, as (instance, snapshot).
-    pub(crate) fn expired(&self, now: u64) -> Vec<(String, String)> {
+    /// The instances with a snapshot past its expiry at `now`.
+    pub(crate) fn expired(&self, now: u64) -> Vec<String> {
         self.records()
             .into_iter()
-            .flat_map(|(r, _)| {
+            .filter(|(r, _)| {
                 r.snapshots
                     .iter()
-                    .filter(|s| s.expires_at.is_some_and(|t| t <= now))
-                    .map(|s| (r.name.clone(), s.name.clone()))
-                    .collect::<Vec<_>>()
+                    .any(|s| s.expires_at.is_some_and(|t| t <= now))
             })
+            .map(|(r, _)| r.name)
             .collect()
     }
 
-    /// The instances whose `snapshots.schedule` names the minute of `now`,
-    /// with the name their snapshot gets (`snapshots.pattern`). A stopped
-    /// instance only with `snapshots.schedule.stopped`.
-    pub(crate) fn scheduled(&self, now: u64) -> Vec<(String, Result<String, Error>)> {
+    /// Deletes instance `name`'s snapshots past their expiry at `now`, each
+    /// checked again under the instance's lock.
+    pub(crate) async fn delete_expired(&self, name: &str, now: u64) -> Result<(), Error> {
+        loop {
+            let rec = self.record(name)?;
+            let Some(s) = rec
+                .snapshots
+                .iter()
+                .find(|s| s.expires_at.is_some_and(|t| t <= now))
+            else {
+                return Ok(());
+            };
+            self.delete_snapshot(name, &s.name, Some(now)).await?;
+        }
+    }
+
+    /// The instances whose `snapshots.schedule` names any of `minutes`
+    /// (Unix seconds in each), with the name their snapshot gets
+    /// (`snapshots.pattern`). A stopped instance only with
+    /// `snapshots.schedule.stopped`.
+    pub(crate) fn scheduled(&self, minutes: &[u64]) -> Vec<(String, Result<String, Error>)> {
         let mut due = Vec::new();
         for (r, running) in self.records() {
             let Some(Ok(s)) = r.get("snapshots.schedule").map(schedule::Schedule::parse) else {
                 continue;
             };
-            if !s.fires(now) || !(running || r.get("snapshots.schedule.stopped") == Some("true")) {
+            let fires = minutes.iter().any(|m| s.fires(*m));
+            if !fires || !(running || r.get("snapshots.schedule.stopped") == Some("true")) {
                 continue;
             }
             let pattern = r
@@ -463,6 +635,30 @@ impl Manager {
 #[allow(clippy::unwrap_used, reason = "a failed test should panic")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_is_never_a_number_nor_one_in_use() {
+        let json = br#"{"name":"v","uuid":"u","created_at":0,"uid":0,"config":{},"devices":{}}"#;
+        let mut rec = Record::from_json(json).unwrap();
+        let snap = |name: &str, tag: Option<&str>| Snapshot {
+            name: name.into(),
+            created_at: 0,
+            expires_at: None,
+            config: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            disk: true,
+            tag: tag.map(str::to_string),
+        };
+        // qemu-img would take "7" for the id of another snapshot.
+        assert_eq!(new_tag(&rec, "7", &[]), "7~1");
+        assert_eq!(new_tag(&rec, "s1", &[]), "s1");
+        // Renamed s1b keeps tag s1; a tag the disk has but no record names.
+        rec.snapshots.push(snap("s1b", Some("s1")));
+        assert_eq!(new_tag(&rec, "s1", &[]), "s1~1");
+        assert_eq!(new_tag(&rec, "s2", &["s2".into(), "s2~1".into()]), "s2~2");
+        rec.pending = Some(Pending::Remove("s3".into()));
+        assert_eq!(new_tag(&rec, "s3", &[]), "s3~1");
+    }
 
     #[test]
     fn snapshot_names_are_one_plain_segment() {

@@ -137,7 +137,9 @@ pub(crate) fn snapshot(r: &Record, s: &Snapshot) -> Value {
         "name": s.name,
         "created_at": rfc3339(s.created_at),
         "last_used_at": rfc3339(s.created_at),
-        "expires_at": rfc3339(0),
+        // 1970 when it never expires: lxc shows no expiry for a time at or
+        // before the epoch.
+        "expires_at": rfc3339(s.expires_at.unwrap_or(0)),
         "stateful": false,
         "ephemeral": false,
         "architecture": std::env::consts::ARCH,
