@@ -222,14 +222,7 @@ impl Operations {
     where
         F: Future<Output = Result<Value, String>> + Send + 'static,
     {
-        self.start(
-            ex,
-            "task",
-            description,
-            resources,
-            &[],
-            Box::new(|_, _| Box::pin(work)),
-        )
+        self.spawn_reporting(ex, description, resources, |_| work)
     }
 
     /// Like [`Operations::spawn`], for work that reports its progress as the
