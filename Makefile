@@ -84,6 +84,10 @@ test: deps
 check:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	@# The fuzz targets' entry points (src/fuzzing.rs) as `make fuzz`
+	@# builds them, in a directory of their own so that the flag does not
+	@# rebuild the main tree.
+	RUSTFLAGS="--cfg fuzzing" CARGO_TARGET_DIR=target/fuzzing-check $(CARGO) check --locked --lib
 
 # Integration tests drive the shipped static binary, not a debug build. The
 # guest assets are built first, so the guest tests (qemu-tests/vm.rs) run

@@ -86,7 +86,7 @@ crate::debug_as_display!(ReadError);
 
 /// Reads one request, body and all. `buf` carries bytes read past the
 /// previous request (pipelining) and keeps those past this one.
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) async fn read_request<R: AsyncRead + Unpin + ?Sized>(
     stream: &mut R,
     buf: &mut Vec<u8>,
