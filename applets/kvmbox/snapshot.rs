@@ -67,7 +67,7 @@ pub(crate) struct Rename {
     /// the snapshot ([REMOTE:]NAME/SNAPSHOT)
     snapshot: String,
     #[argh(positional)]
-    /// its new name
+    /// its new name (a name alone: a snapshot stays with its instance)
     new: String,
 }
 
@@ -78,19 +78,8 @@ pub(crate) fn rename(ctx: &Ctx, a: &Rename) -> Result<(), Error> {
             "only snapshots are renamed: give NAME/SNAPSHOT".into(),
         ));
     };
-    // `INSTANCE/NEW` as lxc takes it, or `NEW` alone.
-    let new = match a.new.split_once('/') {
-        Some((inst, new)) if at.starts_with(&path::instance_snapshots(inst)) => new,
-        Some(_) => {
-            return Err(Error::Usage(format!(
-                "{}: a snapshot stays with its instance",
-                a.new
-            )))
-        }
-        None => a.new.as_str(),
-    };
     let body = SnapshotPost {
-        name: new.to_string(),
+        name: a.new.clone(),
         ..SnapshotPost::default()
     };
     let answer = c.send("POST", &at, &body)?;

@@ -45,38 +45,46 @@ fn tick(shared: &Arc<Shared>, busy: &Arc<Mutex<BTreeSet<String>>>, minutes: &[u6
         return;
     };
     let m = &shared.instances;
-    let due = m.scheduled(minutes).into_iter().map(|(n, s)| (n, Some(s)));
-    for (name, take) in due.chain(m.expired(now).into_iter().map(|n| (n, None))) {
+    // One task per instance: its scheduled snapshot, then its expired ones.
+    let mut due: Vec<_> = m
+        .scheduled(minutes)
+        .into_iter()
+        .map(|(n, s)| (n, Some(s)))
+        .collect();
+    for name in m.expired(now) {
+        if !due.iter().any(|(n, _)| *n == name) {
+            due.push((name, None));
+        }
+    }
+    for (name, take) in due {
         if !lock(busy).insert(name.clone()) {
             continue;
         }
         let (shared, busy) = (shared.clone(), busy.clone());
         ex.spawn(async move {
             let m = &shared.instances;
-            let (action, reason, done) = match take {
-                Some(snap) => (
-                    "instance-snapshot-created",
-                    "scheduled",
-                    match snap {
-                        Ok(snap) => m.snapshot(&name, &snap, Expiry::Configured).await,
-                        Err(e) => Err(e),
-                    },
-                ),
-                None => (
-                    "instance-snapshot-deleted",
-                    "expired",
-                    m.delete_expired(&name, now).await,
-                ),
+            let taken = match take {
+                Some(snap) => Some(m.snapshot(&name, &snap, Expiry::Configured).await),
+                None => None,
             };
-            match done {
-                Ok(()) => shared
-                    .events
-                    .lifecycle(action, &name, json!({ "reason": reason })),
-                Err(why) => log!(
-                    Warn,
-                    "instance {name}: {reason} snapshot: {}",
-                    crate::error_chain(&why)
-                ),
+            let expired = m.delete_expired(&name, now).await;
+            for (done, action, reason) in [
+                (taken, "instance-snapshot-created", "scheduled"),
+                (expired, "instance-snapshot-deleted", "expired"),
+            ] {
+                match done {
+                    Some(Ok(())) => {
+                        shared
+                            .events
+                            .lifecycle(action, &name, json!({ "reason": reason }))
+                    }
+                    Some(Err(why)) => log!(
+                        Warn,
+                        "instance {name}: {reason} snapshot: {}",
+                        crate::error_chain(&why)
+                    ),
+                    None => {}
+                }
             }
             lock(&busy).remove(&name);
         })

@@ -427,10 +427,7 @@ fn take_snapshot(shared: &Arc<Shared>, req: &Request, name: &str) -> Response {
         Some(other) => {
             return error(
                 400,
-                &format!(
-                    "expires_at {other}: only Go's zero time (no expiry) is taken; \
-                     the instance's snapshots.expiry sets when snapshots expire"
-                ),
+                &format!("expires_at {other}: only none is taken; snapshots.expiry sets it"),
             )
         }
     };

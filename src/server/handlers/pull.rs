@@ -21,7 +21,7 @@ use crate::hostfile::Pin;
 use crate::http::Response;
 use crate::log::log;
 use crate::server::operations::Progress;
-use crate::server::reply::{error, fail, operation, told};
+use crate::server::reply::{error, operation, told};
 use crate::server::state::Shared;
 use crate::simplestreams::{self, File, Found};
 use crate::vmm::instances;
@@ -163,13 +163,7 @@ pub(crate) fn launch(
     if shared.instances.record(&b.name).is_ok() {
         return error(409, &format!("instance {:?} already exists", b.name));
     }
-    if let Err(e) = b
-        .config
-        .iter()
-        .try_for_each(|(k, v)| instances::check_config(k, v))
-    {
-        return fail(&e);
-    }
+
     let ex = match shared.instances.executor() {
         Ok(ex) => ex,
         Err(e) => return error(500, &told(&e)),

@@ -229,9 +229,7 @@ impl Manager {
             // The freeze of a snapshot cut off may still hold the guest.
             if let (Pending::Remove(_), true, Some(a)) = (&pending, running.is_some(), agent_of(e))
             {
-                if a.ping_within(AGENT_ANSWER).await.is_ok() {
-                    thaw(&a, &name).await;
-                }
+                thaw(&a, &name).await;
             }
             // A snapshot cut off is undone, a deletion done.
             match &pending {
@@ -321,7 +319,7 @@ impl Manager {
         done?;
         Ok(match frozen {
             true => " with the guest's filesystems frozen",
-            false => " without the guest agent (as a power cut leaves the disk)",
+            false => " without a guest agent to freeze it",
         })
     }
 
@@ -588,18 +586,25 @@ impl Manager {
     }
 
     /// Deletes instance `name`'s snapshots past their expiry at `now`, each
-    /// checked again under the instance's lock.
-    pub(crate) async fn delete_expired(&self, name: &str, now: u64) -> Result<(), Error> {
+    /// checked again under the instance's lock: `Some` if there were any.
+    pub(crate) async fn delete_expired(&self, name: &str, now: u64) -> Option<Result<(), Error>> {
+        let mut any = None;
         loop {
-            let rec = self.record(name)?;
+            let rec = match self.record(name) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
             let Some(s) = rec
                 .snapshots
                 .iter()
                 .find(|s| s.expires_at.is_some_and(|t| t <= now))
             else {
-                return Ok(());
+                return any;
             };
-            self.delete_snapshot(name, &s.name, Some(now)).await?;
+            if let Err(e) = self.delete_snapshot(name, &s.name, Some(now)).await {
+                return Some(Err(e));
+            }
+            any = Some(Ok(()));
         }
     }
 
@@ -607,7 +612,7 @@ impl Manager {
     /// (Unix seconds in each), with the name their snapshot gets
     /// (`snapshots.pattern`). A stopped instance only with
     /// `snapshots.schedule.stopped`.
-    pub(crate) fn scheduled(&self, minutes: &[u64]) -> Vec<(String, Result<String, Error>)> {
+    pub(crate) fn scheduled(&self, minutes: &[u64]) -> Vec<(String, String)> {
         let mut due = Vec::new();
         for (r, running) in self.records() {
             let Some(Ok(s)) = r.get("snapshots.schedule").map(schedule::Schedule::parse) else {
@@ -622,10 +627,10 @@ impl Manager {
                 .filter(|p| !p.is_empty())
                 .unwrap_or("snap%d");
             let names = r.snapshots.iter().map(|s| s.name.as_str());
-            let name = schedule::next_name(pattern, names).ok_or_else(|| {
-                Error::Exists(format!("snapshot {}/{pattern} (snapshots.pattern)", r.name))
-            });
-            due.push((r.name.clone(), name));
+            // None only once NAME-4294967295 is taken: nothing to take.
+            if let Some(name) = schedule::next_name(pattern, names) {
+                due.push((r.name.clone(), name));
+            }
         }
         due
     }
