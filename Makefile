@@ -127,9 +127,11 @@ fuzz: deps
 
 # The fault tests at length: kvmboxd SIGKILLed during FAULT_ROUNDS changes
 # (qemu-tests/test_crash.sh), then QEMU, the AppArmor helper and a full
-# state disk failing, as `make test` runs them; then the long load runs
-# (bench/soak-load.sh), which must end clean.
+# state disk failing, as `make test` runs them; the races on a caller's
+# files (tests/host_files.rs) for RACE_ROUNDS rounds where `make test` runs
+# 50; then the long load runs (bench/soak-load.sh), which must end clean.
 FAULT_ROUNDS ?= 20
+RACE_ROUNDS ?= 200
 soak: deps
 	@$(MAKE) --no-print-directory all
 	@sh qemu-tests/assets.sh >/dev/null
@@ -140,12 +142,16 @@ soak: deps
 		KVMBOX_TEST_RUN=$$run TMPDIR=$$dir FAULT_ROUNDS=$(FAULT_ROUNDS) TEST_FILTER=$$t \
 		KVMBOX_BIN=$(CURDIR)/build/kvmbox sh tests/sh/run.sh tests/sh qemu-tests || rc=1; \
 	done; \
+	KVMBOX_TEST_RUN=$$run TMPDIR=$$dir KVMBOX_RACE_ROUNDS=$(RACE_ROUNDS) \
+		KVMBOX_BIN=$(CURDIR)/build/kvmbox KVMBOX_REQUIRE_GUESTS=1 \
+		$(CARGO) test --locked --test host_files || rc=1; \
 	KVMBOX_TEST_RUN=$$run sh scripts/strays.sh "$$dir" || rc=1; \
 	rm -rf "$$dir"; \
 	KVMBOX_BIN=$(CURDIR)/build/kvmbox sh bench/soak-load.sh || rc=1; \
 	exit $$rc
 
-# One Markdown table (and build/bench.json); about 10 minutes on 2 cores.
+# One Markdown table (and build/bench.json); about 35 minutes on 2 cores,
+# most of it booting guests under TCG.
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory all ARCH=aarch64

@@ -18,7 +18,14 @@ use daemon::Daemon;
 use users::{can_make_users, id_of, make_conf, shared_scratch, Accounts, Env};
 
 /// Attempts at each race; the issue of a won race is checked after all.
-const ROUNDS: usize = 200;
+/// `make test` runs 50; `make soak` sets KVMBOX_RACE_ROUNDS to run longer.
+fn rounds() -> usize {
+    std::env::var("KVMBOX_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(50)
+}
 
 /// A daemon as root, a trusted local user (`member`), its home under the
 /// scratch dir, and a root-only directory beside it.
@@ -129,6 +136,7 @@ fn restore(home: &Path) {
 
 #[test]
 fn a_disk_is_handed_over_and_back_only_as_checked() {
+    let n_rounds = rounds();
     let Some(s) = setup() else { return };
     let (env, user, home) = (&s.env, s.acct.member.as_str(), &s.home);
     let kvmbox = |args: &[&str]| env.kvmbox(Some(user), args);
@@ -217,7 +225,7 @@ fn a_disk_is_handed_over_and_back_only_as_checked() {
     let e = home.join("e");
     std::fs::create_dir(&e).unwrap();
     give(&e, user, 0o755);
-    let disks: Vec<PathBuf> = (0..=ROUNDS).map(|i| e.join(format!("f{i}"))).collect();
+    let disks: Vec<PathBuf> = (0..=n_rounds).map(|i| e.join(format!("f{i}"))).collect();
     for f in &disks {
         std::fs::write(f, b"the user's disk").unwrap();
         give(f, user, 0o644);
@@ -261,7 +269,7 @@ fn a_disk_is_handed_over_and_back_only_as_checked() {
             "--disk",
             d,
         ];
-        while refused.len() < 20 * ROUNDS {
+        while refused.len() < 20 * n_rounds {
             let run = kvmbox(&init).run();
             if run.out.status.success() {
                 let _ = kvmbox(&["start", &name]).run();
@@ -274,7 +282,7 @@ fn a_disk_is_handed_over_and_back_only_as_checked() {
     }
     drop(flipper);
     restore(home);
-    assert_eq!(deleted, ROUNDS, "refused: {:?}", refused.last());
+    assert_eq!(deleted, n_rounds, "refused: {:?}", refused.last());
     for i in 0..disks.len() {
         unchanged(&victim_dir.join(format!("f{i}")), secret, 0o600);
     }
@@ -291,8 +299,10 @@ fn a_disk_is_handed_over_and_back_only_as_checked() {
 }
 
 /// Hot-plug and removal rounds under a flipping directory: each needs a
-/// running guest under TCG, so fewer than [`ROUNDS`].
-const HOTPLUG_ROUNDS: usize = 100;
+/// running guest under TCG, so half of [`rounds`].
+fn hotplug_rounds() -> usize {
+    rounds().div_ceil(2)
+}
 
 /// The busybox guest of `qemu-tests/assets.sh`, or `None` after saying why
 /// the test is skipped (`make test` builds it and sets
@@ -325,6 +335,7 @@ impl Drop for Instance<'_> {
 #[test]
 fn a_disk_is_hot_plugged_and_removed_only_as_checked() {
     let Some(s) = setup() else { return };
+    let n_rounds = hotplug_rounds();
     let Some(assets) = guest_assets() else { return };
     let (env, user, home) = (&s.env, s.acct.member.as_str(), &s.home);
     let kvmbox = |args: &[&str]| env.kvmbox(Some(user), args);
@@ -348,7 +359,7 @@ fn a_disk_is_hot_plugged_and_removed_only_as_checked() {
     let e = home.join("e");
     std::fs::create_dir(&e).unwrap();
     give(&e, user, 0o755);
-    let names: Vec<String> = (0..10 * HOTPLUG_ROUNDS).map(|j| format!("h{j}")).collect();
+    let names: Vec<String> = (0..10 * n_rounds).map(|j| format!("h{j}")).collect();
     let mut inodes = Vec::new();
     for n in &names {
         let f = e.join(n);
@@ -408,7 +419,7 @@ fn a_disk_is_hot_plugged_and_removed_only_as_checked() {
     // touches nothing: the round tries again with the next disk.
     let flipper = Flipper::start(user, home, &victim_dir);
     let (mut next, mut refused, mut vm_uid) = (0, Vec::new(), None);
-    for i in 0..HOTPLUG_ROUNDS {
+    for i in 0..n_rounds {
         let dev = format!("d{i}");
         loop {
             assert!(next < names.len(), "refused: {:?}", refused.last());
@@ -448,7 +459,7 @@ fn a_disk_is_hot_plugged_and_removed_only_as_checked() {
         .filter(|r| r.contains("not authorized"))
         .count();
     eprintln!(
-        "{HOTPLUG_ROUNDS} rounds of hot-plug and removal under a flipping directory in \
+        "{n_rounds} rounds of hot-plug and removal under a flipping directory in \
          {took:?}; {} refused, {by_daemon} of them by the daemon; {kept} disks kept by the VM",
         refused.len()
     );
@@ -456,6 +467,7 @@ fn a_disk_is_hot_plugged_and_removed_only_as_checked() {
 
 #[test]
 fn an_image_is_read_as_the_caller_would_read_it() {
+    let n_rounds = rounds();
     let Some(s) = setup() else { return };
     let (env, user, home) = (&s.env, s.acct.member.as_str(), &s.home);
     let kvmbox = |args: &[&str]| env.kvmbox(Some(user), args);
@@ -488,7 +500,7 @@ fn an_image_is_read_as_the_caller_would_read_it() {
     give(&own, user, 0o644);
     let flipper = Flipper::start(user, home, &victim_dir);
     let mut refused = 0;
-    for i in 0..ROUNDS {
+    for i in 0..n_rounds {
         let alias = format!("i{i}");
         if !kvmbox(&["image", "import", own.to_str().unwrap(), "--alias", &alias])
             .run()
@@ -519,7 +531,7 @@ fn an_image_is_read_as_the_caller_would_read_it() {
         );
         assert_eq!(img["fingerprint"], good.as_str(), "{img}");
     }
-    eprintln!("{ROUNDS} imports under a flipping directory, {refused} refused");
+    eprintln!("{n_rounds} imports under a flipping directory, {refused} refused");
 }
 
 #[test]
