@@ -246,8 +246,15 @@ fn show_progress(c: &mut Client, op: &Value, label: &str) {
     let tty = err.is_terminal();
     let id = op.get("id").and_then(Value::as_str).unwrap_or_default();
     let mut last = String::new();
+    // Off a terminal the daemon holds each look until the operation ends
+    // or a second has passed, so a quick one is not waited on for longer.
+    let look = if tty {
+        path::operation(id)
+    } else {
+        format!("{}/wait?timeout=1", path::operation(id))
+    };
     loop {
-        let Ok(now) = c.call("GET", &path::operation(id), None) else {
+        let Ok(now) = c.call("GET", &look, None) else {
             break;
         };
         let percent = now
@@ -275,11 +282,9 @@ fn show_progress(c: &mut Client, op: &Value, label: &str) {
         if now.get("status_code").and_then(Value::as_u64) != Some(103) {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(if tty {
-            200
-        } else {
-            1000
-        }));
+        if tty {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
     if tty && !last.is_empty() {
         let _ = writeln!(err);
