@@ -150,7 +150,7 @@ soak: deps
 	KVMBOX_BIN=$(CURDIR)/build/kvmbox sh bench/soak-load.sh || rc=1; \
 	exit $$rc
 
-# One Markdown table (and build/bench.json); about 35 minutes on 2 cores,
+# One Markdown table (and build/bench.json); about 6 minutes on 2 quiet cores,
 # most of it booting guests under TCG.
 bench: deps
 	@$(MAKE) --no-print-directory all
