@@ -278,6 +278,20 @@ fn guest_lifecycle() {
             Path::new(&format!("/proc/{pid}")).exists(),
             "QEMU died with its handle"
         );
+        // A daemon cut off during a start leaves a QEMU that may not listen
+        // on QMP yet: adoption waits for it rather than calling it lost.
+        let (qmp, away) = (dir.join("qemu/qmp.sock"), dir.join("qemu/qmp.away"));
+        std::fs::rename(&qmp, &away).unwrap();
+        let back = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            std::fs::rename(&away, &qmp).unwrap();
+        });
+        let t = Instant::now();
+        let vm = Vm::adopt(&dir, UUID, spec.run_as).await.unwrap();
+        back.join().unwrap();
+        assert!(t.elapsed() >= Duration::from_secs(1));
+        assert_eq!(vm.pid(), pid);
+        drop(vm);
         if let RunAs::Isolated { uid, gid } = spec.run_as {
             let other = RunAs::Isolated { uid: uid + 1, gid };
             let e = Vm::adopt(&dir, UUID, other).await.unwrap_err();

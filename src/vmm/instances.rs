@@ -357,7 +357,9 @@ impl Manager {
             });
             let run_as = self.run_as(&rec);
             let vmdir = rec.dir(&host.state).join("vm");
-            match Vm::adopt(&vmdir, &rec.uuid, run_as).await {
+            // Boxed: its polling stays out of this long future.
+            let adopt: crate::rt::Boxed<'_, _> = Box::pin(Vm::adopt(&vmdir, &rec.uuid, run_as));
+            match adopt.await {
                 Ok(vm) => {
                     log!(
                         Info,

@@ -64,6 +64,9 @@ crate::debug_as_display!(InvalidIdRange);
 /// accounts (system users, people, `nobody` at 65534).
 const MIN_ID: u32 = 65536;
 
+/// How long [`Vm::adopt`] waits for a QEMU that runs but is not ready.
+const ADOPT_GRACE: Duration = Duration::from_secs(5);
+
 /// `FIRST:COUNT`; a range that starts below [`MIN_ID`] or wraps is refused.
 /// Pure syntax: see [`IdRange::unused`] for the host's accounts.
 impl std::str::FromStr for IdRange {
@@ -624,10 +627,21 @@ impl Vm {
             return Err(e);
         }
         let files = RunFiles::in_dir(&qemu_dir(dir));
-        let qmp = Qmp::connect(&files.qmp, qmp::DEFAULT_TIMEOUT)
-            .await?
-            .negotiate()
-            .await?;
+        // A daemon cut off during a start leaves a QEMU that may not listen
+        // on QMP yet: while it runs, it gets the time a start would give it.
+        let deadline = Instant::now() + ADOPT_GRACE;
+        let qmp = loop {
+            let connected = Qmp::connect(&files.qmp, qmp::DEFAULT_TIMEOUT).await;
+            if connected.is_ok()
+                || Instant::now() >= deadline
+                || process::state(pid) != State::Running
+            {
+                break connected?;
+            }
+            Timer::after(Duration::from_millis(50)).await;
+        }
+        .negotiate()
+        .await?;
         Ok(Vm {
             pid,
             dir: dir.to_path_buf(),
