@@ -36,12 +36,22 @@ kv image import "$PWD/small.img" --alias small >/dev/null
 digest() { (cd state && find . -name '*.json' -type f | sort | xargs sha256sum); }
 before=$(digest)
 
-# Full: what is left is filled.
-dd if=/dev/zero of=state/filler bs=64k 2>/dev/null || true
-[ "$(df --output=avail state | tail -n 1 | tr -d ' ')" -eq 0 ] || fail "the tmpfs is not full: $(df state)"
+# Full: what is left is filled, and again before each change below, so
+# that each meets a full disk whatever was freed since. Space a moment's use
+# held (dd has stopped here with 68 KiB left) is filled on the next try.
+fill() {
+    i=0
+    until [ "$(df --output=avail state | tail -n 1 | tr -d ' ')" -eq 0 ]; do
+        i=$((i + 1)); [ $i -le 50 ] || fail "the tmpfs is not full: $(df state)"
+        dd if=/dev/zero of=state/filler bs=4k oflag=append conv=notrunc 2>/dev/null || true
+        sleep 0.1
+    done
+}
+fill
 
-# nospace CMD…: CMD fails, saying why in one line.
+# nospace CMD…: on a full disk, CMD fails, saying why in one line.
 nospace() {
+    fill
     expect_fail kv "$@"
     one_line "$ERR"
     case $ERR in
