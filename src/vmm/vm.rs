@@ -628,7 +628,7 @@ impl Vm {
         }
         let files = RunFiles::in_dir(&qemu_dir(dir));
         // A daemon cut off during a start leaves a QEMU that may not listen
-        // on QMP yet: while it runs, it gets the time a start would give it.
+        // on QMP yet: while it runs, it gets a few seconds to.
         let deadline = Instant::now() + ADOPT_GRACE;
         let qmp = loop {
             let connected = Qmp::connect(&files.qmp, qmp::DEFAULT_TIMEOUT).await;
