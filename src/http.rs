@@ -4,7 +4,7 @@
 //! peer costs a fixed amount of memory. Timeouts are the caller's (the server
 //! races each read against a timer).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use smol::io::{AsyncRead, AsyncReadExt};
 
@@ -602,22 +602,25 @@ impl Response {
         }
         let headers = self.extra.as_ref().map(|e| e.headers.as_slice());
         let headers = headers.unwrap_or_default();
-        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        // One buffer of the final size, not a head grown step by step and
+        // then copied: allocations of a few KiB are what cost most here.
+        let mut out = Vec::with_capacity(self.body.len() + 256);
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         if !headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
         {
-            out.push_str("Content-Type: application/json\r\n");
+            out.extend_from_slice(b"Content-Type: application/json\r\n");
         }
         for (k, v) in headers {
-            out.push_str(&format!("{k}: {v}\r\n"));
+            let _ = write!(out, "{k}: {v}\r\n");
         }
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "Content-Length: {}\r\nConnection: {}\r\n\r\n",
             self.body.len(),
             if keep_alive { "keep-alive" } else { "close" },
-        ));
-        let mut out = out.into_bytes();
+        );
         out.extend_from_slice(&self.body);
         out
     }

@@ -408,7 +408,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         opts.clone(),
     );
     let status = format!("STATUS=serving on {}", socket.display());
-    let stop = async {
+    // Ready is said before the signal task takes the notifier: a client
+    // that connects from here on is answered.
+    log!(Info, "ready: serving on {}", socket.display());
+    tell(notifier.as_ref(), &format!("READY=1\n{status}"));
+    let (stop_shared, stop_dir) = (shared.clone(), dir.clone());
+    let stop = async move {
         let name = loop {
             match signals.next().await {
                 Some(Ok(Signal::Hup)) => {
@@ -417,7 +422,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
                         "received SIGHUP, reading the trust store and configuration again"
                     );
                     tell(notifier.as_ref(), "RELOADING=1\nSTATUS=reloading");
-                    if let Err(e) = reload(&shared, dir) {
+                    if let Err(e) = reload(&stop_shared, &stop_dir) {
                         log!(Error, "reload failed, keeping what was in force: {e}");
                     }
                     tell(notifier.as_ref(), &format!("READY=1\n{status}"));
@@ -429,10 +434,11 @@ pub fn run(opts: DaemonOptions) -> Result<(), Error> {
         log!(Info, "received {name}, shutting down");
         tell(notifier.as_ref(), "STOPPING=1\nSTATUS=shutting down");
     };
-    // The sockets are bound and the preseed applied: a client that
-    // connects from here on is answered.
-    log!(Info, "ready: serving on {}", socket.display());
-    tell(notifier.as_ref(), &format!("READY=1\n{status}"));
+    // Both as tasks of their own: the future `block_on` holds is polled
+    // again each time the thread wakes (once per request at least), and an
+    // accept or signal read polled there would cost system calls on every
+    // request; a task's handle costs none.
+    let (serve, stop) = (ex.spawn(serve), ex.spawn(stop));
     smol::block_on(ex.run(smol::future::or(serve, stop)));
     Ok(())
 }

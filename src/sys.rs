@@ -76,17 +76,21 @@ fn uts() -> Option<(String, String)> {
     Some((text(&u.nodename), text(&u.release)))
 }
 
-/// The host name, as the kernel has it (no resolver involved).
-pub(crate) fn hostname() -> String {
-    uts()
-        .map(|u| u.0)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+/// The host name, as the kernel has it (no resolver involved), and the
+/// running kernel's release (`uname -r`), from one uname(2).
+pub(crate) fn names() -> (String, String) {
+    let (host, release) = uts().unwrap_or_default();
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host
+    };
+    (host, release)
 }
 
-/// The running kernel's release (`uname -r`).
-pub(crate) fn kernel_release() -> String {
-    uts().map(|u| u.1).unwrap_or_default()
+/// The host name alone; see [`names`].
+pub(crate) fn hostname() -> String {
+    names().0
 }
 
 /// Restores the default SIGPIPE action, so that a command-line applet whose
@@ -114,7 +118,9 @@ mod tests {
                 .trim()
                 .to_string()
         };
-        assert_eq!(super::hostname(), proc("hostname"));
-        assert_eq!(super::kernel_release(), proc("osrelease"));
+        let (host, release) = super::names();
+        assert_eq!(host, proc("hostname"));
+        assert_eq!(release, proc("osrelease"));
+        assert_eq!(super::hostname(), host);
     }
 }

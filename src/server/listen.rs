@@ -26,7 +26,7 @@ use smol::Executor;
 
 use crate::http::{self, ReadError};
 use crate::log::log;
-use crate::rt::timed;
+use crate::rt::{timed, Deadline};
 use crate::server::admission::{handshake, network_peer, take_slot, PerPeer};
 use crate::server::auth::Identity;
 use crate::server::events::Kinds;
@@ -188,7 +188,7 @@ async fn lxd_connection(
     opts: &DaemonOptions,
 ) {
     let who = format!("uid {} (LXD socket)", cred.uid);
-    serve(shared, &mut stream, opts, &who, || {
+    serve(shared, &mut stream, opts, &who, &|| {
         shared.lxd_identity(&cred)
     })
     .await;
@@ -208,44 +208,51 @@ async fn unix_connection(
     if let Some(c) = &cert {
         shared.first_client(&cred, c);
     }
-    serve(shared, &mut tls_stream, opts, &who, || {
+    serve(shared, &mut tls_stream, opts, &who, &|| {
         shared.identity(&cred, &cert)
     })
     .await;
 }
 
+/// Both directions of a connection, whatever carries it.
+pub(crate) trait Duplex: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send {}
+impl<T: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
 /// Answers requests on an established TLS stream until it closes,
 /// misbehaves or idles out. `identity` is called for every request, so a
-/// change to the trust store applies to connections already open.
-pub(crate) async fn serve<S>(
+/// change to the trust store applies to connections already open. Both
+/// are taken as `dyn`, so that this is compiled once for every kind of
+/// connection (TLS over TCP or the Unix socket, plain HTTP on the LXD
+/// socket).
+pub(crate) async fn serve(
     shared: &Arc<Shared>,
-    tls_stream: &mut S,
+    tls_stream: &mut dyn Duplex,
     opts: &DaemonOptions,
     who: &str,
-    identity: impl Fn() -> Identity,
-) where
-    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send,
-{
+    identity: &(dyn Fn() -> Identity + Sync),
+) {
     let mut buf = Vec::new();
     let opened = std::time::Instant::now();
+    let mut deadline = Deadline::new();
     loop {
         // The events a websocket being accepted will carry: listened for
         // before the 101 goes out, so that none sent after it is missed.
         let mut session = None;
         // The head decides how the body is read: an image upload streams
         // to the image store, anything else is read into memory.
-        let read = timed(opts.timeout, async {
-            // One reader for every kind of connection: compiled once.
-            let stream: &mut http::Stream<'_> = &mut *tls_stream;
-            let head = http::read_head(stream, &mut buf, opts.limits).await?;
-            if routes::streams(&head) {
-                return Ok(Err(head));
-            }
-            http::read_rest(stream, &mut buf, head, opts.limits)
-                .await
-                .map(Ok)
-        })
-        .await;
+        let read = deadline
+            .timed(opts.timeout, async {
+                // One reader for every kind of connection: compiled once.
+                let stream: &mut http::Stream<'_> = &mut *tls_stream;
+                let head = http::read_head(stream, &mut buf, opts.limits).await?;
+                if routes::streams(&head) {
+                    return Ok(Err(head));
+                }
+                http::read_rest(stream, &mut buf, head, opts.limits)
+                    .await
+                    .map(Ok)
+            })
+            .await;
         let (resp, keep_alive) = match read {
             // An idle keep-alive connection is closed quietly; a request
             // that started and did not finish gets its 408.
@@ -305,11 +312,12 @@ pub(crate) async fn serve<S>(
             }
         };
         let bytes = resp.to_bytes(keep_alive);
-        let written = timed(opts.timeout, async {
-            tls_stream.write_all(&bytes).await?;
-            tls_stream.flush().await
-        })
-        .await;
+        let written = deadline
+            .timed(opts.timeout, async {
+                tls_stream.write_all(&bytes).await?;
+                tls_stream.flush().await
+            })
+            .await;
         if let (Some(session), Some(Ok(()))) = (session, &written) {
             // An accepted websocket: held, sent the events it asked for (or
             // its operation's stream), and pinged when silent, until the
@@ -319,7 +327,7 @@ pub(crate) async fn serve<S>(
             // Boxed: inline, its state would make every connection's task
             // larger, websocket or not.
             Box::pin(crate::websocket::hold(
-                tls_stream,
+                &mut &mut *tls_stream,
                 opts.timeout,
                 who,
                 trusted,
@@ -463,7 +471,7 @@ async fn tcp_connection(
         .and_then(|c| c.get(1..))
         .map(<[_]>::to_vec)
         .unwrap_or_default();
-    serve(shared, &mut tls_stream, opts, &who, || {
+    serve(shared, &mut tls_stream, opts, &who, &|| {
         shared.remote_identity(addr, &cert, &intermediates)
     })
     .await;

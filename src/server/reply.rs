@@ -15,14 +15,27 @@ use crate::wire::{path, Envelope};
 
 /// LXD's synchronous response.
 pub(crate) fn sync(metadata: Value) -> Response {
-    sync_json(&serde_json::to_vec(&metadata).unwrap_or_default())
+    // Written straight after the envelope's head into one buffer sized for
+    // most answers: a buffer that grows step by step, then copied, costs
+    // more than the answer itself (each step a new allocation, and musl's
+    // allocator maps and unmaps pages for those of a few KiB).
+    let mut body = Vec::with_capacity(4096);
+    body.extend_from_slice(SYNC_HEAD.as_bytes());
+    let _ = serde_json::to_writer(&mut body, &metadata);
+    body.push(b'}');
+    Response {
+        status: 200,
+        body,
+        extra: None,
+    }
 }
+
+const SYNC_HEAD: &str = r#"{"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":"#;
 
 /// [`sync`] with metadata that is JSON already (a list served from memory).
 pub(crate) fn sync_json(metadata: &[u8]) -> Response {
-    const HEAD: &str = r#"{"type":"sync","status":"Success","status_code":200,"operation":"","error_code":0,"error":"","metadata":"#;
-    let mut body = Vec::with_capacity(HEAD.len() + metadata.len() + 1);
-    body.extend_from_slice(HEAD.as_bytes());
+    let mut body = Vec::with_capacity(SYNC_HEAD.len() + metadata.len() + 1);
+    body.extend_from_slice(SYNC_HEAD.as_bytes());
     body.extend_from_slice(metadata);
     body.push(b'}');
     Response {

@@ -70,6 +70,7 @@ pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
         "public": false,
     });
     if let (Some(role), Some(obj)) = (id.role, info.as_object_mut()) {
+        let (host, release) = sys::names();
         obj.insert("auth_role".into(), json!(role));
         obj.insert("config".into(), json!(shared.settings().public()));
         obj.insert(
@@ -82,9 +83,9 @@ pub(crate) fn get(shared: &Shared, id: &Identity) -> Value {
                 "driver": "qemu",
                 "kernel": "Linux",
                 "kernel_architecture": std::env::consts::ARCH,
-                "kernel_version": sys::kernel_release(),
+                "kernel_version": release,
                 "server": "kvmbox",
-                "server_name": sys::hostname(),
+                "server_name": host,
                 "server_pid": std::process::id(),
                 "server_version": env!("CARGO_PKG_VERSION"),
             }),

@@ -35,8 +35,14 @@ pub(crate) struct Helper {
 
 /// Whether the kernel can confine QEMU, and why not: a state of the host
 /// that decides what is done, not a failure.
+///
+/// Looked at once: it is settled before the daemon starts (AppArmor is
+/// built into the kernel or absent, its `enabled` parameter is read-only,
+/// securityfs is mounted at boot), while `GET /1.0` and every instance's
+/// view ask for it.
 pub(crate) fn kernel() -> Kernel {
-    apparmor::kernel_apparmor()
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    KERNEL.get_or_init(apparmor::kernel_apparmor).clone()
 }
 
 /// Why the helper did not do what it was asked.
