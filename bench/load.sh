@@ -8,7 +8,8 @@
 # - full TLS 1.3 handshakes (one GET each, no client certificate, no
 #   resumption) per second of the SERVER's CPU time (/proc/PID/stat: the
 #   client shares the two cores), kvmboxd vs s_server -www;
-# - requests/s on one keep-alive TLS connection (GET /1.0);
+# - requests/s on one keep-alive TLS connection (GET /1.0), next to
+#   nginx serving the same answer;
 # - memory per open TLS connection: RSS with 1,000 idle handshaken
 #   connections minus the RSS before, divided;
 # - root's GET /1.0 on the Unix socket while slowloris and idle
@@ -20,8 +21,8 @@ LOADLIB=$(dirname "$BENCHLIB")/load.lib
 . "$LOADLIB"
 load_build --release || { echo "| load | loadgen did not build | | |"; exit 0; }
 load_daemon --max-connections 4096 || { echo "| load | kvmboxd did not start | | |"; exit 0; }
-spid=""
-trap 'kill $spid 2>/dev/null || true; load_end' EXIT
+spid="" npid=""
+trap 'kill $spid $npid 2>/dev/null || true; load_end' EXIT
 lg() { "$LG" --cert "$CERT" --key "$KEY" --kernel "$PWD/vmlinuz" "$@"; }
 f() { lg_get "$1" "$2" | awk '{ printf "%.0f", $1 }'; }
 f2() { lg_get "$1" "$2" | awk '{ printf "%.2f", $1 }'; }
@@ -54,8 +55,55 @@ row "full TLS 1.3 handshakes (+ one GET each) per second of server CPU, vs opens
 row "… server CPU µs per handshake" "$(f hk.txt server_cpu_us_per_request)" "$(f hs.txt server_cpu_us_per_request)"
 row "… wall handshakes/s, one client process sharing the cores" "$(f hk.txt requests_per_s)" "$(f hs.txt requests_per_s)"
 
-lg --target "tcp:127.0.0.1:$port" --clients 1 --requests 20000 --mix get10 --pid "$kpid" >ka.txt 2>&1
-echo "| requests/s on one keep-alive TLS connection, GET /1.0 (server CPU µs per request) | $(f ka.txt requests_per_s) ($(f2 ka.txt server_cpu_us_per_request) µs) | | |"
+# The keep-alive peer: nginx, one process, TLS 1.3 with the daemon's key
+# and certificate, answering GET /1.0 with the daemon's own answer from a
+# file. Only when installed: it is not among scripts/deps.sh's packages,
+# since Debian starts its service on port 80 when it is installed.
+if command -v nginx >/dev/null && command -v curl >/dev/null; then
+    mkdir -p ng/www/1.0 ng/tmp
+    curl -sfk --cert "$CERT" --key "$KEY" "https://127.0.0.1:$port/1.0" >ng/www/1.0/index.json
+    for p3 in $((port + 6)) $((port + 7)) $((port + 8)) $((port + 9)) $((port + 10)); do
+        cat >ng/nginx.conf <<EOF
+master_process off;
+daemon off;
+pid $PWD/ng/nginx.pid;
+error_log $PWD/ng/error.log;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path $PWD/ng/tmp;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$p3 ssl;
+        ssl_certificate $PWD/state/server.crt;
+        ssl_certificate_key $PWD/state/server.key;
+        ssl_protocols TLSv1.3;
+        root $PWD/ng/www;
+        location = /1.0 { default_type application/json; try_files /1.0/index.json =404; }
+    }
+}
+EOF
+        nginx -c "$PWD/ng/nginx.conf" -p "$PWD/ng" 2>/dev/null &
+        npid=$!
+        i=0; until "$LG" --target "tcp:127.0.0.1:$p3" --clients 1 --requests 1 --mix get10 >/dev/null 2>&1 ||
+            ! kill -0 $npid 2>/dev/null; do i=$((i + 1)); [ $i -lt 100 ] || break; sleep 0.05; done
+        kill -0 $npid 2>/dev/null && break
+        npid=""
+    done
+fi
+# keepalive DEPTH: 20,000 GET /1.0 on one connection, DEPTH sent before
+# their answers are read (1: one at a time), from kvmboxd and from nginx.
+keepalive() {
+    lg --target "tcp:127.0.0.1:$port" --clients 1 --requests 20000 --path /1.0 --pipeline "$1" --pid "$kpid" >ka.txt 2>&1
+    : >kn.txt
+    [ -z "$npid" ] || lg --target "tcp:127.0.0.1:$p3" --clients 1 --requests 20000 --path /1.0 --pipeline "$1" --pid "$npid" >kn.txt 2>&1
+    peer=$(f kn.txt requests_per_s)
+    row "requests/s on one keep-alive TLS connection, GET /1.0, $2, vs nginx (one process) serving the same answer from a file" \
+        "$(f ka.txt requests_per_s)" "${peer:-not installed}"
+    row "… server CPU µs per request" "$(f2 ka.txt server_cpu_us_per_request)" "$(f2 kn.txt server_cpu_us_per_request)"
+}
+keepalive 1 "each answer read before the next request"
+keepalive 16 "16 requests sent before their answers are read (pipelined)"
 
 # Memory per connection: 1,000 handshaken connections that each sent one
 # request, held idle.

@@ -59,6 +59,11 @@ struct Args {
     /// GET only this path (overrides --mix)
     #[argh(option)]
     path: Option<String>,
+    /// with --path: send this many requests back to back on the
+    /// connection before reading their answers (HTTP/1.1 pipelining;
+    /// default 1, each answer read before the next request)
+    #[argh(option, default = "1")]
+    pipeline: usize,
     /// a file that stands as the instances' kernel (created instances are
     /// never started)
     #[argh(option)]
@@ -204,13 +209,22 @@ async fn request(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    s.write_all(&head(method, path, body)).await?;
+    s.flush().await?;
+    response(s, buf).await
+}
+
+fn head(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
     let body = body.unwrap_or("");
-    let head = format!(
+    format!(
         "{method} {path} HTTP/1.1\r\nHost: kvmbox\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.flush().await?;
+    )
+    .into_bytes()
+}
+
+/// The next response on `s`: its status and body.
+async fn response(s: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<(u16, Vec<u8>)> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
@@ -320,6 +334,9 @@ async fn client(
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    if let (Some(path), true) = (&args.path, args.pipeline > 1) {
+        return pipelined(&args, path, &target, &tls, &tally).await;
+    }
     let mut conn: Option<Stream> = None;
     let mut buf = Vec::new();
     for i in 0..args.requests {
@@ -423,6 +440,48 @@ async fn client(
             Err(e) => tally
                 .borrow_mut()
                 .error(format!("cleanup DELETE {name}: {e}")),
+        }
+    }
+}
+
+/// `--pipeline`: GETs of `path` sent `args.pipeline` at a time on one
+/// connection, each batch's answers read after it is sent. A request's
+/// latency runs from its batch's sending to its answer.
+async fn pipelined(
+    args: &Args,
+    path: &str,
+    target: &Target,
+    tls: &Arc<rustls::ClientConfig>,
+    tally: &RefCell<Tally>,
+) {
+    let mut s = match connect(target, tls).await {
+        Ok(s) => s,
+        Err(e) => return tally.borrow_mut().error(format!("connect: {e}")),
+    };
+    let mut buf = Vec::new();
+    let mut left = args.requests;
+    while left > 0 {
+        let n = left.min(args.pipeline);
+        left -= n;
+        let batch: Vec<u8> = (0..n).flat_map(|_| head("GET", path, None)).collect();
+        let t0 = Instant::now();
+        if let Err(e) = async {
+            s.write_all(&batch).await?;
+            s.flush().await
+        }
+        .await
+        {
+            return tally.borrow_mut().error(format!("GET {path}: {e}"));
+        }
+        for _ in 0..n {
+            let r = response(&mut s, &mut buf).await;
+            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let mut t = tally.borrow_mut();
+            match r {
+                Ok((st, _)) if (200..300).contains(&st) => t.latencies_us.push(us),
+                Ok((st, _)) => t.error(format!("GET {path}: {st}")),
+                Err(e) => return t.error(format!("GET {path}: {e}")),
+            }
         }
     }
 }
@@ -580,6 +639,7 @@ impl Args {
             fresh: a.fresh,
             mix: a.mix.clone(),
             path: a.path.clone(),
+            pipeline: a.pipeline,
             kernel: a.kernel.clone(),
             pid: a.pid,
             slowloris: 0,
