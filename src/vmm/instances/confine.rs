@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::record::{AaMode, Record};
 use super::{profile_name, Error, Manager, SecLabel};
@@ -36,13 +37,19 @@ pub(crate) struct Helper {
 /// Whether the kernel can confine QEMU, and why not: a state of the host
 /// that decides what is done, not a failure.
 ///
-/// Looked at once: it is settled before the daemon starts (AppArmor is
-/// built into the kernel or absent, its `enabled` parameter is read-only,
-/// securityfs is mounted at boot), while `GET /1.0` and every instance's
-/// view ask for it.
+/// Once seen enabled, it is not looked at again (AppArmor is built into
+/// the kernel and its `enabled` parameter is read-only), while `GET /1.0`
+/// and every instance's view ask for it. Absent is looked at every time:
+/// securityfs may be mounted after the daemon started, and from then on
+/// QEMU is to be confined.
 pub(crate) fn kernel() -> Kernel {
-    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-    KERNEL.get_or_init(apparmor::kernel_apparmor).clone()
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+    if ENABLED.load(Ordering::Relaxed) {
+        return Kernel::Enabled;
+    }
+    let kernel = apparmor::kernel_apparmor();
+    ENABLED.store(kernel == Kernel::Enabled, Ordering::Relaxed);
+    kernel
 }
 
 /// Why the helper did not do what it was asked.
