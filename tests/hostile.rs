@@ -147,6 +147,39 @@ fn hostile_input_is_refused_and_the_daemon_survives() {
     );
     still_serves(&mut d, &conf);
 
+    // The same on a keep-alive connection, where one timer serves every
+    // wait: a first request taking 1.5 of its 2 s leaves the timer set
+    // for its end; the wait for the next request, from 1.5 s, must neither
+    // end then (at 2 s) nor outlive its own 2 s.
+    let mut c = client(&d, &conf);
+    let start = Instant::now();
+    c.raw().write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    c.raw().flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.raw().write_all(b"Host: x\r\n\r\n").unwrap();
+    c.raw().flush().unwrap();
+    let (got, _) = read_all(c.raw(), Duration::from_millis(300));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let mut closed = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        if c.raw()
+            .write_all(b"X")
+            .and_then(|()| c.raw().flush())
+            .is_err()
+        {
+            closed = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed = closed.expect("keep-alive connection still open after 10 s");
+    assert!(
+        closed >= Duration::from_millis(3000) && closed < Duration::from_secs(7),
+        "closed after {closed:?}, not about 3.5 s"
+    );
+    still_serves(&mut d, &conf);
+
     // A chunked body is read whole (a PATCH of nothing, in three chunks);
     // one whose chunks never end is cut off by the same timeout.
     let mut c = client(&d, &conf);
